@@ -1,0 +1,49 @@
+"""The hand-written kernel: one output position from a sliced window, ``vmap``-ed everywhere."""
+
+from __future__ import annotations
+
+import string
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxconv.kernels.registry import accumulation_dtype, register
+from jaxconv.padding import effective_kernel_size, output_size
+
+
+def contract_window(window: jax.Array, w: jax.Array, groups: int) -> jax.Array:
+  """``(*K, C_in)`` window . ``(*K, C_in // groups, C_out)`` kernel -> ``(C_out,)``."""
+  *kernel, c_in = window.shape
+  c_out = w.shape[-1]
+  axes = string.ascii_lowercase[: len(kernel)]
+  window = window.reshape(*kernel, groups, c_in // groups)
+  w = w.reshape(*kernel, c_in // groups, groups, c_out // groups)
+  y = jnp.einsum(f"{axes}gc,{axes}cgo->go", window, w, preferred_element_type=accumulation_dtype(window.dtype))
+  return y.reshape(c_out).astype(window.dtype)
+
+
+@register("patches")
+def conv_patches(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> jax.Array:
+  """Slice each output's receptive window with ``lax.dynamic_slice``; ``vmap`` over positions and batch."""
+  rank = x.ndim - 2
+  kernel = w.shape[:rank]
+  extent = tuple(effective_kernel_size(k, d) for k, d in zip(kernel, dilation))
+  c_in = x.shape[-1]
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  out = tuple(output_size(n, k, p, s, d) for n, k, p, s, d in zip(x.shape[1:-1], kernel, padding, stride, dilation))
+  taps = tuple(slice(None, None, d) for d in dilation)
+
+  def at(image: jax.Array, *index: jax.Array) -> jax.Array:
+    """One output position: image ``(*padded, C_in)``, ``rank`` scalar indices -> ``(C_out,)``."""
+    start = [i * s for i, s in zip(index, stride)] + [0]
+    window = lax.dynamic_slice(image, start, (*extent, c_in))[taps]
+    return contract_window(window, w, groups)
+
+  fn = at
+  for axis in reversed(range(rank)):  # innermost vmap maps the last spatial axis
+    in_axes = [None] * (rank + 1)
+    in_axes[1 + axis] = 0
+    fn = jax.vmap(fn, in_axes=tuple(in_axes))
+  fn = jax.vmap(fn, in_axes=(0,) + (None,) * rank)  # the batch
+  return fn(xp, *(jnp.arange(o) for o in out))
