@@ -221,9 +221,10 @@ def conv_transpose(
   kernel = w.shape[:rank]
   extent = tuple(effective_kernel_size(k, d) for k, d in zip(kernel, dilations))
   pads, out = transpose_pads(padding, x.shape[1:-1], extent, strides)
-  # The forward conv maps C_out -> C_in; its kernel regroups w's (C_in // g, g, C_out // g).
+  # The forward conv maps C_out -> C_in with kernel (*K, C_out // g, C_in): view w's last two
+  # axes as (C_in // g, g, C_out // g) and swap the per-group in/out axes, keeping C_in group-major.
   w_fwd = w.reshape(*kernel, c_in // groups, groups, c_out // groups)
-  w_fwd = jnp.moveaxis(w_fwd, -1, rank).reshape(*kernel, c_out // groups, c_in)
+  w_fwd = jnp.swapaxes(w_fwd, rank, rank + 2).reshape(*kernel, c_out // groups, c_in)
   z = jax.ShapeDtypeStruct((x.shape[0], *out, c_out), x.dtype)
   spec = conv_spec(z, w_fwd, stride=strides, padding=pads, dilation=dilations, groups=groups)
   _, pullback = jax.vjp(lambda z: run_kernel(spec, z, w_fwd, impl), jnp.zeros(z.shape, z.dtype))
@@ -254,8 +255,11 @@ def reduce_windows(x: jax.Array, init: float, op, window, strides, pads) -> jax.
   """
   rank = x.ndim - 2
   out = tuple(output_size(n, k, p, s) for n, k, p, s in zip(x.shape[1:-1], window, pads, strides))
+  # A numpy scalar stays concrete under jit, so reduce_window sees a monoid (max/add with its
+  # identity) and lowers to a differentiable primitive; a traced init is not differentiable.
+  init = np.array(init, x.dtype)
   if tuple(strides) == tuple(window):
-    xp = lax.pad(x, jnp.array(init, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
+    xp = lax.pad(x, init, [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
     xp = xp[(slice(None), *(slice(0, o * k) for o, k in zip(out, window)))]
     split = [x.shape[0]]
     for o, k in zip(out, window):
@@ -264,7 +268,7 @@ def reduce_windows(x: jax.Array, init: float, op, window, strides, pads) -> jax.
     reducer = {lax.max: jnp.max, lax.add: jnp.sum}[op]
     return reducer(xp, axis=tuple(range(2, 2 * rank + 1, 2)))
   return lax.reduce_window(
-      x, jnp.array(init, x.dtype), op, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))
+      x, init, op, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))
   )
 
 

@@ -129,7 +129,7 @@ def output_shape(
   pairs = resolve_padding(padding, spatial, kernel, stride, dilation)
   strides = normalize_ints(stride, len(spatial), "stride")
   dilations = normalize_ints(dilation, len(spatial), "dilation")
-  check_fits(spatial, kernel, pairs, dilations)
+  check_fits(spatial, kernel, pairs, dilations, name="kernel")
   return tuple(output_size(n, k, p, s, d) for n, k, p, s, d in zip(spatial, kernel, pairs, strides, dilations))
 
 

@@ -16,7 +16,7 @@ def contract_window(window: jax.Array, w: jax.Array, groups: int) -> jax.Array:
   """``(*K, C_in)`` window . ``(*K, C_in // groups, C_out)`` kernel -> ``(C_out,)``."""
   *kernel, c_in = window.shape
   c_out = w.shape[-1]
-  axes = string.ascii_lowercase[: len(kernel)]
+  axes = string.ascii_uppercase[: len(kernel)]  # spatial labels must not collide with g, c, o
   window = window.reshape(*kernel, groups, c_in // groups)
   w = w.reshape(*kernel, c_in // groups, groups, c_out // groups)
   y = jnp.einsum(f"{axes}gc,{axes}cgo->go", window, w, preferred_element_type=accumulation_dtype(window.dtype))

@@ -117,7 +117,7 @@ def register(name: str, *, supports: Callable[[ConvSpec], str | None] = supports
   def decorate(fn: KernelFn) -> KernelFn:
     if name in _REGISTRY:
       raise ValueError(f"a kernel named {name!r} is already registered")
-    _REGISTRY[name] = Kernel(name, fn, supports, description or (fn.__doc__ or "").strip().splitlines()[0])
+    _REGISTRY[name] = Kernel(name, fn, supports, description or (fn.__doc__ or "").strip().partition("\n")[0])
     return fn
 
   return decorate

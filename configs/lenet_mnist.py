@@ -1,0 +1,18 @@
+"""Modern LeNet-5 (ReLU, max pooling) on the bundled MNIST: Adam, warmup then cosine decay."""
+
+import ml_collections
+
+from jaxconv import train
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Hyperparameters of the main training run."""
+  config = train.default_config()
+  config.model.variant = "modern"
+  config.num_epochs = 10
+  config.batch_size = 128
+  config.optimizer = "adam"
+  config.learning_rate = 1e-3
+  config.schedule = "warmup_cosine"
+  config.warmup_epochs = 1.0
+  return config

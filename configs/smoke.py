@@ -1,0 +1,19 @@
+"""A seconds-long run for tests: modern LeNet, 2 epochs on 2,048 training and 512 test images."""
+
+import ml_collections
+
+from jaxconv import train
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Hyperparameters of the smoke run."""
+  config = train.default_config()
+  config.data.train_size = 2048
+  config.data.test_size = 512
+  config.num_epochs = 2
+  config.batch_size = 64
+  config.eval_batch_size = 256
+  config.steps_per_call = 8
+  config.learning_rate = 3e-3
+  config.warmup_epochs = 0.5
+  return config

@@ -1,0 +1,29 @@
+"""Train LeNet-5 on MNIST; resumes from --workdir's checkpoint.
+
+  python experiments/train_lenet.py --config configs/lenet_mnist.py --workdir runs/lenet
+  python experiments/train_lenet.py --config configs/lenet_mnist.py --config.model.impl=patches --workdir runs/patches
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxconv import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and curves.png.")
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  """Train and evaluate the configured model."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.info("JAX %s on %s", jax.__version__, jax.devices())
+  logging.info("config:\n%s", FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,5 @@
+"""Models built from ``jaxconv.nn`` layers."""
+
+from jaxconv.models.lenet import VARIANTS, LeNet
+
+__all__ = ["LeNet", "VARIANTS"]

@@ -1,0 +1,66 @@
+"""LeNet-5 (LeCun et al. 1998, as in d2l.ai): the classic sigmoid/average-pool net and its ReLU/max-pool variant."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxconv import nn
+
+VARIANTS = ("modern", "classic")
+
+
+def variant_layers(variant: str):
+  """The activation, pooling layer and kernel initialiser of a LeNet variant."""
+  if variant == "modern":
+    return nnx.relu, nn.MaxPool, nnx.initializers.he_normal()
+  if variant == "classic":
+    return nnx.sigmoid, nn.AvgPool, nnx.initializers.lecun_normal()
+  raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
+
+
+class LeNet(nnx.Module):
+  """LeNet-5: x ``(N, 28, 28, 1)`` (or another size the layers fit) -> logits ``(N, num_classes)``.
+
+  features: 5x5 conv to 6 channels (padding 2), activation, 2x2 pool, 5x5 conv to 16, activation,
+  2x2 pool; classifier: dense 120, activation, dense 84, activation, dense ``num_classes``.
+  "classic" uses sigmoid and average pooling with LeCun-normal weights; "modern" uses ReLU and
+  max pooling with He-normal weights. 61,706 parameters for 10 classes on 28x28x1 inputs.
+  """
+
+  def __init__(
+      self,
+      num_classes: int = 10,
+      *,
+      variant: str = "modern",
+      impl: str | None = None,
+      input_shape: Sequence[int] = (28, 28, 1),
+      rngs: nnx.Rngs,
+  ):
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+      raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+    if len(input_shape) != 3:
+      raise ValueError(f"input_shape must be (H, W, C); got {input_shape!r}")
+    act, pool, init = variant_layers(variant)
+    self.variant = variant
+    self.features = nnx.Sequential(
+        nn.Conv(input_shape[-1], 6, (5, 5), padding=2, impl=impl, kernel_init=init, rngs=rngs),
+        act,
+        pool((2, 2)),
+        nn.Conv(6, 16, (5, 5), impl=impl, kernel_init=init, rngs=rngs),
+        act,
+        pool((2, 2)),
+    )
+    probe = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    flat = jax.eval_shape(lambda x: nn.flatten(self.features(x)), probe).shape[-1]
+    dense = lambda i, o: nnx.Linear(i, o, kernel_init=init, rngs=rngs)  # noqa: E731
+    self.classifier = nnx.Sequential(
+        nn.flatten, dense(flat, 120), act, dense(120, 84), act, dense(84, num_classes)
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x ``(N, H, W, C)`` -> logits ``(N, num_classes)``."""
+    return self.classifier(self.features(x))

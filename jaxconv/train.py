@@ -1,0 +1,509 @@
+"""Optax training of the LeNets: jit-compiled steps scanned over device-resident data, per-epoch
+evaluation, orbax checkpoints, ``metrics.jsonl`` and ``curves.png`` in the work directory.
+
+The unit of computation is ``train_step(state, batch) -> (state, metrics)``, a pure function of
+pytrees (the model enters as ``nnx.split`` state, rebuilt by ``nnx.merge`` under the trace), so
+data parallelism only needs shardings on its inputs: a ``Mesh`` with ``batch`` sharded along its
+leading axis and ``state`` replicated. Metrics are per-batch sums, which add across shards.
+
+An epoch is a few calls of one compiled ``fori_loop`` over ``config.steps_per_call`` steps, each
+gathering its shuffled batch on the device, so Python runs once per call, not once per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+from jax import lax
+
+from jaxconv import data as datasets
+from jaxconv import ops
+from jaxconv.models import VARIANTS, LeNet
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "warmup_cosine", "one_cycle")
+DATA_SOURCES = ("idx", "tfds")
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Batch(NamedTuple):
+  """Images ``(N, H, W, C)`` float32 (normalised) and int32 labels ``(N,)``."""
+
+  images: jax.Array
+  labels: jax.Array
+
+
+class TrainState(NamedTuple):
+  """Everything a step updates: the model's parameters and the optimiser state."""
+
+  params: nnx.State
+  opt_state: optax.OptState
+
+
+Metrics = dict[str, jax.Array]  # per-batch sums: "loss", "correct", "count"
+
+
+# --------------------------------------------------------------------------------------------
+# config
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field ``train_and_evaluate`` reads, set to a modern LeNet on the bundled MNIST."""
+  config = ml_collections.ConfigDict()
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "idx"  # "idx": IDX files in data.dir; "tfds": tfds.data_source(data.name)
+  config.data.dir = config_dict.placeholder(str)  # None: the bundled MNIST (idx), TFDS's default (tfds)
+  config.data.name = "mnist"
+  config.data.train_size = 0  # > 0: only the first examples of the split (smoke runs)
+  config.data.test_size = 0
+  config.model = ml_collections.ConfigDict()
+  config.model.variant = "modern"
+  config.model.impl = config_dict.placeholder(str)  # None: jaxconv.nn's default kernel
+  config.num_epochs = 10
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  config.steps_per_call = 50  # training steps per compiled call, i.e. per progress-bar update
+  config.seed = 0
+  config.optimizer = "adam"
+  config.learning_rate = 1e-3  # the peak of the schedule
+  config.momentum = 0.9  # sgd only
+  config.weight_decay = 0.0  # adamw only
+  config.schedule = "warmup_cosine"
+  config.warmup_epochs = 1.0
+  return config
+
+
+# --------------------------------------------------------------------------------------------
+# config validation
+
+
+def get_field(config: ml_collections.ConfigDict, name: str) -> Any:
+  """``config.<name>`` for a dotted name; ``ValueError`` naming the field if it is missing."""
+  value = config
+  for part in name.split("."):
+    if part not in value:
+      raise ValueError(f"config.{name} is missing")
+    value = value[part]
+  return value
+
+
+def check_field(config: ml_collections.ConfigDict, name: str, kind: type | tuple[type, ...], ok: Callable[[Any], bool], must: str) -> None:
+  """Raise ``ValueError`` naming ``config.<name>`` unless its value has type ``kind`` and ``ok(value)``."""
+  value = get_field(config, name)
+  if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool) or not ok(value):
+    raise ValueError(f"config.{name} must be {must}; got {value!r}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Check every field ``train_and_evaluate`` reads before anything is loaded or compiled."""
+  anything = lambda v: True  # noqa: E731
+  positive = lambda v: v > 0  # noqa: E731
+  check_field(config, "data.source", str, lambda v: v in DATA_SOURCES, f"one of {DATA_SOURCES}")
+  check_field(config, "data.dir", (str, type(None)), anything, "a directory path or None")
+  check_field(config, "data.name", str, bool, "a TFDS dataset name")
+  check_field(config, "data.train_size", int, lambda v: v >= 0, "an int >= 0 (0: the whole split)")
+  check_field(config, "data.test_size", int, lambda v: v >= 0, "an int >= 0 (0: the whole split)")
+  check_field(config, "model.variant", str, lambda v: v in VARIANTS, f"one of {VARIANTS}")
+  impls = ops.available_impls()
+  check_field(config, "model.impl", (str, type(None)), lambda v: v is None or v in impls, f"None or one of {impls}")
+  check_field(config, "num_epochs", int, positive, "a positive int")
+  check_field(config, "batch_size", int, positive, "a positive int")
+  check_field(config, "eval_batch_size", int, positive, "a positive int")
+  check_field(config, "steps_per_call", int, positive, "a positive int")
+  check_field(config, "seed", int, anything, "an int")
+  check_field(config, "optimizer", str, lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}")
+  check_field(config, "learning_rate", (float, int), positive, "a positive number")
+  check_field(config, "momentum", (float, int), lambda v: 0 <= v < 1, "a number in [0, 1)")
+  check_field(config, "weight_decay", (float, int), lambda v: v >= 0, "a number >= 0")
+  check_field(config, "schedule", str, lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
+  check_field(config, "warmup_epochs", (float, int), lambda v: 0 <= v <= config.num_epochs, "a number in [0, num_epochs]")
+  if config.data.source == "idx" and config.data.dir is not None and not Path(config.data.dir).is_dir():
+    raise ValueError(f"config.data.dir must be a directory holding the four IDX files; {config.data.dir!r} is not a directory")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """One split from ``config.data``, cut to ``train_size``/``test_size`` examples when those are > 0."""
+  if config.data.source == "idx":
+    images, labels = datasets.load_mnist(config.data.dir or datasets.MNIST_DIR, split)
+  else:
+    images, labels = datasets.load_tfds(config.data.name, split, config.data.dir)
+  limit = config.data.train_size if split == "train" else config.data.test_size
+  return (images[:limit], labels[:limit]) if limit else (images, labels)
+
+
+def normalize(images: np.ndarray, mean: float, std: float) -> jax.Array:
+  """uint8 images ``(N, H, W, C)`` -> float32 ``(x / 255 - mean) / std`` on the device."""
+  return jnp.asarray((images.astype(np.float32) / 255.0 - mean) / std)
+
+
+def device_data(config: ml_collections.ConfigDict) -> tuple[Batch, Batch]:
+  """Train and test splits, normalised once with the training set's mean and std, on the device."""
+  train_x, train_y = load_split(config, "train")
+  test_x, test_y = load_split(config, "test")
+  if config.batch_size > len(train_x):
+    raise ValueError(f"config.batch_size={config.batch_size} is larger than the training set ({len(train_x)} examples)")
+  scaled = train_x.astype(np.float64) / 255.0
+  mean, std = float(scaled.mean()), float(scaled.std())
+  train = Batch(normalize(train_x, mean, std), jnp.asarray(train_y))
+  test = Batch(normalize(test_x, mean, std), jnp.asarray(test_y))
+  return train, test
+
+
+def epoch_batches(seed: int, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
+  """Row indices ``(steps, batch_size)`` of epoch ``epoch``'s shuffle; the remainder is dropped."""
+  perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed), epoch), num_examples)
+  steps = num_examples // batch_size
+  return perm[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+
+
+def take(dataset: Batch, rows: jax.Array) -> Batch:
+  """The examples at ``rows`` (any shape of indices) of every array in ``dataset``."""
+  return jax.tree.map(lambda a: a[rows], dataset)
+
+
+# --------------------------------------------------------------------------------------------
+# model, optimiser, steps
+
+
+def create_model(config: ml_collections.ConfigDict, input_shape: tuple[int, ...], num_classes: int = 10) -> LeNet:
+  """The LeNet of ``config.model`` initialised from ``config.seed``."""
+  return LeNet(num_classes, variant=config.model.variant, impl=config.model.impl, input_shape=input_shape, rngs=nnx.Rngs(config.seed))
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """The learning rate per step: constant, linear warmup then cosine decay to 0, or one-cycle."""
+  total = config.num_epochs * steps_per_epoch
+  peak = float(config.learning_rate)
+  if config.schedule == "constant":
+    return optax.constant_schedule(peak)
+  if config.schedule == "warmup_cosine":
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1), 0.0)
+  return optax.cosine_onecycle_schedule(total, peak, pct_start=config.warmup_epochs / config.num_epochs)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The Optax optimiser of ``config.optimizer`` with its learning-rate schedule."""
+  lr = learning_rate_schedule(config, steps_per_epoch)
+  if config.optimizer == "adam":
+    return optax.adam(lr)
+  if config.optimizer == "adamw":
+    return optax.adamw(lr, weight_decay=config.weight_decay)
+  return optax.sgd(lr, momentum=config.momentum or None)
+
+
+def batch_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
+  """Summed cross-entropy, number correct and count of logits ``(B, K)`` against labels ``(B,)``."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return {
+      "loss": losses.sum(),
+      "correct": (logits.argmax(-1) == labels).sum(),
+      "count": jnp.asarray(labels.shape[0], jnp.int32),
+  }
+
+
+def zero_metrics() -> Metrics:
+  """Additive identity of ``batch_metrics``."""
+  return {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32), "count": jnp.zeros((), jnp.int32)}
+
+
+def add_metrics(a: Metrics, b: Metrics) -> Metrics:
+  """Elementwise sum of two metric dicts."""
+  return jax.tree.map(jnp.add, a, b)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """``train_step(state, batch) -> (state, metrics)``: forward, loss, grad and Optax update."""
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    """One optimisation step on ``batch``; metrics are sums over its examples."""
+
+    def loss_fn(params: nnx.State) -> tuple[jax.Array, Metrics]:
+      metrics = batch_metrics(nnx.merge(graphdef, params)(batch.images), batch.labels)
+      return metrics["loss"] / batch.labels.shape[0], metrics
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return TrainState(optax.apply_updates(state.params, updates), opt_state), metrics
+
+  return train_step
+
+
+def make_train_steps(train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]):
+  """``train_steps(state, metrics, data, idx, start, stop)``: steps ``start..stop-1`` of ``idx (S, B)``."""
+
+  def train_steps(state: TrainState, metrics: Metrics, data: Batch, idx: jax.Array, start: jax.Array, stop: jax.Array):
+    """Run ``train_step`` on batches ``data[idx[i]]`` for ``start <= i < stop``, summing metrics."""
+
+    def body(i: jax.Array, carry: tuple[TrainState, Metrics]) -> tuple[TrainState, Metrics]:
+      state, metrics = carry
+      state, step_metrics = train_step(state, take(data, idx[i]))
+      return state, add_metrics(metrics, step_metrics)
+
+    return lax.fori_loop(start, stop, body, (state, metrics))
+
+  return train_steps
+
+
+def make_evaluate(graphdef: nnx.GraphDef, batch_size: int):
+  """``evaluate(params, data) -> metrics`` over all of ``data`` in batches of ``batch_size``."""
+
+  def evaluate(params: nnx.State, data: Batch) -> Metrics:
+    """Summed metrics of the model on every example of ``data`` (the last batch is masked)."""
+    n = data.labels.shape[0]
+    size = min(batch_size, n)
+    batches = math.ceil(n / size)
+    rows = jnp.minimum(jnp.arange(batches * size), n - 1).reshape(batches, size)
+    model = nnx.merge(graphdef, params)
+
+    def body(totals: Metrics, batch_rows: jax.Array) -> tuple[Metrics, None]:
+      batch = take(data, batch_rows)
+      logits = model(batch.images)
+      valid = (jnp.arange(size) + batch_rows[0] < n) if batches * size > n else jnp.ones(size, bool)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
+      metrics = {
+          "loss": jnp.where(valid, losses, 0.0).sum(),
+          "correct": (valid & (logits.argmax(-1) == batch.labels)).sum(),
+          "count": valid.sum(dtype=jnp.int32),
+      }
+      return add_metrics(totals, metrics), None
+
+    return lax.scan(body, zero_metrics(), rows)[0]
+
+  return evaluate
+
+
+def summarize(metrics: Metrics, prefix: str) -> dict[str, float]:
+  """Summed metrics -> ``{prefix_loss, prefix_accuracy}`` means."""
+  count = max(int(metrics["count"]), 1)
+  return {f"{prefix}_loss": float(metrics["loss"]) / count, f"{prefix}_accuracy": int(metrics["correct"]) / count}
+
+
+# --------------------------------------------------------------------------------------------
+# progress, metrics file, plots
+
+
+class Progress:
+  """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+  def __init__(self, total: int, label: str, enabled: bool | None = None):
+    self.total, self.label, self.start = total, label, time.perf_counter()
+    self.enabled = sys.stderr.isatty() if enabled is None else enabled
+
+  def update(self, done: int, note: str = "") -> None:
+    """Redraw with ``done`` of ``total`` units finished."""
+    if not self.enabled:
+      return
+    width = 30
+    filled = int(width * done / max(self.total, 1))
+    elapsed = time.perf_counter() - self.start
+    sys.stderr.write(f"\r{self.label} |{'#' * filled}{'.' * (width - filled)}| {done}/{self.total} {elapsed:5.1f}s {note}\x1b[K")
+    sys.stderr.flush()
+
+  def close(self) -> None:
+    """End the bar's line."""
+    if self.enabled:
+      sys.stderr.write("\n")
+      sys.stderr.flush()
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+  """Replace ``path`` atomically by one JSON line per epoch of ``history``."""
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
+  tmp.replace(path)
+
+
+def append_metrics(path: Path, record: dict) -> None:
+  """Append one epoch's JSON line to ``path``."""
+  with path.open("a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+  """Loss and accuracy per epoch (train and test) as a PNG at ``path``."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  epochs = [r["epoch"] for r in history]
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+  for split in ("train", "test"):
+    ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], "o-", label=split)
+    ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in history], "o-", label=split)
+  ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
+  ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy")
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def checkpoint_manager(workdir: Path) -> ocp.CheckpointManager:
+  """Orbax manager of ``workdir/checkpoints``, one step per finished epoch, the last two kept."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False)
+  return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).absolute(), options=options)
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: TrainState, meta: dict) -> None:
+  """Save ``state`` and ``meta`` (the model's input shape, the metrics of epochs ``1..epoch``)."""
+  args = ocp.args.Composite(
+      params=ocp.args.StandardSave(state.params),
+      opt_state=ocp.args.StandardSave(state.opt_state),
+      meta=ocp.args.JsonSave(meta),
+  )
+  manager.save(epoch, args=args)
+  manager.wait_until_finished()
+
+
+def abstract(tree: Any) -> Any:
+  """Shape-and-dtype stand-ins for the arrays of ``tree``, a restore target."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> tuple[int, TrainState, list[dict]]:
+  """The latest ``(epoch, state, history)``, or ``(0, state, [])`` if nothing was saved."""
+  epoch = manager.latest_step()
+  if epoch is None:
+    return 0, state, []
+  args = ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract(state.params)),
+      opt_state=ocp.args.StandardRestore(abstract(state.opt_state)),
+      meta=ocp.args.JsonRestore(),
+  )
+  restored = manager.restore(epoch, args=args)
+  return epoch, TrainState(restored["params"], restored["opt_state"]), restored["meta"]["history"]
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str | Path) -> LeNet:
+  """The LeNet of ``config`` with the parameters of ``workdir``'s latest checkpoint."""
+  validate_config(config)
+  with checkpoint_manager(Path(workdir)) as manager:
+    epoch = manager.latest_step()
+    if epoch is None:
+      raise FileNotFoundError(f"no checkpoint under {Path(workdir) / CHECKPOINT_DIR}")
+    meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    model = nnx.eval_shape(lambda: create_model(config, tuple(meta["input_shape"])))
+    graphdef, params = nnx.split(model, nnx.Param)
+    restored = manager.restore(epoch, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract(params))))
+  return nnx.merge(graphdef, restored["params"])
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+def compile_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state: TrainState, train: Batch, test: Batch):
+  """Ahead-of-time compiled ``train_steps`` and ``evaluate`` for these shapes."""
+  idx = jax.ShapeDtypeStruct((train.labels.shape[0] // config.batch_size, config.batch_size), jnp.int32)
+  # The state is donated: each call updates the parameters and Adam moments in place.
+  train_steps = jax.jit(make_train_steps(make_train_step(graphdef, tx)), donate_argnums=0)
+  train_steps = train_steps.lower(state, zero_metrics(), train, idx, 0, 0).compile()
+  evaluate = jax.jit(make_evaluate(graphdef, config.eval_batch_size)).lower(state.params, test).compile()
+  return train_steps, evaluate
+
+
+def run_epoch(train_steps, state: TrainState, data: Batch, idx: jax.Array, steps_per_call: int, label: str) -> tuple[TrainState, Metrics]:
+  """All steps of one epoch in calls of ``steps_per_call`` steps; returns the state and summed metrics."""
+  steps = idx.shape[0]
+  bar = Progress(steps, label)
+  metrics = zero_metrics()
+  for start in range(0, steps, steps_per_call):
+    previous = metrics
+    state, metrics = train_steps(state, metrics, data, idx, start, min(start + steps_per_call, steps))
+    # Reading the previous call's sums waits for that call only: the next one is already queued.
+    if bar.enabled and start:
+      bar.update(start, f"loss {mean_loss(previous):.4f}")
+  metrics = jax.device_get(metrics)
+  bar.update(steps, f"loss {mean_loss(metrics):.4f}")
+  bar.close()
+  return state, metrics
+
+
+def mean_loss(metrics: Metrics) -> float:
+  """Mean loss from summed metrics."""
+  return float(metrics["loss"]) / max(int(metrics["count"]), 1)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict]:
+  """Train ``config``'s LeNet, resuming from ``workdir``'s checkpoint; returns the metrics of every epoch."""
+  validate_config(config)
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  train_data, test_data = device_data(config)
+  num_train = train_data.labels.shape[0]
+  steps_per_epoch = num_train // config.batch_size
+  input_shape = tuple(train_data.images.shape[1:])
+
+  graphdef, params = nnx.split(create_model(config, input_shape), nnx.Param)
+  tx = create_optimizer(config, steps_per_epoch)
+  manager = checkpoint_manager(workdir)
+  done, state, history = restore_checkpoint(manager, TrainState(params, tx.init(params)))
+  # The checkpoint is the record of finished epochs: a line appended after it (or missing because
+  # the run was killed between saving and appending) is rewritten from it.
+  write_metrics(workdir / METRICS_FILE, history)
+  if done:
+    logging.info("resuming from %s after epoch %d", workdir, done)
+
+  start = time.perf_counter()
+  train_steps, evaluate = compile_steps(config, graphdef, tx, state, train_data, test_data)
+  compile_seconds = time.perf_counter() - start
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+
+  for epoch in range(done + 1, config.num_epochs + 1):
+    t0 = time.perf_counter()
+    idx = epoch_batches(config.seed, epoch, num_train, config.batch_size)
+    state, train_metrics = run_epoch(train_steps, state, train_data, idx, config.steps_per_call, f"epoch {epoch}/{config.num_epochs}")
+    t1 = time.perf_counter()
+    test_metrics = jax.device_get(evaluate(state.params, test_data))
+    t2 = time.perf_counter()
+    record = {
+        "epoch": epoch,
+        **summarize(train_metrics, "train"),
+        **summarize(test_metrics, "test"),
+        "epoch_seconds": t1 - t0,
+        "images_per_second": steps_per_epoch * config.batch_size / (t1 - t0),
+        "eval_seconds": t2 - t1,
+        "compile_seconds": compile_seconds,
+        "learning_rate": float(schedule(epoch * steps_per_epoch)),
+    }
+    history.append(record)
+    save_checkpoint(manager, epoch, state, {"input_shape": input_shape, "history": history})
+    append_metrics(workdir / METRICS_FILE, record)
+    logging.info(
+        "epoch %d: train loss %.4f acc %.4f, test loss %.4f acc %.4f, %.2fs (%.0f images/s)",
+        epoch, record["train_loss"], record["train_accuracy"], record["test_loss"], record["test_accuracy"],
+        record["epoch_seconds"], record["images_per_second"],
+    )  # fmt: skip
+  manager.close()
+  if history:
+    plot_curves(history, workdir / CURVES_FILE)
+  return history

@@ -1,0 +1,162 @@
+"""correlate / convolve against scipy.signal: the three modes, stride, explicit pads, dilation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import signal
+
+import jaxconv as jc
+from references import IMPLS, assert_close, dilate_kernel, random, refusal, rtol_for
+
+OPS = {"correlate": jc.correlate, "convolve": jc.convolve}
+SCIPY = {"correlate": signal.correlate, "convolve": signal.convolve}
+MODES = ("valid", "same", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+  """One correlate/convolve call and scipy's answer to it."""
+
+  name: str
+  fn: str
+  x: np.ndarray
+  w: np.ndarray
+  padding: object
+  stride: object
+  dilation: object
+  expected: np.ndarray
+
+
+def scipy_reference(fn: str, x: np.ndarray, w: np.ndarray, padding, np_pad, stride, dilation) -> np.ndarray:
+  """scipy's stride-1 answer for the zero-inserted kernel (explicit pads: np.pad + "valid"), subsampled."""
+  x, w = x.astype(np.float64), dilate_kernel(w.astype(np.float64), dilation)
+  y = SCIPY[fn](x, w, padding) if isinstance(padding, str) else SCIPY[fn](np.pad(x, np_pad), w, "valid")
+  strides = (stride,) * x.ndim if isinstance(stride, int) else stride
+  return y[tuple(slice(None, None, s) for s in strides)]
+
+
+def make_calls(specs: list[tuple], seed: int) -> list[Call]:
+  """``Call``s for ``(name, x_shape, w_shape, paddings, stride, dilation)``, both functions each.
+
+  ``paddings`` holds mode strings or ``(padding, np.pad width)`` pairs for explicit pads.
+  """
+  rng = np.random.default_rng(seed)
+  calls = []
+  for name, x_shape, w_shape, paddings, stride, dilation in specs:
+    x, w = random(rng, x_shape, w_shape)
+    for padding in paddings:
+      padding, np_pad = (padding, None) if isinstance(padding, str) else padding
+      for fn in OPS:
+        expected = scipy_reference(fn, x, w, padding, np_pad, stride, dilation)
+        label = f"{fn}-{name}-{padding}-s{stride}-d{dilation}"
+        calls.append(Call(label, fn, x, w, padding, stride, dilation, expected))
+  return calls
+
+
+BATCHES = {
+    # ranks 1-3; odd, even and mixed kernels; kernels longer than x ("valid" then is an error)
+    "modes": make_calls(
+        [
+            ("1d-odd", (13,), (3,), MODES, 1, 1),
+            ("1d-even", (12,), (4,), MODES, 1, 1),
+            ("1d-long-kernel", (4,), (6,), ("same", "full"), 1, 1),
+            ("2d-odd", (7, 8), (3, 3), MODES, 1, 1),
+            ("2d-even", (8, 7), (2, 4), MODES, 1, 1),
+            ("2d-mixed", (6, 9), (3, 2), MODES, 1, 1),
+            ("2d-long-kernel", (3, 6), (5, 2), ("same", "full"), 1, 1),
+            ("3d-mixed", (5, 6, 4), (2, 3, 1), MODES, 1, 1),
+            ("3d-even", (4, 5, 6), (2, 2, 4), MODES, 1, 1),
+        ],
+        seed=1,
+    ),
+    # stride s == the stride-1 result sampled [::s] on every axis
+    "stride": make_calls(
+        [
+            ("1d-even", (13,), (4,), MODES, 3, 1),
+            ("2d-mixed", (9, 8), (3, 2), MODES, (2, 3), 1),
+            ("3d", (5, 6, 4), (2, 3, 1), ("same",), (2, 1, 3), 1),
+        ],
+        seed=2,
+    ),
+    # explicit pads == np.pad then "valid"
+    "padding": make_calls(
+        [
+            ("1d", (9,), (4,), ((2, 2), ([(3, 0)], [(3, 0)]), ([(0, 5)], [(0, 5)])), 1, 1),
+            ("2d", (6, 7), (3, 2), ((0, 0), ((1, 3), [(1, 1), (3, 3)]), ([(0, 2), (3, 1)], [(0, 2), (3, 1)])), 1, 1),
+            ("3d", (4, 5, 3), (2, 2, 3), (([(1, 0), (0, 0), (2, 1)], [(1, 0), (0, 0), (2, 1)]),), 1, 1),
+        ],
+        seed=3,
+    ),
+    # dilation d == the kernel with d - 1 zeros between taps, alone and with stride and pads
+    "dilation": make_calls(
+        [
+            ("1d", (14,), (3,), MODES, 1, 2),
+            ("1d-even-strided", (15,), (2,), ("same",), 2, 3),
+            ("2d", (9, 8), (2, 3), MODES, 1, (2, 1)),
+            ("2d-all", (9, 10), (2, 3), (([(2, 1), (0, 3)], [(2, 1), (0, 3)]),), (2, 1), (1, 2)),
+            ("3d", (7, 5, 6), (2, 1, 2), ("same", "full"), 1, 2),
+        ],
+        seed=4,
+    ),
+}
+
+
+def run_batch(calls: list[Call], impl: str) -> list[jax.Array]:
+  """Every call's result, from one jit-compiled function (one compilation per batch and impl)."""
+
+  def run(xs, ws):
+    return [OPS[c.fn](x, w, c.padding, c.stride, c.dilation, impl=impl) for c, x, w in zip(calls, xs, ws)]
+
+  return jax.jit(run)([c.x for c in calls], [c.w for c in calls])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_matches_scipy(batch: str, impl: str):
+  """Values equal scipy.signal's for every call of the batch; refused calls raise naming impl."""
+  calls = []
+  for c in BATCHES[batch]:
+    reason = refusal(impl, (1, *c.x.shape, 1), (*c.w.shape, 1, 1), convention="scipy", stride=c.stride, padding=c.padding, dilation=c.dilation)
+    if reason is None:
+      calls.append(c)
+    else:
+      with pytest.raises(ValueError, match=f"impl={impl!r}"):
+        OPS[c.fn](c.x, c.w, c.padding, c.stride, c.dilation, impl=impl)
+  for c, y in zip(calls, run_batch(calls, impl)):
+    assert_close(y, c.expected, rtol_for(impl), c.name)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_d2l_edge_detection(impl: str):
+  """d2l 7.2: K = [[1, -1]] marks 1->0 edges with 1 and 0->1 edges with -1, and misses horizontal ones."""
+  x = np.ones((6, 8), np.float32)
+  x[:, 2:6] = 0
+  k = np.array([[1.0, -1.0]], np.float32)
+  detect = jax.jit(lambda x: jc.correlate(x, k, impl=impl))
+  y = np.zeros((6, 7), np.float32)
+  y[:, 1], y[:, 5] = 1, -1
+  np.testing.assert_array_equal(detect(x), y)
+  np.testing.assert_array_equal(detect(x.T), np.zeros((8, 5), np.float32))
+
+
+def test_vmap_over_signals(rng: np.random.Generator):
+  """``jax.vmap`` over a leading axis of x and w equals row-by-row scipy."""
+  xs, ws = random(rng, (4, 10), (4, 3))
+  ys = jax.vmap(lambda x, w: jc.correlate(x, w, "same", stride=2))(xs, ws)
+  expected = np.stack([signal.correlate(x, w, "same")[::2] for x, w in zip(xs, ws)])
+  assert_close(ys, expected, rtol_for(None), "vmap")
+
+
+def test_int_inputs_are_promoted_not_truncated():
+  """Integer x and w give float32 results, with no rounding of a float kernel to ints."""
+  x = np.arange(6, dtype=np.int32)
+  y = jc.correlate(x, np.array([1, 2], np.int32))
+  assert y.dtype == jnp.float32
+  np.testing.assert_array_equal(y, signal.correlate(x, [1, 2], "valid"))
+  half = jc.convolve(x, np.array([0.5, 0.25], np.float32))
+  np.testing.assert_allclose(half, signal.convolve(x, [0.5, 0.25], "valid"), rtol=1e-6)

@@ -1,0 +1,109 @@
+"""Bad arguments raise ValueError/TypeError naming the argument, eagerly and under jax.jit."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+import jaxconv as jc
+
+SIGNAL, TAPS = np.ones(6, np.float32), np.ones(3, np.float32)
+X, W, B = np.ones((1, 6, 6, 2), np.float32), np.ones((3, 3, 2, 4), np.float32), np.ones(4, np.float32)
+
+
+def case(id: str, fn, exc: type[Exception], match: str, *arrays, **kwargs):
+  """A ``pytest.param``: ``fn(*arrays, **kwargs)`` raises ``exc`` whose message starts with ``match``."""
+  return pytest.param(fn, arrays, kwargs, exc, f"^{match}\\b", id=id)
+
+
+SIGNAL_ERRORS = [
+    case(f"{fn.__name__}-{id}", fn, exc, match, *arrays, **kwargs)
+    for fn in (jc.correlate, jc.convolve)
+    for id, exc, match, arrays, kwargs in [
+        ("stride-0", ValueError, "stride", (SIGNAL, TAPS), dict(stride=0)),
+        ("stride-float", TypeError, "stride", (SIGNAL, TAPS), dict(stride=1.5)),
+        ("dilation-0", ValueError, "dilation", (SIGNAL, TAPS), dict(dilation=0)),
+        ("padding-negative", ValueError, "padding", (SIGNAL, TAPS), dict(padding=-1)),
+        ("padding-unknown-mode", ValueError, "padding", (SIGNAL, TAPS), dict(padding="sam")),
+        ("padding-float", TypeError, "padding", (SIGNAL, TAPS), dict(padding=1.5)),
+        ("padding-bare-pair-1d", ValueError, "padding", (SIGNAL, TAPS), dict(padding=(1, 2))),
+        ("kernel-too-large", ValueError, "w", (SIGNAL[:2], TAPS), {}),
+        ("dilated-kernel-too-large", ValueError, "w", (SIGNAL, TAPS), dict(dilation=3)),
+        ("rank-mismatch", ValueError, "w", (X[0, :, :, 0], TAPS), {}),
+        ("rank-4", ValueError, "x", (X, X), {}),
+        ("unknown-impl", ValueError, "impl", (SIGNAL, TAPS), dict(impl="nope")),
+        ("complex", TypeError, "x", (SIGNAL.astype(np.complex64), TAPS), {}),
+    ]
+]
+
+CONV_ERRORS = [
+    case(f"{fn.__name__}-{id}", fn, exc, match, *arrays, **kwargs)
+    for fn in (jc.conv, jc.conv_transpose)
+    for id, exc, match, arrays, kwargs in [
+        ("stride-0-on-one-axis", ValueError, "stride", (X, W), dict(stride=(1, 0))),
+        ("stride-wrong-length", ValueError, "stride", (X, W), dict(stride=(1, 1, 1))),
+        ("dilation-negative", ValueError, "dilation", (X, W), dict(dilation=-1)),
+        ("padding-negative-pair", ValueError, "padding", (X, W), dict(padding=[(0, 1), (-1, 0)])),
+        ("padding-triple", ValueError, "padding", (X, W), dict(padding=[(0, 1, 2), (0, 0)])),
+        ("padding-wrong-length", ValueError, "padding", (X, W), dict(padding=[1, 2, 3])),
+        ("channel-mismatch", ValueError, "w", (X, W[:, :, :1]), {}),
+        ("groups-0", ValueError, "groups", (X, W), dict(groups=0)),
+        ("groups-float", TypeError, "groups", (X, W), dict(groups=1.0)),
+        ("groups-not-dividing-c-in", ValueError, "groups", (X, W[:, :, :1]), dict(groups=3)),
+        ("groups-not-dividing-c-out", ValueError, "groups", (X, W[:, :, :1, :3]), dict(groups=2)),
+        ("x-rank-2", ValueError, "x", (X[0, 0], W), {}),
+        ("x-rank-6", ValueError, "x", (X[None, None], W), {}),
+        ("w-rank", ValueError, "w", (X, W[0]), {}),
+        ("bias-shape", ValueError, "b", (X, W, B[:3]), {}),
+        ("bias-rank", ValueError, "b", (X, W, B[None]), {}),
+        ("unknown-impl", ValueError, "impl", (X, W), dict(impl="nope")),
+        ("impl-not-a-string", TypeError, "impl", (X, W), dict(impl=1)),
+    ]
+] + [
+    case("conv-kernel-too-large", jc.conv, ValueError, "w", X, np.ones((7, 3, 2, 4), np.float32)),
+    case("conv-dilated-kernel-too-large", jc.conv, ValueError, "w", X, W, dilation=(1, 3)),
+    case("conv-x-not-numbers", jc.conv, TypeError, "x", x="abc", w=W),
+    case("conv_transpose-empty-output", jc.conv_transpose, ValueError, "padding", X[:, :2, :2], W, padding=3),
+]
+
+POOL_ERRORS = [
+    case(f"{fn.__name__}-{id}", fn, exc, match, X, **kwargs)
+    for fn in (jc.max_pool, jc.avg_pool)
+    for id, exc, match, kwargs in [
+        ("window-0", ValueError, "window", dict(window=0)),
+        ("window-wrong-length", ValueError, "window", dict(window=(2, 2, 2))),
+        ("window-too-large", ValueError, "window", dict(window=7)),
+        ("stride-0", ValueError, "stride", dict(window=2, stride=0)),
+        ("padding-negative", ValueError, "padding", dict(window=2, padding=-1)),
+    ]
+] + [case(f"{fn.__name__}-x-rank", fn, ValueError, "x", X[0, 0], window=2) for fn in (jc.max_pool, jc.avg_pool)]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("fn, arrays, kwargs, exc, match", SIGNAL_ERRORS + CONV_ERRORS + POOL_ERRORS)
+def test_bad_arguments_raise_naming_them(fn, arrays, kwargs, exc, match, jit: bool):
+  """The error type and a message that starts with the bad argument's name, also while tracing."""
+  call = functools.partial(fn, **kwargs)
+  with pytest.raises(exc, match=match):
+    (jax.jit(call) if jit else call)(*arrays)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(spatial=(5, 5), kernel=(3,)), ValueError, "kernel"),
+        (dict(spatial=(5,), kernel=(0,)), ValueError, "kernel"),
+        (dict(spatial=(-1,), kernel=(1,)), ValueError, "spatial"),
+        (dict(spatial=(3,), kernel=(5,)), ValueError, "kernel"),
+        (dict(spatial=(5,), kernel=(3,), stride=0), ValueError, "stride"),
+        (dict(spatial=(5,), kernel=(3,), dilation=(1, 1)), ValueError, "dilation"),
+        (dict(spatial=(5,), kernel=(3,), padding="half"), ValueError, "padding"),
+    ],
+)
+def test_output_shape_errors(kwargs: dict, exc: type[Exception], match: str):
+  """output_shape validates like the functions whose shapes it predicts."""
+  with pytest.raises(exc, match=f"^{match}\\b"):
+    jc.output_shape(**kwargs)
