@@ -27,6 +27,7 @@ def conv_one(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str]) -> None:
+  """Print the multi-channel and 1x1 checks and draw the two-channel example."""
   del argv
   partials = [reference.correlate2d(X[..., c], K[..., c]) for c in range(X.shape[-1])]
   y = conv_one(X, K[..., None])[..., 0]

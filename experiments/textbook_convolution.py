@@ -65,6 +65,7 @@ def draw_example(axes, p: int, s: int) -> None:
 
 
 def main(argv: list[str]) -> None:
+  """Compare the loops with numpy, scipy and jaxconv, print the size table, draw the worked example."""
   del argv
   compare_1d()
   compare_2d()

@@ -23,6 +23,7 @@ LAYERS = {"cross-correlation": jc.correlate, "convolution": jc.convolve}
 
 
 def main(argv: list[str]) -> None:
+  """Learn the edge kernel with a correlation and a convolution layer; print and draw both descents."""
   del argv
   x = edge_image()
   y = np.asarray(jc.correlate(x, EDGE_KERNEL))

@@ -30,6 +30,7 @@ def centred(array: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str]) -> None:
+  """Print and draw the three modes' outputs and input usage counts."""
   del argv
   x, w = np.ones(SHAPE), np.ones(KERNEL)
   fig, axes = plt.subplots(2, 3, figsize=(11, 7.5))

@@ -11,7 +11,7 @@ import numpy as np
 from absl import app
 
 import jaxconv as jc
-from jaxconv.textbook import edge_image, edge_maps, retained
+from jaxconv.textbook import edge_image, edge_maps, pool_image, retained
 from textbook_common import define_outdir, heatmap, plt, save
 
 OUTDIR = define_outdir("pooling")
@@ -20,23 +20,15 @@ SHIFTS = (0, 1, 2)
 WIDTH = 10  # wider than the textbook's 8, so that both edges stay inside the image at every shift
 
 
-def pool(x: np.ndarray, pool_fn, window, stride=None, padding="valid") -> np.ndarray:
-  """``pool_fn`` (jc.max_pool or jc.avg_pool) on one unbatched image x ``(H, W)`` or ``(H, W, C)``."""
-  x = np.asarray(x, np.float32)
-  batched = x[None] if x.ndim == 3 else x[None, ..., None]
-  y = np.asarray(pool_fn(batched, window, stride, padding))[0]
-  return y if x.ndim == 3 else y[..., 0]
-
-
 def textbook_examples() -> None:
   """Print the textbook's pooling examples: 3x3, padding and stride, two channels."""
   x3 = np.arange(9.0).reshape(3, 3)
-  print("3x3 arange, 2x2 window, stride 1: max", pool(x3, jc.max_pool, 2, 1).tolist(), " avg", pool(x3, jc.avg_pool, 2, 1).tolist())
+  print("3x3 arange, 2x2 window, stride 1: max", pool_image(jc.max_pool, x3, 2, 1).tolist(), " avg", pool_image(jc.avg_pool, x3, 2, 1).tolist())
   x4 = np.arange(16.0).reshape(4, 4)
-  print("4x4 arange, 3x3 window (stride 3 by default):", pool(x4, jc.max_pool, 3).tolist())
-  print("4x4 arange, 3x3 window, padding 1, stride 2:", pool(x4, jc.max_pool, 3, 2, 1).tolist())
-  print("4x4 arange, 2x3 window, padding (0, 1), stride (2, 3):", pool(x4, jc.max_pool, (2, 3), (2, 3), (0, 1)).tolist())
-  two = pool(np.stack([x4, x4 + 1], axis=-1), jc.max_pool, 3, 2, 1)
+  print("4x4 arange, 3x3 window (stride 3 by default):", pool_image(jc.max_pool, x4, 3).tolist())
+  print("4x4 arange, 3x3 window, padding 1, stride 2:", pool_image(jc.max_pool, x4, 3, 2, 1).tolist())
+  print("4x4 arange, 2x3 window, padding (0, 1), stride (2, 3):", pool_image(jc.max_pool, x4, (2, 3), (2, 3), (0, 1)).tolist())
+  two = pool_image(jc.max_pool, np.stack([x4, x4 + 1], axis=-1), 3, 2, 1)
   print("channels (X, X + 1), 3x3 window, padding 1, stride 2: channel 0", two[..., 0].tolist(), " channel 1", two[..., 1].tolist())
 
 
@@ -45,12 +37,13 @@ def tolerance_table() -> dict[int, np.ndarray]:
   edges = {shift: edge_maps(edge_image(width=WIDTH, dark=(2 + shift, 6 + shift))) for shift in SHIFTS}
   print("shift | detections kept: raw | max pool 2x2 stride 1 | max pool 3x3 stride 1")
   for shift in SHIFTS:
-    kept = [retained(edges[0], edges[shift])] + [retained(pool(edges[0], jc.max_pool, k, 1), pool(edges[shift], jc.max_pool, k, 1)) for k in (2, 3)]
+    kept = [retained(edges[0], edges[shift])] + [retained(pool_image(jc.max_pool, edges[0], k, 1), pool_image(jc.max_pool, edges[shift], k, 1)) for k in (2, 3)]
     print(f"{shift:5d} | {kept[0]:20.2f} | {kept[1]:21.2f} | {kept[2]:21.2f}")
   return edges
 
 
 def main(argv: list[str]) -> None:
+  """Print the pooling examples and the shift table; draw the examples and the shifted edge maps."""
   del argv
   textbook_examples()
   edges = tolerance_table()
@@ -58,10 +51,10 @@ def main(argv: list[str]) -> None:
   fig, axes = plt.subplots(3, 4, figsize=(14, 9), layout="constrained")
   x3 = np.arange(9.0).reshape(3, 3)
   heatmap(axes[0, 0], x3, "input 3x3", cmap="Blues")
-  heatmap(axes[0, 1], pool(x3, jc.max_pool, 2, 1), "max pool 2x2, stride 1", cmap="Greens", vmin=0, vmax=8)
-  heatmap(axes[0, 2], pool(x3, jc.avg_pool, 2, 1), "avg pool 2x2, stride 1", cmap="Greens", vmin=0, vmax=8)
+  heatmap(axes[0, 1], pool_image(jc.max_pool, x3, 2, 1), "max pool 2x2, stride 1", cmap="Greens", vmin=0, vmax=8)
+  heatmap(axes[0, 2], pool_image(jc.avg_pool, x3, 2, 1), "avg pool 2x2, stride 1", cmap="Greens", vmin=0, vmax=8)
   axes[0, 3].axis("off")
-  pooled = {shift: pool(edges[shift], jc.max_pool, 2, 1) for shift in (0, 1)}
+  pooled = {shift: pool_image(jc.max_pool, edges[shift], 2, 1) for shift in (0, 1)}
   for row, shift in zip(axes[1:], (0, 1)):
     image = edge_image(width=WIDTH, dark=(2 + shift, 6 + shift))
     heatmap(row[0], image, f"edge image, shifted {shift} px" if shift else "edge image", cmap="gray", annotate=False)

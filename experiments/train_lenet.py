@@ -4,8 +4,11 @@
   python experiments/train_lenet.py --config configs/lenet_mnist.py --config.model.impl=patches --workdir runs/patches
 """
 
+import logging
+
 import jax
-from absl import app, flags, logging
+from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxconv import train
@@ -20,8 +23,12 @@ def main(argv: list[str]) -> None:
   """Train and evaluate the configured model."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.info("JAX %s on %s", jax.__version__, jax.devices())
-  logging.info("config:\n%s", FLAGS.config)
+  # jaxconv's epoch lines at INFO; orbax's per-save chatter (through absl) only from WARNING up.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  log = logging.getLogger("jaxconv")
+  log.setLevel(logging.INFO)
+  log.info("JAX %s on %s", jax.__version__, jax.devices())
+  log.info("config:\n%s", FLAGS.config)
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -120,7 +120,11 @@ def run_kernel(spec: ConvSpec, x: jax.Array, w: jax.Array, impl: str | None) -> 
 
 def add_bias(y: jax.Array, b: jax.Array | None) -> jax.Array:
   """``y + b`` over the channel axis; ``b`` of shape ``(C_out,)`` or None."""
-  return y if b is None else y + b.astype(y.dtype)
+  if b is None:
+    return y
+  # Added in the accumulation dtype so that b's gradient (a sum over N and space) is too.
+  acc = kernels.accumulation_dtype(y.dtype)
+  return (y.astype(acc) + b.astype(acc)).astype(y.dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ padding ``pad_lo``, the standard recurrences from the input (``r = 1, j = 1, sta
 
 per spatial axis, in input-pixel coordinates (pixel centres at 0, 1, ...). Layers without a
 window (activations, normalisations) leave all three unchanged.
+
+A unit's field clipped to the input is the bounding box of the input pixels it depends on when
+the field lies inside the input, or when only the first layer pads (LeNet). Otherwise, near the
+border it is an upper bound: a tap that falls into a later layer's zero padding reads no input,
+though the input pixels its position maps to exist.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.padding import Pair, Padding, check_fits, effective_kernel_size, normalize_ints, output_size, resolve_padding
@@ -55,7 +61,12 @@ class Field:
 
 
 def layer_name(layer: Any) -> str:
-  """A short name for a layer: a Window's name, a module's class name or a function's name."""
+  """A short name for a layer: a Window's name, a module's class name or a function's name.
+
+  A plain string stands for a layer without a window (e.g. ``"relu"``) in a list of specs.
+  """
+  if isinstance(layer, str):
+    return layer
   if isinstance(layer, Window):
     return layer.name
   return getattr(layer, "__name__", type(layer).__name__)
@@ -130,6 +141,7 @@ def format_table(fields: Iterable[Field]) -> str:
   """The walk as a Markdown table: layer, output shape, receptive field, jump, start."""
 
   def cell(values: Sequence) -> str:
+    """Per-axis values as ``a x b``."""
     return " x ".join(f"{v:g}" for v in values)
 
   lines = ["| # | layer | output | receptive field | jump | start |", "|---|---|---|---|---|---|"]
@@ -143,10 +155,15 @@ def clip_span(span: Sequence[Pair], spatial: Sequence[int]) -> tuple[Pair, ...]:
   return tuple((max(lo, 0), min(hi, n - 1)) for (lo, hi), n in zip(span, spatial))
 
 
-def input_gradient(fn: Callable[[jax.Array], jax.Array], x: jax.Array, index: Sequence[int]) -> np.ndarray:
-  """``|d y[0, *index, :].sum() / dx|`` summed over channels, for x ``(1, *spatial, C)`` -> ``(*spatial)``."""
-  grad = jax.grad(lambda x: fn(x)[(0, *index)].sum())(x)
-  return np.abs(np.asarray(grad[0])).sum(-1)
+def input_gradients(fn: Callable[[jax.Array], jax.Array], x: jax.Array, indices: Sequence[Sequence[int]]) -> np.ndarray:
+  """``|d y[0, *index, :].sum() / dx|`` summed over channels, per index: x ``(1, *spatial, C)`` -> ``(len(indices), *spatial)``."""
+  y, pullback = jax.vjp(fn, x)
+  # One forward pass; the pullback is vmapped over one one-hot cotangent per output unit.
+  cotangents = np.zeros((len(indices), *y.shape), y.dtype)
+  for row, index in enumerate(indices):
+    cotangents[(row, 0, *index)] = 1.0
+  (grads,) = jax.vmap(pullback)(jnp.asarray(cotangents))
+  return np.abs(np.asarray(grads[:, 0])).sum(-1)
 
 
 def support_span(grad: np.ndarray) -> tuple[Pair, ...]:
@@ -162,7 +179,7 @@ __all__ = [
     "Window",
     "clip_span",
     "format_table",
-    "input_gradient",
+    "input_gradients",
     "layers_of",
     "support_span",
     "walk",

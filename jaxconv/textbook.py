@@ -1,11 +1,13 @@
 """The textbook chapter's worked examples as data and small computations, shared by the
 ``experiments/textbook_*.py`` scripts and their tests: the black-and-white edge image, classic
-kernels, and learning a kernel from (input, output) pairs by gradient descent.
+edge kernels, edge maps and how many of their detections survive a shift, every layer's output
+of a feature stack, and learning a kernel from (input, output) pairs by gradient descent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ import numpy as np
 from jax import lax
 
 from jaxconv.ops import correlate
+from jaxconv.receptive_field import layers_of
 
 # The vertical-edge detector: 1 where a white pixel has a black right neighbour, -1 at the reverse.
 EDGE_KERNEL = np.array([[1.0, -1.0]])
@@ -40,12 +43,29 @@ def edge_maps(image: np.ndarray) -> np.ndarray:
   return np.stack([np.maximum(y, 0.0), np.maximum(-y, 0.0)], axis=-1)
 
 
+def pool_image(pool_fn: Callable[..., jax.Array], x: np.ndarray, window, stride=None, padding="valid") -> np.ndarray:
+  """``pool_fn`` (``jc.max_pool`` or ``jc.avg_pool``) on one unbatched image x ``(H, W)`` or ``(H, W, C)``."""
+  x = np.asarray(x, np.float32)
+  batched = x[None] if x.ndim == 3 else x[None, ..., None]
+  y = np.asarray(pool_fn(batched, window, stride, padding))[0]
+  return y if x.ndim == 3 else y[..., 0]
+
+
 def retained(before: np.ndarray, after: np.ndarray) -> float:
   """Fraction of ``before``'s non-zero cells (detections) that are non-zero in ``after`` too."""
   fired = np.asarray(before) != 0
   if not fired.any():
     raise ValueError("before has no non-zero cell: nothing to retain")
   return float((fired & (np.asarray(after) != 0)).sum() / fired.sum())
+
+
+def layer_outputs(stack: Any, x: jax.Array) -> list[jax.Array]:
+  """Every layer's output for x ``(N, *spatial, C)``, through a model's ``features`` or a layer sequence."""
+  outputs = []
+  for layer in layers_of(stack):
+    x = layer(x)
+    outputs.append(x)
+  return outputs
 
 
 def learn_kernel(
@@ -69,14 +89,17 @@ def learn_kernel(
   x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
 
   def loss(k: jax.Array) -> jax.Array:
+    """The summed squared error of kernel ``k``."""
     return jnp.sum((op(x, k) - y) ** 2)
 
   def body(k: jax.Array, _) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """One descent step: the next kernel, and this kernel with its loss."""
     value, grad = jax.value_and_grad(loss)(k)
     return k - learning_rate * grad, (k, value)
 
   @jax.jit
   def descend(k0: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """All steps from ``k0``: the final kernel, the kernel history and the losses."""
     k, (history, losses) = lax.scan(body, k0, length=steps)
     return k, history, losses
 
@@ -84,4 +107,4 @@ def learn_kernel(
   return np.concatenate([np.asarray(history), np.asarray(k)[None]]), np.asarray(losses)
 
 
-__all__ = ["EDGE_KERNEL", "SOBEL_X", "SOBEL_Y", "edge_image", "edge_maps", "learn_kernel", "retained"]
+__all__ = ["EDGE_KERNEL", "SOBEL_X", "SOBEL_Y", "edge_image", "edge_maps", "layer_outputs", "learn_kernel", "pool_image", "retained"]

@@ -13,6 +13,7 @@ gathering its shuffled batch on the device, so Python runs once per call, not on
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -27,7 +28,6 @@ from ml_collections import config_dict
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
 from flax import nnx
 from jax import lax
 
@@ -41,6 +41,8 @@ DATA_SOURCES = ("idx", "tfds")
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 CHECKPOINT_DIR = "checkpoints"
+
+log = logging.getLogger(__name__)
 
 
 class Batch(NamedTuple):
@@ -172,9 +174,10 @@ def device_data(config: ml_collections.ConfigDict) -> tuple[Batch, Batch]:
 
 def epoch_batches(seed: int, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
   """Row indices ``(steps, batch_size)`` of epoch ``epoch``'s shuffle; the remainder is dropped."""
-  perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed), epoch), num_examples)
+  # numpy: the same permutation on every backend, and nothing to compile.
+  perm = np.random.default_rng((seed, epoch)).permutation(num_examples)
   steps = num_examples // batch_size
-  return perm[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+  return jnp.asarray(perm[: steps * batch_size].reshape(steps, batch_size), jnp.int32)
 
 
 def take(dataset: Batch, rows: jax.Array) -> Batch:
@@ -471,7 +474,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   # the run was killed between saving and appending) is rewritten from it.
   write_metrics(workdir / METRICS_FILE, history)
   if done:
-    logging.info("resuming from %s after epoch %d", workdir, done)
+    log.info("resuming from %s after epoch %d", workdir, done)
 
   start = time.perf_counter()
   train_steps, evaluate = compile_steps(config, graphdef, tx, state, train_data, test_data)
@@ -498,7 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     history.append(record)
     save_checkpoint(manager, epoch, state, {"input_shape": input_shape, "history": history})
     append_metrics(workdir / METRICS_FILE, record)
-    logging.info(
+    log.info(
         "epoch %d: train loss %.4f acc %.4f, test loss %.4f acc %.4f, %.2fs (%.0f images/s)",
         epoch, record["train_loss"], record["train_accuracy"], record["test_loss"], record["test_accuracy"],
         record["epoch_seconds"], record["images_per_second"],

@@ -28,7 +28,7 @@ class LeNet(nnx.Module):
   features: 5x5 conv to 6 channels (padding 2), activation, 2x2 pool, 5x5 conv to 16, activation,
   2x2 pool; classifier: dense 120, activation, dense 84, activation, dense ``num_classes``.
   "classic" uses sigmoid and average pooling with LeCun-normal weights; "modern" uses ReLU and
-  max pooling with He-normal weights. 61,706 parameters for 10 classes on 28x28x1 inputs.
+  max pooling with He-normal weights for the layers before a ReLU (LeCun normal for the logits). 61,706 parameters for 10 classes on 28x28x1 inputs.
   """
 
   def __init__(
@@ -56,10 +56,10 @@ class LeNet(nnx.Module):
     )
     probe = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     flat = jax.eval_shape(lambda x: nn.flatten(self.features(x)), probe).shape[-1]
-    dense = lambda i, o: nnx.Linear(i, o, kernel_init=init, rngs=rngs)  # noqa: E731
-    self.classifier = nnx.Sequential(
-        nn.flatten, dense(flat, 120), act, dense(120, 84), act, dense(84, num_classes)
-    )
+    dense = lambda i, o, init=init: nnx.Linear(i, o, kernel_init=init, rngs=rngs)  # noqa: E731
+    # Each layer's init suits the activation after it: the logits feed softmax, not ReLU.
+    logits = dense(84, num_classes, nnx.initializers.lecun_normal())
+    self.classifier = nnx.Sequential(nn.flatten, dense(flat, 120), act, dense(120, 84), act, logits)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, H, W, C)`` -> logits ``(N, num_classes)``."""

@@ -1,0 +1,132 @@
+"""Training speed of jaxconv's modern LeNet against PyTorch eager, side by side in one process.
+
+  python experiments/bench_training.py [--impl NAME ...] [--rounds 3] [--out bench.json]
+      [--config configs/lenet_mnist.py]
+
+Both train the same modern LeNet-5 with Adam on full MNIST epochs (batch 128, shuffled,
+remainder dropped), alternating round by round so that both see the same machine load; the
+table reports the median images/s of each and their ratio per round. jaxconv's one-off
+compile time is reported separately. PyTorch is optional (``pip install torch``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from ml_collections import config_flags
+
+from jaxconv import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/lenet_mnist.py", "Training configuration (run from the repository root).")
+flags.DEFINE_multi_string("impl", None, "Kernels to train with (default: the config's model.impl).")
+flags.DEFINE_integer("rounds", 3, "Epochs timed per framework, interleaved.")
+flags.DEFINE_integer("steps_per_call", 50, "Training steps per compiled call.")
+flags.DEFINE_boolean("torch", True, "Also time PyTorch eager (skipped if torch is not installed).")
+flags.DEFINE_string("out", None, "Write the results as JSON here.")
+
+
+def jax_trainer(impl: str | None, train_data: train.Batch, test_data: train.Batch):
+  """A function running one jaxconv training epoch (returns its seconds), and the compile seconds."""
+  config = FLAGS.config.copy_and_resolve_references()
+  config.model.impl = impl
+  config.steps_per_call = FLAGS.steps_per_call
+  steps = train_data.labels.shape[0] // config.batch_size
+  graphdef, params = nnx.split(train.create_model(config, tuple(train_data.images.shape[1:])), nnx.Param)
+  tx = train.create_optimizer(config, steps)
+  state = [train.TrainState(params, tx.init(params))]
+  start = time.perf_counter()
+  train_steps, _ = train.compile_steps(config, graphdef, tx, state[0], train_data, test_data)
+  compile_seconds = time.perf_counter() - start
+  epoch = [0]
+
+  def run() -> float:
+    epoch[0] += 1
+    idx = train.epoch_batches(config.seed, epoch[0], train_data.labels.shape[0], config.batch_size)
+    idx.block_until_ready()
+    start = time.perf_counter()
+    state[0], metrics = train.run_epoch(train_steps, state[0], train_data, idx, config.steps_per_call, "")
+    return time.perf_counter() - start
+
+  return run, compile_seconds
+
+
+def torch_trainer(images: np.ndarray, labels: np.ndarray, batch_size: int = 128, lr: float = 1e-3):
+  """A function running one PyTorch eager epoch of the same LeNet with Adam (returns its seconds)."""
+  import torch
+  from torch import nn
+
+  torch.manual_seed(0)
+  model = nn.Sequential(
+      nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+      nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+  )  # fmt: skip
+  opt = torch.optim.Adam(model.parameters(), lr)
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  y = torch.from_numpy(labels.astype(np.int64))
+  steps = len(y) // batch_size
+
+  def run() -> float:
+    perm = torch.randperm(len(y))
+    start = time.perf_counter()
+    for i in range(steps):
+      rows = perm[i * batch_size : (i + 1) * batch_size]
+      opt.zero_grad(set_to_none=True)
+      loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
+      loss.backward()
+      opt.step()
+    return time.perf_counter() - start
+
+  return run, torch.__version__, torch.get_num_threads()
+
+
+def main(argv: list[str]) -> None:
+  """Time the epochs and print the table."""
+  del argv
+  config = FLAGS.config
+  train_data, test_data = train.device_data(config)
+  images_per_epoch = train_data.labels.shape[0] // config.batch_size * config.batch_size
+  runners, results = {}, {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__, "device": str(jax.devices()[0])}
+  for impl in FLAGS.impl or [config.model.impl]:
+    runners[f"jaxconv impl={impl}"], compile_seconds = jax_trainer(impl, train_data, test_data)
+    results[f"jaxconv impl={impl}"] = {"compile_seconds": compile_seconds}
+  if FLAGS.torch:
+    try:
+      run, version, threads = torch_trainer(np.asarray(train_data.images), np.asarray(train_data.labels), config.batch_size, config.learning_rate)
+      runners[f"torch {version} eager"] = run
+      results["torch_threads"] = threads
+    except ImportError:
+      print("torch is not installed: timing jaxconv only")
+  seconds = {name: [] for name in runners}
+  for name, run in runners.items():  # warm-up: first-epoch allocations, torch's lazy init
+    run()
+  for _ in range(FLAGS.rounds):
+    for name, run in runners.items():
+      seconds[name].append(run())
+  torch_name = next((n for n in runners if n.startswith("torch")), None)
+  print(f"\nXLA_FLAGS={results['xla_flags']!r}, {results['device']}, {FLAGS.rounds} interleaved epochs of {images_per_epoch} images")
+  print(f"{'trainer':<28} {'images/s':>10} {'ms/step':>8} {'compile s':>9} {'vs torch':>9}")
+  for name, secs in seconds.items():
+    row = results.setdefault(name, {})
+    row["images_per_second"] = [images_per_epoch / s for s in secs]
+    median = statistics.median(row["images_per_second"])
+    ratio = statistics.median(t / s for s, t in zip(secs, seconds[torch_name])) if torch_name else float("nan")
+    row["median_ratio_vs_torch"] = ratio
+    compile_s = row.get("compile_seconds")
+    print(f"{name:<28} {median:>10.0f} {1e3 * config.batch_size / median:>8.2f} {'' if compile_s is None else f'{compile_s:.2f}':>9} {ratio:>8.2f}x")
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,403 @@
+"""Kernel comparison: values, gradients and speed of every registered kernel against lax, under jit.
+
+For each named shape and kernel: check forward values and both gradients against ``"lax"``,
+then time the forward pass and forward+backward (``jax.value_and_grad`` of ``0.5 * sum(y**2)``
+w.r.t. x and w) with all kernels (and PyTorch CPU, when importable) interleaved in one process:
+warm-up excluded, ``block_until_ready``, median of the repeats. Results are rows of plain dicts,
+written as JSON and as a markdown table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxconv import kernels, ops
+from jaxconv.kernels import ConvSpec
+from jaxconv.padding import Padding
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """One benchmark case: x ``(N, *spatial, C_in)``, w ``(*kernel, C_in // groups, C_out)`` and geometry."""
+
+  name: str
+  x: tuple[int, ...]
+  w: tuple[int, ...]
+  stride: int | tuple[int, ...] = 1
+  padding: Padding = "valid"
+  dilation: int | tuple[int, ...] = 1
+  groups: int = 1
+
+  def spec(self, dtype=jnp.float32) -> ConvSpec:
+    """The validated kernel-call description of this case."""
+    x = jax.ShapeDtypeStruct(self.x, dtype)
+    w = jax.ShapeDtypeStruct(self.w, dtype)
+    return ops.conv_spec(x, w, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+  def geometry(self) -> dict:
+    """The keyword arguments of ``jc.conv`` for this case."""
+    return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+  def describe(self) -> str:
+    """A short human-readable form, e.g. ``32x56x56x64 -> 64, 3x3 same``."""
+    spec = self.spec()
+    parts = ["x".join(map(str, self.x)), "->", f"{spec.out_channels},", "x".join(map(str, spec.kernel))]
+    if isinstance(self.padding, str):
+      parts.append(self.padding)
+    elif any(p != (0, 0) for p in spec.padding):
+      parts.append(f"pad {self.padding}")
+    for label, value in (("stride", self.stride), ("dilation", self.dilation), ("groups", self.groups)):
+      if value != 1:
+        parts.append(f"{label} {value}")
+    return " ".join(parts)
+
+
+SHAPES: tuple[Shape, ...] = (
+    # LeNet-5 (batch 128) and the five cases of issue 4.
+    Shape("lenet_conv1", (128, 28, 28, 1), (5, 5, 1, 6), padding=2),
+    Shape("lenet_conv2", (128, 14, 14, 6), (5, 5, 6, 16)),
+    Shape("resnet_3x3", (32, 56, 56, 64), (3, 3, 64, 64), padding="same"),
+    Shape("resnet_3x3_s2", (32, 56, 56, 64), (3, 3, 64, 128), stride=2, padding="same"),
+    Shape("bottleneck_1x1", (32, 28, 28, 256), (1, 1, 256, 64)),
+    Shape("depthwise_3x3", (32, 56, 56, 64), (3, 3, 1, 64), padding="same", groups=64),
+    Shape("large_15x15", (8, 64, 64, 8), (15, 15, 8, 8), padding="same"),
+    # A few more: other ranks, groups, dilation, a strided stem.
+    Shape("conv1d_k5", (32, 1024, 64), (5, 64, 64), padding="same"),
+    Shape("conv3d_3x3x3", (4, 16, 32, 32, 32), (3, 3, 3, 32, 32), padding="same"),
+    Shape("grouped_3x3_g4", (32, 28, 28, 128), (3, 3, 32, 128), padding="same", groups=4),
+    Shape("dilated_3x3_d2", (16, 32, 32, 64), (3, 3, 64, 64), padding="same", dilation=2),
+    Shape("stem_7x7_s2", (16, 112, 112, 3), (7, 7, 3, 64), stride=2, padding="same"),
+)
+SHAPES_BY_NAME = {s.name: s for s in SHAPES}
+# The shapes that issue 4's targets are stated on.
+TARGET_SHAPES = ("lenet_conv1", "lenet_conv2", "resnet_3x3", "resnet_3x3_s2", "bottleneck_1x1", "depthwise_3x3", "large_15x15")
+
+
+def select_shapes(names: Sequence[str] | None) -> list[Shape]:
+  """The named shapes (all when ``names`` is empty); ``ValueError`` naming an unknown one."""
+  if not names:
+    return list(SHAPES)
+  unknown = [n for n in names if n not in SHAPES_BY_NAME]
+  if unknown:
+    raise ValueError(f"shapes: unknown {unknown}; known: {list(SHAPES_BY_NAME)}")
+  return [SHAPES_BY_NAME[n] for n in names]
+
+
+def select_impls(names: Sequence[str] | None) -> list[str]:
+  """The named kernels (all registered ones when empty), always with ``"lax"`` first."""
+  available = kernels.available()
+  names = list(names) if names else list(available)
+  unknown = [n for n in names if n not in available]
+  if unknown:
+    raise ValueError(f"impl: unknown {unknown}; registered: {list(available)}")
+  return ["lax"] + [n for n in dict.fromkeys(names) if n != "lax"]
+
+
+# --------------------------------------------------------------------------------------------
+# the functions under test
+
+
+def random_inputs(shape: Shape, dtype=jnp.float32, seed: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Standard-normal x, He-scaled w and a standard-normal output cotangent for ``shape``."""
+  kx, kw, kc = jax.random.split(jax.random.key(seed), 3)
+  spec = shape.spec(dtype)
+  fan_in = math.prod(spec.kernel) * spec.in_channels // spec.groups
+  x = jax.random.normal(kx, shape.x, dtype)
+  w = (jax.random.normal(kw, shape.w, jnp.float32) * math.sqrt(2.0 / fan_in)).astype(dtype)
+  ct = jax.random.normal(kc, spec.out_shape, dtype)
+  return x, w, ct
+
+
+def forward_fn(shape: Shape, impl: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``jit``-ed ``(x, w) -> conv(x, w)`` with ``impl``."""
+  return jax.jit(lambda x, w: ops.conv(x, w, impl=impl, **shape.geometry()))
+
+
+def vjp_fn(shape: Shape, impl: str) -> Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+  """``jit``-ed ``(x, w, ct) -> (dx, dw)``: the pullback of ``ct`` through ``conv``."""
+
+  def pullback(x, w, ct):
+    _, vjp = jax.vjp(lambda x, w: ops.conv(x, w, impl=impl, **shape.geometry()), x, w)
+    return vjp(ct)
+
+  return jax.jit(pullback)
+
+
+def train_step_fn(shape: Shape, impl: str) -> Callable[[jax.Array, jax.Array], tuple]:
+  """``jit``-ed forward+backward: value and grads (x, w) of ``0.5 * sum(conv(x, w)**2)``."""
+
+  def loss(x, w):
+    y = ops.conv(x, w, impl=impl, **shape.geometry()).astype(jnp.float32)
+    return 0.5 * jnp.sum(y * y)
+
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+def relative_error(actual: jax.Array, expected: jax.Array) -> float:
+  """``max |actual - expected| / max(max |expected|, tiny)``, in float64."""
+  a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  return float(np.max(np.abs(a - e)) / max(np.max(np.abs(e)), np.finfo(np.float32).tiny))
+
+
+def check(shape: Shape, impl: str, x: jax.Array, w: jax.Array, ct: jax.Array, reference: dict) -> dict[str, float]:
+  """Relative errors of y, dx and dw of ``impl`` against the lax ``reference`` (same keys)."""
+  y = forward_fn(shape, impl)(x, w)
+  dx, dw = vjp_fn(shape, impl)(x, w, ct)
+  got = {"y": y, "dx": dx, "dw": dw}
+  return {f"err_{k}": relative_error(got[k], reference[k]) for k in got}
+
+
+def compiled_peak_bytes(fn: Callable, *args) -> int:
+  """Arguments + outputs + temporaries of ``jit``-ed ``fn`` on ``args`` (the compiled memory analysis).
+
+  (The analysis's own ``peak_memory_in_bytes`` leaves the temporaries out on CPU.)
+  """
+  stats = fn.lower(*args).compile().memory_analysis()
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch (optional)
+
+
+def torch_fns(shape: Shape, x: jax.Array, w: jax.Array, threads: int = 2) -> tuple[Callable[[], object], Callable[[], object]] | None:
+  """PyTorch CPU forward and forward+backward closures for ``shape`` (channels-first), or None."""
+  try:
+    import torch
+    import torch.nn.functional as F
+  except ImportError:
+    return None
+  torch.set_num_threads(threads)
+  spec = shape.spec()
+  rank = spec.rank
+  conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[rank]
+  xt = torch.from_numpy(np.moveaxis(np.asarray(x, np.float32), -1, 1).copy()).requires_grad_(True)
+  wt = torch.from_numpy(np.ascontiguousarray(np.transpose(np.asarray(w, np.float32), (rank + 1, rank, *range(rank))))).requires_grad_(True)
+  symmetric = all(lo == hi for lo, hi in spec.padding)
+  flat_pad = [v for lo_hi in reversed(spec.padding) for v in lo_hi]  # F.pad wants the last axis first
+
+  def forward():
+    inp = xt if symmetric else F.pad(xt, flat_pad)
+    pad = [lo for lo, _ in spec.padding] if symmetric else 0
+    return conv(inp, wt, stride=spec.stride, padding=pad, dilation=spec.dilation, groups=spec.groups)
+
+  def forward_backward():
+    xt.grad = wt.grad = None
+    y = forward()
+    loss = 0.5 * (y * y).sum()
+    loss.backward()
+    return loss
+
+  def forward_only():
+    with torch.no_grad():
+      return forward()
+
+  return forward_only, forward_backward
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+
+
+def run_once(fn: Callable[[], object]) -> float:
+  """Wall time of one call in ms, waiting for JAX's asynchronous results."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return (time.perf_counter() - start) * 1e3
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+  """Each call timed ``repeats`` times, round-robin so that machine noise hits all alike (ms)."""
+  times: dict[str, list[float]] = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      times[name].append(run_once(call))
+  return times
+
+
+def bench_shape(shape: Shape, impls: Sequence[str], *, repeats: int, with_torch: bool, max_call_ms: float) -> list[dict]:
+  """One row per kernel for ``shape``: errors vs lax, median fwd / fwd+bwd ms, GFLOP/s, ratios."""
+  spec = shape.spec()
+  x, w, ct = random_inputs(shape)
+  reference = {"y": forward_fn(shape, "lax")(x, w)}
+  reference["dx"], reference["dw"] = vjp_fn(shape, "lax")(x, w, ct)
+  rows: dict[str, dict] = {}
+  calls: dict[str, Callable[[], object]] = {}
+  for impl in impls:
+    row = rows[impl] = {"shape": shape.name, "impl": impl}
+    reason = kernels.get(impl).supports(spec)
+    if reason is not None:
+      row["skipped"] = f"refused: {reason}"
+      continue
+    row.update(check(shape, impl, x, w, ct, reference))
+    fwd, step = forward_fn(shape, impl), train_step_fn(shape, impl)
+    calls_of_impl = {f"{impl}/fwd": functools.partial(fwd, x, w), f"{impl}/fb": functools.partial(step, x, w)}
+    for call in calls_of_impl.values():
+      run_once(call)  # compiles
+    elapsed = run_once(calls_of_impl[f"{impl}/fb"])
+    if elapsed > max_call_ms:
+      row["skipped"] = f"too slow: {elapsed:.0f} ms per forward+backward (limit {max_call_ms:.0f})"
+      continue
+    calls.update(calls_of_impl)
+  torch_calls = torch_fns(shape, x, w) if with_torch else None
+  if torch_calls is not None:
+    rows["torch"] = {"shape": shape.name, "impl": "torch"}
+    for call in torch_calls:
+      call()
+    calls["torch/fwd"], calls["torch/fb"] = torch_calls
+  times = time_interleaved(calls, repeats)
+  for key, samples in times.items():
+    impl, mode = key.split("/")
+    rows[impl][f"{mode}_ms"] = statistics.median(samples)
+    rows[impl][f"{mode}_min_ms"] = min(samples)
+  for row in rows.values():
+    if "fwd_ms" in row:
+      row["fwd_gflops"] = spec.flops / row["fwd_ms"] / 1e6
+      row["fb_gflops"] = 3 * spec.flops / row["fb_ms"] / 1e6
+      row["fwd_speedup"] = rows["lax"]["fwd_ms"] / row["fwd_ms"]
+      row["fb_speedup"] = rows["lax"]["fb_ms"] / row["fb_ms"]
+  return list(rows.values())
+
+
+def auto_choices(shapes: Sequence[Shape]) -> dict[str, str]:
+  """The kernel ``"auto"`` runs for each shape (float32), if ``"auto"`` is registered."""
+  if "auto" not in kernels.available():
+    return {}
+  from jaxconv.kernels import auto
+
+  return {s.name: auto.choose(s.spec()) for s in shapes}
+
+
+def memory_ratio(shape: Shape, impl: str) -> dict[str, float]:
+  """Compiled peak bytes of ``impl`` and lax on ``shape``, forward and forward+backward, and their ratios."""
+  x, w, _ = random_inputs(shape)
+  out = {}
+  for mode, make in (("fwd", forward_fn), ("fb", train_step_fn)):
+    mine, ref = compiled_peak_bytes(make(shape, impl), x, w), compiled_peak_bytes(make(shape, "lax"), x, w)
+    out.update({f"{mode}_peak_mb": mine / 2**20, f"{mode}_lax_peak_mb": ref / 2**20, f"{mode}_ratio": mine / ref})
+  return out
+
+
+def environment() -> dict[str, str]:
+  """What the numbers depend on: versions, CPU count, backend and XLA_FLAGS in force."""
+  env = {
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "devices": str(jax.devices()),
+      "cpu_count": str(os.cpu_count()),
+      "machine": platform.processor() or platform.machine(),
+      "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") or "(none: XLA defaults)",
+  }
+  try:
+    import torch
+
+    env["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads)"
+  except ImportError:
+    env["torch"] = "not installed"
+  return env
+
+
+def summarize(rows: Sequence[dict], choices: dict[str, str]) -> dict:
+  """Issue 4's targets from the rows: auto vs lax per shape and in geometric mean, vs torch."""
+  by = {(r["shape"], r["impl"]): r for r in rows}
+  shapes = list(dict.fromkeys(r["shape"] for r in rows))
+  summary: dict = {"auto_choice": choices, "per_shape": {}}
+  speedups = []
+  for name in shapes:
+    auto, lax_row, torch_row = by.get((name, "auto"), {}), by.get((name, "lax"), {}), by.get((name, "torch"), {})
+    entry = {}
+    if "fb_ms" in auto:
+      entry["auto_fb_speedup_vs_lax"] = auto["fb_speedup"]
+      if name in TARGET_SHAPES:
+        speedups.append(auto["fb_speedup"])
+      if "fb_ms" in torch_row:
+        entry["auto_fb_vs_torch"] = auto["fb_ms"] / torch_row["fb_ms"]
+    if "fb_ms" in lax_row and "fb_ms" in torch_row:
+      entry["lax_fb_vs_torch"] = lax_row["fb_ms"] / torch_row["fb_ms"]
+    best = min((r for r in rows if r["shape"] == name and "fb_ms" in r and r["impl"] != "torch"), key=lambda r: r["fb_ms"], default=None)
+    if best is not None:
+      entry["fastest_jax_impl"] = best["impl"]
+    summary["per_shape"][name] = entry
+  if speedups:
+    summary["target_shapes_geomean_auto_speedup"] = math.exp(statistics.fmean(map(math.log, speedups)))
+    summary["target_shapes_counted"] = len(speedups)
+  return summary
+
+
+# --------------------------------------------------------------------------------------------
+# reports
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+  """A number for the table, or a dash."""
+  return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(rows: Sequence[dict], summary: dict, env: dict[str, str], memory: dict | None = None) -> str:
+  """The results as markdown: environment, one table row per (shape, impl), targets."""
+  lines = ["# Kernel comparison (forward and forward+backward, ms, median)", ""]
+  lines += [f"- {k}: `{v}`" for k, v in env.items()]
+  lines += ["", "| shape | impl | fwd ms | fwd GFLOP/s | fwd x lax | fwd+bwd ms | fwd+bwd GFLOP/s | fwd+bwd x lax | max rel err (y, dx, dw) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+  for r in rows:
+    name = r["shape"]
+    if "skipped" in r:
+      lines.append(f"| {name} | {r['impl']} | - | - | - | - | - | - | {r['skipped']} |")
+      continue
+    errs = {"lax": "(reference)", "torch": "-"}.get(r["impl"]) or ", ".join(f"{r[k]:.0e}" for k in ("err_y", "err_dx", "err_dw"))
+    chosen = " (auto: " + summary["auto_choice"][name] + ")" if r["impl"] == "auto" and name in summary.get("auto_choice", {}) else ""
+    lines.append(
+        f"| {name} | {r['impl']}{chosen} | {fmt(r.get('fwd_ms'))} | {fmt(r.get('fwd_gflops'), 0)} | {fmt(r.get('fwd_speedup'))} "
+        f"| {fmt(r.get('fb_ms'))} | {fmt(r.get('fb_gflops'), 0)} | {fmt(r.get('fb_speedup'))} | {errs} |"
+    )
+  lines += ["", "## Targets", ""]
+  if "target_shapes_geomean_auto_speedup" in summary:
+    lines.append(f"- geometric mean of lax / auto (forward+backward) over the {summary['target_shapes_counted']} target shapes: **{summary['target_shapes_geomean_auto_speedup']:.2f}x**")
+  for name, entry in summary["per_shape"].items():
+    bits = [f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()]
+    lines.append(f"- {name}: " + ", ".join(bits))
+  if memory:
+    lines += ["", "## Peak memory (compiled memory analysis)", ""]
+    for key, value in memory.items():
+      lines.append(f"- {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in value.items()))
+  return "\n".join(lines) + "\n"
+
+
+def shape_table(shapes: Sequence[Shape]) -> str:
+  """The benchmark shapes as a markdown list."""
+  return "\n".join(f"- `{s.name}`: {s.describe()}" for s in shapes)
+
+
+def write(results: dict, directory: str, stem: str = "kernels") -> tuple[str, str]:
+  """Write ``results`` (rows, summary, env, memory) as ``stem.json`` and ``stem.md`` under ``directory``."""
+  os.makedirs(directory, exist_ok=True)
+  json_path, md_path = os.path.join(directory, f"{stem}.json"), os.path.join(directory, f"{stem}.md")
+  with open(json_path, "w") as f:
+    json.dump(results, f, indent=1)
+  with open(md_path, "w") as f:
+    f.write(markdown(results["rows"], results["summary"], results["env"], results.get("memory")))
+  return json_path, md_path
+
+
+def run(shapes: Sequence[Shape], impls: Sequence[str], *, repeats: int = 10, with_torch: bool = True, max_call_ms: float = 3000.0, log: Callable[[str], None] = print) -> dict:
+  """Benchmark ``impls`` (plus lax) on ``shapes``; returns rows, the target summary and the environment."""
+  rows: list[dict] = []
+  for shape in shapes:
+    log(f"{shape.name}: {shape.describe()}")
+    shape_rows = bench_shape(shape, impls, repeats=repeats, with_torch=with_torch, max_call_ms=max_call_ms)
+    for r in shape_rows:
+      log(f"  {r['impl']:10s} " + ("  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k not in ("shape", "impl"))))
+    rows += shape_rows
+  results = {"env": environment(), "rows": rows, "summary": summarize(rows, auto_choices(shapes))}
+  return results

@@ -1,0 +1,88 @@
+"""Shared pieces of the tap-based kernels: tap enumeration, strided tap slices, batch chunking.
+
+A kernel tap ``t`` (one index per spatial axis) of output position ``o`` reads the padded input
+at ``o * stride + t * dilation``; for all outputs at once that is one strided slice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxconv.padding import Pair
+
+
+def taps(kernel: Sequence[int]) -> list[tuple[int, ...]]:
+  """Every tap index of a kernel, row-major (the order of ``w.reshape(prod(kernel), ...)``)."""
+  return list(itertools.product(*(range(k) for k in kernel)))
+
+
+def pad_spatial(x: jax.Array, padding: Sequence[Pair]) -> jax.Array:
+  """x ``(N, *spatial, C)`` zero-padded by ``(lo, hi)`` on each spatial axis."""
+  return jnp.pad(x, ((0, 0), *padding, (0, 0)))
+
+
+def tap_slice(xp: jax.Array, tap: Sequence[int], stride: Sequence[int], dilation: Sequence[int], out: Sequence[int]) -> jax.Array:
+  """What tap ``tap`` reads for every output: padded x ``(N, *padded, C)`` -> ``(N, *out, C)``."""
+  start = (0, *(t * d for t, d in zip(tap, dilation)), 0)
+  limit = (xp.shape[0], *(t * d + (o - 1) * s + 1 for t, d, o, s in zip(tap, dilation, out, stride)), xp.shape[-1])
+  return lax.slice(xp, start, limit, (1, *stride, 1))
+
+
+def tap_pad_config(tap: Sequence[int], spatial: Sequence[int], stride: Sequence[int], padding: Sequence[Pair], dilation: Sequence[int], out: Sequence[int]) -> list[tuple[int, int, int]]:
+  """``lax.pad`` config that places a tap's ``(N, *out, C)`` values where they were read in unpadded x.
+
+  The transpose of ``tap_slice`` composed with the padding: summed over all taps it is col2im.
+  """
+  config = [(0, 0, 0)]
+  for t, d, o, s, (lo, _), n in zip(tap, dilation, out, stride, padding, spatial):
+    first = t * d - lo  # may be negative (the tap reads padding): lax.pad crops then
+    config.append((first, n - first - (o - 1) * s - 1, s - 1))
+  return config + [(0, 0, 0)]
+
+
+def batch_chunk(batch: int, bytes_per_image: int, budget: int) -> int:
+  """The largest divisor of ``batch`` whose chunk takes at most ``budget`` bytes (at least 1)."""
+  fitting = max(budget // max(bytes_per_image, 1), 1)
+  return max(b for b in range(1, min(batch, fitting) + 1) if batch % b == 0)
+
+
+def split_batch(a: jax.Array, chunk: int) -> jax.Array:
+  """``(N, ...)`` -> ``(N / chunk, chunk, ...)``."""
+  return a.reshape(a.shape[0] // chunk, chunk, *a.shape[1:])
+
+
+def map_batch(fn: Callable[..., jax.Array], chunk: int, *arrays: jax.Array) -> jax.Array:
+  """``fn`` applied to batch chunks of ``arrays`` one after another, results concatenated."""
+  if chunk == arrays[0].shape[0]:
+    return fn(*arrays)
+  y = lax.map(lambda parts: fn(*parts), tuple(split_batch(a, chunk) for a in arrays))
+  return y.reshape(-1, *y.shape[2:])
+
+
+def scan_batch(fn: Callable[..., tuple], chunk: int, *arrays: jax.Array) -> tuple:
+  """``fn(*chunks) -> (per-chunk results, summand)`` over batch chunks: (concatenated results, summed).
+
+  The per-chunk results may be any pytree (``None`` for none); the summand is one array.
+  """
+  if chunk == arrays[0].shape[0]:
+    return fn(*arrays)
+  parts = tuple(split_batch(a, chunk) for a in arrays)
+  _, summand = jax.eval_shape(fn, *(p[0] for p in parts))
+
+  def step(total: jax.Array, chunk_arrays: tuple[jax.Array, ...]) -> tuple[jax.Array, object]:
+    ys, s = fn(*chunk_arrays)
+    return total + s, ys
+
+  total, ys = lax.scan(step, jnp.zeros(summand.shape, summand.dtype), parts)
+  return jax.tree.map(lambda y: y.reshape(-1, *y.shape[2:]), ys), total
+
+
+def image_bytes(shape: Sequence[int], itemsize: int) -> int:
+  """Bytes of one batch element of an array of ``shape`` ``(N, ...)``."""
+  return math.prod(shape[1:]) * itemsize
