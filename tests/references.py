@@ -45,9 +45,30 @@ def refusal(impl: str, x_shape: Sequence[int], w_shape: Sequence[int], *, conven
   return kernels.get(impl).supports(ops.conv_spec(x, w, convention=convention, **geometry))
 
 
+def per_axis(value: int | Sequence[int], rank: int) -> tuple[int, ...]:
+  """An int for every axis, or one int per axis, as a ``rank``-tuple."""
+  return (value,) * rank if isinstance(value, int) else tuple(value)
+
+
+def explicit_pairs(padding: int | Sequence, rank: int) -> list[tuple[int, int]]:
+  """An int, one int per axis, or ``(lo, hi)`` pairs -> one ``(lo, hi)`` pair per axis."""
+  return [(p, p) if isinstance(p, int) else tuple(p) for p in per_axis(padding, rank)]
+
+
+def with_vjp(f):
+  """``(*args, ct) -> (f(*args), cotangents of args)`` for the output cotangent ``ct``, jit-compiled."""
+
+  def run(*args_and_ct):
+    *args, ct = args_and_ct
+    y, pullback = jax.vjp(f, *args)
+    return y, pullback(ct)
+
+  return jax.jit(run)
+
+
 def dilate_kernel(w: np.ndarray, dilation: int | Sequence[int]) -> np.ndarray:
   """``w`` with ``d - 1`` zeros inserted between neighbouring taps on every axis."""
-  dilation = (dilation,) * w.ndim if isinstance(dilation, int) else tuple(dilation)
+  dilation = per_axis(dilation, w.ndim)
   out = np.zeros([d * (k - 1) + 1 for k, d in zip(w.shape, dilation)], w.dtype)
   out[tuple(slice(None, None, d) for d in dilation)] = w
   return out

@@ -13,7 +13,7 @@ from jax import lax
 from jax.test_util import check_grads
 
 import jaxconv as jc
-from references import IMPLS, LAX_DIMS, assert_close, random, refusal, rtol_for
+from references import IMPLS, LAX_DIMS, assert_close, explicit_pairs, per_axis, random, refusal, rtol_for, with_vjp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,22 +50,15 @@ CASES = {
 
 def lax_padding(padding, kernel: tuple[int, ...], dilation) -> str | list[tuple[int, int]]:
   """The padding argument of lax.conv_general_dilated: its own strings, or explicit pairs."""
-  rank = len(kernel)
-  if isinstance(padding, str):
-    if padding == "full":
-      dilation = (dilation,) * rank if isinstance(dilation, int) else dilation
-      return [(d * (k - 1),) * 2 for k, d in zip(kernel, dilation)]
-    return padding.upper()
-  if isinstance(padding, int):
-    return [(padding, padding)] * rank
-  return [tuple(p) if not isinstance(p, int) else (p, p) for p in padding]
+  if padding == "full":
+    return [(d * (k - 1),) * 2 for k, d in zip(kernel, per_axis(dilation, len(kernel)))]
+  return padding.upper() if isinstance(padding, str) else explicit_pairs(padding, len(kernel))
 
 
 def lax_conv(case: Case):
   """The reference ``(x, w, b) -> y``: lax.conv_general_dilated in lax's own terms, plus bias."""
   rank = len(case.x) - 2
-  dilation = (case.dilation,) * rank if isinstance(case.dilation, int) else case.dilation
-  stride = (case.stride,) * rank if isinstance(case.stride, int) else case.stride
+  stride, dilation = per_axis(case.stride, rank), per_axis(case.dilation, rank)
 
   def conv(x, w, b):
     y = lax.conv_general_dilated(
@@ -75,16 +68,6 @@ def lax_conv(case: Case):
     return y if b is None else y + b
 
   return conv
-
-
-def with_vjp(f):
-  """``(x, w, b, ct) -> (f(x, w, b), (dx, dw, db))`` for cotangent ``ct``, jit-compiled."""
-
-  def run(x, w, b, ct):
-    y, pullback = jax.vjp(f, x, w, b)
-    return y, pullback(ct)
-
-  return jax.jit(run)
 
 
 @functools.cache

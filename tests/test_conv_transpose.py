@@ -11,7 +11,7 @@ import pytest
 from jax import lax
 
 import jaxconv as jc
-from references import IMPLS, LAX_DIMS, assert_close, random, rtol_for
+from references import IMPLS, LAX_DIMS, assert_close, random, rtol_for, with_vjp
 
 
 def scatter_add(x: np.ndarray, w: np.ndarray, stride, pads, dilation, groups: int) -> np.ndarray:
@@ -89,17 +89,12 @@ def test_matches_lax_conv_transpose(name: str, impl: str | None, rng: np.random.
   ours = functools.partial(jc.conv_transpose, stride=stride, padding=padding, dilation=dilation, impl=impl)
   ref = lax_transpose(stride, lax_pad, dilation)
   (ct,) = random(rng, jax.eval_shape(ref, x, w).shape)
-
-  def value_and_grads(f):
-    y, pullback = jax.vjp(f, x, w)
-    return y, pullback(ct)
-
   try:
-    y, (dx, dw) = jax.jit(lambda: value_and_grads(ours))()
+    y, (dx, dw) = with_vjp(ours)(x, w, ct)
   except ValueError as e:  # a kernel may refuse the forward conv being transposed
     assert f"impl={impl!r}" in str(e)
     pytest.skip(str(e))
-  y_ref, (dx_ref, dw_ref) = jax.jit(lambda: value_and_grads(ref))()
+  y_ref, (dx_ref, dw_ref) = with_vjp(ref)(x, w, ct)
   tol = rtol_for(impl)
   assert_close(y, y_ref, tol, "y")
   assert_close(dx, dx_ref, tol, "dx")

@@ -11,7 +11,7 @@ import pytest
 from scipy import signal
 
 import jaxconv as jc
-from references import IMPLS, assert_close, dilate_kernel, random, refusal, rtol_for
+from references import IMPLS, assert_close, dilate_kernel, explicit_pairs, per_axis, random, refusal, rtol_for
 
 OPS = {"correlate": jc.correlate, "convolve": jc.convolve}
 SCIPY = {"correlate": signal.correlate, "convolve": signal.convolve}
@@ -32,27 +32,25 @@ class Call:
   expected: np.ndarray
 
 
-def scipy_reference(fn: str, x: np.ndarray, w: np.ndarray, padding, np_pad, stride, dilation) -> np.ndarray:
+def scipy_reference(fn: str, x: np.ndarray, w: np.ndarray, padding, stride, dilation) -> np.ndarray:
   """scipy's stride-1 answer for the zero-inserted kernel (explicit pads: np.pad + "valid"), subsampled."""
   x, w = x.astype(np.float64), dilate_kernel(w.astype(np.float64), dilation)
-  y = SCIPY[fn](x, w, padding) if isinstance(padding, str) else SCIPY[fn](np.pad(x, np_pad), w, "valid")
-  strides = (stride,) * x.ndim if isinstance(stride, int) else stride
-  return y[tuple(slice(None, None, s) for s in strides)]
+  if isinstance(padding, str):
+    y = SCIPY[fn](x, w, padding)
+  else:
+    y = SCIPY[fn](np.pad(x, explicit_pairs(padding, x.ndim)), w, "valid")
+  return y[tuple(slice(None, None, s) for s in per_axis(stride, x.ndim))]
 
 
 def make_calls(specs: list[tuple], seed: int) -> list[Call]:
-  """``Call``s of both functions for ``(name, x_shape, w_shape, paddings, stride, dilation)`` specs.
-
-  ``paddings`` holds mode strings or ``(padding, np.pad width)`` pairs for explicit pads.
-  """
+  """``Call``s of both functions for ``(name, x_shape, w_shape, paddings, stride, dilation)`` specs."""
   rng = np.random.default_rng(seed)
   calls = []
   for name, x_shape, w_shape, paddings, stride, dilation in specs:
     x, w = random(rng, x_shape, w_shape)
     for padding in paddings:
-      padding, np_pad = (padding, None) if isinstance(padding, str) else padding
       for fn in OPS:
-        expected = scipy_reference(fn, x, w, padding, np_pad, stride, dilation)
+        expected = scipy_reference(fn, x, w, padding, stride, dilation)
         label = f"{fn}-{name}-{padding}-s{stride}-d{dilation}"
         calls.append(Call(label, fn, x, w, padding, stride, dilation, expected))
   return calls
@@ -78,13 +76,13 @@ GEOMETRY_BATCH = make_calls(
         ("1d-even-strided", (13,), (4,), MODES, 3, 1),
         ("2d-strided", (9, 8), (3, 2), MODES, (2, 3), 1),
         ("3d-strided", (5, 6, 4), (2, 3, 1), ("same", "full"), (2, 1, 3), 1),
-        ("1d-padded", (9,), (4,), ((2, 2), ([(3, 0)], [(3, 0)]), ([(0, 5)], [(0, 5)])), 1, 1),
-        ("2d-padded", (6, 7), (3, 2), ((0, 0), ((1, 3), [(1, 1), (3, 3)]), ([(0, 2), (3, 1)], [(0, 2), (3, 1)])), 1, 1),
-        ("3d-padded", (4, 5, 3), (2, 2, 3), (([(1, 0), (0, 0), (2, 1)], [(1, 0), (0, 0), (2, 1)]),), 1, 1),
+        ("1d-padded", (9,), (4,), (2, [(3, 0)], [(0, 5)]), 1, 1),
+        ("2d-padded", (6, 7), (3, 2), (0, (1, 3), [(0, 2), (3, 1)]), 1, 1),
+        ("3d-padded", (4, 5, 3), (2, 2, 3), ([(1, 0), (0, 0), (2, 1)],), 1, 1),
         ("1d-dilated", (14,), (3,), MODES, 1, 2),
         ("1d-even-dilated-strided", (15,), (2,), ("same",), 2, 3),
         ("2d-dilated", (9, 8), (2, 3), MODES, 1, (2, 1)),
-        ("2d-all", (9, 10), (2, 3), (([(2, 1), (0, 3)], [(2, 1), (0, 3)]),), (2, 1), (1, 2)),
+        ("2d-all", (9, 10), (2, 3), ([(2, 1), (0, 3)],), (2, 1), (1, 2)),
         ("3d-dilated", (7, 5, 6), (2, 1, 2), ("same", "full"), 1, 2),
     ],
     seed=2,
@@ -163,3 +161,12 @@ def test_int_inputs_are_promoted_not_truncated():
   np.testing.assert_array_equal(y, signal.correlate(x, [1, 2], "valid"))
   half = jc.convolve(x, np.array([0.5, 0.25], np.float32))
   np.testing.assert_allclose(half, signal.convolve(x, [0.5, 0.25], "valid"), rtol=1e-6)
+
+
+def test_readme_examples():
+  """The README's padding examples: scipy's "same" pads an even kernel low, lax's high."""
+  x = np.arange(1.0, 6.0)
+  np.testing.assert_array_equal(jc.correlate(x, [1.0, 1.0]), [3, 5, 7, 9])
+  np.testing.assert_array_equal(jc.correlate(x, [1.0, 1.0], "full"), [1, 3, 5, 7, 9, 5])
+  np.testing.assert_array_equal(jc.correlate(x, [1.0, 1.0], "same"), [1, 3, 5, 7, 9])
+  np.testing.assert_array_equal(jc.conv(x[None, :, None], np.ones((2, 1, 1)), padding="same")[0, :, 0], [3, 5, 7, 9, 5])

@@ -12,7 +12,7 @@ import pytest
 from jax import lax
 
 import jaxconv as jc
-from references import assert_close, random, rtol_for
+from references import assert_close, explicit_pairs, per_axis, random, rtol_for, with_vjp
 
 # (x shape, window, stride, padding); stride == window takes ops' reshape path, others reduce_window.
 CASES = {
@@ -38,13 +38,11 @@ def geometry(name: str) -> tuple[tuple[int, ...], tuple[int, ...], list[tuple[in
   """Window, strides and explicit pads of case ``name``; "same" pads as lax.padtype_to_pads has them."""
   x_shape, window, stride, padding = CASES[name]
   rank = len(x_shape) - 2
-  window = (window,) * rank if isinstance(window, int) else window
-  stride = window if stride is None else (stride,) * rank if isinstance(stride, int) else stride
+  window = per_axis(window, rank)
+  stride = window if stride is None else per_axis(stride, rank)
   if isinstance(padding, str):
-    pads = lax.padtype_to_pads(x_shape[1:-1], window, stride, padding.upper())
-  else:
-    pads = [(padding, padding)] * rank if isinstance(padding, int) else padding
-  return window, stride, [tuple(p) for p in pads]
+    return window, stride, [tuple(p) for p in lax.padtype_to_pads(x_shape[1:-1], window, stride, padding.upper())]
+  return window, stride, explicit_pairs(padding, rank)
 
 
 def pool_loop(kind: str, x: np.ndarray, window, stride, pads) -> np.ndarray:
@@ -88,13 +86,8 @@ def test_values_and_gradients(name: str, kind: str, rng: np.random.Generator):
   (x,) = random(rng, x_shape)
   y_loop = pool_loop(kind, x, *geometry(name))
   (ct,) = random(rng, y_loop.shape)
-
-  def value_and_grad(f):
-    y, pullback = jax.vjp(f, x)
-    return y, pullback(ct)[0]
-
-  y, dx = jax.jit(lambda: value_and_grad(pool))()
-  _, dx_ref = jax.jit(lambda: value_and_grad(reduce_window_pool(kind, *geometry(name))))()
+  y, (dx,) = with_vjp(pool)(x, ct)
+  _, (dx_ref,) = with_vjp(reduce_window_pool(kind, *geometry(name)))(x, ct)
   assert_close(y, y_loop, rtol_for(None), "y")
   assert_close(dx, dx_ref, rtol_for(None), "dx")
 

@@ -15,9 +15,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxconv.kernels.registry import ConvSpec, accumulation_dtype, register
-from jaxconv.kernels.taps import batch_chunk, image_bytes, pad_spatial, scan_batch, tap_slice, taps
+from jaxconv.kernels.taps import batch_chunk, image_bytes, input_grad_pads, pad_spatial, scan_batch, tap_slice, taps, transposed_kernel
 from jaxconv.padding import Pair, output_size
 
 # The widest group (C_in / groups) served: the work per output grows with it, and past a few
@@ -43,44 +44,50 @@ def out_spatial(x_shape, kernel, geometry: Geometry) -> list[int]:
   return [output_size(n, k, p, s, d) for n, k, p, s, d in zip(x_shape[1:-1], kernel, padding, stride, dilation)]
 
 
-def tap_windows(x: jax.Array, kernel, geometry: Geometry) -> list[jax.Array]:
-  """Per tap, what it reads for every output, grouped: ``(N, *out, G, C_in / G)``."""
+def tap_windows(x: jax.Array, kernel, geometry: Geometry, c_out: int) -> list[list[jax.Array]]:
+  """Per tap and group channel c, what it reads for every output, spread over its group's outputs.
+
+  x ``(N, *spatial, C_in)`` -> ``[[(N, *out, C_out)] * (C_in / G)] * K``: entry ``[t][c]`` holds
+  ``x_t[..., g * C_in/G + c]`` at every output channel of group ``g`` (so no axis of size 1 is minor).
+  """
   stride, padding, dilation, groups = geometry
   out = out_spatial(x.shape, kernel, geometry)
   xp = pad_spatial(x, padding)
-  c = x.shape[-1]
-  return [tap_slice(xp, tap, stride, dilation, out).reshape(*xp.shape[:1], *out, groups, c // groups) for tap in taps(kernel)]
-
-
-def grouped_kernel(w: jax.Array, groups: int) -> jax.Array:
-  """w ``(*kernel, C_in / G, C_out)`` -> ``(K, C_in / G, G, C_out / G)``."""
-  *kernel, cg, c_out = w.shape
-  return w.reshape(math.prod(kernel), cg, groups, c_out // groups)
+  c_in = x.shape[-1]
+  fan_out = c_out // groups
+  windows = []
+  for tap in taps(kernel):
+    window = tap_slice(xp, tap, stride, dilation, out).reshape(x.shape[0], *out, groups, c_in // groups)
+    windows.append([jnp.repeat(window[..., c], fan_out, axis=-1) if fan_out > 1 else window[..., c] for c in range(c_in // groups)])
+  return windows
 
 
 def shift_multiply_add(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
   """The conv as a sum of ``K * C_in / G`` broadcast products: ``(N, *out, C_out)`` in x's dtype."""
-  groups = geometry[3]
-  kernel = w.shape[:-2]
   acc = accumulation_dtype(x.dtype)
-  wg = grouped_kernel(w, groups).astype(acc)
-  terms = (window[..., c, None].astype(acc) * wg[t, c] for t, window in enumerate(tap_windows(x, kernel, geometry)) for c in range(wg.shape[1]))
-  y = functools.reduce(jnp.add, terms)  # (N, *out, G, C_out / G)
-  return y.reshape(*y.shape[:-2], w.shape[-1]).astype(x.dtype)
+  wk = w.reshape(-1, *w.shape[-2:]).astype(acc)  # (K, C_in / G, C_out)
+  windows = tap_windows(x, w.shape[:-2], geometry, w.shape[-1])
+  terms = (column.astype(acc) * wk[t, c] for t, columns in enumerate(windows) for c, column in enumerate(columns))
+  return functools.reduce(jnp.add, terms).astype(x.dtype)
+
+
+def input_grad(dy: jax.Array, w: jax.Array, x_shape, geometry: Geometry) -> jax.Array:
+  """dx ``x_shape`` as the stride-1 correlation of the dilated, padded dy with the flipped kernel."""
+  stride, padding, dilation, groups = geometry
+  kernel = w.shape[:-2]
+  rank = len(kernel)
+  config = input_grad_pads(x_shape[1:-1], kernel, stride, padding, dilation, dy.shape[1:-1])
+  dyp = lax.pad(dy, jnp.zeros((), dy.dtype), config)
+  return shift_multiply_add(dyp, transposed_kernel(w, groups), ((1,) * rank, ((0, 0),) * rank, dilation, groups))
 
 
 def kernel_grad_chunk(x: jax.Array, dy: jax.Array, w_shape, geometry: Geometry) -> jax.Array:
-  """One batch chunk's kernel gradient ``(K, C_in / G, G, C_out / G)``, accumulated in float32 or wider."""
-  groups = geometry[3]
-  kernel = w_shape[:-2]
+  """One batch chunk's kernel gradient ``(K, C_in / G, C_out)``, accumulated in float32 or wider."""
   acc = accumulation_dtype(x.dtype)
-  dyg = dy.reshape(*dy.shape[:-1], groups, -1).astype(acc)  # (B, *out, G, C_out / G)
+  dy = dy.astype(acc)
   reduce_axes = tuple(range(dy.ndim - 1))
-  rows = [
-      jnp.stack([jnp.sum(window[..., c, None].astype(acc) * dyg, axis=reduce_axes) for c in range(w_shape[-2])])
-      for window in tap_windows(x, kernel, geometry)
-  ]
-  return jnp.stack(rows)
+  windows = tap_windows(x, w_shape[:-2], geometry, w_shape[-1])
+  return jnp.stack([jnp.stack([jnp.sum(column.astype(acc) * dy, axis=reduce_axes) for column in columns]) for columns in windows])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -95,10 +102,9 @@ def conv_depthwise_fwd(x: jax.Array, w: jax.Array, geometry: Geometry) -> tuple[
 
 
 def conv_depthwise_bwd(geometry: Geometry, residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """dx by autodiff of the elementwise forward (fused pads); dW by chunked reductions."""
+  """dx by the transposed shift-and-multiply-add; dW by chunked reductions."""
   x, w = residuals
-  _, pullback = jax.vjp(lambda x: shift_multiply_add(x, w, geometry), x)
-  (dx,) = pullback(dy)
+  dx = input_grad(dy, w, x.shape, geometry)
   chunk = batch_chunk(x.shape[0], image_bytes(x.shape, x.dtype.itemsize) + image_bytes(dy.shape, dy.dtype.itemsize), REDUCE_BUDGET_BYTES)
   _, dw = scan_batch(lambda xc, dyc: (None, kernel_grad_chunk(xc, dyc, w.shape, geometry)), chunk, x, dy)
   return dx, dw.reshape(w.shape).astype(w.dtype)

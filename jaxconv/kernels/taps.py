@@ -46,6 +46,27 @@ def tap_pad_config(tap: Sequence[int], spatial: Sequence[int], stride: Sequence[
   return config + [(0, 0, 0)]
 
 
+def transposed_kernel(w: jax.Array, groups: int) -> jax.Array:
+  """The kernel of the input gradient: w ``(*K, C_in/G, C_out)`` flipped, channels swapped -> ``(*K, C_out/G, C_in)``."""
+  rank = w.ndim - 2
+  *kernel, cg, c_out = w.shape
+  w = jnp.flip(w, axis=tuple(range(rank))).reshape(*kernel, cg, groups, c_out // groups)
+  w = jnp.transpose(w, (*range(rank), rank + 2, rank + 1, rank))  # (*K, C_out/G, G, C_in/G)
+  return w.reshape(*kernel, c_out // groups, groups * cg)
+
+
+def input_grad_pads(spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[Pair], dilation: Sequence[int], out: Sequence[int]) -> list[tuple[int, int, int]]:
+  """``lax.pad`` config for dy ``(N, *out, C_out)`` so that dx is its stride-1 correlation with ``transposed_kernel``.
+
+  dy is dilated by the stride and padded so that output ``i`` of the correlation lines up with
+  input ``i``: ``lo' = d (k - 1) - lo``, ``hi' = n + lo - 1 - (out - 1) s`` (negative values crop).
+  """
+  config = [(0, 0, 0)]
+  for n, k, s, (lo, _), d, o in zip(spatial, kernel, stride, padding, dilation, out):
+    config.append((d * (k - 1) - lo, n + lo - 1 - (o - 1) * s, s - 1))
+  return config + [(0, 0, 0)]
+
+
 def batch_chunk(batch: int, bytes_per_image: int, budget: int) -> int:
   """The largest divisor of ``batch`` whose chunk takes at most ``budget`` bytes (at least 1)."""
   fitting = max(budget // max(bytes_per_image, 1), 1)
