@@ -7,6 +7,7 @@ under ``jax.jit``. Integer and bool inputs are promoted to the default float dty
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -248,7 +249,36 @@ def pool_geometry(x: jax.Array, window, stride, padding: Padding) -> tuple[tuple
   strides = windows if stride is None else normalize_ints(stride, rank, "stride")
   pads = resolve_padding(padding, x.shape[1:-1], windows, strides)
   check_fits(x.shape[1:-1], windows, pads, (1,) * rank, name="window")
+  # As in PyTorch: a pad as wide as the window would make windows that see only padding.
+  if any(lo >= k or hi >= k for (lo, hi), k in zip(pads, windows)):
+    raise ValueError(f"padding must be smaller than the window on each side; got pads {pads} for window {windows}")
   return windows, strides, pads
+
+
+def window_axes(rank: int) -> tuple[int, ...]:
+  """The window axes of blocks ``(N, o_1, k_1, ..., o_r, k_r, C)``."""
+  return tuple(range(2, 2 * rank + 1, 2))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def block_max(blocks: jax.Array, rank: int) -> jax.Array:
+  """Max over the windows of blocks ``(N, o_1, k_1, ..., o_r, k_r, C)`` -> ``(N, *o, C)``."""
+  return jnp.max(blocks, axis=window_axes(rank))
+
+
+@block_max.defjvp
+def block_max_jvp(rank: int, primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """The first maximal element of each window (row-major) carries the tangent, as in lax and PyTorch."""
+  (blocks,), (tangent,) = primals, tangents
+  axes = window_axes(rank)
+  y = jnp.max(blocks, axis=axes, keepdims=True)
+  window = tuple(blocks.shape[a] for a in axes)
+  order_shape = [1] * blocks.ndim
+  for a, k in zip(axes, window):
+    order_shape[a] = k
+  order = np.arange(math.prod(window)).reshape(order_shape)
+  first = jnp.min(jnp.where(blocks == y, order, order.size), axis=axes, keepdims=True)
+  return jnp.squeeze(y, axes), jnp.sum(jnp.where(order == first, tangent, 0), axis=axes)
 
 
 def reduce_windows(x: jax.Array, init: float, op, window, strides, pads) -> jax.Array:
@@ -269,8 +299,7 @@ def reduce_windows(x: jax.Array, init: float, op, window, strides, pads) -> jax.
     for o, k in zip(out, window):
       split += [o, k]
     xp = xp.reshape(*split, x.shape[-1])
-    reducer = {lax.max: jnp.max, lax.add: jnp.sum}[op]
-    return reducer(xp, axis=tuple(range(2, 2 * rank + 1, 2)))
+    return block_max(xp, rank) if op is lax.max else jnp.sum(xp, axis=window_axes(rank))
   return lax.reduce_window(
       x, init, op, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))
   )

@@ -117,15 +117,22 @@ def output_size(n: int, k: int, pads: Pair, s: int = 1, d: int = 1) -> int:
 
 
 def output_shape(
-    spatial: Sequence[int],
-    kernel: Sequence[int],
+    spatial: int | Sequence[int],
+    kernel: int | Sequence[int],
     padding: Padding = "valid",
     stride: int | Sequence[int] = 1,
     dilation: int | Sequence[int] = 1,
 ) -> tuple[int, ...]:
-  """Output spatial shape of a convolution or pooling window, computed without running it."""
-  spatial = tuple(normalize_ints(tuple(spatial), len(spatial), "spatial", minimum=0))
-  kernel = tuple(normalize_ints(tuple(kernel), len(kernel), "kernel"))
+  """Output spatial shape of a convolution or pooling window, computed without running it.
+
+  ``spatial`` is an int (one axis) or a sequence; ``kernel`` an int (every axis) or a sequence.
+  """
+  if _is_int(spatial):
+    spatial = (spatial,)
+  if not isinstance(spatial, Sequence) or isinstance(spatial, str):
+    raise TypeError(f"spatial must be an int or a sequence of ints; got {spatial!r}")
+  spatial = normalize_ints(tuple(spatial), len(spatial), "spatial", minimum=0)
+  kernel = normalize_ints(kernel, len(spatial), "kernel")
   pairs = resolve_padding(padding, spatial, kernel, stride, dilation)
   strides = normalize_ints(stride, len(spatial), "stride")
   dilations = normalize_ints(dilation, len(spatial), "dilation")

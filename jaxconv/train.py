@@ -465,48 +465,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   num_train = train_data.labels.shape[0]
   steps_per_epoch = num_train // config.batch_size
   input_shape = tuple(train_data.images.shape[1:])
-
   graphdef, params = nnx.split(create_model(config, input_shape), nnx.Param)
   tx = create_optimizer(config, steps_per_epoch)
-  manager = checkpoint_manager(workdir)
-  done, state, history = restore_checkpoint(manager, TrainState(params, tx.init(params)))
-  # The checkpoint is the record of finished epochs: a line appended after it (or missing because
-  # the run was killed between saving and appending) is rewritten from it.
-  write_metrics(workdir / METRICS_FILE, history)
-  if done:
-    log.info("resuming from %s after epoch %d", workdir, done)
-
-  start = time.perf_counter()
-  train_steps, evaluate = compile_steps(config, graphdef, tx, state, train_data, test_data)
-  compile_seconds = time.perf_counter() - start
   schedule = learning_rate_schedule(config, steps_per_epoch)
 
-  for epoch in range(done + 1, config.num_epochs + 1):
-    t0 = time.perf_counter()
-    idx = epoch_batches(config.seed, epoch, num_train, config.batch_size)
-    state, train_metrics = run_epoch(train_steps, state, train_data, idx, config.steps_per_call, f"epoch {epoch}/{config.num_epochs}")
-    t1 = time.perf_counter()
-    test_metrics = jax.device_get(evaluate(state.params, test_data))
-    t2 = time.perf_counter()
-    record = {
-        "epoch": epoch,
-        **summarize(train_metrics, "train"),
-        **summarize(test_metrics, "test"),
-        "epoch_seconds": t1 - t0,
-        "images_per_second": steps_per_epoch * config.batch_size / (t1 - t0),
-        "eval_seconds": t2 - t1,
-        "compile_seconds": compile_seconds,
-        "learning_rate": float(schedule(epoch * steps_per_epoch)),
-    }
-    history.append(record)
-    save_checkpoint(manager, epoch, state, {"input_shape": input_shape, "history": history})
-    append_metrics(workdir / METRICS_FILE, record)
-    log.info(
-        "epoch %d: train loss %.4f acc %.4f, test loss %.4f acc %.4f, %.2fs (%.0f images/s)",
-        epoch, record["train_loss"], record["train_accuracy"], record["test_loss"], record["test_accuracy"],
-        record["epoch_seconds"], record["images_per_second"],
-    )  # fmt: skip
-  manager.close()
+  with checkpoint_manager(workdir) as manager:
+    done, state, history = restore_checkpoint(manager, TrainState(params, tx.init(params)))
+    # The checkpoint is the record of finished epochs: a line appended after it, or one missing
+    # because a run was killed between saving and appending, is rewritten from it.
+    write_metrics(workdir / METRICS_FILE, history)
+    if done:
+      log.info("resuming from %s after epoch %d", workdir, done)
+    if done < config.num_epochs:
+      start = time.perf_counter()
+      train_steps, evaluate = compile_steps(config, graphdef, tx, state, train_data, test_data)
+      compile_seconds = time.perf_counter() - start
+    for epoch in range(done + 1, config.num_epochs + 1):
+      t0 = time.perf_counter()
+      idx = epoch_batches(config.seed, epoch, num_train, config.batch_size)
+      state, train_metrics = run_epoch(train_steps, state, train_data, idx, config.steps_per_call, f"epoch {epoch}/{config.num_epochs}")
+      t1 = time.perf_counter()
+      test_metrics = jax.device_get(evaluate(state.params, test_data))
+      record = {
+          "epoch": epoch,
+          **summarize(train_metrics, "train"),
+          **summarize(test_metrics, "test"),
+          "epoch_seconds": t1 - t0,
+          "images_per_second": steps_per_epoch * config.batch_size / (t1 - t0),
+          "eval_seconds": time.perf_counter() - t1,
+          "compile_seconds": compile_seconds,
+          "learning_rate": float(schedule(epoch * steps_per_epoch)),
+      }
+      history.append(record)
+      save_checkpoint(manager, epoch, state, {"input_shape": input_shape, "history": history})
+      append_metrics(workdir / METRICS_FILE, record)
+      log.info(
+          "epoch %d: train loss %.4f acc %.4f, test loss %.4f acc %.4f, %.2fs (%.0f images/s)",
+          epoch, record["train_loss"], record["train_accuracy"], record["test_loss"], record["test_accuracy"],
+          record["epoch_seconds"], record["images_per_second"],
+      )  # fmt: skip
   if history:
     plot_curves(history, workdir / CURVES_FILE)
   return history

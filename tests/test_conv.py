@@ -109,8 +109,8 @@ def test_values_and_gradients_match_lax(name: str, impl: str):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_vmap_over_extra_axis(impl: str, rng: np.random.Generator):
   """vmap over a leading axis of x (and of w, or with w shared) equals a loop of lax convs."""
-  xs, ws = random(rng, (3, 2, 6, 5, 2), (3, 3, 2, 2, 4))
-  geometry = dict(stride=(1, 2), padding="same")
+  xs, ws = random(rng, (3, 2, 6, 5, 2), (3, 3, 3, 2, 4))
+  geometry = dict(padding="same")
   if refusal(impl, xs.shape[1:], ws.shape[1:], **geometry) is not None:
     pytest.skip(f"{impl} refuses this shape")
   conv = functools.partial(jc.conv, impl=impl, **geometry)
@@ -153,13 +153,12 @@ def test_int_inputs_are_promoted_not_truncated():
   assert jc.conv(x, x[:1, :2, :2, :].transpose(1, 2, 3, 0)).dtype == jnp.float32
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_check_grads(impl: str, rng: np.random.Generator):
+# The two kernels of the functional core; every kernel's gradients are held to lax's above.
+@pytest.mark.parametrize("impl", [None, "patches"])
+def test_check_grads(impl: str | None, rng: np.random.Generator):
   """Reverse-mode gradients agree with finite differences (exact for conv, which is bilinear)."""
   x, w, b = random(rng, (1, 5, 4, 4), (3, 2, 2, 2), (2,))
   geometry = dict(stride=2, padding="same", groups=2)
-  if refusal(impl, x.shape, w.shape, **geometry) is not None:
-    pytest.skip(f"{impl} refuses this shape")
   check_grads(jax.jit(functools.partial(jc.conv, impl=impl, **geometry)), (x, w, b), order=1, modes=("rev",), eps=0.1)
 
 

@@ -101,9 +101,17 @@ def test_bad_arguments_raise_naming_them(fn, arrays, kwargs, exc, match, jit: bo
         (dict(spatial=(5,), kernel=(3,), stride=0), ValueError, "stride"),
         (dict(spatial=(5,), kernel=(3,), dilation=(1, 1)), ValueError, "dilation"),
         (dict(spatial=(5,), kernel=(3,), padding="half"), ValueError, "padding"),
+        (dict(spatial="5", kernel=3), TypeError, "spatial"),
     ],
 )
 def test_output_shape_errors(kwargs: dict, exc: type[Exception], match: str):
   """output_shape validates like the functions whose shapes it predicts."""
   with pytest.raises(exc, match=f"^{match}\\b"):
     jc.output_shape(**kwargs)
+
+
+@pytest.mark.parametrize("pool", [jc.max_pool, jc.avg_pool])
+def test_pool_padding_as_wide_as_the_window_is_refused(pool):
+  """A window that would see only padding (pad >= window on a side) is an error, as in PyTorch."""
+  with pytest.raises(ValueError, match="^padding"):
+    pool(np.ones((1, 4, 4, 1), np.float32), 2, padding=2)

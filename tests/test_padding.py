@@ -124,5 +124,19 @@ def test_output_shape_is_what_the_functions_return(geometry):
   for fn in (jc.correlate, jc.convolve):
     assert jax.eval_shape(functools.partial(fn, **geometry), *signal_args).shape == out
   pooled = jc.output_shape(spatial, kernel, padding, stride)
+  pads = jc.padding.resolve_padding(padding, spatial, kernel, stride)
+  window_sees_only_padding = any(max(pair) >= k for pair, k in zip(pads, kernel))
   for pool in (jc.max_pool, jc.avg_pool):
-    assert jax.eval_shape(functools.partial(pool, window=kernel, stride=stride, padding=padding), conv_args[0]).shape == (2, *pooled, 3)
+    pooled_fn = functools.partial(pool, window=kernel, stride=stride, padding=padding)
+    if window_sees_only_padding:
+      with pytest.raises(ValueError, match="^padding"):
+        jax.eval_shape(pooled_fn, conv_args[0])
+    else:
+      assert jax.eval_shape(pooled_fn, conv_args[0]).shape == (2, *pooled, 3)
+
+
+def test_output_shape_takes_plain_ints():
+  """An int spatial size is one axis; an int kernel applies to every axis."""
+  assert jc.output_shape(5, 3) == (3,)
+  assert jc.output_shape((28, 28), 5, padding=2) == (28, 28)
+  assert jc.output_shape((9, 10), 2, "same", 2) == (5, 5)

@@ -117,3 +117,15 @@ def test_dtypes():
   assert jc.max_pool(x, 2).dtype == jnp.float32
   xb = jnp.asarray(x, jnp.bfloat16)
   assert jc.avg_pool(xb, 2, 1).dtype == jc.max_pool(xb, 2).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("padding", ["valid", [(1, 1)]])
+def test_max_pool_ties_give_the_whole_gradient_to_the_first(padding):
+  """On ties the reshape path routes the gradient like reduce_window (first maximal element)."""
+  x = jnp.array([1.0, 1.0, 0.0, 2.0, 3.0, 3.0]).reshape(1, 6, 1)
+  (pads,) = jc.padding.resolve_padding(padding, (6,), (2,))
+  dx = jax.jit(jax.grad(lambda x: jc.max_pool(x, 2, padding=padding).sum()))(x)
+  dx_ref = jax.grad(lambda x: reduce_window_pool("max", (2,), (2,), (pads,))(x).sum())(x)
+  np.testing.assert_array_equal(dx, dx_ref)
+  # Forward mode agrees with reverse mode (the rule is a JVP, so jvp and jacfwd work).
+  np.testing.assert_array_equal(jax.jacfwd(lambda x: jc.max_pool(x, 2, padding=padding).sum())(x), dx_ref)

@@ -1,0 +1,89 @@
+"""jaxconv.models.LeNet: layer structure, parameter counts, shapes, and every kernel's logits."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from references import IMPLS, assert_close, random, refusal, rtol_for
+
+from jaxconv import nn
+from jaxconv.models import LeNet
+
+
+def num_params(model: nnx.Module) -> int:
+  """Number of scalar parameters of ``model``."""
+  return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def output_shape(model: LeNet, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The shape of ``model``'s output for float32 input of ``shape``, without running it."""
+  return jax.eval_shape(lambda x: model(x), jax.ShapeDtypeStruct(shape, jnp.float32)).shape
+
+
+@pytest.mark.parametrize("variant, act, pool", [("modern", nnx.relu, nn.MaxPool), ("classic", nnx.sigmoid, nn.AvgPool)])
+def test_structure_and_parameter_count(variant, act, pool):
+  model = LeNet(variant=variant, rngs=nnx.Rngs(0))
+  assert num_params(model) == 61_706
+  conv1, act1, pool1, conv2, act2, pool2 = model.features.layers
+  assert (conv1.kernel_size, conv1.padding, conv1.in_features, conv1.out_features) == ((5, 5), 2, 1, 6)
+  assert (conv2.kernel_size, conv2.padding, conv2.in_features, conv2.out_features) == ((5, 5), "valid", 6, 16)
+  assert act1 is act2 is act
+  assert isinstance(pool1, pool) and isinstance(pool2, pool) and pool1.window == (2, 2)
+  widths = [(layer.in_features, layer.out_features) for layer in model.classifier.layers if isinstance(layer, nnx.Linear)]
+  assert widths == [(400, 120), (120, 84), (84, 10)]
+  assert output_shape(model, (3, 28, 28, 1)) == (3, 10)
+
+
+def test_other_input_sizes_and_classes():
+  model = LeNet(5, input_shape=(32, 32, 3), rngs=nnx.Rngs(0))
+  assert output_shape(model, (2, 32, 32, 3)) == (2, 5)
+  assert model.classifier.layers[1].in_features == 16 * 6 * 6
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(variant="vintage"), "variant must be one of"), (dict(num_classes=0), "num_classes"), (dict(impl="nope"), "impl='nope'")])
+def test_rejects_bad_arguments(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    LeNet(rngs=nnx.Rngs(0), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+  """A small batch of standard-normal images ``(4, 28, 28, 1)``."""
+  return random(np.random.default_rng(0), (4, 28, 28, 1))[0]
+
+
+def refuses_lenet(impl: str) -> str | None:
+  """Why ``impl`` cannot run one of LeNet's two convs on 28x28 inputs, or None."""
+  return refusal(impl, (4, 28, 28, 1), (5, 5, 1, 6), padding=2) or refusal(impl, (4, 14, 14, 6), (5, 5, 6, 16))
+
+
+def logits(model: LeNet, x: np.ndarray) -> jax.Array:
+  """The model's logits, compiled (eager execution of the patch kernel is slow)."""
+  return nnx.jit(lambda model, x: model(x))(model, x)
+
+
+@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "lax"])
+def test_impls_agree_on_logits(images, impl):
+  if reason := refuses_lenet(impl):
+    pytest.skip(f"{impl} does not run LeNet: {reason}")
+  # The same seed gives the same parameters whatever the kernel.
+  reference, model = (LeNet(impl=name, rngs=nnx.Rngs(0)) for name in ("lax", impl))
+  assert_close(logits(model, images), logits(reference, images), max(rtol_for(impl), 1e-5), f"{impl} vs lax")
+
+
+def test_classic_gradients_agree_with_patches(images):
+  labels = jnp.arange(4)
+
+  def grads(impl: str) -> list[jax.Array]:
+    model = LeNet(variant="classic", impl=impl, rngs=nnx.Rngs(0))
+
+    def loss(model: LeNet) -> jax.Array:
+      return -jnp.take_along_axis(jax.nn.log_softmax(model(images)), labels[:, None], 1).mean()
+
+    return jax.tree.leaves(nnx.jit(nnx.grad(loss))(model))
+
+  for got, want in zip(grads("patches"), grads("lax")):
+    assert_close(got, want, 1e-4, "patches gradient")

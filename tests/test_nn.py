@@ -1,0 +1,106 @@
+"""jaxconv.nn: Conv and pooling layers against lax, their attributes, init scale and argument errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+from references import LAX_DIMS, assert_close, random
+
+import jaxconv as jc
+from jaxconv import nn
+
+
+@pytest.mark.parametrize(
+    "rank, kwargs",
+    [
+        (1, dict(stride=2, padding="same")),
+        (2, dict(padding=((1, 2), (0, 1)), dilation=(1, 2), groups=2)),
+        (3, dict(stride=(1, 2, 1), padding=1, use_bias=False)),
+    ],
+)
+def test_conv_matches_lax(rng, rank, kwargs):
+  layer = nn.Conv(4, 6, (3,) * rank, impl="lax", rngs=nnx.Rngs(0), **kwargs)
+  (x,) = random(rng, (2, *(7,) * rank, 4))
+  w = np.asarray(layer.kernel[...])
+  assert w.shape == (3,) * rank + (4 // layer.groups, 6)
+  pads = kwargs.get("padding", "valid")
+  pads = [(pads, pads)] * rank if isinstance(pads, int) else pads
+  expected = lax.conv_general_dilated(
+      x, w, (kwargs.get("stride", 1),) * rank if isinstance(kwargs.get("stride", 1), int) else kwargs["stride"],
+      pads.upper() if isinstance(pads, str) else pads,
+      rhs_dilation=layer.dilation, dimension_numbers=LAX_DIMS[rank], feature_group_count=layer.groups,
+  )  # fmt: skip
+  if layer.bias is not None:
+    expected = expected + np.asarray(layer.bias[...])
+  assert_close(layer(x), expected, 1e-5, f"rank {rank}")
+
+
+def test_conv_attributes_are_normalised():
+  layer = nn.Conv(2, 4, (5, 3), stride=2, padding="same", dilation=(1, 2), rngs=nnx.Rngs(0))
+  assert (layer.kernel_size, layer.stride, layer.dilation) == ((5, 3), (2, 2), (1, 2))
+  assert (layer.padding, layer.groups, layer.impl, layer.bias[...].shape) == ("same", 1, None, (4,))
+  assert nn.Conv(2, 4, 3, rngs=nnx.Rngs(0)).kernel_size == (3,)  # an int is one axis, as in flax
+
+
+def test_default_impl_is_auto_when_registered(rng):
+  assert nn.default_impl() == (nn.DEFAULT_IMPL if nn.DEFAULT_IMPL in jc.available_impls() else None)
+  (x,) = random(rng, (2, 9, 9, 3))
+  auto, reference = (nn.Conv(3, 5, (3, 3), impl=impl, rngs=nnx.Rngs(1)) for impl in (None, "lax"))
+  assert_close(auto(x), reference(x), 1e-4, "impl=None vs lax")
+
+
+@pytest.mark.parametrize("init, gain", [(None, 1.0), (nnx.initializers.he_normal(), 2.0)])
+def test_kernel_init_scale(init, gain):
+  # LeCun normal by default: variance 1 / fan_in with fan_in = 3 * 3 * 64 / groups.
+  kwargs = {} if init is None else {"kernel_init": init}
+  w = np.asarray(nn.Conv(128, 64, (3, 3), groups=2, rngs=nnx.Rngs(0), **kwargs).kernel[...])
+  assert w.std() == pytest.approx(np.sqrt(gain / (3 * 3 * 64)), rel=0.03)
+  assert abs(w.mean()) < 0.05 * w.std()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(groups=3), "groups=3 must divide in_features"),
+        (dict(padding="middle"), "padding must be one of"),
+        (dict(stride=0), "stride must be >= 1"),
+        (dict(impl="nope"), "impl='nope' is not a registered kernel"),
+        (dict(kernel_size=(3, 3, 3, 3)), "kernel_size must give 1-3 spatial axes"),
+        (dict(dilation=(1, 2, 3)), "dilation must be an int or a sequence of 2 ints"),
+    ],
+)
+def test_conv_rejects_bad_arguments(kwargs, message):
+  kwargs = {"kernel_size": (3, 3), **kwargs}
+  with pytest.raises(ValueError, match=message):
+    nn.Conv(4, 8, rngs=nnx.Rngs(0), **kwargs)
+
+
+def test_pools_match_reduce_window(rng):
+  (x,) = random(rng, (2, 8, 9, 3))
+  window, stride, pads = (3, 2), (2, 2), ((1, 1), (0, 1))
+  full_pads = ((0, 0), *pads, (0, 0))
+  max_ref = lax.reduce_window(x, -np.inf, lax.max, (1, *window, 1), (1, *stride, 1), full_pads)
+  sum_ref = lax.reduce_window(x, 0.0, lax.add, (1, *window, 1), (1, *stride, 1), full_pads)
+  assert_close(nn.MaxPool(window, stride, pads)(x), max_ref, 1e-6, "max")
+  assert_close(nn.AvgPool(window, stride, pads)(x), sum_ref / 6, 1e-6, "avg")
+  pool = nn.AvgPool(2)
+  assert (pool.window, pool.stride, pool.padding, pool.count_include_pad) == (2, None, "valid", True)
+  assert nn.MaxPool((2, 2))(jnp.ones((1, 4, 4, 1))).shape == (1, 2, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(((2, 0),), "window must be >= 1"), (((2, 2), (1, 1, 1)), "stride must be an int or a sequence of 2 ints"), ((2, 1, "edge"), "padding must be one of")],
+)
+def test_pools_reject_bad_arguments(args, message):
+  for pool in (nn.MaxPool, nn.AvgPool):
+    with pytest.raises(ValueError, match=message):
+      pool(*args)
+
+
+def test_flatten():
+  assert nn.flatten(jnp.zeros((3, 2, 4, 5))).shape == (3, 40)

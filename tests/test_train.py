@@ -1,0 +1,205 @@
+"""jaxconv.train: config validation, batching, a smoke run that learns, exact resume after kills."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxconv import train
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs" / "smoke.py"
+TIMINGS = ("epoch_seconds", "images_per_second", "eval_seconds", "compile_seconds")
+
+
+def load_config(path: Path) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file."""
+  namespace: dict = {}
+  exec(compile(path.read_text(), str(path), "exec"), namespace)
+  return namespace["get_config"]()
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+  """The records of ``workdir/metrics.jsonl``."""
+  return [json.loads(line) for line in (workdir / train.METRICS_FILE).read_text().splitlines()]
+
+
+def without_timings(records: list[dict]) -> list[dict]:
+  """``records`` without their wall-clock fields."""
+  return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
+
+
+@pytest.mark.parametrize("name", ["lenet_mnist.py", "lenet_classic.py", "smoke.py"])
+def test_shipped_configs_are_valid(name):
+  train.validate_config(load_config(ROOT / "configs" / name))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("data.source", "csv", r"config.data.source must be one of \('idx', 'tfds'\); got 'csv'"),
+        ("data.dir", "/nonexistent", "config.data.dir must be a directory"),
+        ("model.variant", "vintage", "config.model.variant must be one of"),
+        ("model.impl", "nope", "config.model.impl must be None or one of"),
+        ("num_epochs", 0, "config.num_epochs must be a positive int; got 0"),
+        ("eval_batch_size", 0, "config.eval_batch_size must be a positive int; got 0"),
+        ("learning_rate", -1.0, "config.learning_rate must be a positive number"),
+        ("optimizer", "rmsprop", "config.optimizer must be one of"),
+        ("schedule", "step", "config.schedule must be one of"),
+        ("warmup_epochs", 11.0, r"config.warmup_epochs must be a number in \[0, num_epochs\]"),
+        ("momentum", 1.0, r"config.momentum must be a number in \[0, 1\)"),
+        ("data.train_size", -1, "config.data.train_size must be an int >= 0"),
+    ],
+)
+def test_validate_config_names_the_field(field, value, message):
+  config = train.default_config()
+  with config.unlocked():
+    parent, _, leaf = field.rpartition(".")
+    (config[parent] if parent else config)[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(config)
+
+
+def test_validate_config_reports_missing_fields():
+  config = train.default_config()
+  del config.model["variant"]
+  with pytest.raises(ValueError, match="config.model.variant is missing"):
+    train.validate_config(config)
+
+
+def test_epoch_batches_are_seeded_shuffles():
+  a = np.asarray(train.epoch_batches(0, 1, 100, 16))
+  assert a.shape == (6, 16) and a.dtype == np.int32
+  assert len(np.unique(a)) == 96 and a.min() >= 0 and a.max() < 100
+  np.testing.assert_array_equal(a, train.epoch_batches(0, 1, 100, 16))
+  assert not np.array_equal(a, train.epoch_batches(0, 2, 100, 16))
+  assert not np.array_equal(a, train.epoch_batches(1, 1, 100, 16))
+
+
+@pytest.mark.parametrize("schedule", ["warmup_cosine", "one_cycle"])
+def test_schedules_warm_up_then_decay(schedule):
+  config = train.default_config()
+  config.schedule, config.num_epochs, config.warmup_epochs, config.learning_rate = schedule, 4, 1.0, 0.01
+  lr = train.learning_rate_schedule(config, steps_per_epoch=10)
+  values = np.array([float(lr(step)) for step in range(41)])
+  assert values.max() == pytest.approx(0.01, rel=1e-3) and np.argmax(values) == 10
+  assert values[0] < 0.005 and values[-1] < 1e-4
+  assert np.all(np.diff(values[:11]) > 0) and np.all(np.diff(values[10:]) <= 0)
+
+
+def test_evaluate_masks_the_last_partial_batch(rng):
+  model = train.create_model(train.default_config(), (28, 28, 1))
+  graphdef, params = nnx.split(model, nnx.Param)
+  test = train.Batch(jnp.asarray(rng.standard_normal((10, 28, 28, 1)), jnp.float32), jnp.arange(10) % 3)
+  metrics = jax.jit(train.make_evaluate(graphdef, batch_size=4))(params, test)
+  logits = model(test.images)
+  assert int(metrics["count"]) == 10
+  assert int(metrics["correct"]) == int((logits.argmax(-1) == test.labels).sum())
+  expected = optax.softmax_cross_entropy_with_integer_labels(logits, test.labels).sum()
+  assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# end to end: the smoke config, in this process and in killed subprocesses
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+  """An uninterrupted smoke run: its workdir and returned history."""
+  workdir = tmp_path_factory.mktemp("smoke")
+  return workdir, train.train_and_evaluate(load_config(SMOKE), workdir)
+
+
+@pytest.mark.slow
+def test_smoke_run_learns_and_writes_its_outputs(smoke_run):
+  workdir, history = smoke_run
+  assert read_metrics(workdir) == history
+  assert [r["epoch"] for r in history] == [1, 2]
+  for record in history:
+    assert set(record) >= {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds", "images_per_second"}
+  # 2 epochs on 2,048 images: far above the 10% of chance.
+  assert history[-1]["test_accuracy"] > 0.7
+  assert history[-1]["train_loss"] < history[0]["train_loss"]
+  assert (workdir / train.CURVES_FILE).stat().st_size > 10_000
+  assert sorted(p.name for p in (workdir / train.CHECKPOINT_DIR).iterdir()) == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_restore_model_reproduces_the_test_accuracy(smoke_run):
+  workdir, history = smoke_run
+  config = load_config(SMOKE)
+  model = train.restore_model(config, workdir)
+  _, test = train.device_data(config)
+  logits = nnx.jit(lambda model, x: model(x))(model, test.images)
+  assert float((logits.argmax(-1) == test.labels).mean()) == history[-1]["test_accuracy"]
+  # A finished run resumes to nothing: the same records, nothing appended.
+  assert train.train_and_evaluate(config, workdir) == history
+  assert read_metrics(workdir) == history
+
+
+# Runs the smoke config in a subprocess that SIGKILLs itself at a chosen point of training.
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+from jaxconv import train
+
+config_path, workdir, point = sys.argv[1:]
+namespace = {}
+exec(Path(config_path).read_text(), namespace)
+kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
+
+if point == "after-checkpoint-1":  # epoch 1 is checkpointed, its metrics line not yet written
+  append = train.append_metrics
+  train.append_metrics = lambda path, record: kill() if record["epoch"] == 1 else append(path, record)
+elif point == "mid-epoch-2":  # the third compiled call of epoch 2
+  run_epoch = train.run_epoch
+
+  def killing_run_epoch(train_steps, *args):
+    calls = []
+
+    def steps(*a):
+      calls.append(None)
+      if len(calls) == 3:
+        kill()
+      return train_steps(*a)
+
+    return run_epoch(steps if args[-1].startswith("epoch 2/") else train_steps, *args)
+
+  train.run_epoch = killing_run_epoch
+train.train_and_evaluate(namespace["get_config"](), workdir)
+"""
+
+
+def run_killed(workdir: Path, point: str) -> None:
+  """Run the smoke config in a subprocess that kills itself at ``point``."""
+  proc = subprocess.run([sys.executable, "-c", KILLER, str(SMOKE), str(workdir), point], capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == -9, f"expected SIGKILL, got {proc.returncode}:\n{proc.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_resume_after_kills_gives_each_epoch_once_and_the_same_metrics(smoke_run, tmp_path):
+  workdir = tmp_path / "run"
+  run_killed(workdir, "after-checkpoint-1")
+  assert (workdir / train.CHECKPOINT_DIR / "1").is_dir() and read_metrics(workdir) == []
+  run_killed(workdir, "mid-epoch-2")
+  assert [r["epoch"] for r in read_metrics(workdir)] == [1]
+  assert not (workdir / train.CHECKPOINT_DIR / "2").exists()
+  # The command line, with an override, finishes the run.
+  cli = [sys.executable, "experiments/train_lenet.py", f"--config={SMOKE}", "--config.num_epochs=2", f"--workdir={workdir}"]
+  proc = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming" in proc.stderr
+  records = read_metrics(workdir)
+  assert [r["epoch"] for r in records] == [1, 2]
+  # Same config and seed on CPU: exactly the metrics of the uninterrupted run.
+  assert without_timings(records) == without_timings(smoke_run[1])
