@@ -11,7 +11,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxconv import train
+from jaxconv import parallel, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and curves.png.")
@@ -27,6 +27,7 @@ def main(argv: list[str]) -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   log = logging.getLogger("jaxconv")
   log.setLevel(logging.INFO)
+  parallel.initialize_distributed(FLAGS.config)  # before jax.devices() starts the backend
   log.info("JAX %s on %s", jax.__version__, jax.devices())
   log.info("config:\n%s", FLAGS.config)
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

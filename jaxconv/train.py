@@ -3,8 +3,9 @@ evaluation, orbax checkpoints, ``metrics.jsonl`` and ``curves.png`` in the work 
 
 The unit of computation is ``train_step(state, batch) -> (state, metrics)``, a pure function of
 pytrees (the model enters as ``nnx.split`` state, rebuilt by ``nnx.merge`` under the trace), so
-data parallelism only needs shardings on its inputs: a ``Mesh`` with ``batch`` sharded along its
-leading axis and ``state`` replicated. Metrics are per-batch sums, which add across shards.
+data parallelism only needs shardings on its inputs (``jaxconv.parallel``): a ``Mesh`` with
+``batch`` sharded along its leading axis and ``state`` replicated. Metrics are per-batch sums,
+which add across shards. With one device the mesh is trivial and nothing else changes.
 
 An epoch is a few calls of one compiled ``fori_loop`` over ``config.steps_per_call`` steps, each
 gathering its shuffled batch on the device, so Python runs once per call, not once per batch.
@@ -30,9 +31,10 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax import lax
+from jax.sharding import Mesh
 
 from jaxconv import data as datasets
-from jaxconv import ops
+from jaxconv import ops, parallel
 from jaxconv.models import VARIANTS, LeNet
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -89,6 +91,14 @@ def default_config() -> ml_collections.ConfigDict:
   config.weight_decay = 0.0  # adamw only
   config.schedule = "warmup_cosine"
   config.warmup_epochs = 1.0
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = 0  # devices the batch is split over (data parallelism); 0: every device
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False  # True: jax.distributed.initialize first (one process per host)
+  # None: found by JAX from JAX_COORDINATOR_ADDRESS or the cluster (SLURM, Open MPI, Kubernetes, TPU).
+  config.distributed.coordinator_address = config_dict.placeholder(str)  # "host:port" of process 0
+  config.distributed.num_processes = config_dict.placeholder(int)
+  config.distributed.process_id = config_dict.placeholder(int)
   return config
 
 
@@ -136,6 +146,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check_field(config, "weight_decay", (float, int), lambda v: v >= 0, "a number >= 0")
   check_field(config, "schedule", str, lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
   check_field(config, "warmup_epochs", (float, int), lambda v: 0 <= v <= config.num_epochs, "a number in [0, num_epochs]")
+  check_field(config, "mesh.data", int, lambda v: v >= 0, "an int >= 0 (0: every device)")
+  check_field(config, "distributed.enabled", bool, anything, "a bool")
+  check_field(config, "distributed.coordinator_address", (str, type(None)), lambda v: v is None or ":" in v, "None or 'host:port'")
+  check_field(config, "distributed.num_processes", (int, type(None)), lambda v: v is None or v > 0, "None or a positive int")
+  check_field(config, "distributed.process_id", (int, type(None)), lambda v: v is None or v >= 0, "None or an int >= 0")
   if config.data.source == "idx" and config.data.dir is not None and not Path(config.data.dir).is_dir():
     raise ValueError(f"config.data.dir must be a directory holding the four IDX files; {config.data.dir!r} is not a directory")
 
@@ -154,35 +169,58 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarra
   return (images[:limit], labels[:limit]) if limit else (images, labels)
 
 
-def normalize(images: np.ndarray, mean: float, std: float) -> jax.Array:
-  """uint8 images ``(N, H, W, C)`` -> float32 ``(x / 255 - mean) / std`` on the device."""
-  return jnp.asarray((images.astype(np.float32) / 255.0 - mean) / std)
+def normalize(images: np.ndarray, mean: float, std: float) -> np.ndarray:
+  """uint8 images ``(N, H, W, C)`` -> float32 ``(x / 255 - mean) / std``."""
+  return (images.astype(np.float32) / 255.0 - mean) / std
 
 
-def device_data(config: ml_collections.ConfigDict) -> tuple[Batch, Batch]:
-  """Train and test splits, normalised once with the training set's mean and std, on the device."""
+def place(images: np.ndarray, labels: np.ndarray, mean: float, std: float, mesh: Mesh) -> Batch:
+  """A split normalised and sharded along its examples over ``mesh``; each process copies only its rows."""
+  rows = parallel.process_rows(len(labels), mesh)
+  return parallel.shard_examples(Batch(normalize(images[rows], mean, std), labels[rows]), mesh, len(labels))
+
+
+def device_data(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> tuple[Batch, Batch]:
+  """Train and test splits, normalised with the training set's mean and std, sharded over ``mesh``.
+
+  ``mesh`` defaults to ``config.mesh.data`` devices. Each of its ``D`` devices holds an equal block:
+  the training set loses its last ``N % D`` examples, the test set gets label -1 padding that
+  ``evaluate`` masks.
+  """
+  mesh = mesh or parallel.make_mesh(config.mesh.data)
   train_x, train_y = load_split(config, "train")
   test_x, test_y = load_split(config, "test")
   if config.batch_size > len(train_x):
     raise ValueError(f"config.batch_size={config.batch_size} is larger than the training set ({len(train_x)} examples)")
+  # Statistics of the whole split on every process, so that every host normalises alike.
   scaled = train_x.astype(np.float64) / 255.0
   mean, std = float(scaled.mean()), float(scaled.std())
-  train = Batch(normalize(train_x, mean, std), jnp.asarray(train_y))
-  test = Batch(normalize(test_x, mean, std), jnp.asarray(test_y))
-  return train, test
+  shards = parallel.num_shards(mesh)
+  keep, pad = len(train_y) - len(train_y) % shards, -len(test_y) % shards
+  test_x = np.concatenate([test_x, np.zeros((pad, *test_x.shape[1:]), test_x.dtype)])
+  test_y = np.concatenate([test_y, np.full(pad, -1, test_y.dtype)])
+  return place(train_x[:keep], train_y[:keep], mean, std, mesh), place(test_x, test_y, mean, std, mesh)
 
 
-def epoch_batches(seed: int, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
-  """Row indices ``(steps, batch_size)`` of epoch ``epoch``'s shuffle; the remainder is dropped."""
-  # numpy: the same permutation on every backend, and nothing to compile.
-  perm = np.random.default_rng((seed, epoch)).permutation(num_examples)
-  steps = num_examples // batch_size
-  return jnp.asarray(perm[: steps * batch_size].reshape(steps, batch_size), jnp.int32)
+def steps_per_epoch(num_examples: int, batch_size: int, shards: int = 1) -> int:
+  """Full batches in an epoch whose batches take ``batch_size / shards`` rows from each of ``shards`` shards."""
+  return (num_examples // shards) // (batch_size // shards)
 
 
-def take(dataset: Batch, rows: jax.Array) -> Batch:
-  """The examples at ``rows`` (any shape of indices) of every array in ``dataset``."""
-  return jax.tree.map(lambda a: a[rows], dataset)
+def epoch_batches(seed: int, epoch: int, num_examples: int, batch_size: int, mesh: Mesh | None = None) -> jax.Array:
+  """Row indices ``(steps, batch_size)`` of epoch ``epoch``'s shuffle; the remainder is dropped.
+
+  With a mesh of ``D`` devices, column block ``d`` shuffles shard ``d`` (rows ``< num_examples / D``
+  of it, for ``parallel.gather_shards``) and is placed on device ``d``.
+  """
+  shards = parallel.num_shards(mesh)
+  steps, size = steps_per_epoch(num_examples, batch_size, shards), batch_size // shards
+  # numpy: the same permutation on every backend and host, and nothing to compile. Shard d's
+  # permutation is the generator's d-th draw, so one shard gets the global shuffle.
+  rng = np.random.default_rng((seed, epoch))
+  blocks = [rng.permutation(num_examples // shards)[: steps * size].reshape(steps, size) for _ in range(shards)]
+  rows = np.concatenate(blocks, axis=1).astype(np.int32)
+  return jnp.asarray(rows) if mesh is None else parallel.global_array(rows, parallel.sharding(mesh, None, parallel.DATA_AXIS))
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,15 +291,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) ->
   return train_step
 
 
-def make_train_steps(train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]):
-  """``train_steps(state, metrics, data, idx, start, stop)``: steps ``start..stop-1`` of ``idx (S, B)``."""
+def make_train_steps(train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]], mesh: Mesh | None = None):
+  """``train_steps(state, metrics, data, idx, start, stop)``: steps ``start..stop-1`` of ``idx (S, B)`` (``epoch_batches``)."""
 
   def train_steps(state: TrainState, metrics: Metrics, data: Batch, idx: jax.Array, start: jax.Array, stop: jax.Array):
-    """Run ``train_step`` on batches ``data[idx[i]]`` for ``start <= i < stop``, summing metrics."""
+    """Run ``train_step`` on the batches of rows ``idx[i]`` for ``start <= i < stop``, summing metrics."""
 
     def body(i: jax.Array, carry: tuple[TrainState, Metrics]) -> tuple[TrainState, Metrics]:
       state, metrics = carry
-      state, step_metrics = train_step(state, take(data, idx[i]))
+      state, step_metrics = train_step(state, parallel.gather_shards(data, idx[i], mesh))
       return state, add_metrics(metrics, step_metrics)
 
     return lax.fori_loop(start, stop, body, (state, metrics))
@@ -269,21 +307,23 @@ def make_train_steps(train_step: Callable[[TrainState, Batch], tuple[TrainState,
   return train_steps
 
 
-def make_evaluate(graphdef: nnx.GraphDef, batch_size: int):
+def make_evaluate(graphdef: nnx.GraphDef, batch_size: int, mesh: Mesh | None = None):
   """``evaluate(params, data) -> metrics`` over all of ``data`` in batches of ``batch_size``."""
+  shards = parallel.num_shards(mesh)
 
   def evaluate(params: nnx.State, data: Batch) -> Metrics:
-    """Summed metrics of the model on every example of ``data`` (the last batch is masked)."""
-    n = data.labels.shape[0]
-    size = min(batch_size, n)
+    """Summed metrics of the model on every example of ``data`` with a label >= 0 (the last batch is masked)."""
+    n = data.labels.shape[0] // shards  # per shard: each batch takes the same rows of every shard
+    size = min(batch_size // shards, n)
     batches = math.ceil(n / size)
     rows = jnp.minimum(jnp.arange(batches * size), n - 1).reshape(batches, size)
     model = nnx.merge(graphdef, params)
 
     def body(totals: Metrics, batch_rows: jax.Array) -> tuple[Metrics, None]:
-      batch = take(data, batch_rows)
+      batch = parallel.gather_shards(data, jnp.tile(batch_rows, shards), mesh)
       logits = model(batch.images)
-      valid = (jnp.arange(size) + batch_rows[0] < n) if batches * size > n else jnp.ones(size, bool)
+      in_range = (jnp.arange(size) + batch_rows[0] < n) if batches * size > n else jnp.ones(size, bool)
+      valid = jnp.tile(in_range, shards) & (batch.labels >= 0)  # label -1: padding of device_data
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
       metrics = {
           "loss": jnp.where(valid, losses, 0.0).sum(),
@@ -312,7 +352,7 @@ class Progress:
 
   def __init__(self, total: int, label: str, enabled: bool | None = None):
     self.total, self.label, self.start = total, label, time.perf_counter()
-    self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    self.enabled = sys.stderr.isatty() and parallel.is_main_process() if enabled is None else enabled
 
   def update(self, done: int, note: str = "") -> None:
     """Redraw with ``done`` of ``total`` units finished."""
@@ -424,14 +464,22 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str | Path) -> LeN
 # the loop
 
 
-def compile_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state: TrainState, train: Batch, test: Batch):
-  """Ahead-of-time compiled ``train_steps`` and ``evaluate`` for these shapes."""
-  idx = jax.ShapeDtypeStruct((train.labels.shape[0] // config.batch_size, config.batch_size), jnp.int32)
+def compile_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state: TrainState, train: Batch, test: Batch, mesh: Mesh | None = None):
+  """Ahead-of-time compiled ``train_steps`` and ``evaluate`` for these shapes, data parallel over ``mesh``.
+
+  ``mesh`` defaults to ``config.mesh.data`` devices. State and metrics are replicated, the data
+  and each epoch's ``idx`` (``epoch_batches``) split along their examples.
+  """
+  mesh = mesh or parallel.make_mesh(config.mesh.data)
+  replicated, examples = parallel.sharding(mesh), parallel.sharding(mesh, parallel.DATA_AXIS)
+  steps = steps_per_epoch(train.labels.shape[0], config.batch_size, parallel.num_shards(mesh))
+  idx = jax.ShapeDtypeStruct((steps, config.batch_size), jnp.int32)
+  in_shardings = (replicated, replicated, examples, parallel.sharding(mesh, None, parallel.DATA_AXIS), replicated, replicated)
   # The state is donated: each call updates the parameters and Adam moments in place.
-  train_steps = jax.jit(make_train_steps(make_train_step(graphdef, tx)), donate_argnums=0)
+  train_steps = jax.jit(make_train_steps(make_train_step(graphdef, tx), mesh), in_shardings=in_shardings, out_shardings=replicated, donate_argnums=0)
   train_steps = train_steps.lower(state, zero_metrics(), train, idx, 0, 0).compile()
-  evaluate = jax.jit(make_evaluate(graphdef, config.eval_batch_size)).lower(state.params, test).compile()
-  return train_steps, evaluate
+  evaluate = jax.jit(make_evaluate(graphdef, config.eval_batch_size, mesh), in_shardings=(replicated, examples), out_shardings=replicated)
+  return train_steps, evaluate.lower(state.params, test).compile()
 
 
 def run_epoch(train_steps, state: TrainState, data: Batch, idx: jax.Array, steps_per_call: int, label: str) -> tuple[TrainState, Metrics]:
@@ -457,32 +505,42 @@ def mean_loss(metrics: Metrics) -> float:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict]:
-  """Train ``config``'s LeNet, resuming from ``workdir``'s checkpoint; returns the metrics of every epoch."""
+  """Train ``config``'s LeNet, resuming from ``workdir``'s checkpoint; returns the metrics of every epoch.
+
+  Data parallel over ``config.mesh.data`` devices (of every process when ``config.distributed``
+  is enabled); only process 0 writes metrics, plots and logs.
+  """
   validate_config(config)
+  parallel.initialize_distributed(config)
+  mesh = parallel.make_mesh(config.mesh.data)
+  parallel.check_divisible(config.batch_size, "batch_size", mesh)
+  parallel.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
+  main = parallel.is_main_process()
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  train_data, test_data = device_data(config)
+  train_data, test_data = device_data(config, mesh)
   num_train = train_data.labels.shape[0]
-  steps_per_epoch = num_train // config.batch_size
+  steps = steps_per_epoch(num_train, config.batch_size, parallel.num_shards(mesh))
   input_shape = tuple(train_data.images.shape[1:])
   graphdef, params = nnx.split(create_model(config, input_shape), nnx.Param)
-  tx = create_optimizer(config, steps_per_epoch)
-  schedule = learning_rate_schedule(config, steps_per_epoch)
+  tx = create_optimizer(config, steps)
+  schedule = learning_rate_schedule(config, steps)
 
   with checkpoint_manager(workdir) as manager:
-    done, state, history = restore_checkpoint(manager, TrainState(params, tx.init(params)))
+    done, state, history = restore_checkpoint(manager, parallel.replicate(TrainState(params, tx.init(params)), mesh))
     # The checkpoint is the record of finished epochs: a line appended after it, or one missing
     # because a run was killed between saving and appending, is rewritten from it.
-    write_metrics(workdir / METRICS_FILE, history)
-    if done:
+    if main:
+      write_metrics(workdir / METRICS_FILE, history)
+    if done and main:
       log.info("resuming from %s after epoch %d", workdir, done)
     if done < config.num_epochs:
       start = time.perf_counter()
-      train_steps, evaluate = compile_steps(config, graphdef, tx, state, train_data, test_data)
+      train_steps, evaluate = compile_steps(config, graphdef, tx, state, train_data, test_data, mesh)
       compile_seconds = time.perf_counter() - start
     for epoch in range(done + 1, config.num_epochs + 1):
       t0 = time.perf_counter()
-      idx = epoch_batches(config.seed, epoch, num_train, config.batch_size)
+      idx = epoch_batches(config.seed, epoch, num_train, config.batch_size, mesh)
       state, train_metrics = run_epoch(train_steps, state, train_data, idx, config.steps_per_call, f"epoch {epoch}/{config.num_epochs}")
       t1 = time.perf_counter()
       test_metrics = jax.device_get(evaluate(state.params, test_data))
@@ -491,19 +549,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           **summarize(train_metrics, "train"),
           **summarize(test_metrics, "test"),
           "epoch_seconds": t1 - t0,
-          "images_per_second": steps_per_epoch * config.batch_size / (t1 - t0),
+          "images_per_second": steps * config.batch_size / (t1 - t0),
           "eval_seconds": time.perf_counter() - t1,
           "compile_seconds": compile_seconds,
-          "learning_rate": float(schedule(epoch * steps_per_epoch)),
+          "learning_rate": float(schedule(epoch * steps)),
       }
       history.append(record)
       save_checkpoint(manager, epoch, state, {"input_shape": input_shape, "history": history})
+      if not main:
+        continue
       append_metrics(workdir / METRICS_FILE, record)
       log.info(
           "epoch %d: train loss %.4f acc %.4f, test loss %.4f acc %.4f, %.2fs (%.0f images/s)",
           epoch, record["train_loss"], record["train_accuracy"], record["test_loss"], record["test_accuracy"],
           record["epoch_seconds"], record["images_per_second"],
       )  # fmt: skip
-  if history:
+  if history and main:
     plot_curves(history, workdir / CURVES_FILE)
   return history

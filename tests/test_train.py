@@ -203,3 +203,15 @@ def test_resume_after_kills_gives_each_epoch_once_and_the_same_metrics(smoke_run
   assert [r["epoch"] for r in records] == [1, 2]
   # Same config and seed on CPU: exactly the metrics of the uninterrupted run.
   assert without_timings(records) == without_timings(smoke_run[1])
+
+
+def test_progress_bar_draws_only_when_enabled(capsys):
+  bar = train.Progress(8, "epoch 1/2", enabled=True)
+  bar.update(4, "loss 0.5")
+  bar.close()
+  err = capsys.readouterr().err
+  assert "epoch 1/2 |" in err and "4/8" in err and "loss 0.5" in err and err.endswith("\n")
+  quiet = train.Progress(8, "epoch 1/2", enabled=False)
+  quiet.update(4)
+  quiet.close()
+  assert capsys.readouterr().err == ""

@@ -29,6 +29,8 @@ from jaxconv.padding import Pair, output_size
 
 # Upper bound on the bytes of one chunk's patch matrix (and of its gradient in the backward).
 PATCH_BUDGET_BYTES = 16 * 2**20
+# Channels per group from which each tap gets its own GEMM instead of one patch-matrix GEMM.
+TAP_GEMM_MIN_DEPTH = 32
 
 Geometry = tuple[tuple[int, ...], tuple[Pair, ...], tuple[int, ...], int]  # stride, padding, dilation, groups
 
@@ -39,39 +41,44 @@ def out_spatial(x_shape: Sequence[int], kernel: Sequence[int], geometry: Geometr
   return [output_size(n, k, p, s, d) for n, k, p, s, d in zip(x_shape[1:-1], kernel, padding, stride, dilation)]
 
 
-def gather_patches(x: jax.Array, kernel: Sequence[int], geometry: Geometry) -> jax.Array:
-  """x ``(N, *spatial, C)`` -> patch matrix ``(G, N * prod(out), K * C / G)``, tap-major."""
+def tap_columns(x: jax.Array, kernel: Sequence[int], geometry: Geometry) -> list[jax.Array]:
+  """Per tap, what it reads for every output, as a GEMM operand ``(G, N * prod(out), C / G)``."""
   stride, padding, dilation, groups = geometry
   out = out_spatial(x.shape, kernel, geometry)
   xp = pad_spatial(x, padding)
   c = x.shape[-1]
-  cols = [tap_slice(xp, tap, stride, dilation, out).reshape(-1, groups, c // groups) for tap in taps(kernel)]
-  patches = jnp.stack(cols, axis=2)  # (M, G, K, C / G)
-  return jnp.moveaxis(patches, 1, 0).reshape(groups, patches.shape[0], -1)
+  return [jnp.moveaxis(tap_slice(xp, tap, stride, dilation, out).reshape(-1, groups, c // groups), 1, 0) for tap in taps(kernel)]
 
 
-def gather_patches_t(x: jax.Array, kernel: Sequence[int], geometry: Geometry) -> jax.Array:
-  """The transposed patch matrix ``(G, K * C / G, N * prod(out))``, gathered from channels-first x.
+def tap_rows(x: jax.Array, kernel: Sequence[int], geometry: Geometry) -> list[jax.Array]:
+  """Per tap, the transposed operand ``(G, C / G, N * prod(out))``, sliced from channels-first x.
 
   ``patches^T @ dy`` runs at GEMM speed with this layout, at half speed or worse when the GEMM
-  has to contract the major axis of the ``(M, K * C / G)`` matrix.
+  has to contract the major axis of a ``(M, C / G)`` operand.
   """
   stride, padding, dilation, groups = geometry
   out = out_spatial(x.shape, kernel, geometry)
-  xt = jnp.moveaxis(x, -1, 0)  # (C, N, *spatial)
-  xt = jnp.pad(xt, ((0, 0), (0, 0), *padding))
+  xt = jnp.pad(jnp.moveaxis(x, -1, 0), ((0, 0), (0, 0), *padding))  # (C, N, *padded)
   c = x.shape[-1]
   rows = []
   for tap in taps(kernel):
     start = (0, 0, *(t * d for t, d in zip(tap, dilation)))
     limit = (c, x.shape[0], *(t * d + (o - 1) * s + 1 for t, d, o, s in zip(tap, dilation, out, stride)))
     rows.append(lax.slice(xt, start, limit, (1, 1, *stride)).reshape(groups, c // groups, -1))
-  patches = jnp.stack(rows, axis=1)  # (G, K, C / G, M)
-  return patches.reshape(groups, -1, patches.shape[-1])
+  return rows
+
+
+def tap_by_tap(c_in: int, groups: int) -> bool:
+  """Whether to run one GEMM per tap (deep enough per-tap contraction) instead of one patch-matrix GEMM.
+
+  Per-tap GEMMs skip writing and re-reading the ``K``-times larger patch matrix; below
+  ``TAP_GEMM_MIN_DEPTH`` channels per group their contraction is too short to run at GEMM speed.
+  """
+  return c_in // groups >= TAP_GEMM_MIN_DEPTH
 
 
 def scatter_patches(dp: jax.Array, x_shape: Sequence[int], kernel: Sequence[int], geometry: Geometry) -> jax.Array:
-  """col2im, the transpose of ``gather_patches``: ``(G, M, K * C / G)`` -> ``(N, *spatial, C)``."""
+  """col2im, the transpose of the tap gather: ``(G, M, K * C / G)`` -> ``(N, *spatial, C)``."""
   stride, padding, dilation, groups = geometry
   n, *spatial, c = x_shape
   out = out_spatial(x_shape, kernel, geometry)
@@ -102,13 +109,24 @@ def grouped_columns(y: jax.Array, groups: int) -> jax.Array:
   return jnp.moveaxis(y.reshape(-1, groups, y.shape[-1] // groups), 1, 0)
 
 
-def forward_chunk(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
-  """The conv of one batch chunk x ``(B, *spatial, C_in)`` -> ``(B, *out, C_out)``, in x's dtype."""
+def forward_chunk(x: jax.Array, w: jax.Array, geometry: Geometry) -> tuple[jax.Array, jax.Array | None]:
+  """The conv of one batch chunk x ``(B, *spatial, C_in)`` -> ``(B, *out, C_out)`` in x's dtype, and
+  the patch matrix ``(G, M, K * C_in / G)`` when one was built (None when tap by tap)."""
   groups = geometry[3]
   kernel = w.shape[:-2]
-  p = gather_patches(x, kernel, geometry)
-  y = lax.dot_general(p, kernel_matrix(w, groups), (((2,), (1,)), ((0,), (0,))), preferred_element_type=accumulation_dtype(x.dtype))
-  return jnp.moveaxis(y, 0, 1).reshape(x.shape[0], *out_spatial(x.shape, kernel, geometry), w.shape[-1]).astype(x.dtype)
+  acc = accumulation_dtype(x.dtype)
+  wm = kernel_matrix(w, groups)  # (G, K * C_in / G, C_out / G)
+  cols = tap_columns(x, kernel, geometry)
+  dims = (((2,), (1,)), ((0,), (0,)))
+  if tap_by_tap(x.shape[-1], groups):
+    cg = x.shape[-1] // groups
+    patches = None
+    y = functools.reduce(jnp.add, [lax.dot_general(col, wm[:, t * cg : (t + 1) * cg], dims, preferred_element_type=acc) for t, col in enumerate(cols)])
+  else:
+    patches = jnp.concatenate(cols, axis=-1)
+    y = lax.dot_general(patches, wm, dims, preferred_element_type=acc)
+  y = jnp.moveaxis(y, 0, 1).reshape(x.shape[0], *out_spatial(x.shape, kernel, geometry), w.shape[-1]).astype(x.dtype)
+  return y, patches
 
 
 def input_grad_chunk(dy: jax.Array, w: jax.Array, x_shape: Sequence[int], geometry: Geometry) -> jax.Array:
@@ -121,8 +139,13 @@ def input_grad_chunk(dy: jax.Array, w: jax.Array, x_shape: Sequence[int], geomet
 def kernel_grad_chunk(x: jax.Array, dy: jax.Array, kernel: Sequence[int], geometry: Geometry) -> jax.Array:
   """One batch chunk's ``patches^T @ dy``: the kernel gradient as a matrix ``(G, K * C_in / G, C_out / G)``."""
   groups = geometry[3]
-  pt = gather_patches_t(x, kernel, geometry)
-  return lax.dot_general(pt, grouped_columns(dy, groups), (((2,), (1,)), ((0,), (0,))), preferred_element_type=accumulation_dtype(x.dtype))
+  acc = accumulation_dtype(x.dtype)
+  dyc = grouped_columns(dy, groups)
+  rows = tap_rows(x, kernel, geometry)
+  dims = (((2,), (1,)), ((0,), (0,)))
+  if tap_by_tap(x.shape[-1], groups):
+    return jnp.concatenate([lax.dot_general(row, dyc, dims, preferred_element_type=acc) for row in rows], axis=1)
+  return lax.dot_general(jnp.concatenate(rows, axis=1), dyc, dims, preferred_element_type=acc)
 
 
 def chunk_size(x_shape: Sequence[int], w_shape: Sequence[int], dtype, geometry: Geometry) -> int:
@@ -132,9 +155,13 @@ def chunk_size(x_shape: Sequence[int], w_shape: Sequence[int], dtype, geometry: 
   return batch_chunk(x_shape[0], per_image, PATCH_BUDGET_BYTES)
 
 
-def forward(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
-  """The conv x ``(N, *spatial, C_in)`` -> ``(N, *out, C_out)``, batch chunk by batch chunk."""
-  return map_batch(lambda xc: forward_chunk(xc, w, geometry), chunk_size(x.shape, w.shape, x.dtype, geometry), x)
+def forward(x: jax.Array, w: jax.Array, geometry: Geometry) -> tuple[jax.Array, jax.Array | None]:
+  """The conv x ``(N, *spatial, C_in)`` -> ``(N, *out, C_out)``, batch chunk by batch chunk, and the
+  whole patch matrix when the batch is one chunk and a matrix was built (else None)."""
+  chunk = chunk_size(x.shape, w.shape, x.dtype, geometry)
+  if chunk == x.shape[0]:
+    return forward_chunk(x, w, geometry)
+  return map_batch(lambda xc: forward_chunk(xc, w, geometry)[0], chunk, x), None
 
 
 def input_grad(dy: jax.Array, w: jax.Array, x_shape: Sequence[int], geometry: Geometry) -> jax.Array:
@@ -153,18 +180,27 @@ def kernel_grad(x: jax.Array, dy: jax.Array, w_shape: Sequence[int], geometry: G
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_im2col_vjp(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
   """The im2col conv with its hand-written backward pass."""
-  return forward(x, w, geometry)
+  return forward(x, w, geometry)[0]
 
 
-def conv_im2col_fwd(x: jax.Array, w: jax.Array, geometry: Geometry) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """Forward pass, keeping only the inputs (patches are recomputed chunk by chunk)."""
-  return forward(x, w, geometry), (x, w)
+Residuals = tuple[jax.Array, jax.Array, jax.Array | None]
 
 
-def conv_im2col_bwd(geometry: Geometry, residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+def conv_im2col_fwd(x: jax.Array, w: jax.Array, geometry: Geometry) -> tuple[jax.Array, Residuals]:
+  """Forward pass, keeping the inputs and, when it fits one chunk, the patch matrix (else recomputed)."""
+  y, patches = forward(x, w, geometry)
+  return y, (x, w, patches)
+
+
+def conv_im2col_bwd(geometry: Geometry, residuals: Residuals, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Backward pass: dx by col2im of ``dy @ W^T``, dW as ``patches^T @ dy``, both per batch chunk."""
-  x, w = residuals
-  return input_grad(dy, w, x.shape, geometry), kernel_grad(x, dy, w.shape, geometry)
+  x, w, patches = residuals
+  dx = input_grad(dy, w, x.shape, geometry)
+  if patches is None:
+    return dx, kernel_grad(x, dy, w.shape, geometry)
+  # Small enough to have been kept: one GEMM contracting its long axis beats gathering it again.
+  dwm = lax.dot_general(patches, grouped_columns(dy, geometry[3]), (((1,), (1,)), ((0,), (0,))), preferred_element_type=accumulation_dtype(x.dtype))
+  return dx, kernel_from_matrix(dwm, w.shape).astype(w.dtype)
 
 
 conv_im2col_vjp.defvjp(conv_im2col_fwd, conv_im2col_bwd)

@@ -1,0 +1,111 @@
+"""Data parallelism with JAX's SPMD machinery: a 1-D device mesh, shardings, multi-host start-up.
+
+The mesh has one axis, ``"data"``. Batches are split along their leading axis over it, parameters
+and optimiser state are replicated, and XLA's partitioner inserts the all-reduce of the gradients
+and of the summed metrics: nothing here calls a collective by hand.
+
+Datasets live on the devices split along their example axis: of ``D`` devices, device ``d`` holds
+the ``d``-th contiguous block of ``N / D`` examples (its *shard*). Every global batch of ``B`` takes
+``B / D`` rows from each shard where it lies (``gather_shards``), so no example crosses devices,
+and with one device this is plain indexing. On several hosts (``jax.distributed``) each process
+builds only the blocks of its own devices (``process_rows``, ``shard_examples``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Start ``jax.distributed`` from ``config.distributed`` if enabled; call it before any JAX computation."""
+  settings = config.distributed
+  if not settings.enabled or jax.distributed.is_initialized():
+    return
+  # Fields left None are JAX's to find: JAX_COORDINATOR_ADDRESS, or SLURM, Open MPI, Kubernetes, Cloud TPU.
+  jax.distributed.initialize(settings.coordinator_address, settings.num_processes, settings.process_id)
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` devices (0: every device)."""
+  available = jax.device_count()
+  if num_devices > available:
+    raise ValueError(f"config.mesh.data={num_devices} is more than the {available} {jax.devices()[0].platform} devices available")
+  if jax.process_count() > 1 and num_devices not in (0, available):
+    raise ValueError(f"config.mesh.data={num_devices} must be 0 or {available} (every device) on {jax.process_count()} processes")
+  num_devices = num_devices or available
+  # Auto axes: the compiler propagates shardings from the inputs (jax.make_mesh defaults to Explicit).
+  return jax.make_mesh((num_devices,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:num_devices])
+
+
+def sharding(mesh: Mesh, *spec: str | None) -> NamedSharding:
+  """``NamedSharding(mesh, P(*spec))``: ``sharding(mesh)`` replicates, ``sharding(mesh, "data")`` splits axis 0."""
+  return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def num_shards(mesh: Mesh | None) -> int:
+  """Devices along ``"data"``; 1 without a mesh."""
+  return 1 if mesh is None else mesh.shape[DATA_AXIS]
+
+
+def check_divisible(value: int, name: str, mesh: Mesh) -> None:
+  """Raise ``ValueError`` naming ``config.<name>`` unless ``value`` splits evenly over the mesh's devices."""
+  devices = num_shards(mesh)
+  if value % devices:
+    raise ValueError(f"config.{name}={value} must be a multiple of the {devices} devices of the mesh (set config.{name} or config.mesh.data)")
+
+
+def is_main_process() -> bool:
+  """Whether this is process 0, the one that writes metrics, plots and logs."""
+  return jax.process_index() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# placing arrays
+
+
+def process_rows(num_rows: int, mesh: Mesh) -> slice:
+  """The rows of a ``(num_rows, ...)`` array split along ``"data"`` that this process's devices hold."""
+  # jax.devices() lists each process's devices together, so a process's shards are one block.
+  spans = [range(num_rows)[index[0]] for index in sharding(mesh, DATA_AXIS).addressable_devices_indices_map((num_rows,)).values()]
+  return slice(min(s.start for s in spans), max(s.stop for s in spans))
+
+
+def shard_examples(local: Any, mesh: Mesh, num_rows: int) -> Any:
+  """Global ``(num_rows, ...)`` arrays split along ``"data"``, from this process's rows (numpy, ``process_rows``)."""
+  split = sharding(mesh, DATA_AXIS)
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(split, a, (num_rows, *a.shape[1:])), local)
+
+
+def global_array(value: Any, layout: NamedSharding) -> jax.Array:
+  """``value``, the same on every process, as a global array laid out by ``layout``."""
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, layout, lambda index: value[index])
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Every array of ``tree``, the same on every process, copied to every device of ``mesh``."""
+  return jax.tree.map(lambda a: global_array(a, sharding(mesh)), tree)
+
+
+# --------------------------------------------------------------------------------------------
+# inside the compiled step
+
+
+def gather_shards(tree: Any, rows: jax.Array, mesh: Mesh | None) -> Any:
+  """Rows ``(B,)`` of the ``(N, ...)`` arrays of ``tree``, where block ``d`` of ``rows`` indexes shard ``d``."""
+  shards = num_shards(mesh)
+
+  def gather(a: jax.Array) -> jax.Array:
+    # Shard d's block of rows indexes shard d only: a batched gather that the partitioner keeps local.
+    local = jax.vmap(lambda shard, r: shard[r])(a.reshape(shards, -1, *a.shape[1:]), rows.reshape(shards, -1))
+    return local.reshape(-1, *a.shape[1:])
+
+  batch = jax.tree.map(gather, tree)
+  return batch if mesh is None else jax.lax.with_sharding_constraint(batch, sharding(mesh, DATA_AXIS))

@@ -1,0 +1,267 @@
+"""Kernel-specific behaviour: batch chunking and its memory bound, the "auto" rule, the FFT error
+bound, Winograd's applicability and tile sizes, supports() refusals, and the benchmark harness.
+
+Values and gradients of every kernel on the shared grid of cases are in test_conv.py; here the
+reference is ``lax.conv_general_dilated`` called directly with explicit pads, or numpy in float64.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxconv as jc
+from jaxconv import bench, kernels, ops
+from jaxconv.kernels import auto, depthwise, fft, im2col, taps, winograd
+from references import LAX_DIMS, assert_close, random
+
+
+def lax_reference(x, w, *, stride, pads, dilation=1, groups=1):
+  """lax.conv_general_dilated in lax's own terms (explicit pads), at the highest precision."""
+  rank = x.ndim - 2
+  stride = (stride,) * rank if isinstance(stride, int) else stride
+  dilation = (dilation,) * rank if isinstance(dilation, int) else dilation
+  return lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation, dimension_numbers=LAX_DIMS[rank], feature_group_count=groups, precision=lax.Precision.HIGHEST)
+
+
+def value_and_grads(conv, x, w, ct):
+  """``conv(x, w)`` and the pullback of ``ct`` to (dx, dw), under jit."""
+
+  def run(x, w, ct):
+    y, pullback = jax.vjp(conv, x, w)
+    return y, pullback(ct)
+
+  return jax.jit(run)(x, w, ct)
+
+
+def assert_matches_lax(impl: str, x, w, rtol: float = 1e-5, **geometry):
+  """``impl``'s value and gradients equal lax's for explicit-pad ``geometry`` (pads as pairs)."""
+  pads = geometry.pop("pads")
+  reference = functools.partial(lax_reference, stride=geometry.get("stride", 1), pads=pads, dilation=geometry.get("dilation", 1), groups=geometry.get("groups", 1))
+  (ct,) = random(np.random.default_rng(1), jax.eval_shape(reference, x, w).shape)
+  mine = functools.partial(jc.conv, padding=pads, impl=impl, **geometry)
+  y, (dx, dw) = value_and_grads(mine, x, w, ct)
+  y_ref, (dx_ref, dw_ref) = value_and_grads(reference, x, w, ct)
+  for what, a, b in (("y", y, y_ref), ("dx", dx, dx_ref), ("dw", dw, dw_ref)):
+    assert_close(a, b, rtol, f"{impl} {what}")
+
+
+# --------------------------------------------------------------------------------------------
+# chunking and memory
+
+
+@pytest.mark.parametrize(("batch", "per_image", "budget", "expected"), [(32, 7, 30, 4), (32, 10, 1, 1), (12, 1, 100, 12), (7, 3, 10, 1), (6, 2, 7, 3)])
+def test_batch_chunk_is_the_largest_fitting_divisor(batch, per_image, budget, expected):
+  """Chunks divide the batch and fit the budget; at least one image per chunk."""
+  assert taps.batch_chunk(batch, per_image, budget) == expected
+
+
+@pytest.mark.parametrize("tap_gemm_min_depth", [1, 10**6], ids=["tap-by-tap", "patch-matrix"])
+@pytest.mark.parametrize("budget", [1, 2**30], ids=["chunk-per-image", "one-chunk"])
+def test_im2col_chunked_and_unchunked_match_lax(monkeypatch, rng, budget, tap_gemm_min_depth):
+  """Every im2col path (chunked scan or not, one GEMM per tap or one patch GEMM) gives lax's gradients."""
+  monkeypatch.setattr(im2col, "PATCH_BUDGET_BYTES", budget)
+  monkeypatch.setattr(im2col, "TAP_GEMM_MIN_DEPTH", tap_gemm_min_depth)
+  x, w = random(rng, (3, 9, 8, 4), (3, 2, 2, 6))
+  assert_matches_lax("im2col", x, w, stride=(2, 1), pads=((1, 2), (0, 1)), dilation=(1, 2), groups=2)
+
+
+def test_im2col_temporaries_stay_below_one_patch_matrix(monkeypatch):
+  """With a small patch budget, forward and forward+backward temporaries stay far below the full patch matrix."""
+  monkeypatch.setattr(im2col, "PATCH_BUDGET_BYTES", 2**20)
+  shape = bench.Shape("mem", (8, 32, 32, 32), (3, 3, 32, 32), padding="same")
+  x, w, _ = bench.random_inputs(shape)
+  full_patches = 8 * 32 * 32 * 9 * 32 * 4
+  for make in (bench.forward_fn, bench.train_step_fn):
+    assert make(shape, "im2col").lower(x, w).compile().memory_analysis().temp_size_in_bytes < full_patches / 2
+
+
+@pytest.mark.slow
+def test_im2col_peak_memory_under_twice_lax_on_resnet_3x3():
+  """Issue 4's bound on 32x56x56x64 -> 64 3x3: compiled peak memory < 2x lax's, forward and forward+backward."""
+  ratios = bench.memory_ratio(bench.SHAPES_BY_NAME["resnet_3x3"], "im2col")
+  assert ratios["fwd_ratio"] < 2 and ratios["fb_ratio"] < 2, ratios
+
+
+def test_depthwise_chunked_kernel_gradient(monkeypatch, rng):
+  """The kernel-gradient reductions give lax's result when split into one-image chunks."""
+  monkeypatch.setattr(depthwise, "REDUCE_BUDGET_BYTES", 1)
+  x, w = random(rng, (3, 7, 6, 4), (3, 3, 1, 8))
+  assert_matches_lax("depthwise", x, w, stride=(1, 2), pads=((1, 1), (2, 0)), groups=4)
+
+
+# --------------------------------------------------------------------------------------------
+# auto
+
+
+AUTO_CHOICES = {
+    "lenet_conv1": "fft",
+    "lenet_conv2": "im2col",
+    "resnet_3x3": "hybrid",
+    "resnet_3x3_s2": "im2col",
+    "bottleneck_1x1": "im2col",
+    "depthwise_3x3": "depthwise",
+    "large_15x15": "fft",
+    "conv1d_k5": "lax",
+    "conv3d_3x3x3": "im2col",
+    "grouped_3x3_g4": "im2col",
+    "dilated_3x3_d2": "hybrid",
+    "stem_7x7_s2": "lax",
+}
+
+
+def test_auto_rule_on_the_benchmark_shapes():
+  """The documented rule picks the kernel the benchmark found fastest on each named shape."""
+  assert {s.name: auto.choose(s.spec()) for s in bench.SHAPES} == AUTO_CHOICES
+
+
+def specs_grid() -> list[kernels.ConvSpec]:
+  """Small specs over ranks, kernel sizes, channel counts, groups and strides."""
+  specs = []
+  for rank in (1, 2, 3):
+    for k in (1, 3, 5):
+      for c_in, c_out, groups in ((1, 6, 1), (8, 8, 8), (6, 16, 1), (64, 64, 1), (64, 128, 4), (8, 8, 1)):
+        for stride in (1, 2):
+          x = jax.ShapeDtypeStruct((2, *(11,) * rank, c_in), jnp.float32)
+          w = jax.ShapeDtypeStruct((*(k,) * rank, c_in // groups, c_out), jnp.float32)
+          specs.append(ops.conv_spec(x, w, stride=stride, padding="same", dilation=1, groups=groups))
+  return specs
+
+
+def test_auto_only_chooses_kernels_that_accept_the_call():
+  """Whatever the shapes, the chosen kernel is registered and its supports() accepts the spec."""
+  for spec in specs_grid():
+    choice = auto.choose(spec)
+    assert kernels.get(choice).supports(spec) is None, (choice, spec)
+
+
+@pytest.mark.parametrize("name", ["lenet_conv1", "depthwise_3x3", "resnet_3x3"])
+def test_auto_traces_to_the_chosen_kernel(name):
+  """impl="auto" is the chosen kernel itself: the same program, no run-time decision."""
+  shape = bench.SHAPES_BY_NAME[name]
+  x = jax.ShapeDtypeStruct(shape.x, jnp.float32)
+  w = jax.ShapeDtypeStruct(shape.w, jnp.float32)
+  trace = lambda impl: str(jax.make_jaxpr(functools.partial(jc.conv, impl=impl, **shape.geometry()))(x, w))
+  assert trace("auto") == trace(AUTO_CHOICES[name])
+
+
+# --------------------------------------------------------------------------------------------
+# FFT
+
+
+def test_fast_length_is_the_next_5_smooth_number():
+  """fast_length(n) is the smallest 2^a 3^b 5^c >= n."""
+  smooth = [m for m in range(1, 200) if fft.is_smooth(m)]
+  for n in range(1, 190):
+    assert fft.fast_length(n) == min(m for m in smooth if m >= n)
+  assert [fft.fast_length(n) for n in (7, 78, 97, 121)] == [8, 80, 100, 125]
+
+
+def numpy_correlate(x: np.ndarray, w: np.ndarray, pads) -> np.ndarray:
+  """Float64 stride-1 cross-correlation of x ``(N, H, W, C)`` with w ``(kh, kw, C, O)``, explicit pads."""
+  xp = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)))
+  kh, kw = w.shape[:2]
+  windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))  # (N, oh, ow, C, kh, kw)
+  return np.einsum("nhwcij,ijco->nhwo", windows, w.astype(np.float64))
+
+
+def test_fft_error_is_within_its_stated_bound(rng):
+  """A 15x15 float32 FFT conv is within FFT_RTOL (relative to max |y|) of the float64 result."""
+  x, w = random(rng, (2, 40, 40, 3), (15, 15, 3, 4))
+  pads = ((7, 7), (7, 7))
+  y = jc.conv(x, w, padding=pads, impl="fft")
+  exact = numpy_correlate(x, w, pads)
+  err = np.max(np.abs(np.asarray(y, np.float64) - exact)) / np.max(np.abs(exact))
+  lax_err = np.max(np.abs(np.asarray(lax_reference(x, w, stride=1, pads=pads), np.float64) - exact)) / np.max(np.abs(exact))
+  assert err <= fft.FFT_RTOL
+  assert err <= 100 * max(lax_err, np.finfo(np.float32).eps)  # the same order as lax's own rounding
+
+
+# --------------------------------------------------------------------------------------------
+# Winograd
+
+
+@pytest.mark.parametrize(
+    ("w_shape", "geometry", "reason"),
+    [
+        ((5, 5, 2, 2), {}, "3-tap"),
+        ((3, 1, 2, 2), {}, "3-tap"),
+        ((3, 3, 2, 2), {"stride": 2}, "stride 1"),
+        ((3, 3, 2, 2), {"dilation": (1, 2)}, "dilation 1"),
+    ],
+)
+def test_winograd_refuses_what_it_cannot_do(w_shape, geometry, reason):
+  """supports() names the reason, and jc.conv turns it into a ValueError naming the impl."""
+  x = np.ones((1, 9, 9, 2), np.float32)
+  spec = ops.conv_spec(x, np.ones(w_shape, np.float32), padding="valid", **{"stride": 1, "dilation": 1, "groups": 1, **geometry})
+  assert reason in winograd.supports_winograd(spec)
+  with pytest.raises(ValueError, match="impl='winograd'"):
+    jc.conv(x, np.ones(w_shape, np.float32), impl="winograd", **geometry)
+
+
+@pytest.mark.parametrize("tile", [2, 4], ids=["F(2,3)", "F(4,3)"])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "pads"),
+    [((2, 9, 10, 4), (3, 3, 2, 6), ((1, 1), (2, 0))), ((3, 13, 5), (3, 5, 7), ((1, 1),)), ((1, 5, 6, 7, 3), (3, 3, 3, 3, 4), ((1, 1),) * 3)],
+    ids=["2d-grouped", "1d", "3d"],
+)
+def test_winograd_tiles_match_lax(monkeypatch, rng, tile, x_shape, w_shape, pads):
+  """F(2,3) and F(4,3), any rank, ragged last tiles, groups: values and gradients equal lax's."""
+  monkeypatch.setattr(winograd, "TILE", tile)
+  monkeypatch.setattr(winograd, "TILE_BUDGET_BYTES", 1)  # one image per chunk
+  x, w = random(rng, x_shape, w_shape)
+  groups = x_shape[-1] // w_shape[-2]
+  # F(4,3)'s transforms carry entries up to 8 and 1/24: a few more bits of rounding.
+  assert_matches_lax("winograd", x, w, rtol={2: 1e-5, 4: 1e-4}[tile], pads=pads, groups=groups)
+
+
+# --------------------------------------------------------------------------------------------
+# refusals
+
+
+def test_depthwise_refuses_wide_groups():
+  """More than MAX_GROUP_CHANNELS input channels per group is refused, naming the width."""
+  x = np.ones((1, 6, 6, 16), np.float32)
+  with pytest.raises(ValueError, match=r"impl='depthwise'.*C_in / groups"):
+    jc.conv(x, np.ones((3, 3, 8, 4), np.float32), groups=2, impl="depthwise")
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark harness
+
+
+def test_bench_rows_and_report():
+  """A tiny benchmark run checks against lax, times, and reports ratios, targets and the table."""
+  shape = bench.Shape("tiny", (2, 6, 6, 8), (3, 3, 8, 4), padding="same")
+  rows = bench.bench_shape(shape, ["lax", "im2col", "depthwise"], repeats=2, with_torch=False, max_call_ms=1e4)
+  by_impl = {r["impl"]: r for r in rows}
+  assert by_impl["lax"]["fb_speedup"] == 1.0
+  assert max(by_impl["im2col"][k] for k in ("err_y", "err_dx", "err_dw")) < 1e-5
+  assert by_impl["im2col"]["fwd_ms"] > 0 and math.isclose(by_impl["im2col"]["fb_gflops"], 3 * shape.spec().flops / by_impl["im2col"]["fb_ms"] / 1e6)
+  assert by_impl["depthwise"]["skipped"].startswith("refused")
+  summary = bench.summarize(rows, {})
+  assert summary["per_shape"]["tiny"]["fastest_jax_impl"] in {"lax", "im2col"}
+  table = bench.markdown(rows, summary, bench.environment())
+  assert "| tiny | im2col |" in table and "XLA_FLAGS" in table
+
+
+def test_bench_geomean_of_auto_over_target_shapes():
+  """The summary's geometric mean is over the target shapes' lax / auto forward+backward ratios."""
+  rows = [{"shape": name, "impl": "auto", "fb_ms": 1.0, "fb_speedup": s} for name, s in zip(bench.TARGET_SHAPES, (2, 8, 1, 1, 1, 1, 1))]
+  summary = bench.summarize(rows + [{"shape": "conv1d_k5", "impl": "auto", "fb_ms": 1.0, "fb_speedup": 100.0}], {})
+  assert math.isclose(summary["target_shapes_geomean_auto_speedup"], 16 ** (1 / 7))
+
+
+def test_bench_rejects_unknown_names():
+  """Unknown shape or impl names raise ValueError naming the flag."""
+  with pytest.raises(ValueError, match="shapes"):
+    bench.select_shapes(["nope"])
+  with pytest.raises(ValueError, match="impl"):
+    bench.select_impls(["nope"])
+  assert bench.select_impls(["im2col"]) == ["lax", "im2col"]
