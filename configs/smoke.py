@@ -14,6 +14,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 64
   config.eval_batch_size = 256
   config.steps_per_call = 8
-  config.learning_rate = 3e-3
   config.warmup_epochs = 0.5
   return config

@@ -21,9 +21,10 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+import ml_collections
 from ml_collections import config_flags
 
-from jaxconv import train
+from jaxconv import parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/lenet_mnist.py", "Training configuration (run from the repository root).")
@@ -34,26 +35,32 @@ flags.DEFINE_boolean("torch", True, "Also time PyTorch eager (skipped if torch i
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
 
-def jax_trainer(impl: str | None, train_data: train.Batch, test_data: train.Batch):
-  """A function running one jaxconv training epoch (returns its seconds), and the compile seconds."""
+def bench_config(impl: str | None) -> ml_collections.ConfigDict:
+  """The config under test, with the kernel ``impl`` and plain Adam at a constant rate, as torch runs."""
   config = FLAGS.config.copy_and_resolve_references()
   config.model.impl = impl
   config.steps_per_call = FLAGS.steps_per_call
-  steps = train_data.labels.shape[0] // config.batch_size
+  config.optimizer, config.schedule = "adam", "constant"
+  return config
+
+
+def jax_trainer(config: ml_collections.ConfigDict, mesh, train_data: train.Batch, test_data: train.Batch):
+  """A function running one jaxconv training epoch (returns its seconds), and the compile seconds."""
+  num_train = train_data.labels.shape[0]
   graphdef, params = nnx.split(train.create_model(config, tuple(train_data.images.shape[1:])), nnx.Param)
-  tx = train.create_optimizer(config, steps)
-  state = [train.TrainState(params, tx.init(params))]
+  tx = train.create_optimizer(config, train.steps_per_epoch(num_train, config.batch_size, parallel.num_shards(mesh)))
+  state = [parallel.replicate(train.TrainState(params, tx.init(params)), mesh)]
   start = time.perf_counter()
-  train_steps, _ = train.compile_steps(config, graphdef, tx, state[0], train_data, test_data)
+  train_steps, _ = train.compile_steps(config, graphdef, tx, state[0], train_data, test_data, mesh)
   compile_seconds = time.perf_counter() - start
   epoch = [0]
 
   def run() -> float:
     epoch[0] += 1
-    idx = train.epoch_batches(config.seed, epoch[0], train_data.labels.shape[0], config.batch_size)
+    idx = train.epoch_batches(config.seed, epoch[0], num_train, config.batch_size, mesh)
     idx.block_until_ready()
     start = time.perf_counter()
-    state[0], metrics = train.run_epoch(train_steps, state[0], train_data, idx, config.steps_per_call, "")
+    state[0], _ = train.run_epoch(train_steps, state[0], train_data, idx, config.steps_per_call, "")
     return time.perf_counter() - start
 
   return run, compile_seconds
@@ -92,28 +99,34 @@ def torch_trainer(images: np.ndarray, labels: np.ndarray, batch_size: int = 128,
 def main(argv: list[str]) -> None:
   """Time the epochs and print the table."""
   del argv
-  config = FLAGS.config
-  train_data, test_data = train.device_data(config)
-  images_per_epoch = train_data.labels.shape[0] // config.batch_size * config.batch_size
-  runners, results = {}, {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__, "device": str(jax.devices()[0])}
+  config = bench_config(FLAGS.config.model.impl)
+  mesh = parallel.make_mesh(config.mesh.data)
+  train_data, test_data = train.device_data(config, mesh)
+  steps = train.steps_per_epoch(train_data.labels.shape[0], config.batch_size, parallel.num_shards(mesh))
+  images_per_epoch = steps * config.batch_size
+  runners, results = {}, {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__, "devices": len(mesh.devices.flat), "load_average_before": os.getloadavg()}
   for impl in FLAGS.impl or [config.model.impl]:
-    runners[f"jaxconv impl={impl}"], compile_seconds = jax_trainer(impl, train_data, test_data)
-    results[f"jaxconv impl={impl}"] = {"compile_seconds": compile_seconds}
+    name = f"jaxconv impl={impl}"
+    runners[name], compile_seconds = jax_trainer(bench_config(impl), mesh, train_data, test_data)
+    results[name] = {"compile_seconds": compile_seconds}
   if FLAGS.torch:
     try:
-      run, version, threads = torch_trainer(np.asarray(train_data.images), np.asarray(train_data.labels), config.batch_size, config.learning_rate)
+      images, labels = np.asarray(train_data.images), np.asarray(train_data.labels)  # the same normalised arrays
+      run, version, threads = torch_trainer(images, labels, config.batch_size, config.learning_rate)
       runners[f"torch {version} eager"] = run
       results["torch_threads"] = threads
     except ImportError:
       print("torch is not installed: timing jaxconv only")
   seconds = {name: [] for name in runners}
-  for name, run in runners.items():  # warm-up: first-epoch allocations, torch's lazy init
+  for run in runners.values():  # warm-up: first-epoch allocations, torch's lazy init
     run()
   for _ in range(FLAGS.rounds):
     for name, run in runners.items():
       seconds[name].append(run())
+  results["load_average_after"] = os.getloadavg()
   torch_name = next((n for n in runners if n.startswith("torch")), None)
-  print(f"\nXLA_FLAGS={results['xla_flags']!r}, {results['device']}, {FLAGS.rounds} interleaved epochs of {images_per_epoch} images")
+  print(f"\nXLA_FLAGS={results['xla_flags']!r}, {results['devices']} {jax.devices()[0].platform} device(s), "
+        f"{FLAGS.rounds} interleaved epochs of {images_per_epoch} images, load average {results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}")
   print(f"{'trainer':<28} {'images/s':>10} {'ms/step':>8} {'compile s':>9} {'vs torch':>9}")
   for name, secs in seconds.items():
     row = results.setdefault(name, {})

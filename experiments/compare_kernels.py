@@ -21,7 +21,7 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--repeats", type=int, default=10, help="timed calls per kernel and mode (median reported)")
   parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch columns even when torch is importable")
   parser.add_argument("--max-call-ms", type=float, default=3000.0, help="skip a kernel whose warm forward+backward takes longer")
-  parser.add_argument("--memory", action="store_true", help="also measure compiled peak memory of im2col vs lax on resnet_3x3")
+  parser.add_argument("--memory", action="store_true", help="also measure compiled peak memory vs lax on resnet_3x3 (im2col, hybrid)")
   parser.add_argument("--out", default="docs/bench", help="directory for kernels.json and kernels.md ('' to skip writing)")
   return parser.parse_args()
 
@@ -33,7 +33,7 @@ def main() -> None:
   impls = bench.select_impls(args.impl)
   results = bench.run(shapes, impls, repeats=args.repeats, with_torch=not args.no_torch, max_call_ms=args.max_call_ms)
   if args.memory:
-    results["memory"] = {"im2col on resnet_3x3": bench.memory_ratio(bench.SHAPES_BY_NAME["resnet_3x3"], "im2col")}
+    results["memory"] = {f"{impl} on resnet_3x3": bench.memory_ratio(bench.SHAPES_BY_NAME["resnet_3x3"], impl) for impl in ("im2col", "hybrid")}
   print(bench.markdown(results["rows"], results["summary"], results["env"], results.get("memory")))
   if args.out:
     for path in bench.write(results, args.out):

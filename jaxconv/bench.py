@@ -309,29 +309,31 @@ def environment(torch_threads: int = 2) -> dict[str, str]:
 
 
 def summarize(rows: Sequence[dict], choices: dict[str, str]) -> dict:
-  """Issue 4's targets from the rows: auto vs lax per shape and in geometric mean, vs torch."""
+  """Issue 4's targets from the rows: auto vs lax per shape and in geometric mean, and vs torch."""
   by = {(r["shape"], r["impl"]): r for r in rows}
-  shapes = list(dict.fromkeys(r["shape"] for r in rows))
-  summary: dict = {"auto_choice": choices, "per_shape": {}}
-  speedups = []
-  for name in shapes:
-    auto, lax_row, torch_row = by.get((name, "auto"), {}), by.get((name, "lax"), {}), by.get((name, "torch"), {})
-    entry = {}
-    if "fb_ms" in auto:
-      entry["auto_fb_speedup_vs_lax"] = auto["fb_speedup"]
-      if name in TARGET_SHAPES:
-        speedups.append(auto["fb_speedup"])
-      if "fb_ms" in torch_row:
-        entry["auto_fb_vs_torch"] = auto["fb_ms"] / torch_row["fb_ms"]
-    if "fb_ms" in lax_row and "fb_ms" in torch_row:
-      entry["lax_fb_vs_torch"] = lax_row["fb_ms"] / torch_row["fb_ms"]
-    best = min((r for r in rows if r["shape"] == name and "fb_ms" in r and r["impl"] != "torch"), key=lambda r: r["fb_ms"], default=None)
-    if best is not None:
-      entry["fastest_jax_impl"] = best["impl"]
-    summary["per_shape"][name] = entry
+  per_shape = {}
+  for name in dict.fromkeys(r["shape"] for r in rows):
+    timed = [r for r in rows if r["shape"] == name and "fb_ms" in r and r["impl"] != "torch"]
+    entry = {"lax_fb_ms": by.get((name, "lax"), {}).get("fb_ms")}
+    if name in choices:
+      entry["auto_choice"] = choices[name]
+    if "fb_ms" in by.get((name, "auto"), {}):
+      entry["auto_fb_ms"] = by[(name, "auto")]["fb_ms"]
+      entry["auto_speedup"] = by[(name, "auto")]["fb_speedup"]
+    fastest = min(timed, key=lambda r: r["fb_ms"], default=None)
+    if fastest is not None:
+      entry["fastest"], entry["fastest_speedup"] = fastest["impl"], fastest["fb_speedup"]
+    if "fb_ms" in by.get((name, "torch"), {}):
+      entry["torch_fb_ms"] = by[(name, "torch")]["fb_ms"]
+      if "auto_fb_ms" in entry:
+        entry["auto_vs_torch"] = entry["auto_fb_ms"] / entry["torch_fb_ms"]
+    per_shape[name] = entry
+  summary: dict = {"per_shape": per_shape}
+  speedups = [per_shape[n]["auto_speedup"] for n in TARGET_SHAPES if "auto_speedup" in per_shape.get(n, {})]
   if speedups:
-    summary["target_shapes_geomean_auto_speedup"] = math.exp(statistics.fmean(map(math.log, speedups)))
+    summary["target_geomean_auto_speedup"] = math.exp(statistics.fmean(map(math.log, speedups)))
     summary["target_shapes_counted"] = len(speedups)
+    summary["shapes_where_auto_is_slower_than_lax"] = [n for n, e in per_shape.items() if e.get("auto_speedup", 1.0) < 1.0]
   return summary
 
 
@@ -344,32 +346,60 @@ def fmt(value: float | None, digits: int = 2) -> str:
   return "-" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(rows: Sequence[dict], summary: dict, env: dict[str, str], memory: dict | None = None) -> str:
-  """The results as markdown: environment, one table row per (shape, impl), targets."""
-  lines = ["# Kernel comparison (forward and forward+backward, ms, median)", ""]
-  lines += [f"- {k}: `{v}`" for k, v in env.items()]
-  lines += ["", "| shape | impl | fwd ms | fwd GFLOP/s | fwd x lax | fwd+bwd ms | fwd+bwd GFLOP/s | fwd+bwd x lax | max rel err (y, dx, dw) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-  for r in rows:
-    name = r["shape"]
-    if "skipped" in r:
-      lines.append(f"| {name} | {r['impl']} | - | - | - | - | - | - | {r['skipped']} |")
-      continue
-    errs = {"lax": "(reference)", "torch": "-"}.get(r["impl"]) or ", ".join(f"{r[k]:.0e}" for k in ("err_y", "err_dx", "err_dw"))
-    chosen = " (auto: " + summary["auto_choice"][name] + ")" if r["impl"] == "auto" and name in summary.get("auto_choice", {}) else ""
+def summary_table(summary: dict) -> list[str]:
+  """Markdown lines: per shape, lax vs auto (and its kernel) vs the fastest kernel vs torch, forward+backward."""
+  lines = [
+      "| shape | lax ms | auto kernel | auto ms | lax / auto | fastest (lax / it) | torch ms | auto / torch |",
+      "|---|---:|---|---:|---:|---|---:|---:|",
+  ]
+  for name, e in summary["per_shape"].items():
+    fastest = f"{e['fastest']} ({e['fastest_speedup']:.2f})" if "fastest" in e else "-"
     lines.append(
-        f"| {name} | {r['impl']}{chosen} | {fmt(r.get('fwd_ms'))} | {fmt(r.get('fwd_gflops'), 0)} | {fmt(r.get('fwd_speedup'))} "
-        f"| {fmt(r.get('fb_ms'))} | {fmt(r.get('fb_gflops'), 0)} | {fmt(r.get('fb_speedup'))} | {errs} |"
+        f"| {name} | {fmt(e.get('lax_fb_ms'))} | {e.get('auto_choice', '-')} | {fmt(e.get('auto_fb_ms'))} | {fmt(e.get('auto_speedup'))} "
+        f"| {fastest} | {fmt(e.get('torch_fb_ms'))} | {fmt(e.get('auto_vs_torch'))} |"
     )
-  lines += ["", "## Targets", ""]
-  if "target_shapes_geomean_auto_speedup" in summary:
-    lines.append(f"- geometric mean of lax / auto (forward+backward) over the {summary['target_shapes_counted']} target shapes: **{summary['target_shapes_geomean_auto_speedup']:.2f}x**")
-  for name, entry in summary["per_shape"].items():
-    bits = [f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()]
-    lines.append(f"- {name}: " + ", ".join(bits))
+  return lines
+
+
+def targets(summary: dict) -> list[str]:
+  """Markdown bullets for issue 4's targets."""
+  if "target_geomean_auto_speedup" not in summary:
+    return []
+  slower = summary["shapes_where_auto_is_slower_than_lax"]
+  per_shape = summary["per_shape"]
+  lenet = ", ".join(f"{n} {per_shape[n]['auto_speedup']:.2f}x" for n in ("lenet_conv1", "lenet_conv2") if "auto_speedup" in per_shape.get(n, {}))
+  near_torch = [n for n, e in per_shape.items() if e.get("auto_vs_torch", math.inf) <= 1.25]
+  lines = [
+      f"- geometric mean of lax / auto over the {summary['target_shapes_counted']} target shapes: **{summary['target_geomean_auto_speedup']:.2f}x** (target >= 1.5)",
+      f"- auto at least as fast as lax on every shape: **{'yes' if not slower else 'no: ' + ', '.join(slower)}**",
+      f"- LeNet, auto vs lax: {lenet or '-'}",
+  ]
+  if any("auto_vs_torch" in e for e in per_shape.values()):
+    lines.append(f"- within 1.25x of torch: {', '.join(near_torch) or 'none'} ({len(near_torch)} of {sum('auto_vs_torch' in e for e in per_shape.values())})")
+  return lines
+
+
+def markdown(rows: Sequence[dict], summary: dict, env: dict[str, str], memory: dict | None = None) -> str:
+  """The results as markdown: environment, the auto summary, targets, memory, every (shape, impl) row."""
+  lines = ["# Kernel comparison: forward and forward+backward, median ms", ""]
+  lines += [f"- {k}: `{v}`" for k, v in env.items()]
+  lines += ["", "## Forward+backward: lax, auto, the fastest kernel, torch", ""] + summary_table(summary)
+  lines += ["", "## Targets", ""] + targets(summary)
   if memory:
-    lines += ["", "## Peak memory (compiled memory analysis)", ""]
+    lines += ["", "## Peak memory (compiled memory analysis: arguments + outputs + temporaries)", ""]
     for key, value in memory.items():
       lines.append(f"- {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in value.items()))
+  lines += ["", "## Every kernel", ""]
+  lines += ["| shape | impl | fwd ms | fwd GFLOP/s | fwd lax / it | fwd+bwd ms | fwd+bwd GFLOP/s | fwd+bwd lax / it | max rel err (y, dx, dw) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+  for r in rows:
+    if "skipped" in r:
+      lines.append(f"| {r['shape']} | {r['impl']} | - | - | - | - | - | - | {r['skipped']} |")
+      continue
+    errs = {"lax": "(reference)", "torch": "-"}.get(r["impl"]) or ", ".join(f"{r[k]:.0e}" for k in ("err_y", "err_dx", "err_dw"))
+    lines.append(
+        f"| {r['shape']} | {r['impl']} | {fmt(r.get('fwd_ms'))} | {fmt(r.get('fwd_gflops'), 0)} | {fmt(r.get('fwd_speedup'))} "
+        f"| {fmt(r.get('fb_ms'))} | {fmt(r.get('fb_gflops'), 0)} | {fmt(r.get('fb_speedup'))} | {errs} |"
+    )
   return "\n".join(lines) + "\n"
 
 

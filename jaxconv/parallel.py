@@ -1,8 +1,10 @@
 """Data parallelism with JAX's SPMD machinery: a 1-D device mesh, shardings, multi-host start-up.
 
 The mesh has one axis, ``"data"``. Batches are split along their leading axis over it, parameters
-and optimiser state are replicated, and XLA's partitioner inserts the all-reduce of the gradients
-and of the summed metrics: nothing here calls a collective by hand.
+and optimiser state are replicated, and the compiler inserts the all-reduce of the gradients and
+of the summed metrics: nothing here calls a collective by hand. The model itself runs under
+``shard_map`` (``per_device``), each device on its own rows, so that every conv kernel, also one
+XLA cannot split along the batch (FFT, Pallas), keeps its work local.
 
 Datasets live on the devices split along their example axis: of ``D`` devices, device ``d`` holds
 the ``d``-th contiguous block of ``N / D`` examples (its *shard*). Every global batch of ``B`` takes
@@ -13,6 +15,7 @@ builds only the blocks of its own devices (``process_rows``, ``shard_examples``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -109,3 +112,15 @@ def gather_shards(tree: Any, rows: jax.Array, mesh: Mesh | None) -> Any:
 
   batch = jax.tree.map(gather, tree)
   return batch if mesh is None else jax.lax.with_sharding_constraint(batch, sharding(mesh, DATA_AXIS))
+
+
+def per_device(fn: Callable[[Any, jax.Array], jax.Array], mesh: Mesh | None) -> Callable[[Any, jax.Array], jax.Array]:
+  """``fn(params, x) -> y`` run by every device on its own rows of ``x (B, ...)``, ``params`` replicated."""
+  if num_shards(mesh) == 1:  # as before data parallelism: shard_map would move float32 rounding
+    return fn
+  # XLA's partitioner cannot split every kernel along the batch (it all-gathers the batch around
+  # an FFT, and cannot split a Pallas call): here each device runs the model as if it were alone.
+  # The transpose of shard_map sums the replicated parameters' gradients over the devices.
+  # check_vma=False: the kernels' custom VJPs give per-device cotangents for replicated inputs.
+  spec = PartitionSpec(DATA_AXIS)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(PartitionSpec(), spec), out_specs=spec, check_vma=False)

@@ -85,10 +85,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 1000
   config.steps_per_call = 50  # training steps per compiled call, i.e. per progress-bar update
   config.seed = 0
-  config.optimizer = "adam"
-  config.learning_rate = 1e-3  # the peak of the schedule
+  config.optimizer = "adamw"
+  config.learning_rate = 3e-3  # the peak of the schedule
   config.momentum = 0.9  # sgd only
-  config.weight_decay = 0.0  # adamw only
+  config.weight_decay = 0.05  # adamw only (decoupled: each step shrinks weights by lr * weight_decay)
   config.schedule = "warmup_cosine"
   config.warmup_epochs = 1.0
   config.mesh = ml_collections.ConfigDict()
@@ -274,14 +274,20 @@ def add_metrics(a: Metrics, b: Metrics) -> Metrics:
   return jax.tree.map(jnp.add, a, b)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+def make_apply(graphdef: nnx.GraphDef, mesh: Mesh | None = None) -> Callable[[nnx.State, jax.Array], jax.Array]:
+  """``apply(params, images) -> logits`` of the model, run by each device of ``mesh`` on its own images."""
+  return parallel.per_device(lambda params, images: nnx.merge(graphdef, params)(images), mesh)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """``train_step(state, batch) -> (state, metrics)``: forward, loss, grad and Optax update."""
+  apply = make_apply(graphdef, mesh)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     """One optimisation step on ``batch``; metrics are sums over its examples."""
 
     def loss_fn(params: nnx.State) -> tuple[jax.Array, Metrics]:
-      metrics = batch_metrics(nnx.merge(graphdef, params)(batch.images), batch.labels)
+      metrics = batch_metrics(apply(params, batch.images), batch.labels)
       return metrics["loss"] / batch.labels.shape[0], metrics
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -310,6 +316,7 @@ def make_train_steps(train_step: Callable[[TrainState, Batch], tuple[TrainState,
 def make_evaluate(graphdef: nnx.GraphDef, batch_size: int, mesh: Mesh | None = None):
   """``evaluate(params, data) -> metrics`` over all of ``data`` in batches of ``batch_size``."""
   shards = parallel.num_shards(mesh)
+  apply = make_apply(graphdef, mesh)
 
   def evaluate(params: nnx.State, data: Batch) -> Metrics:
     """Summed metrics of the model on every example of ``data`` with a label >= 0 (the last batch is masked)."""
@@ -317,11 +324,10 @@ def make_evaluate(graphdef: nnx.GraphDef, batch_size: int, mesh: Mesh | None = N
     size = min(batch_size // shards, n)
     batches = math.ceil(n / size)
     rows = jnp.minimum(jnp.arange(batches * size), n - 1).reshape(batches, size)
-    model = nnx.merge(graphdef, params)
 
     def body(totals: Metrics, batch_rows: jax.Array) -> tuple[Metrics, None]:
       batch = parallel.gather_shards(data, jnp.tile(batch_rows, shards), mesh)
-      logits = model(batch.images)
+      logits = apply(params, batch.images)
       in_range = (jnp.arange(size) + batch_rows[0] < n) if batches * size > n else jnp.ones(size, bool)
       valid = jnp.tile(in_range, shards) & (batch.labels >= 0)  # label -1: padding of device_data
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
@@ -476,7 +482,7 @@ def compile_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx:
   idx = jax.ShapeDtypeStruct((steps, config.batch_size), jnp.int32)
   in_shardings = (replicated, replicated, examples, parallel.sharding(mesh, None, parallel.DATA_AXIS), replicated, replicated)
   # The state is donated: each call updates the parameters and Adam moments in place.
-  train_steps = jax.jit(make_train_steps(make_train_step(graphdef, tx), mesh), in_shardings=in_shardings, out_shardings=replicated, donate_argnums=0)
+  train_steps = jax.jit(make_train_steps(make_train_step(graphdef, tx, mesh), mesh), in_shardings=in_shardings, out_shardings=replicated, donate_argnums=0)
   train_steps = train_steps.lower(state, zero_metrics(), train, idx, 0, 0).compile()
   evaluate = jax.jit(make_evaluate(graphdef, config.eval_batch_size, mesh), in_shardings=(replicated, examples), out_shardings=replicated)
   return train_steps, evaluate.lower(state.params, test).compile()

@@ -109,7 +109,7 @@ AUTO_CHOICES = {
     "depthwise_3x3": "depthwise",
     "large_15x15": "fft",
     "conv1d_k5": "lax",
-    "conv3d_3x3x3": "im2col",
+    "conv3d_3x3x3": "winograd",
     "grouped_3x3_g4": "im2col",
     "dilated_3x3_d2": "hybrid",
     "stem_7x7_s2": "lax",
@@ -208,7 +208,7 @@ def test_winograd_refuses_what_it_cannot_do(w_shape, geometry, reason):
 @pytest.mark.parametrize("tile", [2, 4], ids=["F(2,3)", "F(4,3)"])
 @pytest.mark.parametrize(
     ("x_shape", "w_shape", "pads"),
-    [((2, 9, 10, 4), (3, 3, 2, 6), ((1, 1), (2, 0))), ((3, 13, 5), (3, 5, 7), ((1, 1),)), ((1, 5, 6, 7, 3), (3, 3, 3, 3, 4), ((1, 1),) * 3)],
+    [((2, 9, 10, 4), (3, 3, 2, 6), ((3, 1), (2, 0))), ((3, 13, 5), (3, 5, 7), ((1, 1),)), ((1, 5, 6, 7, 3), (3, 3, 3, 3, 4), ((1, 1),) * 3)],
     ids=["2d-grouped", "1d", "3d"],
 )
 def test_winograd_tiles_match_lax(monkeypatch, rng, tile, x_shape, w_shape, pads):
@@ -246,16 +246,17 @@ def test_bench_rows_and_report():
   assert by_impl["im2col"]["fwd_ms"] > 0 and math.isclose(by_impl["im2col"]["fb_gflops"], 3 * shape.spec().flops / by_impl["im2col"]["fb_ms"] / 1e6)
   assert by_impl["depthwise"]["skipped"].startswith("refused")
   summary = bench.summarize(rows, {})
-  assert summary["per_shape"]["tiny"]["fastest_jax_impl"] in {"lax", "im2col"}
+  assert summary["per_shape"]["tiny"]["fastest"] in {"lax", "im2col"}
   table = bench.markdown(rows, summary, bench.environment())
-  assert "| tiny | im2col |" in table and "XLA_FLAGS" in table
+  assert "| tiny | im2col |" in table and "| tiny | " in "\n".join(bench.summary_table(summary)) and "XLA_FLAGS" in table
 
 
 def test_bench_geomean_of_auto_over_target_shapes():
   """The summary's geometric mean is over the target shapes' lax / auto forward+backward ratios."""
-  rows = [{"shape": name, "impl": "auto", "fb_ms": 1.0, "fb_speedup": s} for name, s in zip(bench.TARGET_SHAPES, (2, 8, 1, 1, 1, 1, 1))]
+  rows = [{"shape": name, "impl": "auto", "fb_ms": 1.0, "fb_speedup": s} for name, s in zip(bench.TARGET_SHAPES, (2, 8, 1, 1, 1, 1, 0.5))]
   summary = bench.summarize(rows + [{"shape": "conv1d_k5", "impl": "auto", "fb_ms": 1.0, "fb_speedup": 100.0}], {})
-  assert math.isclose(summary["target_shapes_geomean_auto_speedup"], 16 ** (1 / 7))
+  assert math.isclose(summary["target_geomean_auto_speedup"], 8 ** (1 / 7))
+  assert summary["shapes_where_auto_is_slower_than_lax"] == [bench.TARGET_SHAPES[-1]]
 
 
 def test_bench_rejects_unknown_names():

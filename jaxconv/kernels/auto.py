@@ -8,9 +8,10 @@ there ``"auto"`` is lax. ``K`` is the number of kernel taps, ``Cg = C_in / group
 1. groups > 1 and Cg <= 4                   -> "depthwise"  (XLA's grouped conv is 10-20x slow)
 2. stride 1, K >= 25 and Cg * Og <= 64      -> "fft"        (large kernels, few channels)
 3. one spatial axis                         -> "lax"        (XLA is fast on 1-D)
-4. K == 1, groups > 1 or three spatial axes -> "im2col"     (pure GEMMs; lax's backward is slow)
-5. a stride > 1: Cg >= 32 -> "im2col", else "lax"          (lax is good on narrow strided stems)
-6. otherwise (2-D, stride 1): Cg >= 32 -> "hybrid", else "im2col"
+4. three spatial axes: 3 taps, stride 1 and dilation 1 on each -> "winograd", else "im2col"
+5. K == 1 or groups > 1                     -> "im2col"     (pure GEMMs; lax's backward is slow)
+6. a stride > 1: Cg >= 32 -> "im2col", else "lax"          (lax is good on narrow strided stems)
+7. otherwise (2-D, stride 1): Cg >= 32 -> "hybrid", else "im2col"
 
 ``"hybrid"`` keeps XLA's fast forward and input-gradient convolutions and replaces only its slow
 kernel gradient. The choice never depends on values or timing, so it is the same under jit,
@@ -24,6 +25,7 @@ import math
 import jax
 
 from jaxconv.kernels.registry import ConvSpec, get, register
+from jaxconv.kernels.winograd import supports_winograd
 
 # Rule thresholds (see the module docstring).
 FFT_MIN_TAPS = 25
@@ -46,7 +48,9 @@ def choose(spec: ConvSpec) -> str:
     return "fft"
   if spec.rank == 1:
     return "lax"
-  if taps == 1 or spec.groups > 1 or spec.rank == 3:
+  if spec.rank == 3:
+    return "winograd" if supports_winograd(spec) is None else "im2col"
+  if taps == 1 or spec.groups > 1:
     return "im2col"
   if strided:
     return "im2col" if cg >= WIDE_CHANNELS else "lax"

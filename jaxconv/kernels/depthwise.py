@@ -11,15 +11,26 @@ is computed chunk by chunk over the batch so each chunk's reads stay in cache.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxconv.kernels.registry import ConvSpec, accumulation_dtype, register
-from jaxconv.kernels.taps import batch_chunk, image_bytes, input_grad_pads, pad_spatial, scan_batch, tap_slice, taps, transposed_kernel
-from jaxconv.padding import Pair, output_size
+from jaxconv.kernels.taps import (
+    Geometry,
+    batch_chunk,
+    custom_backward,
+    geometry_of,
+    image_bytes,
+    input_grad_pads,
+    out_spatial,
+    pad_spatial,
+    scan_batch,
+    tap_slice,
+    taps,
+    transposed_kernel,
+)
 
 # The widest group (C_in / groups) served: the work per output grows with it, and past a few
 # channels a GEMM-based kernel wins.
@@ -27,21 +38,12 @@ MAX_GROUP_CHANNELS = 4
 # Bytes of x and dy per chunk of the kernel-gradient reductions (about the size of L2 + L3 share).
 REDUCE_BUDGET_BYTES = 4 * 2**20
 
-Geometry = tuple[tuple[int, ...], tuple[Pair, ...], tuple[int, ...], int]  # stride, padding, dilation, groups
-
-
 def supports_depthwise(spec: ConvSpec) -> str | None:
   """Accept convs whose groups hold at most ``MAX_GROUP_CHANNELS`` input channels each."""
   width = spec.in_channels // spec.groups
   if width > MAX_GROUP_CHANNELS:
     return f"it serves C_in / groups <= {MAX_GROUP_CHANNELS} (depthwise and narrow groups); this call has {width}"
   return None
-
-
-def out_spatial(x_shape, kernel, geometry: Geometry) -> list[int]:
-  """Output spatial sizes of x ``(N, *spatial, C)`` under ``geometry``."""
-  stride, padding, dilation, _ = geometry
-  return [output_size(n, k, p, s, d) for n, k, p, s, d in zip(x_shape[1:-1], kernel, padding, stride, dilation)]
 
 
 def tap_windows(x: jax.Array, kernel, geometry: Geometry, c_out: int) -> list[list[jax.Array]]:
@@ -90,30 +92,18 @@ def kernel_grad_chunk(x: jax.Array, dy: jax.Array, w_shape, geometry: Geometry) 
   return jnp.stack([jnp.stack([jnp.sum(column.astype(acc) * dy, axis=reduce_axes) for column in columns]) for columns in windows])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_depthwise_vjp(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
-  """The shift-and-multiply-add conv with a chunked kernel gradient."""
-  return shift_multiply_add(x, w, geometry)
-
-
-def conv_depthwise_fwd(x: jax.Array, w: jax.Array, geometry: Geometry) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """Forward pass, keeping the inputs."""
-  return shift_multiply_add(x, w, geometry), (x, w)
-
-
-def conv_depthwise_bwd(geometry: Geometry, residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """dx by the transposed shift-and-multiply-add; dW by chunked reductions."""
-  x, w = residuals
+def backward(x: jax.Array, w: jax.Array, dy: jax.Array, geometry: Geometry) -> tuple[jax.Array, jax.Array]:
+  """dx by the transposed shift-and-multiply-add; dW by reductions over cache-sized batch chunks."""
   dx = input_grad(dy, w, x.shape, geometry)
   chunk = batch_chunk(x.shape[0], image_bytes(x.shape, x.dtype.itemsize) + image_bytes(dy.shape, dy.dtype.itemsize), REDUCE_BUDGET_BYTES)
   _, dw = scan_batch(lambda xc, dyc: (None, kernel_grad_chunk(xc, dyc, w.shape, geometry)), chunk, x, dy)
   return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
-conv_depthwise_vjp.defvjp(conv_depthwise_fwd, conv_depthwise_bwd)
+conv_depthwise_vjp = custom_backward(shift_multiply_add, backward)
 
 
 @register("depthwise", supports=supports_depthwise)
 def conv_depthwise(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> jax.Array:
   """Shift-and-multiply-accumulate over the taps, for depthwise and narrow-group convs."""
-  return conv_depthwise_vjp(x, w, (tuple(stride), tuple(map(tuple, padding)), tuple(dilation), int(groups)))
+  return conv_depthwise_vjp(x, w, geometry_of(stride, padding, dilation, groups))

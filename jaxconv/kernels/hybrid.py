@@ -8,14 +8,12 @@ and computes the kernel gradient as ``patches^T @ dy`` with im2col's batch-chunk
 
 from __future__ import annotations
 
-import functools
-
 import jax
 
 from jaxconv.kernels import im2col
-from jaxconv.kernels.im2col import Geometry, geometry_of
 from jaxconv.kernels.lax import conv_lax
 from jaxconv.kernels.registry import register
+from jaxconv.kernels.taps import Geometry, custom_backward, geometry_of
 
 
 def lax_conv(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
@@ -24,26 +22,14 @@ def lax_conv(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
   return conv_lax(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_hybrid_vjp(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
-  """lax's conv with the kernel gradient replaced."""
-  return lax_conv(x, w, geometry)
-
-
-def conv_hybrid_fwd(x: jax.Array, w: jax.Array, geometry: Geometry) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """Forward pass, keeping the inputs."""
-  return lax_conv(x, w, geometry), (x, w)
-
-
-def conv_hybrid_bwd(geometry: Geometry, residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+def backward(x: jax.Array, w: jax.Array, dy: jax.Array, geometry: Geometry) -> tuple[jax.Array, jax.Array]:
   """dx from lax's transposed convolution, dW from im2col's chunked ``patches^T @ dy``."""
-  x, w = residuals
   _, pullback = jax.vjp(lambda x: lax_conv(x, w, geometry), x)
   (dx,) = pullback(dy)
   return dx, im2col.kernel_grad(x, dy, w.shape, geometry)
 
 
-conv_hybrid_vjp.defvjp(conv_hybrid_fwd, conv_hybrid_bwd)
+conv_hybrid_vjp = custom_backward(lax_conv, backward)
 
 
 @register("hybrid")

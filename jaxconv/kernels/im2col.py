@@ -23,23 +23,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.kernels.registry import ConvSpec, accumulation_dtype, register
-from jaxconv.kernels.taps import batch_chunk, map_batch, pad_spatial, scan_batch, tap_pad_config, tap_slice, taps
-from jaxconv.padding import Pair, output_size
+from jaxconv.kernels.registry import accumulation_dtype, register
+from jaxconv.kernels.taps import Geometry, batch_chunk, geometry_of, map_batch, out_spatial, pad_spatial, scan_batch, tap_pad_config, tap_slice, taps
 
 # Upper bound on the bytes of one chunk's patch matrix (and of its gradient in the backward).
 PATCH_BUDGET_BYTES = 16 * 2**20
 # Channels per group from which each tap gets its own GEMM instead of one patch-matrix GEMM.
 TAP_GEMM_MIN_DEPTH = 32
-
-Geometry = tuple[tuple[int, ...], tuple[Pair, ...], tuple[int, ...], int]  # stride, padding, dilation, groups
-
-
-def out_spatial(x_shape: Sequence[int], kernel: Sequence[int], geometry: Geometry) -> list[int]:
-  """Output spatial sizes of x ``(N, *spatial, C)`` under ``geometry``."""
-  stride, padding, dilation, _ = geometry
-  return [output_size(n, k, p, s, d) for n, k, p, s, d in zip(x_shape[1:-1], kernel, padding, stride, dilation)]
-
 
 def tap_columns(x: jax.Array, kernel: Sequence[int], geometry: Geometry) -> list[jax.Array]:
   """Per tap, what it reads for every output, as a GEMM operand ``(G, N * prod(out), C / G)``."""
@@ -204,11 +194,6 @@ def conv_im2col_bwd(geometry: Geometry, residuals: Residuals, dy: jax.Array) -> 
 
 
 conv_im2col_vjp.defvjp(conv_im2col_fwd, conv_im2col_bwd)
-
-
-def geometry_of(stride, padding, dilation, groups) -> Geometry:
-  """The kernel-contract geometry as one hashable tuple."""
-  return (tuple(stride), tuple(map(tuple, padding)), tuple(dilation), int(groups))
 
 
 @register("im2col")
