@@ -1,10 +1,10 @@
 """Data parallelism with JAX's SPMD machinery: a 1-D device mesh, shardings, multi-host start-up.
 
 The mesh has one axis, ``"data"``. Batches are split along their leading axis over it, parameters
-and optimiser state are replicated, and the compiler inserts the all-reduce of the gradients and
-of the summed metrics: nothing here calls a collective by hand. The model itself runs under
-``shard_map`` (``per_device``), each device on its own rows, so that every conv kernel, also one
-XLA cannot split along the batch (FFT, Pallas), keeps its work local.
+and optimiser state are replicated, and the all-reduces come from the compiler: nothing here
+calls a collective by hand. The model runs under ``shard_map`` (``per_device``), each device on
+its own rows, so that every conv kernel keeps its work local, also one that XLA cannot split
+along the batch (FFT, Pallas); JAX differentiates it into a sum of the per-device gradients.
 
 Datasets live on the devices split along their example axis: of ``D`` devices, device ``d`` holds
 the ``d``-th contiguous block of ``N / D`` examples (its *shard*). Every global batch of ``B`` takes

@@ -433,9 +433,10 @@ def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: TrainStat
   manager.wait_until_finished()
 
 
-def abstract(tree: Any) -> Any:
-  """Shape-and-dtype stand-ins for the arrays of ``tree``, a restore target."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+def abstract(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
+  """Shape-and-dtype stand-ins for the arrays of ``tree``, a restore target; ``sharding`` overrides their layout."""
+  structs = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return structs if sharding is None else jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), structs)
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> tuple[int, TrainState, list[dict]]:
@@ -462,7 +463,9 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str | Path) -> LeN
     meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     model = nnx.eval_shape(lambda: create_model(config, tuple(meta["input_shape"])))
     graphdef, params = nnx.split(model, nnx.Param)
-    restored = manager.restore(epoch, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract(params))))
+    # On this process's first device, whichever devices saved it.
+    target = abstract(params, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    restored = manager.restore(epoch, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
   return nnx.merge(graphdef, restored["params"])
 
 
@@ -561,8 +564,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           "learning_rate": float(schedule(epoch * steps)),
       }
       history.append(record)
-      save_checkpoint(manager, epoch, state, {"input_shape": input_shape, "history": history})
-      if not main:
+      save_checkpoint(manager, epoch, state, {"input_shape": input_shape, "history": history})  # orbax: every process
+      if not main:  # the metrics line and the log: process 0 only
         continue
       append_metrics(workdir / METRICS_FILE, record)
       log.info(

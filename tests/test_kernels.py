@@ -111,7 +111,7 @@ AUTO_CHOICES = {
     "conv1d_k5": "lax",
     "conv3d_3x3x3": "winograd",
     "grouped_3x3_g4": "im2col",
-    "dilated_3x3_d2": "hybrid",
+    "dilated_3x3_d2": "lax",
     "stem_7x7_s2": "lax",
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxconv import parallel, train
 
@@ -188,6 +190,15 @@ def test_errors_name_the_config_field(four, field, message):
 
 # --------------------------------------------------------------------------------------------
 # in this process (one device)
+
+
+def test_checkpoint_of_four_devices_restores_on_one(four):
+  config = runpy.run_path(str(SMOKE))["get_config"]()
+  config.data.test_size = TEST_SIZE
+  model = train.restore_model(config, four["workdir"])
+  _, test = train.device_data(config)
+  logits = nnx.jit(lambda model, x: model(x))(model, test.images)
+  assert float((logits.argmax(-1) == test.labels).mean()) == pytest.approx(four["history"][-1]["test_accuracy"], abs=1.5 / TEST_SIZE)
 
 
 def test_one_device_mesh_is_the_plain_shuffle():

@@ -1,21 +1,22 @@
 """The default kernel: picks an implementation per call from static shapes only.
 
 The rule is what ``experiments/compare_kernels.py`` measured on XLA:CPU (2 cores, forward +
-backward, see ``docs/bench/kernels.md``); on other backends lax is usually the right answer, so
-there ``"auto"`` is lax. ``K`` is the number of kernel taps, ``Cg = C_in / groups``,
-``Og = C_out / groups``. First match wins:
+backward, see ``docs/bench/kernels.md``); on other backends ``"auto"`` is lax. ``K`` is the number
+of kernel taps, ``Cg = C_in / groups``, ``Og = C_out / groups``, ``|x|`` the input's bytes. First
+match wins:
 
-1. groups > 1 and Cg <= 4                   -> "depthwise"  (XLA's grouped conv is 10-20x slow)
-2. stride 1, K >= 25 and Cg * Og <= 64      -> "fft"        (large kernels, few channels)
-3. one spatial axis                         -> "lax"        (XLA is fast on 1-D)
-4. three spatial axes: 3 taps, stride 1 and dilation 1 on each -> "winograd", else "im2col"
-5. K == 1 or groups > 1                     -> "im2col"     (pure GEMMs; lax's backward is slow)
-6. a stride > 1: Cg >= 32 -> "im2col", else "lax"          (lax is good on narrow strided stems)
-7. otherwise (2-D, stride 1): Cg >= 32 -> "hybrid", else "im2col"
+1. groups > 1 and Cg <= 4             -> "depthwise"  (XLA's grouped conv is 10-20x slower)
+2. stride 1, K >= 25, Cg * Og <= 64   -> "fft"        (large kernels over few channels)
+3. one spatial axis                   -> "lax"        (XLA is fast on 1-D)
+4. three spatial axes                 -> "winograd" for 3x3x3 stride 1 undilated, else "im2col"
+5. groups > 1                         -> "im2col"     (lax's grouped backward is 10x slower)
+6. Cg < 32: stride 1 -> "im2col" (LeNet-like), strided -> "lax" (narrow stems)
+7. |x| < 16 MiB                       -> "lax"        (XLA's conv is at its best on these)
+8. K == 1 or strided -> "im2col", else "hybrid"       (lax's kernel gradient slows 3x on big x)
 
-``"hybrid"`` keeps XLA's fast forward and input-gradient convolutions and replaces only its slow
-kernel gradient. The choice never depends on values or timing, so it is the same under jit,
-grad and vmap, and every chosen kernel supports the call.
+``"hybrid"`` keeps XLA's forward and input-gradient convolutions and replaces only its kernel
+gradient. The choice never depends on values or timing, so it is the same under jit, grad and
+vmap, and every chosen kernel supports the call (``tests/test_kernels.py`` checks both).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from jaxconv.kernels.registry import ConvSpec, get, register
 from jaxconv.kernels.winograd import supports_winograd
 
 # Rule thresholds (see the module docstring).
+NARROW_GROUP = 4
 FFT_MIN_TAPS = 25
 FFT_MAX_CHANNEL_PRODUCT = 64
 WIDE_CHANNELS = 32
-NARROW_GROUP = 4
+LARGE_INPUT_BYTES = 16 * 2**20
 
 
 def choose(spec: ConvSpec) -> str:
@@ -50,11 +52,13 @@ def choose(spec: ConvSpec) -> str:
     return "lax"
   if spec.rank == 3:
     return "winograd" if supports_winograd(spec) is None else "im2col"
-  if taps == 1 or spec.groups > 1:
+  if spec.groups > 1:
     return "im2col"
-  if strided:
-    return "im2col" if cg >= WIDE_CHANNELS else "lax"
-  return "hybrid" if cg >= WIDE_CHANNELS else "im2col"
+  if cg < WIDE_CHANNELS:
+    return "lax" if strided else "im2col"
+  if math.prod(spec.x_shape) * spec.dtype.itemsize < LARGE_INPUT_BYTES:
+    return "lax"
+  return "im2col" if taps == 1 or strided else "hybrid"
 
 
 @register("auto")

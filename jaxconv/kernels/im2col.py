@@ -1,15 +1,19 @@
-"""Patch-matrix kernel: strided-slice gather of the taps, one batched GEMM per group, custom VJP.
+"""Patch-matrix kernel: strided-slice gather of the taps, GEMMs per group, hand-written VJP.
 
 The forward pass lays the ``K = prod(kernel)`` taps of every output position side by side into
 a patch matrix ``(G, M, K * C_in / G)`` (``M = N * prod(out_spatial)``) and contracts it with the
-kernel matrix ``(G, K * C_in / G, C_out / G)``. The backward pass does not differentiate through
-the gather (whose transpose is ``K`` scattered pads): the kernel gradient is one GEMM
-``patches^T @ dy`` and the input gradient one GEMM ``dy @ W^T`` followed by col2im (the ``K``
-shifted, stride-dilated pads of that product, summed in one fusion).
+kernel matrix ``(G, K * C_in / G, C_out / G)`` in one GEMM; with 32 or more channels per group
+each tap gets its own GEMM instead, which skips writing and re-reading the ``K``-times larger
+matrix. The backward pass does not differentiate through the gather (whose transpose is ``K``
+scattered pads): the input gradient is one GEMM ``dy @ W^T`` followed by col2im (the ``K``
+shifted, stride-dilated pads of that product, summed in one fusion), the kernel gradient
+``patches^T @ dy`` with the patches gathered transposed (from channels-first x), the layout
+in which that GEMM runs at full speed.
 
 Memory is bounded: the batch is processed in chunks whose patch matrix fits
-``PATCH_BUDGET_BYTES``, so peak memory stays near lax's instead of ``K`` copies of the input.
-Large temporaries are slow on CPU as well: buffers past glibc's mmap threshold (32 MiB) are
+``PATCH_BUDGET_BYTES``, so peak memory stays near lax's instead of ``K`` copies of the input; a
+patch matrix that fits in one chunk is kept for the backward pass instead of gathered again.
+Large temporaries are slow on this CPU as well: buffers past glibc's mmap threshold (32 MiB) are
 page-faulted afresh on every call.
 """
 
