@@ -127,15 +127,19 @@ def main(argv: list[str]) -> None:
   torch_name = next((n for n in runners if n.startswith("torch")), None)
   print(f"\nXLA_FLAGS={results['xla_flags']!r}, {results['devices']} {jax.devices()[0].platform} device(s), "
         f"{FLAGS.rounds} interleaved epochs of {images_per_epoch} images, load average {results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}")
-  print(f"{'trainer':<28} {'images/s':>10} {'ms/step':>8} {'compile s':>9} {'vs torch':>9}")
+  # Medians, and the best epoch of each: on a shared machine the fastest epoch is the one least
+  # disturbed by other work, so best-vs-best is the steadier comparison.
+  print(f"{'trainer':<28} {'images/s':>10} {'best':>8} {'ms/step':>8} {'compile s':>9} {'vs torch':>9} {'best vs best':>12}")
   for name, secs in seconds.items():
     row = results.setdefault(name, {})
     row["images_per_second"] = [images_per_epoch / s for s in secs]
-    median = statistics.median(row["images_per_second"])
+    median, best = statistics.median(row["images_per_second"]), max(row["images_per_second"])
     ratio = statistics.median(t / s for s, t in zip(secs, seconds[torch_name])) if torch_name else float("nan")
-    row["median_ratio_vs_torch"] = ratio
+    best_ratio = min(seconds[torch_name]) / min(secs) if torch_name else float("nan")
+    row["median_ratio_vs_torch"], row["best_ratio_vs_torch"] = ratio, best_ratio
     compile_s = row.get("compile_seconds")
-    print(f"{name:<28} {median:>10.0f} {1e3 * config.batch_size / median:>8.2f} {'' if compile_s is None else f'{compile_s:.2f}':>9} {ratio:>8.2f}x")
+    compile_text = "" if compile_s is None else f"{compile_s:.2f}"
+    print(f"{name:<28} {median:>10.0f} {best:>8.0f} {1e3 * config.batch_size / median:>8.2f} {compile_text:>9} {ratio:>8.2f}x {best_ratio:>11.2f}x")
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
       json.dump(results, f, indent=2)

@@ -2,10 +2,11 @@
 
 Each output is ``sum over taps t and group channels c of x_t[..., g, c] * w[t, c, g, :]``, with
 ``x_t`` one strided slice of the padded input: ``K * C_in / G`` multiply-adds per output, all in
-one fused elementwise loop, where XLA:CPU's grouped convolution is 10-20x slower. The forward
-pass and the input gradient (autodiff turns the slices into pads, fused the same way) stay
-elementwise; the kernel gradient, ``K * C_in / G`` reductions over the batch and the spatial axes,
-is computed chunk by chunk over the batch so each chunk's reads stay in cache.
+one fused elementwise loop, where XLA:CPU's grouped convolution is 10-20x slower. The input
+gradient is the same sum over the flipped kernel, run on the stride-dilated, padded dy
+(autodiff's K scattered pads of per-tap reductions are 50x slower for few input channels). The
+kernel gradient, ``K * C_in / G`` reductions over the batch and the spatial axes, is computed
+chunk by chunk over the batch so that each chunk's reads stay in cache (3x faster than at once).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from jaxconv.kernels.taps import (
     input_grad_pads,
     out_spatial,
     pad_spatial,
-    scan_batch,
+    sum_batch,
     tap_slice,
     taps,
     transposed_kernel,
@@ -37,6 +38,7 @@ from jaxconv.kernels.taps import (
 MAX_GROUP_CHANNELS = 4
 # Bytes of x and dy per chunk of the kernel-gradient reductions (about the size of L2 + L3 share).
 REDUCE_BUDGET_BYTES = 4 * 2**20
+
 
 def supports_depthwise(spec: ConvSpec) -> str | None:
   """Accept convs whose groups hold at most ``MAX_GROUP_CHANNELS`` input channels each."""
@@ -96,7 +98,7 @@ def backward(x: jax.Array, w: jax.Array, dy: jax.Array, geometry: Geometry) -> t
   """dx by the transposed shift-and-multiply-add; dW by reductions over cache-sized batch chunks."""
   dx = input_grad(dy, w, x.shape, geometry)
   chunk = batch_chunk(x.shape[0], image_bytes(x.shape, x.dtype.itemsize) + image_bytes(dy.shape, dy.dtype.itemsize), REDUCE_BUDGET_BYTES)
-  _, dw = scan_batch(lambda xc, dyc: (None, kernel_grad_chunk(xc, dyc, w.shape, geometry)), chunk, x, dy)
+  dw = sum_batch(lambda xc, dyc: kernel_grad_chunk(xc, dyc, w.shape, geometry), chunk, x, dy)
   return dx, dw.reshape(w.shape).astype(w.dtype)
 
 

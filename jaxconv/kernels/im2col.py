@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxconv.kernels.registry import accumulation_dtype, register
-from jaxconv.kernels.taps import Geometry, batch_chunk, geometry_of, map_batch, out_spatial, pad_spatial, scan_batch, tap_pad_config, tap_slice, taps
+from jaxconv.kernels.taps import Geometry, batch_chunk, geometry_of, map_batch, out_spatial, pad_spatial, sum_batch, tap_pad_config, tap_slice, taps
 
 # Upper bound on the bytes of one chunk's patch matrix (and of its gradient in the backward).
 PATCH_BUDGET_BYTES = 16 * 2**20
@@ -167,7 +167,7 @@ def input_grad(dy: jax.Array, w: jax.Array, x_shape: Sequence[int], geometry: Ge
 def kernel_grad(x: jax.Array, dy: jax.Array, w_shape: Sequence[int], geometry: Geometry) -> jax.Array:
   """dW ``w_shape`` (in x's dtype) as ``sum over batch chunks of patches^T @ dy``."""
   chunk = chunk_size(x.shape, w_shape, x.dtype, geometry)
-  _, dwm = scan_batch(lambda xc, dyc: (None, kernel_grad_chunk(xc, dyc, w_shape[:-2], geometry)), chunk, x, dy)
+  dwm = sum_batch(lambda xc, dyc: kernel_grad_chunk(xc, dyc, w_shape[:-2], geometry), chunk, x, dy)
   return kernel_from_matrix(dwm, w_shape).astype(x.dtype)
 
 

@@ -122,22 +122,18 @@ def map_batch(fn: Callable[..., jax.Array], chunk: int, *arrays: jax.Array) -> j
   return y.reshape(-1, *y.shape[2:])
 
 
-def scan_batch(fn: Callable[..., tuple], chunk: int, *arrays: jax.Array) -> tuple:
-  """``fn(*chunks) -> (per-chunk results, summand)`` over batch chunks: (concatenated results, summed).
-
-  The per-chunk results may be any pytree (``None`` for none); the summand is one array.
-  """
+def sum_batch(fn: Callable[..., jax.Array], chunk: int, *arrays: jax.Array) -> jax.Array:
+  """``sum over batch chunks of fn(*chunks of arrays)``, one chunk after another."""
   if chunk == arrays[0].shape[0]:
     return fn(*arrays)
   parts = tuple(split_batch(a, chunk) for a in arrays)
-  _, summand = jax.eval_shape(fn, *(p[0] for p in parts))
+  summand = jax.eval_shape(fn, *(p[0] for p in parts))
 
-  def step(total: jax.Array, chunk_arrays: tuple[jax.Array, ...]) -> tuple[jax.Array, object]:
-    ys, s = fn(*chunk_arrays)
-    return total + s, ys
+  def step(total: jax.Array, chunk_arrays: tuple[jax.Array, ...]) -> tuple[jax.Array, None]:
+    return total + fn(*chunk_arrays), None
 
-  total, ys = lax.scan(step, jnp.zeros(summand.shape, summand.dtype), parts)
-  return jax.tree.map(lambda y: y.reshape(-1, *y.shape[2:]), ys), total
+  total, _ = lax.scan(step, jnp.zeros(summand.shape, summand.dtype), parts)
+  return total
 
 
 def image_bytes(shape: Sequence[int], itemsize: int) -> int:

@@ -5,11 +5,13 @@ Per spatial axis the output is cut into tiles of ``m``; a tile of ``m + 2`` inpu
 the transforms apply axis by axis, and the channel mixing becomes ``(m + 2)^r`` independent GEMMs
 ``(tiles, C_in) @ (C_in, C_out)`` instead of ``9 m^2`` multiply-adds per tile in 2-D: 2.25x fewer
 multiplications for F(2, 3), 4x for F(4, 3). The transforms are strided slices and fixed linear
-combinations (fused elementwise); gradients come from autodiff, the batch is chunked so the
-transformed tiles fit ``TILE_BUDGET_BYTES``.
+combinations (fused elementwise), and the batch is chunked so the transformed tiles fit
+``TILE_BUDGET_BYTES``. The backward pass is written out (autodiff through the transforms is 5x
+slower): dx is the Winograd conv of the padded dy with the flipped kernel, and dW is
+``G^T [sum over tiles of V^T (A dy A^T)] G``, one more set of ``(m + 2)^r`` GEMMs.
 
-F(4, 3)'s transform has entries up to 5 and 1/24: its float32 error against lax is a few 1e-6
-of ``max |y|`` in 2-D, about ten times F(2, 3)'s (``tests/test_kernels.py`` measures both).
+F(4, 3)'s transforms have entries up to 8 and 1/24: its float32 error against lax is a few 1e-6
+of ``max |y|`` in 2-D and ~1e-5 in 3-D, about ten times F(2, 3)'s (``tests/test_kernels.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from jax import lax
 
 from jaxconv.kernels.registry import ConvSpec, accumulation_dtype, register
-from jaxconv.kernels.taps import batch_chunk, custom_backward, input_grad_pads, map_batch, pad_spatial, scan_batch, transposed_kernel
+from jaxconv.kernels.taps import batch_chunk, custom_backward, input_grad_pads, map_batch, pad_spatial, sum_batch, transposed_kernel
 
 # Output tile per axis: 4 -> F(4, 3) (6x6 tiles in 2-D), 2 -> F(2, 3) (4x4 tiles).
 TILE = 4
@@ -155,7 +157,7 @@ def backward(x: jax.Array, w: jax.Array, dy: jax.Array, static: tuple) -> tuple[
   dyp = lax.pad(dy, jnp.zeros((), dy.dtype), config)
   dx = forward(dyp, transposed_kernel(w, groups), (((0, 0),) * rank, groups, m))
   chunk = chunk_size(x.shape, padding, x.dtype, m)
-  _, du = scan_batch(lambda xc, dyc: (None, kernel_grad_chunk(xc, dyc, padding, groups, m)), chunk, x, dy)
+  du = sum_batch(lambda xc, dyc: kernel_grad_chunk(xc, dyc, padding, groups, m), chunk, x, dy)
   dw = kernel_transform(du.reshape(*(m + 2,) * rank, *du.shape[1:]), TRANSFORMS[m][1].T)
   return dx, dw.reshape(w.shape)
 
