@@ -403,7 +403,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], "o-", label=split)
     ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in history], "o-", label=split)
   ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
-  ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy")
+  ax_acc.set(xlabel="epoch", ylabel="%", title=f"accuracy (test: {100 * history[-1]['test_accuracy']:.2f}% at epoch {epochs[-1]})")
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
     ax.legend()

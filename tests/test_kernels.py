@@ -101,7 +101,7 @@ def test_depthwise_chunked_kernel_gradient(monkeypatch, rng):
 
 
 AUTO_CHOICES = {
-    "lenet_conv1": "fft",
+    "lenet_conv1": "im2col",
     "lenet_conv2": "im2col",
     "resnet_3x3": "hybrid",
     "resnet_3x3_s2": "im2col",
@@ -119,6 +119,13 @@ AUTO_CHOICES = {
 def test_auto_rule_on_the_benchmark_shapes():
   """The documented rule picks the kernel the benchmark found fastest on each named shape."""
   assert {s.name: auto.choose(s.spec()) for s in bench.SHAPES} == AUTO_CHOICES
+
+
+def test_auto_leaves_dense_convs_to_lax_when_ynnpack_convolutions_are_off(monkeypatch):
+  """With XLA's own (non-YNNPACK) convolutions, the dense shapes go to lax; the others keep their kernel."""
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+  choices = {s.name: auto.choose(s.spec()) for s in bench.SHAPES}
+  assert choices == {**AUTO_CHOICES, "resnet_3x3": "lax", "resnet_3x3_s2": "lax", "bottleneck_1x1": "lax"}
 
 
 def specs_grid() -> list[kernels.ConvSpec]:
@@ -141,7 +148,7 @@ def test_auto_only_chooses_kernels_that_accept_the_call():
     assert kernels.get(choice).supports(spec) is None, (choice, spec)
 
 
-@pytest.mark.parametrize("name", ["lenet_conv1", "depthwise_3x3", "resnet_3x3"])
+@pytest.mark.parametrize("name", ["large_15x15", "depthwise_3x3", "resnet_3x3"])
 def test_auto_traces_to_the_chosen_kernel(name):
   """impl="auto" is the chosen kernel itself: the same program, no run-time decision."""
   shape = bench.SHAPES_BY_NAME[name]

@@ -20,12 +20,12 @@ def num_params(model: nnx.Module) -> int:
 
 def output_shape(model: LeNet, shape: tuple[int, ...]) -> tuple[int, ...]:
   """The shape of ``model``'s output for float32 input of ``shape``, without running it."""
-  return jax.eval_shape(lambda x: model(x), jax.ShapeDtypeStruct(shape, jnp.float32)).shape
+  return nnx.eval_shape(lambda model, x: model(x), model, jax.ShapeDtypeStruct(shape, jnp.float32)).shape
 
 
 @pytest.mark.parametrize("variant, act, pool", [("modern", nnx.relu, nn.MaxPool), ("classic", nnx.sigmoid, nn.AvgPool)])
 def test_structure_and_parameter_count(variant, act, pool):
-  model = LeNet(variant=variant, rngs=nnx.Rngs(0))
+  model = nnx.eval_shape(lambda: LeNet(variant=variant, rngs=nnx.Rngs(0)))  # shapes only: nothing to run
   assert num_params(model) == 61_706
   conv1, act1, pool1, conv2, act2, pool2 = model.features.layers
   assert (conv1.kernel_size, conv1.padding, conv1.in_features, conv1.out_features) == ((5, 5), 2, 1, 6)
@@ -38,7 +38,7 @@ def test_structure_and_parameter_count(variant, act, pool):
 
 
 def test_other_input_sizes_and_classes():
-  model = LeNet(5, input_shape=(32, 32, 3), rngs=nnx.Rngs(0))
+  model = nnx.eval_shape(lambda: LeNet(5, input_shape=(32, 32, 3), rngs=nnx.Rngs(0)))
   assert output_shape(model, (2, 32, 32, 3)) == (2, 5)
   assert model.classifier.layers[1].in_features == 16 * 6 * 6
 

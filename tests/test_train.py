@@ -98,7 +98,9 @@ def test_schedules_warm_up_then_decay(schedule):
 
 
 def test_evaluate_masks_the_last_partial_batch(rng):
-  model = train.create_model(train.default_config(), (28, 28, 1))
+  config = train.default_config()
+  config.model.impl = "lax"  # one XLA op per conv: the eager reference below stays quick
+  model = train.create_model(config, (28, 28, 1))
   graphdef, params = nnx.split(model, nnx.Param)
   test = train.Batch(jnp.asarray(rng.standard_normal((10, 28, 28, 1)), jnp.float32), jnp.arange(10) % 3)
   metrics = jax.jit(train.make_evaluate(graphdef, batch_size=4))(params, test)
@@ -128,7 +130,7 @@ def test_smoke_run_learns_and_writes_its_outputs(smoke_run):
   for record in history:
     assert set(record) >= {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds", "images_per_second"}
   # 2 epochs on 2,048 images: far above the 10% of chance.
-  assert history[-1]["test_accuracy"] > 0.7
+  assert history[-1]["test_accuracy"] > 0.8
   assert history[-1]["train_loss"] < history[0]["train_loss"]
   assert (workdir / train.CURVES_FILE).stat().st_size > 10_000
   assert sorted(p.name for p in (workdir / train.CHECKPOINT_DIR).iterdir()) == ["1", "2"]

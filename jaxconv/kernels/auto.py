@@ -6,22 +6,25 @@ of kernel taps, ``Cg = C_in / groups``, ``Og = C_out / groups``, ``|x|`` the inp
 match wins:
 
 1. groups > 1 and Cg <= 4             -> "depthwise"  (XLA's grouped conv is 10-20x slower)
-2. stride 1, K >= 25, Cg * Og <= 64   -> "fft"        (large kernels over few channels)
+2. stride 1, K >= 49, Cg * Og <= 64   -> "fft"        (large kernels over few channels)
 3. one spatial axis                   -> "lax"        (XLA is fast on 1-D)
 4. three spatial axes                 -> "winograd" for 3x3x3 stride 1 undilated, else "im2col"
 5. groups > 1                         -> "im2col"     (lax's grouped backward is 10x slower)
 6. Cg < 32: stride 1 -> "im2col" (LeNet-like), strided -> "lax" (narrow stems)
-7. |x| < 16 MiB                       -> "lax"        (XLA's conv is at its best on these)
-8. K == 1 or strided -> "im2col", else "hybrid"       (lax's kernel gradient slows 3x on big x)
+7. |x| < 16 MiB, or XLA_FLAGS turn YNNPACK convolutions off -> "lax" (XLA's conv is at its best)
+8. K == 1 or strided -> "im2col", else "hybrid"       (lax's kernel gradient slows 2x on big x)
 
 ``"hybrid"`` keeps XLA's forward and input-gradient convolutions and replaces only its kernel
-gradient. The choice never depends on values or timing, so it is the same under jit, grad and
+gradient. FFT would also win on LeNet's 5x5 layers, but it spreads rounding noise over the whole
+output, so that the gradient of one output unit is no longer exactly zero outside its receptive
+field; ``"auto"`` takes that trade only from 7x7 kernels on, where the win is large. The choice never depends on values or timing, so it is the same under jit, grad and
 vmap, and every chosen kernel supports the call (``tests/test_kernels.py`` checks both).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 
@@ -30,10 +33,19 @@ from jaxconv.kernels.winograd import supports_winograd
 
 # Rule thresholds (see the module docstring).
 NARROW_GROUP = 4
-FFT_MIN_TAPS = 25
+FFT_MIN_TAPS = 49
 FFT_MAX_CHANNEL_PRODUCT = 64
 WIDE_CHANNELS = 32
 LARGE_INPUT_BYTES = 16 * 2**20
+
+
+def ynnpack_convolutions() -> bool:
+  """False when ``XLA_FLAGS`` route convolutions away from YNNPACK.
+
+  With ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` XLA's own dense
+  convolutions get 2-3x faster (forward and backward) and beat the GEMM kernels here.
+  """
+  return "-individual_convolution" not in os.environ.get("XLA_FLAGS", "")
 
 
 def choose(spec: ConvSpec) -> str:
@@ -56,7 +68,7 @@ def choose(spec: ConvSpec) -> str:
     return "im2col"
   if cg < WIDE_CHANNELS:
     return "lax" if strided else "im2col"
-  if math.prod(spec.x_shape) * spec.dtype.itemsize < LARGE_INPUT_BYTES:
+  if math.prod(spec.x_shape) * spec.dtype.itemsize < LARGE_INPUT_BYTES or not ynnpack_convolutions():
     return "lax"
   return "im2col" if taps == 1 or strided else "hybrid"
 

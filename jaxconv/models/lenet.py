@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ from jaxconv import nn
 VARIANTS = ("modern", "classic")
 
 
-def variant_layers(variant: str):
+def variant_layers(variant: str) -> tuple[Callable[[jax.Array], jax.Array], type[nnx.Module], nn.Initializer]:
   """The activation, pooling layer and kernel initialiser of a LeNet variant."""
   if variant == "modern":
     return nnx.relu, nn.MaxPool, nnx.initializers.he_normal()
@@ -28,7 +28,8 @@ class LeNet(nnx.Module):
   features: 5x5 conv to 6 channels (padding 2), activation, 2x2 pool, 5x5 conv to 16, activation,
   2x2 pool; classifier: dense 120, activation, dense 84, activation, dense ``num_classes``.
   "classic" uses sigmoid and average pooling with LeCun-normal weights; "modern" uses ReLU and
-  max pooling with He-normal weights for the layers before a ReLU (LeCun normal for the logits). 61,706 parameters for 10 classes on 28x28x1 inputs.
+  max pooling with He-normal weights for the layers before a ReLU (LeCun normal for the logits).
+  61,706 parameters for 10 classes on 28x28x1 inputs.
   """
 
   def __init__(
