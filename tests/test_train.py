@@ -112,19 +112,12 @@ def test_evaluate_masks_the_last_partial_batch(rng):
 
 
 # --------------------------------------------------------------------------------------------
-# end to end: the smoke config, in this process and in killed subprocesses
+# end to end: the smoke config, in this process and in killed subprocesses (one test, so that
+# the smoke run that the others compare with runs once, also under pytest-xdist)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> tuple[Path, list[dict]]:
-  """An uninterrupted smoke run: its workdir and returned history."""
-  workdir = tmp_path_factory.mktemp("smoke")
-  return workdir, train.train_and_evaluate(load_config(SMOKE), workdir)
-
-
-@pytest.mark.slow
-def test_smoke_run_learns_and_writes_its_outputs(smoke_run):
-  workdir, history = smoke_run
+def check_smoke_run(workdir: Path, history: list[dict]) -> None:
+  """An uninterrupted smoke run learned and wrote its metrics, curves and checkpoints."""
   assert read_metrics(workdir) == history
   assert [r["epoch"] for r in history] == [1, 2]
   for record in history:
@@ -136,9 +129,8 @@ def test_smoke_run_learns_and_writes_its_outputs(smoke_run):
   assert sorted(p.name for p in (workdir / train.CHECKPOINT_DIR).iterdir()) == ["1", "2"]
 
 
-@pytest.mark.slow
-def test_restore_model_reproduces_the_test_accuracy(smoke_run):
-  workdir, history = smoke_run
+def check_restore_model(workdir: Path, history: list[dict]) -> None:
+  """The restored model scores the recorded test accuracy; a rerun of a finished run adds nothing."""
   config = load_config(SMOKE)
   model = train.restore_model(config, workdir)
   _, test = train.device_data(config)
@@ -188,9 +180,8 @@ def run_killed(workdir: Path, point: str) -> None:
   assert proc.returncode == -9, f"expected SIGKILL, got {proc.returncode}:\n{proc.stderr[-3000:]}"
 
 
-@pytest.mark.slow
-def test_resume_after_kills_gives_each_epoch_once_and_the_same_metrics(smoke_run, tmp_path):
-  workdir = tmp_path / "run"
+def check_resume_after_kills(workdir: Path, reference: list[dict]) -> None:
+  """Killed after epoch 1's checkpoint, then mid-epoch 2, then resumed: each epoch once, same numbers."""
   run_killed(workdir, "after-checkpoint-1")
   assert (workdir / train.CHECKPOINT_DIR / "1").is_dir() and read_metrics(workdir) == []
   run_killed(workdir, "mid-epoch-2")
@@ -204,7 +195,15 @@ def test_resume_after_kills_gives_each_epoch_once_and_the_same_metrics(smoke_run
   records = read_metrics(workdir)
   assert [r["epoch"] for r in records] == [1, 2]
   # Same config and seed on CPU: exactly the metrics of the uninterrupted run.
-  assert without_timings(records) == without_timings(smoke_run[1])
+  assert without_timings(records) == without_timings(reference)
+
+
+@pytest.mark.slow
+def test_smoke_run_restore_and_resume_after_kills(tmp_path):
+  history = train.train_and_evaluate(load_config(SMOKE), tmp_path / "smoke")
+  check_smoke_run(tmp_path / "smoke", history)
+  check_restore_model(tmp_path / "smoke", history)
+  check_resume_after_kills(tmp_path / "killed", history)
 
 
 def test_progress_bar_draws_only_when_enabled(capsys):
