@@ -104,7 +104,7 @@ AUTO_CHOICES = {
     "lenet_conv1": "im2col",
     "lenet_conv2": "im2col",
     "resnet_3x3": "hybrid",
-    "resnet_3x3_s2": "im2col",
+    "resnet_3x3_s2": "hybrid",
     "bottleneck_1x1": "im2col",
     "depthwise_3x3": "depthwise",
     "large_15x15": "fft",

@@ -12,10 +12,10 @@ match wins:
 5. groups > 1                         -> "im2col"     (lax's grouped backward is 10x slower)
 6. Cg < 32: stride 1 -> "im2col" (LeNet-like), strided -> "lax" (narrow stems)
 7. |x| < 16 MiB, or XLA_FLAGS turn YNNPACK convolutions off -> "lax" (XLA's conv is at its best)
-8. K == 1 or strided -> "im2col", else "hybrid"       (lax's kernel gradient slows 2x on big x)
+8. K == 1 -> "im2col", else "hybrid"                  (lax's kernel gradient slows 2x on big x)
 
-``"hybrid"`` keeps XLA's forward and input-gradient convolutions and replaces only its kernel
-gradient. FFT would also win on LeNet's 5x5 layers, but it spreads rounding noise over the whole
+``"hybrid"`` keeps XLA's forward convolution (and its input gradient at stride 1) and replaces
+its kernel gradient. FFT would also win on LeNet's 5x5 layers, but it spreads rounding noise over the whole
 output, so that the gradient of one output unit is no longer exactly zero outside its receptive
 field; ``"auto"`` takes that trade only from 7x7 kernels on, where the win is large. The choice never depends on values or timing, so it is the same under jit, grad and
 vmap, and every chosen kernel supports the call (``tests/test_kernels.py`` checks both).
@@ -70,7 +70,7 @@ def choose(spec: ConvSpec) -> str:
     return "lax" if strided else "im2col"
   if math.prod(spec.x_shape) * spec.dtype.itemsize < LARGE_INPUT_BYTES or not ynnpack_convolutions():
     return "lax"
-  return "im2col" if taps == 1 or strided else "hybrid"
+  return "im2col" if taps == 1 else "hybrid"
 
 
 @register("auto")
