@@ -18,6 +18,7 @@ from jax import lax
 
 from jaxconv import kernels
 from jaxconv.kernels import ConvSpec
+from jaxconv.kernels.taps import swap_channels
 from jaxconv.padding import Padding, Pair, check_fits, effective_kernel_size, normalize_ints, output_size, resolve_padding
 
 DEFAULT_IMPL = "lax"
@@ -219,17 +220,15 @@ def conv_transpose(
   rank = x.ndim - 2
   groups = check_groups(groups)
   check_kernel(x.shape, w.shape, groups)
-  c_in, c_out = x.shape[-1], w.shape[-1]
+  c_out = w.shape[-1]
   check_bias(b, c_out)
   strides = normalize_ints(stride, rank, "stride")
   dilations = normalize_ints(dilation, rank, "dilation")
   kernel = w.shape[:rank]
   extent = tuple(effective_kernel_size(k, d) for k, d in zip(kernel, dilations))
   pads, out = transpose_pads(padding, x.shape[1:-1], extent, strides)
-  # The forward conv maps C_out -> C_in with kernel (*K, C_out // g, C_in): view w's last two
-  # axes as (C_in // g, g, C_out // g) and swap the per-group in/out axes, keeping C_in group-major.
-  w_fwd = w.reshape(*kernel, c_in // groups, groups, c_out // groups)
-  w_fwd = jnp.swapaxes(w_fwd, rank, rank + 2).reshape(*kernel, c_out // groups, c_in)
+  # The forward conv being transposed maps C_out -> C_in.
+  w_fwd = swap_channels(w, groups)
   z = jax.ShapeDtypeStruct((x.shape[0], *out, c_out), x.dtype)
   spec = conv_spec(z, w_fwd, stride=strides, padding=pads, dilation=dilations, groups=groups)
   _, pullback = jax.vjp(lambda z: run_kernel(spec, z, w_fwd, impl), jnp.zeros(z.shape, z.dtype))

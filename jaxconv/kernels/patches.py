@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxconv.kernels.registry import accumulation_dtype, register
+from jaxconv.kernels.taps import pad_spatial
 from jaxconv.padding import effective_kernel_size, output_size
 
 
@@ -30,7 +31,7 @@ def conv_patches(x: jax.Array, w: jax.Array, *, stride, padding, dilation, group
   kernel = w.shape[:rank]
   extent = tuple(effective_kernel_size(k, d) for k, d in zip(kernel, dilation))
   c_in = x.shape[-1]
-  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  xp = pad_spatial(x, padding)
   out = tuple(output_size(n, k, p, s, d) for n, k, p, s, d in zip(x.shape[1:-1], kernel, padding, stride, dilation))
   taps = tuple(slice(None, None, d) for d in dilation)
 

@@ -82,13 +82,21 @@ def tap_pad_config(tap: Sequence[int], spatial: Sequence[int], stride: Sequence[
   return config + [(0, 0, 0)]
 
 
-def transposed_kernel(w: jax.Array, groups: int) -> jax.Array:
-  """The kernel of the input gradient: w ``(*K, C_in/G, C_out)`` flipped, channels swapped -> ``(*K, C_out/G, C_in)``."""
+def swap_channels(w: jax.Array, groups: int) -> jax.Array:
+  """w ``(*K, C_in/G, C_out)`` -> ``(*K, C_out/G, C_in)``: the kernel of the conv mapping C_out back to C_in.
+
+  Each group's in/out axes are swapped while the groups keep their order.
+  """
   rank = w.ndim - 2
   *kernel, cg, c_out = w.shape
-  w = jnp.flip(w, axis=tuple(range(rank))).reshape(*kernel, cg, groups, c_out // groups)
+  w = w.reshape(*kernel, cg, groups, c_out // groups)
   w = jnp.transpose(w, (*range(rank), rank + 2, rank + 1, rank))  # (*K, C_out/G, G, C_in/G)
   return w.reshape(*kernel, c_out // groups, groups * cg)
+
+
+def transposed_kernel(w: jax.Array, groups: int) -> jax.Array:
+  """The kernel of the input gradient: w ``(*K, C_in/G, C_out)`` flipped, channels swapped -> ``(*K, C_out/G, C_in)``."""
+  return swap_channels(jnp.flip(w, axis=tuple(range(w.ndim - 2))), groups)
 
 
 def input_grad_pads(spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[Pair], dilation: Sequence[int], out: Sequence[int]) -> list[tuple[int, int, int]]:
