@@ -80,6 +80,8 @@ SHAPES: tuple[Shape, ...] = (
     Shape("grouped_3x3_g4", (32, 28, 28, 128), (3, 3, 32, 128), padding="same", groups=4),
     Shape("dilated_3x3_d2", (16, 32, 32, 64), (3, 3, 64, 64), padding="same", dilation=2),
     Shape("stem_7x7_s2", (16, 112, 112, 3), (7, 7, 3, 64), stride=2, padding="same"),
+    # Where the banded (toeplitz) kernel stops paying: a small image with 32 output channels.
+    Shape("cifar_5x5", (128, 32, 32, 3), (5, 5, 3, 32), padding="same"),
 )
 SHAPES_BY_NAME = {s.name: s for s in SHAPES}
 # The shapes that issue 4's targets are stated on.

@@ -18,7 +18,7 @@ from jax import lax
 
 import jaxconv as jc
 from jaxconv import bench, kernels, ops
-from jaxconv.kernels import auto, depthwise, fft, im2col, taps, winograd
+from jaxconv.kernels import auto, depthwise, fft, im2col, taps, toeplitz, winograd
 from references import LAX_DIMS, assert_close, random
 
 
@@ -101,8 +101,8 @@ def test_depthwise_chunked_kernel_gradient(monkeypatch, rng):
 
 
 AUTO_CHOICES = {
-    "lenet_conv1": "im2col",
-    "lenet_conv2": "im2col",
+    "lenet_conv1": "toeplitz",
+    "lenet_conv2": "toeplitz",
     "resnet_3x3": "hybrid",
     "resnet_3x3_s2": "hybrid",
     "bottleneck_1x1": "im2col",
@@ -113,6 +113,7 @@ AUTO_CHOICES = {
     "grouped_3x3_g4": "im2col",
     "dilated_3x3_d2": "lax",
     "stem_7x7_s2": "lax",
+    "cifar_5x5": "im2col",
 }
 
 
@@ -226,6 +227,42 @@ def test_winograd_tiles_match_lax(monkeypatch, rng, tile, x_shape, w_shape, pads
   groups = x_shape[-1] // w_shape[-2]
   # F(4,3)'s transforms carry entries up to 8 and 1/24: a few more bits of rounding.
   assert_matches_lax("winograd", x, w, rtol={2: 1e-5, 4: 1e-4}[tile], pads=pads, groups=groups)
+
+
+# --------------------------------------------------------------------------------------------
+# Toeplitz (banded matrix)
+
+
+@pytest.mark.parametrize(("stride", "dilation"), [(1, 1), (2, 1), (1, 2), (3, 2)])
+def test_banded_matrix_holds_each_weight_once_on_its_band(rng, stride, dilation):
+  """T[(p, c), (q, o)] is exactly w[j, c, o] where p = q * stride + j * dilation, and 0 elsewhere (numpy loop)."""
+  (w,) = random(rng, (3, 2, 4))  # (k_w, C_in, C_out), one leading tap
+  width = 11
+  out = (width - dilation * 2 - 1) // stride + 1
+  t = np.asarray(toeplitz.banded_matrix(w, width, out, stride, dilation)).reshape(width, 2, out, 4)
+  expected = np.zeros_like(t)
+  for q in range(out):
+    for j in range(3):
+      expected[q * stride + j * dilation, :, q, :] = np.asarray(w)[j]
+  np.testing.assert_array_equal(t, expected)
+
+
+def test_toeplitz_grouped_strided_dilated_and_forward_mode(rng):
+  """Groups (a block-diagonal kernel), stride and dilation on both axes match lax, and jax.jvp works."""
+  x, w = random(rng, (2, 9, 11, 4), (3, 2, 2, 6))
+  geometry = dict(stride=(2, 3), dilation=(1, 2), groups=2)
+  assert_matches_lax("toeplitz", x, w, pads=((1, 2), (0, 3)), **geometry)
+  conv = lambda impl: functools.partial(jc.conv, padding=((1, 2), (0, 3)), impl=impl, **geometry)  # noqa: E731
+  tangents = tuple(random(np.random.default_rng(2), x.shape, w.shape))
+  assert_close(jax.jvp(conv("toeplitz"), (x, w), tangents)[1], jax.jvp(conv("lax"), (x, w), tangents)[1], 1e-5, "jvp")
+
+
+def test_toeplitz_refuses_a_banded_matrix_past_its_budget():
+  """A wide image with many channels is refused, naming the matrix size; auto does not pick it."""
+  spec = bench.SHAPES_BY_NAME["resnet_3x3"].spec()
+  assert "152 MiB" in toeplitz.supports_toeplitz(spec)
+  with pytest.raises(ValueError, match=r"impl='toeplitz'.*banded matrix"):
+    jc.conv(np.ones((1, 56, 56, 64), np.float32), np.ones((3, 3, 64, 64), np.float32), padding="same", impl="toeplitz")
 
 
 # --------------------------------------------------------------------------------------------

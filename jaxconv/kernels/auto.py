@@ -10,9 +10,15 @@ match wins:
 3. one spatial axis                   -> "lax"        (XLA is fast on 1-D)
 4. three spatial axes                 -> "winograd" for 3x3x3 stride 1 undilated, else "im2col"
 5. groups > 1                         -> "im2col"     (lax's grouped backward is 10x slower)
-6. Cg < 32: stride 1 -> "im2col" (LeNet-like), strided -> "lax" (narrow stems)
-7. |x| < 16 MiB, or XLA_FLAGS turn YNNPACK convolutions off -> "lax" (XLA's conv is at its best)
-8. K == 1 -> "im2col", else "hybrid"                  (lax's kernel gradient slows 2x on big x)
+6. Cg < 32, C_out <= 16, W_p <= 8 k_w, T fits -> "toeplitz" (LeNet-like: narrow images, few channels)
+7. Cg < 32: stride 1 -> "im2col", strided -> "lax" (narrow stems)
+8. |x| < 16 MiB, or XLA_FLAGS turn YNNPACK convolutions off -> "lax" (XLA's conv is at its best)
+9. K == 1 -> "im2col", else "hybrid"                  (lax's kernel gradient slows 2x on big x)
+
+Rule 6 trades the banded GEMM's ``W_p / k_w`` redundant multiply-adds (``W_p`` the padded last
+axis, ``k_w`` the kernel's extent on it) for a GEMM that is wide even when C_out is not: it wins
+2.5-5x over im2col on LeNet's convolutions (6 and 16 output channels), and loses on a 32x32x3 ->
+32 5x5 conv (``cifar_5x5``), where im2col's GEMM has enough columns of its own.
 
 ``"hybrid"`` keeps XLA's forward convolution (and its input gradient at stride 1) and replaces
 its kernel gradient. FFT would also win on LeNet's 5x5 layers, but it spreads rounding noise over the whole
@@ -29,6 +35,7 @@ import os
 import jax
 
 from jaxconv.kernels.registry import ConvSpec, get, register
+from jaxconv.kernels.toeplitz import supports_toeplitz
 from jaxconv.kernels.winograd import supports_winograd
 
 # Rule thresholds (see the module docstring).
@@ -36,6 +43,8 @@ NARROW_GROUP = 4
 FFT_MIN_TAPS = 49
 FFT_MAX_CHANNEL_PRODUCT = 64
 WIDE_CHANNELS = 32
+NARROW_OUTPUT = 16
+MAX_BANDED_REDUNDANCY = 8
 LARGE_INPUT_BYTES = 16 * 2**20
 
 
@@ -46,6 +55,13 @@ def ynnpack_convolutions() -> bool:
   convolutions get 2-3x faster (forward and backward) and beat the GEMM kernels here.
   """
   return "-individual_convolution" not in os.environ.get("XLA_FLAGS", "")
+
+
+def banded_pays(spec: ConvSpec) -> bool:
+  """Rule 6: few output channels, a padded width at most ``MAX_BANDED_REDUNDANCY`` kernel extents, T fits."""
+  padded_width = spec.spatial[-1] + sum(spec.padding[-1])
+  narrow = spec.out_channels <= NARROW_OUTPUT and padded_width <= MAX_BANDED_REDUNDANCY * spec.kernel_extent[-1]
+  return narrow and supports_toeplitz(spec) is None
 
 
 def choose(spec: ConvSpec) -> str:
@@ -66,6 +82,8 @@ def choose(spec: ConvSpec) -> str:
     return "winograd" if supports_winograd(spec) is None else "im2col"
   if spec.groups > 1:
     return "im2col"
+  if cg < WIDE_CHANNELS and banded_pays(spec):
+    return "toeplitz"
   if cg < WIDE_CHANNELS:
     return "lax" if strided else "im2col"
   if math.prod(spec.x_shape) * spec.dtype.itemsize < LARGE_INPUT_BYTES or not ynnpack_convolutions():
