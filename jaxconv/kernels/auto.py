@@ -16,12 +16,13 @@ match wins:
 9. K == 1 -> "im2col", else "hybrid"                  (lax's kernel gradient slows 2x on big x)
 
 Rule 6 trades the banded GEMM's ``W_p / k_w`` redundant multiply-adds (``W_p`` the padded last
-axis, ``k_w`` the kernel's extent on it) for a GEMM that is wide even when C_out is not: it wins
-2.5-5x over im2col on LeNet's convolutions (6 and 16 output channels), and loses on a 32x32x3 ->
-32 5x5 conv (``cifar_5x5``), where im2col's GEMM has enough columns of its own.
+axis, ``k_w`` the kernel's extent on it) for a GEMM that is wide even when C_out is not. On
+LeNet's conv1 (6 output channels) it runs 3x faster than im2col; on conv2 (16) it is even with
+im2col at top level and 2x faster inside the training loop (``experiments/bench_training.py``);
+on a 32x32x3 -> 32 5x5 conv (``cifar_5x5``) im2col's GEMM has enough columns of its own and wins.
 
 ``"hybrid"`` keeps XLA's forward convolution (and its input gradient at stride 1) and replaces
-its kernel gradient. FFT would also win on LeNet's 5x5 layers, but it spreads rounding noise over the whole
+its kernel gradient. FFT would also win on some 5x5 layers, but it spreads rounding noise over the whole
 output, so that the gradient of one output unit is no longer exactly zero outside its receptive
 field; ``"auto"`` takes that trade only from 7x7 kernels on, where the win is large. The choice never depends on values or timing, so it is the same under jit, grad and
 vmap, and every chosen kernel supports the call (``tests/test_kernels.py`` checks both).
