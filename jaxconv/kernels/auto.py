@@ -36,7 +36,7 @@ import os
 import jax
 
 from jaxconv.kernels.registry import ConvSpec, get, register
-from jaxconv.kernels.toeplitz import supports_toeplitz
+from jaxconv.kernels.toeplitz import padded_width, supports_toeplitz
 from jaxconv.kernels.winograd import supports_winograd
 
 # Rule thresholds (see the module docstring).
@@ -60,8 +60,7 @@ def ynnpack_convolutions() -> bool:
 
 def banded_pays(spec: ConvSpec) -> bool:
   """Rule 6: few output channels, a padded width at most ``MAX_BANDED_REDUNDANCY`` kernel extents, T fits."""
-  padded_width = spec.spatial[-1] + sum(spec.padding[-1])
-  narrow = spec.out_channels <= NARROW_OUTPUT and padded_width <= MAX_BANDED_REDUNDANCY * spec.kernel_extent[-1]
+  narrow = spec.out_channels <= NARROW_OUTPUT and padded_width(spec) <= MAX_BANDED_REDUNDANCY * spec.kernel_extent[-1]
   return narrow and supports_toeplitz(spec) is None
 
 

@@ -10,9 +10,10 @@ columns, gathered with contiguous copies. One GEMM then writes the output channe
 
 The price is ``W_p / k_w`` times the multiply-adds of a direct convolution (most of them with
 the zeros of T). On narrow images with few channels that is cheap next to what it saves: no
-gather of single-channel columns, no GEMM with 6 output columns, no scattered col2im. On
-LeNet's two convolutions it trains 2x faster than im2col (forward + both gradients,
-``experiments/compare_kernels.py``). ``supports`` bounds the size of T.
+gather of single-channel columns, no GEMM with 6 output columns, no scattered col2im. A LeNet
+epoch trains 2x faster with it than with im2col (``experiments/bench_training.py``); its
+forward + backward on LeNet's conv1 alone is 3x faster (``experiments/compare_kernels.py``).
+``supports`` bounds the size of T.
 
 Gradients are JAX's own: the input gradient is ``dY @ T^T`` followed by ``K'`` shifted row pads
 (col2im over the leading axes only), the kernel gradient ``X^T @ dY`` read back along T's
@@ -36,11 +37,14 @@ from jaxconv.kernels.taps import Geometry, geometry_of, out_spatial, pad_spatial
 MAX_MATRIX_BYTES = 16 * 2**20
 
 
+def padded_width(spec: ConvSpec) -> int:
+  """``W_p``: the last spatial axis of x with its padding."""
+  return spec.spatial[-1] + sum(spec.padding[-1])
+
+
 def matrix_shape(spec: ConvSpec) -> tuple[int, int]:
   """``(K' * W_p * C_in, W_o * C_out)``: the shape of T for ``spec``."""
-  (lo, hi) = spec.padding[-1]
-  padded_width = spec.spatial[-1] + lo + hi
-  return math.prod(spec.kernel[:-1]) * padded_width * spec.in_channels, spec.out_spatial[-1] * spec.out_channels
+  return math.prod(spec.kernel[:-1]) * padded_width(spec) * spec.in_channels, spec.out_spatial[-1] * spec.out_channels
 
 
 def supports_toeplitz(spec: ConvSpec) -> str | None:
@@ -62,11 +66,11 @@ def dense_kernel(w: jax.Array, groups: int) -> jax.Array:
   return jnp.where(same_group, w, jnp.zeros((), w.dtype)).reshape(*kernel, groups * cg, c_out)
 
 
-def banded_matrix(w: jax.Array, padded_width: int, out_width: int, stride: int, dilation: int) -> jax.Array:
+def banded_matrix(w: jax.Array, width: int, out_width: int, stride: int, dilation: int) -> jax.Array:
   """w ``(*K, C_in, C_out)`` -> T ``(K' * W_p * C_in, W_o * C_out)``, the last kernel axis spread along bands."""
   *lead, k, c_in, c_out = w.shape
   w = w.reshape(math.prod(lead), k, c_in, c_out)
-  rows, cols = np.arange(padded_width)[:, None], np.arange(out_width)[None, :]
+  rows, cols = np.arange(width)[:, None], np.arange(out_width)[None, :]
   zero = jnp.zeros((), w.dtype)
   # For each (row, column) at most one tap j matches, so the sum adds only zeros to it: exact.
   bands = [jnp.where((rows == cols * stride + j * dilation)[None, :, None, :, None], w[:, None, j, :, None, :], zero) for j in range(k)]
@@ -93,8 +97,8 @@ def conv_toeplitz_geometry(x: jax.Array, w: jax.Array, geometry: Geometry) -> ja
   stride, padding, dilation, groups = geometry
   kernel = w.shape[:-2]
   out = out_spatial(x.shape, kernel, geometry)
-  padded_width = x.shape[-2] + sum(padding[-1])
-  t = banded_matrix(dense_kernel(w, groups), padded_width, out[-1], stride[-1], dilation[-1])
+  width = x.shape[-2] + sum(padding[-1])  # W_p
+  t = banded_matrix(dense_kernel(w, groups), width, out[-1], stride[-1], dilation[-1])
   y = lax.dot(row_patches(x, kernel, geometry), t, preferred_element_type=accumulation_dtype(x.dtype))
   return y.reshape(x.shape[0], *out, w.shape[-1]).astype(x.dtype)
 
