@@ -31,7 +31,7 @@ import numpy as np
 from jax import lax
 
 from jaxconv.kernels.registry import ConvSpec, accumulation_dtype, register
-from jaxconv.kernels.taps import Geometry, geometry_of, out_spatial, pad_spatial, taps
+from jaxconv.kernels.taps import Geometry, geometry_of, out_spatial, pad_spatial, tap_slice, taps
 
 # The largest banded matrix T served (bytes): T grows with the square of the image width.
 MAX_MATRIX_BYTES = 16 * 2**20
@@ -83,11 +83,9 @@ def row_patches(x: jax.Array, kernel, geometry: Geometry) -> jax.Array:
   stride, padding, dilation, _ = geometry
   out = out_spatial(x.shape, kernel, geometry)
   xp = pad_spatial(x, padding)
-  rows = []
-  for tap in taps(kernel[:-1]):
-    start = (0, *(t * d for t, d in zip(tap, dilation)), 0, 0)
-    limit = (xp.shape[0], *(t * d + (o - 1) * s + 1 for t, d, o, s in zip(tap, dilation, out, stride)), *xp.shape[-2:])
-    rows.append(lax.slice(xp, start, limit, (1, *stride[:-1], 1, 1)))
+  # A whole padded row is tap 0 of the last axis read at stride 1 for W_p outputs.
+  row_stride, row_dilation, row_out = (*stride[:-1], 1), (*dilation[:-1], 1), (*out[:-1], xp.shape[-2])
+  rows = [tap_slice(xp, (*tap, 0), row_stride, row_dilation, row_out) for tap in taps(kernel[:-1])]
   patches = jnp.stack(rows, axis=x.ndim - 2)  # (N, *out[:-1], K', W_p, C)
   return patches.reshape(math.prod(patches.shape[: x.ndim - 2]), -1)
 
