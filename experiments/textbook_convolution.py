@@ -13,7 +13,7 @@ from absl import app
 
 import jaxconv as jc
 from jaxconv import reference
-from jaxconv.padding import output_size
+from jaxconv.geometry import output_size
 from textbook_common import define_outdir, heatmap, plt, save
 
 OUTDIR = define_outdir("convolution")

@@ -1,7 +1,8 @@
 """jaxconv: convolution and cross-correlation kernels in JAX, the layers and LeNets built on them."""
 
-from jaxconv.ops import available_impls, avg_pool, conv, conv_transpose, convolve, correlate, max_pool
-from jaxconv.padding import output_shape
+from jaxconv.geometry import output_shape
+from jaxconv.ops import available_impls, conv, conv_transpose, convolve, correlate
+from jaxconv.pooling import avg_pool, max_pool
 
 __version__ = "0.1.0"
 

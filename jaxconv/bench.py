@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxconv import kernels, ops
 from jaxconv.kernels import ConvSpec
-from jaxconv.padding import Padding
+from jaxconv.geometry import Padding
 
 
 @dataclasses.dataclass(frozen=True)

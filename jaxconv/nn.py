@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
-from jaxconv import ops
-from jaxconv.kernels import get as get_kernel
-from jaxconv.padding import Padding, normalize_ints, resolve_padding
+from jaxconv import ops, pooling
+from jaxconv.geometry import Padding, check_int, check_padding_mode, conv_geometry, normalize_ints, resolve_window
 
 # impl=None asks for this kernel where it is registered (it picks the fastest kernel per call
 # from static shapes), and falls back to jc.conv's own default otherwise.
@@ -30,32 +30,33 @@ def default_impl() -> str | None:
   return DEFAULT_IMPL if DEFAULT_IMPL in ops.available_impls() else None
 
 
-def check_impl(impl: str | None) -> str | None:
-  """``impl`` unchanged if it is None or a registered kernel name; ``ValueError`` naming it otherwise."""
-  if impl is not None:
-    get_kernel(impl)
-  return impl
-
-
-def kernel_tuple(kernel_size: int | Sequence[int]) -> tuple[int, ...]:
+def _kernel_tuple(kernel_size: int | Sequence[int]) -> tuple[int, ...]:
   """``kernel_size`` as a tuple; an int means one spatial axis, as in ``flax.nnx.Conv``."""
-  rank = 1 if isinstance(kernel_size, int) else len(kernel_size)
+  if not isinstance(kernel_size, Sequence) and not check_int(kernel_size, "kernel_size"):
+    raise ValueError(f"kernel_size must be positive; got {kernel_size!r}")
+  rank = 1 if not isinstance(kernel_size, Sequence) else len(kernel_size)
   if rank not in (1, 2, 3):
     raise ValueError(f"kernel_size must give 1-3 spatial axes; got {kernel_size!r}")
   return normalize_ints(kernel_size, rank, "kernel_size")
 
 
-def check_features(name: str, value: int, groups: int) -> int:
+def _check_features(name: str, value: int, groups: int) -> int:
   """A feature count: a positive int divisible by ``groups``."""
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} must be a positive int; got {value!r}")
+  value = check_int(value, name, minimum=1)
   if value % groups:
     raise ValueError(f"groups={groups} must divide {name}={value}")
   return value
 
 
 class Conv(nnx.Module):
-  """Channels-last convolution (cross-correlation) ``(N, *spatial, in_features) -> (N, *out, out_features)``."""
+  """Channels-last convolution (cross-correlation) ``(N, *spatial, in_features) -> (N, *out, out_features)``.
+
+  Arguments as ``jaxconv.conv`` (``padding_mode`` included); ``impl=None`` picks ``"auto"``.
+
+  >>> layer = Conv(1, 6, (5, 5), padding=2, rngs=nnx.Rngs(0))
+  >>> layer(jnp.zeros((2, 28, 28, 1))).shape
+  (2, 28, 28, 6)
+  """
 
   def __init__(
       self,
@@ -67,27 +68,26 @@ class Conv(nnx.Module):
       padding: Padding = "valid",
       dilation: int | Sequence[int] = 1,
       groups: int = 1,
+      padding_mode: str = "zeros",
       use_bias: bool = True,
       impl: str | None = None,
       kernel_init: Initializer = nnx.initializers.lecun_normal(),
       bias_init: Initializer = nnx.initializers.zeros_init(),
       rngs: nnx.Rngs,
   ):
-    self.kernel_size = kernel_tuple(kernel_size)
-    rank = len(self.kernel_size)
-    self.groups = ops.check_groups(groups)
-    self.in_features = check_features("in_features", in_features, self.groups)
-    self.out_features = check_features("out_features", out_features, self.groups)
-    self.stride = normalize_ints(stride, rank, "stride")
-    self.dilation = normalize_ints(dilation, rank, "dilation")
-    # Resolve once against a dummy input only to reject malformed padding at construction.
-    resolve_padding(padding, self.kernel_size, self.kernel_size, self.stride, self.dilation)
+    kernel = _kernel_tuple(kernel_size)
+    self.groups = check_int(groups, "groups", minimum=1)
+    self.in_features = _check_features("in_features", in_features, self.groups)
+    self.out_features = _check_features("out_features", out_features, self.groups)
+    shape = (*kernel, self.in_features // self.groups, self.out_features)
+    self.geometry = _smallest_input_geometry(shape, self.in_features, stride, padding, dilation, self.groups)
+    self.kernel_size, self.stride, self.dilation = kernel, self.geometry.stride, self.geometry.dilation
     self.padding = padding
+    self.padding_mode = check_padding_mode(padding_mode, (), ())
     self.use_bias = use_bias
-    self.impl = check_impl(impl)
-    shape = (*self.kernel_size, in_features // self.groups, out_features)
+    self.impl = None if impl is None else ops.check_impl(impl)
     self.kernel = nnx.Param(kernel_init(rngs.params(), shape))
-    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,))) if use_bias else None
+    self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,))) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, in_features)`` -> ``(N, *out_spatial, out_features)``."""
@@ -99,29 +99,102 @@ class Conv(nnx.Module):
         padding=self.padding,
         dilation=self.dilation,
         groups=self.groups,
+        padding_mode=self.padding_mode,
         impl=self.impl if self.impl is not None else default_impl(),
     )
 
 
-def check_pool(window, stride, padding: Padding) -> None:
-  """Reject a malformed pooling window, stride or padding at construction, naming the argument."""
+class ConvTranspose(nnx.Module):
+  """Transposed convolution ``(N, *spatial, in_features) -> (N, *out, out_features)``, as ``jaxconv.conv_transpose``.
+
+  The kernel is ``(*kernel_size, in_features // groups, out_features)``; each axis gives
+  ``(n - 1) * stride + d * (k - 1) + 1 - lo - hi + output_padding`` outputs (PyTorch's ``ConvTranspose``).
+
+  >>> up = ConvTranspose(4, 2, (3, 3), stride=2, padding=1, output_padding=1, rngs=nnx.Rngs(0))
+  >>> up(jnp.zeros((1, 7, 7, 4))).shape
+  (1, 14, 14, 2)
+  """
+
+  def __init__(
+      self,
+      in_features: int,
+      out_features: int,
+      kernel_size: int | Sequence[int],
+      *,
+      stride: int | Sequence[int] = 1,
+      padding: Padding = "valid",
+      dilation: int | Sequence[int] = 1,
+      groups: int = 1,
+      output_padding: int | Sequence[int] = 0,
+      use_bias: bool = True,
+      impl: str | None = None,
+      kernel_init: Initializer = nnx.initializers.lecun_normal(),
+      bias_init: Initializer = nnx.initializers.zeros_init(),
+      rngs: nnx.Rngs,
+  ):
+    kernel = _kernel_tuple(kernel_size)
+    self.groups = check_int(groups, "groups", minimum=1)
+    self.in_features = _check_features("in_features", in_features, self.groups)
+    self.out_features = _check_features("out_features", out_features, self.groups)
+    shape = (*kernel, self.in_features // self.groups, self.out_features)
+    # Every argument checked once, on a one-pixel input (the transposed conv accepts any size).
+    probe = jax.ShapeDtypeStruct((1, *(1,) * len(kernel), self.in_features), jnp.float32)
+    ops.transpose_geometry(probe, jax.ShapeDtypeStruct(shape, jnp.float32), stride=stride, padding=padding,
+                           dilation=dilation, groups=self.groups, output_padding=output_padding)  # fmt: skip
+    self.kernel_size, self.stride, self.dilation = kernel, stride, dilation
+    self.padding, self.output_padding = padding, output_padding
+    self.use_bias = use_bias
+    self.impl = None if impl is None else ops.check_impl(impl)
+    self.kernel = nnx.Param(kernel_init(rngs.params(), shape))
+    self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,))) if use_bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x ``(N, *spatial, in_features)`` -> ``(N, *out_spatial, out_features)``."""
+    return ops.conv_transpose(
+        x,
+        self.kernel[...],
+        None if self.bias is None else self.bias[...],
+        stride=self.stride,
+        padding=self.padding,
+        dilation=self.dilation,
+        groups=self.groups,
+        output_padding=self.output_padding,
+        impl=self.impl if self.impl is not None else default_impl(),
+    )
+
+
+def _smallest_input_geometry(w_shape: tuple[int, ...], in_features: int, stride, padding: Padding, dilation, groups: int):
+  """The geometry of the layer on the smallest input its kernel fits, validating every argument once.
+
+  Calls resolve the geometry again on their real input (``"same"`` pads depend on its size).
+  """
+  rank = len(w_shape) - 2
+  extent = [d * (k - 1) + 1 for k, d in zip(w_shape[:-2], normalize_ints(dilation, rank, "dilation"))]
+  x_shape = (1, *extent, in_features)
+  return conv_geometry(x_shape, w_shape, "float32", stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def _check_pool(window, stride, padding: Padding) -> None:
+  """Reject a malformed pooling window, stride or padding at construction, naming the argument.
+
+  Checked on the smallest input the window fits (one window); calls resolve on their real input.
+  """
   sequences = [v for v in (window, stride) if isinstance(v, Sequence)]
   rank = len(sequences[0]) if sequences else 1
   windows = normalize_ints(window, rank, "window")
-  strides = windows if stride is None else normalize_ints(stride, rank, "stride")
-  resolve_padding(padding, windows, windows, strides)
+  resolve_window(windows, windows, padding, stride, kernel_name="window")
 
 
 class MaxPool(nnx.Module):
   """Max over windows of x ``(N, *spatial, C)``; stride defaults to the window (see ``jc.max_pool``)."""
 
   def __init__(self, window: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: Padding = "valid"):
-    check_pool(window, stride, padding)
+    _check_pool(window, stride, padding)
     self.window, self.stride, self.padding = window, stride, padding
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, C)`` -> ``(N, *out_spatial, C)``."""
-    return ops.max_pool(x, self.window, self.stride, self.padding)
+    return pooling.max_pool(x, self.window, self.stride, self.padding)
 
 
 class AvgPool(nnx.Module):
@@ -134,13 +207,13 @@ class AvgPool(nnx.Module):
       padding: Padding = "valid",
       count_include_pad: bool = True,
   ):
-    check_pool(window, stride, padding)
+    _check_pool(window, stride, padding)
     self.window, self.stride, self.padding = window, stride, padding
     self.count_include_pad = count_include_pad
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, C)`` -> ``(N, *out_spatial, C)``."""
-    return ops.avg_pool(x, self.window, self.stride, self.padding, self.count_include_pad)
+    return pooling.avg_pool(x, self.window, self.stride, self.padding, self.count_include_pad)
 
 
 def flatten(x: jax.Array) -> jax.Array:
@@ -148,4 +221,4 @@ def flatten(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], -1)
 
 
-__all__ = ["AvgPool", "Conv", "DEFAULT_IMPL", "MaxPool", "default_impl", "flatten"]
+__all__ = ["AvgPool", "Conv", "ConvTranspose", "DEFAULT_IMPL", "MaxPool", "default_impl", "flatten"]

@@ -1,25 +1,45 @@
-"""The functional API: correlate, convolve, conv, conv_transpose, pooling; validation and dispatch.
+"""The functional API of convolutions: correlate, convolve, conv, conv_transpose; validation and dispatch.
 
-Every public function validates its arguments here, in Python, on static shapes, before any
-tracing reaches XLA, so bad input raises ``ValueError``/``TypeError`` naming the argument, also
-under ``jax.jit``. Integer and bool inputs are promoted to the default float dtype.
+Each function validates its arguments once, in Python, on static shapes, into one
+``ConvGeometry`` (``jaxconv.geometry``), before anything is traced to XLA, so bad input raises
+``ValueError``/``TypeError`` naming the argument, also under ``jax.jit``. Then, in this order:
+a non-zero ``padding_mode`` fills the resolved pads (``numpy.pad``'s rule) and the geometry
+becomes unpadded; a call with an empty x, w or output is answered here (lax's result: an empty
+array, or zeros plus the bias); everything else runs on the kernel named by ``impl`` through
+``jaxconv.kernels.primitives``, which gives every kernel every JAX transform. Integer and bool
+inputs are promoted to the default float dtype.
+
+>>> import jaxconv as jc
+>>> jc.correlate([1.0, 2.0, 3.0], [1.0, 1.0]).tolist()
+[3.0, 5.0]
+>>> jc.conv(np.ones((1, 5, 1)), np.ones((3, 1, 1)), padding="same", padding_mode="reflect")[0, :, 0].tolist()
+[3.0, 3.0, 3.0, 3.0, 3.0]
 """
 
 from __future__ import annotations
 
-import functools
-import math
+import dataclasses
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxconv import kernels
-from jaxconv.kernels import ConvSpec
+from jaxconv.geometry import (
+    PADDING_MODES,
+    ConvGeometry,
+    Convention,
+    Padding,
+    check_channels,
+    check_int,
+    check_padding_mode,
+    conv_geometry,
+    normalize_ints,
+    resolve_padding,
+    transpose_output_size,
+)
 from jaxconv.kernels.taps import swap_channels
-from jaxconv.padding import Padding, Pair, check_fits, effective_kernel_size, normalize_ints, output_size, resolve_padding
 
 DEFAULT_IMPL = "lax"
 
@@ -28,8 +48,10 @@ DEFAULT_IMPL = "lax"
 # validation
 
 
-def as_float_array(name: str, value) -> jax.Array:
+def as_float_array(name: str, value: object) -> jax.Array:
   """``value`` as a JAX array of a real floating dtype; ints and bools are promoted."""
+  if value is None:
+    raise TypeError(f"{name} must be an array of numbers; got None")
   try:
     array = jnp.asarray(value)
   except (TypeError, ValueError) as e:
@@ -44,11 +66,11 @@ def as_float_array(name: str, value) -> jax.Array:
   return array
 
 
-def promote(**arrays) -> list[jax.Array]:
-  """Arrays (by argument name) -> floating arrays of one common dtype; None passes through."""
-  floats = {k: as_float_array(k, v) for k, v in arrays.items() if v is not None}
+def promote(**arrays: object) -> list[jax.Array | None]:
+  """Arrays (by argument name; None only for ``b``) -> floating arrays of one common dtype."""
+  floats = {k: as_float_array(k, v) for k, v in arrays.items() if v is not None or k != "b"}
   dtype = jnp.result_type(*floats.values())
-  return [None if v is None else floats[k].astype(dtype) for k, v in arrays.items()]
+  return [floats[k].astype(dtype) if k in floats else None for k in arrays]
 
 
 def check_rank(name: str, array: jax.Array, ranks: Sequence[int], what: str) -> None:
@@ -57,67 +79,20 @@ def check_rank(name: str, array: jax.Array, ranks: Sequence[int], what: str) -> 
     raise ValueError(f"{name} must be {what} (ndim in {tuple(ranks)}); got shape {tuple(array.shape)}")
 
 
-def check_groups(groups) -> int:
-  """``groups`` as an int >= 1."""
-  if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool):
-    raise TypeError(f"groups must be an int; got {groups!r}")
-  if groups < 1:
-    raise ValueError(f"groups must be >= 1; got {groups}")
-  return int(groups)
-
-
-def check_kernel(x_shape: Sequence[int], w_shape: Sequence[int], groups: int) -> None:
-  """Raise unless w ``(*kernel, C_in // groups, C_out)`` fits x ``(N, *spatial, C_in)`` and groups."""
-  if len(w_shape) != len(x_shape):
-    raise ValueError(f"w must have ndim {len(x_shape)} ((*kernel, C_in // groups, C_out) for x of shape {tuple(x_shape)}); got shape {tuple(w_shape)}")
-  c_in, c_out = x_shape[-1], w_shape[-1]
-  if c_in % groups:
-    raise ValueError(f"groups={groups} must divide the input channels C_in={c_in}")
-  if c_out % groups:
-    raise ValueError(f"groups={groups} must divide the output channels C_out={c_out} (w.shape[-1])")
-  if w_shape[-2] * groups != c_in:
-    raise ValueError(f"w: channel mismatch: x has C_in={c_in}, so w.shape[-2] must be C_in // groups = {c_in // groups}; got w of shape {tuple(w_shape)}")
-  if any(k < 1 for k in w_shape[:-2]):
-    raise ValueError(f"w must have at least one tap on every spatial axis; got shape {tuple(w_shape)}")
-
-
 def check_bias(b: jax.Array | None, c_out: int) -> None:
   """Raise unless ``b`` is None or of shape ``(C_out,)``."""
   if b is not None and b.shape != (c_out,):
     raise ValueError(f"b must have shape (C_out,) = ({c_out},); got {tuple(b.shape)}")
 
 
-def conv_spec(
-    x: jax.Array,
-    w: jax.Array,
-    *,
-    stride: int | Sequence[int],
-    padding: Padding,
-    dilation: int | Sequence[int],
-    groups: int,
-    convention: str = "lax",
-) -> ConvSpec:
-  """Validate a channels-last conv call and resolve its geometry to explicit form."""
-  rank = len(x.shape) - 2
-  groups = check_groups(groups)
-  check_kernel(x.shape, w.shape, groups)
-  spatial, kernel = x.shape[1:-1], w.shape[:rank]
-  if any(k < 1 for k in kernel):
-    raise ValueError(f"w must have at least one tap on every spatial axis; got shape {tuple(w.shape)}")
-  strides = normalize_ints(stride, rank, "stride")
-  dilations = normalize_ints(dilation, rank, "dilation")
-  pads = resolve_padding(padding, spatial, kernel, strides, dilations, convention=convention)
-  check_fits(spatial, kernel, pads, dilations)
-  return ConvSpec.of(x, w, stride=strides, padding=pads, dilation=dilations, groups=groups)
+def check_impl(impl: object) -> str:
+  """The kernel name ``impl`` selects (None: ``DEFAULT_IMPL``); the one impl check of jaxconv."""
+  return kernels.get(DEFAULT_IMPL if impl is None else impl).name
 
 
-def run_kernel(spec: ConvSpec, x: jax.Array, w: jax.Array, impl: str | None) -> jax.Array:
-  """Dispatch a validated call to the kernel named ``impl`` (None: the default)."""
-  kernel = kernels.get(DEFAULT_IMPL if impl is None else impl)
-  reason = kernel.supports(spec)
-  if reason is not None:
-    raise ValueError(f"impl={kernel.name!r} does not support this call: {reason}")
-  return kernel.fn(x, w, **spec.kwargs())
+def geometry_of(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups, convention: Convention = "lax") -> ConvGeometry:
+  """The validated geometry of a channels-last call on x ``(N, *spatial, C_in)`` and w."""
+  return conv_geometry(x.shape, w.shape, x.dtype, stride=stride, padding=padding, dilation=dilation, groups=groups, convention=convention)
 
 
 def add_bias(y: jax.Array, b: jax.Array | None) -> jax.Array:
@@ -130,28 +105,75 @@ def add_bias(y: jax.Array, b: jax.Array | None) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
+# dispatch
+
+
+def fill_padding(x: jax.Array, g: ConvGeometry, padding_mode: str) -> tuple[jax.Array, ConvGeometry]:
+  """x with ``g``'s pads filled as ``padding_mode`` says, and the same conv without pads.
+
+  "zeros" is left to the kernels (they pad for free); the other modes pad here as ``numpy.pad``
+  with mode constant/reflect/edge/wrap/symmetric does.
+  """
+  check_padding_mode(padding_mode, g.spatial, g.padding)
+  if padding_mode == "zeros" or not any(lo or hi for lo, hi in g.padding):
+    return x, g
+  xp = jnp.pad(x, ((0, 0), *g.padding, (0, 0)), mode=PADDING_MODES[padding_mode])
+  return xp, dataclasses.replace(g, spatial=g.padded, padding=((0, 0),) * g.rank)
+
+
+def run_conv(x: jax.Array, w: jax.Array, g: ConvGeometry, impl: str | None, padding_mode: str = "zeros") -> jax.Array:
+  """The correlation y ``(N, *out, C_out)`` of a validated call, on the kernel ``impl``."""
+  name = check_impl(impl)
+  x, g = fill_padding(x, g, padding_mode)
+  if g.empty:
+    return jnp.zeros(g.out_shape, x.dtype)
+  return kernels.conv(x, w, g, name)
+
+
+# --------------------------------------------------------------------------------------------
 # signal-style: unbatched, single channel
 
 
-def correlate(x, w, padding: Padding = "valid", stride=1, dilation=1, *, impl: str | None = None) -> jax.Array:
+def correlate(
+    x: object,
+    w: object,
+    padding: Padding = "valid",
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    *,
+    padding_mode: str = "zeros",
+    impl: str | None = None,
+) -> jax.Array:
   """Cross-correlation of an unbatched single-channel signal; ``"same"`` etc. as in scipy.signal.
 
   x: ``(*spatial)``, w: ``(*kernel)`` of the same rank (1-3). At stride 1 and dilation 1 the
   mode strings give exactly ``scipy.signal.correlate(x, w, mode)``; a stride subsamples that.
+  ``padding_mode`` fills the pads: "zeros", "reflect", "replicate", "circular", "symmetric".
   """
-  x, w = promote(x=x, w=w)
-  check_rank("x", x, (1, 2, 3), "a 1-3 D signal")
-  if w.ndim != x.ndim:
-    raise ValueError(f"w must have the same rank as x ({x.ndim}); got shape {tuple(w.shape)}")
-  xb, wb = x[None, ..., None], w[..., None, None]
-  spec = conv_spec(xb, wb, stride=stride, padding=padding, dilation=dilation, groups=1, convention="scipy")
-  return run_kernel(spec, xb, wb, impl)[0, ..., 0]
+  xa, wa = promote(x=x, w=w)
+  assert xa is not None and wa is not None
+  check_rank("x", xa, (1, 2, 3), "a 1-3 D signal")
+  if wa.ndim != xa.ndim:
+    raise ValueError(f"w must have the same rank as x ({xa.ndim}); got shape {tuple(wa.shape)}")
+  xb, wb = xa[None, ..., None], wa[..., None, None]
+  g = geometry_of(xb, wb, stride=stride, padding=padding, dilation=dilation, groups=1, convention="scipy")
+  return run_conv(xb, wb, g, impl, padding_mode)[0, ..., 0]
 
 
-def convolve(x, w, padding: Padding = "valid", stride=1, dilation=1, *, impl: str | None = None) -> jax.Array:
+def convolve(
+    x: object,
+    w: object,
+    padding: Padding = "valid",
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    *,
+    padding_mode: str = "zeros",
+    impl: str | None = None,
+) -> jax.Array:
   """Convolution (the kernel flipped on every axis) of an unbatched signal, as scipy.signal.convolve."""
-  x, w = promote(x=x, w=w)
-  return correlate(x, jnp.flip(w), padding, stride, dilation, impl=impl)
+  xa, wa = promote(x=x, w=w)
+  assert wa is not None
+  return correlate(xa, jnp.flip(wa), padding, stride, dilation, padding_mode=padding_mode, impl=impl)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,181 +181,104 @@ def convolve(x, w, padding: Padding = "valid", stride=1, dilation=1, *, impl: st
 
 
 def conv(
-    x,
-    w,
-    b=None,
+    x: object,
+    w: object,
+    b: object = None,
     *,
     stride: int | Sequence[int] = 1,
     padding: Padding = "valid",
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
+    padding_mode: str = "zeros",
     impl: str | None = None,
 ) -> jax.Array:
   """Batched channels-last cross-correlation, padding strings as in ``lax.conv_general_dilated``.
 
   x: ``(N, *spatial, C_in)``, w: ``(*kernel, C_in // groups, C_out)``, b: ``(C_out,)`` or None
-  -> ``(N, *out_spatial, C_out)``, 1-3 spatial axes.
+  -> ``(N, *out_spatial, C_out)``, 1-3 spatial axes. ``padding_mode`` fills the pads as
+  ``numpy.pad`` does ("zeros", "reflect", "replicate", "circular", "symmetric").
   """
-  x, w, b = promote(x=x, w=w, b=b)
-  check_rank("x", x, (3, 4, 5), "(N, *spatial, C_in) with 1-3 spatial axes")
-  spec = conv_spec(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
-  check_bias(b, spec.out_channels)
-  return add_bias(run_kernel(spec, x, w, impl), b)
+  xa, wa, ba = promote(x=x, w=w, b=b)
+  assert xa is not None and wa is not None
+  check_rank("x", xa, (3, 4, 5), "(N, *spatial, C_in) with 1-3 spatial axes")
+  g = geometry_of(xa, wa, stride=stride, padding=padding, dilation=dilation, groups=groups)
+  check_bias(ba, g.out_channels)
+  return add_bias(run_conv(xa, wa, g, impl, padding_mode), ba)
 
 
-def transpose_pads(padding: Padding, spatial: Sequence[int], extent: Sequence[int], strides: Sequence[int]) -> tuple[tuple[Pair, ...], tuple[int, ...]]:
-  """conv_transpose geometry: the forward conv's pads and the transposed output spatial shape."""
-  rank = len(spatial)
+def transpose_geometry(
+    x: jax.Array, w: jax.Array, *, stride, padding: Padding, dilation, groups: int, output_padding: int | Sequence[int]
+) -> tuple[ConvGeometry, int]:
+  """The forward conv (C_out -> C_in) that ``conv_transpose`` transposes, and how many outputs of it x covers.
+
+  Each axis gives ``(n - 1) * s + k_eff - lo - hi + op`` outputs (``"same"``: ``n * s + op``).
+  """
+  rank = x.ndim - 2
+  strides = normalize_ints(stride, rank, "stride")
+  dilations = normalize_ints(dilation, rank, "dilation")
+  kernel = tuple(w.shape[:rank])
+  check_channels(x.shape, w.shape, groups)
+  ops_ = normalize_ints(output_padding, rank, "output_padding", minimum=0)
+  for axis, (op, s, d) in enumerate(zip(ops_, strides, dilations)):
+    if op >= max(s, d):
+      raise ValueError(f"output_padding must be < max(stride, dilation) = {max(s, d)} on each axis; got {op} on spatial axis {axis}")
+  spatial = x.shape[1:-1]
+  extent = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
   if isinstance(padding, str) and padding.lower() == "same":
-    out = tuple(n * s for n, s in zip(spatial, strides))
-    pads = resolve_padding("same", out, extent, strides)
+    pads = resolve_padding("same", [n * s for n, s in zip(spatial, strides)], kernel, strides, dilations)
+    out = tuple(n * s + op for n, s, op in zip(spatial, strides, ops_))
   else:
-    # "valid"/"full"/explicit pads do not depend on the input size; extent is the dilated kernel.
-    pads = resolve_padding(padding, (0,) * rank, extent, strides)
-    out = tuple((n - 1) * s + k - lo - hi for n, k, s, (lo, hi) in zip(spatial, extent, strides, pads))
+    # "valid"/"full"/"causal"/explicit pads do not depend on the input size.
+    pads = resolve_padding(padding, [0] * rank, kernel, strides, dilations)
+    out = tuple(transpose_output_size(n, e, p, s, op) for n, e, p, s, op in zip(spatial, extent, pads, strides, ops_))
   if any(o < 1 for o in out):
     raise ValueError(f"padding={padding!r} leaves an empty conv_transpose output {out} for input spatial shape {tuple(spatial)}")
-  return pads, out
+  w_fwd_shape = (*kernel, w.shape[-1] // groups, x.shape[-1])
+  g = conv_geometry((x.shape[0], *out, w.shape[-1]), w_fwd_shape, x.dtype, stride=strides, padding=pads, dilation=dilations, groups=groups)
+  return g, groups
 
 
 def conv_transpose(
-    x,
-    w,
-    b=None,
+    x: object,
+    w: object,
+    b: object = None,
     *,
     stride: int | Sequence[int] = 1,
     padding: Padding = "valid",
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
+    output_padding: int | Sequence[int] = 0,
+    padding_mode: str = "zeros",
     impl: str | None = None,
 ) -> jax.Array:
   """The transpose (input gradient) of ``conv``: "deconvolution", upsampling by ``stride``.
 
   x: ``(N, *spatial, C_in)``, w: ``(*kernel, C_in // groups, C_out)`` (the same layout as for
   ``conv``), b: ``(C_out,)`` or None -> ``(N, *out_spatial, C_out)``. ``padding`` is the padding
-  of the forward conv being transposed: ``out = (n - 1) * stride + d * (k - 1) + 1 - lo - hi``,
-  and ``"same"`` gives ``out = n * stride``. This equals PyTorch's ``ConvTranspose`` with
-  ``padding=lo=hi`` and ``lax.conv_transpose(..., transpose_kernel=True)`` with matching pads.
+  of the forward conv being transposed: ``out = (n - 1) * stride + d * (k - 1) + 1 - lo - hi +
+  output_padding``, and ``"same"`` gives ``out = n * stride + output_padding``; ``output_padding``
+  (``0 <= op < max(stride, dilation)``) adds outputs on the high side, as PyTorch's. This equals
+  PyTorch's ``ConvTranspose`` with ``padding=lo=hi`` and ``lax.conv_transpose(...,
+  transpose_kernel=True)`` with matching pads.
   """
-  x, w, b = promote(x=x, w=w, b=b)
-  check_rank("x", x, (3, 4, 5), "(N, *spatial, C_in) with 1-3 spatial axes")
-  rank = x.ndim - 2
-  groups = check_groups(groups)
-  check_kernel(x.shape, w.shape, groups)
-  c_out = w.shape[-1]
-  check_bias(b, c_out)
-  strides = normalize_ints(stride, rank, "stride")
-  dilations = normalize_ints(dilation, rank, "dilation")
-  kernel = w.shape[:rank]
-  extent = tuple(effective_kernel_size(k, d) for k, d in zip(kernel, dilations))
-  pads, out = transpose_pads(padding, x.shape[1:-1], extent, strides)
-  # The forward conv being transposed maps C_out -> C_in.
-  w_fwd = swap_channels(w, groups)
-  z = jax.ShapeDtypeStruct((x.shape[0], *out, c_out), x.dtype)
-  spec = conv_spec(z, w_fwd, stride=strides, padding=pads, dilation=dilations, groups=groups)
-  _, pullback = jax.vjp(lambda z: run_kernel(spec, z, w_fwd, impl), jnp.zeros(z.shape, z.dtype))
-  (y,) = pullback(x)
-  return add_bias(y, b)
-
-
-# --------------------------------------------------------------------------------------------
-# pooling
-
-
-def pool_geometry(x: jax.Array, window, stride, padding: Padding) -> tuple[tuple[int, ...], tuple[int, ...], tuple[Pair, ...]]:
-  """Validate a pooling call on x ``(N, *spatial, C)``: window, strides, explicit pads."""
-  check_rank("x", x, (3, 4, 5), "(N, *spatial, C) with 1-3 spatial axes")
-  rank = x.ndim - 2
-  windows = normalize_ints(window, rank, "window")
-  strides = windows if stride is None else normalize_ints(stride, rank, "stride")
-  pads = resolve_padding(padding, x.shape[1:-1], windows, strides)
-  check_fits(x.shape[1:-1], windows, pads, (1,) * rank, name="window")
-  # As in PyTorch: a pad as wide as the window would make windows that see only padding.
-  if any(lo >= k or hi >= k for (lo, hi), k in zip(pads, windows)):
-    raise ValueError(f"padding must be smaller than the window on each side; got pads {pads} for window {windows}")
-  return windows, strides, pads
-
-
-def window_axes(rank: int) -> tuple[int, ...]:
-  """The window axes of blocks ``(N, o_1, k_1, ..., o_r, k_r, C)``."""
-  return tuple(range(2, 2 * rank + 1, 2))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def block_max(blocks: jax.Array, rank: int) -> jax.Array:
-  """Max over the windows of blocks ``(N, o_1, k_1, ..., o_r, k_r, C)`` -> ``(N, *o, C)``."""
-  return jnp.max(blocks, axis=window_axes(rank))
-
-
-@block_max.defjvp
-def block_max_jvp(rank: int, primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """The first maximal element of each window (row-major) carries the tangent, as in lax and PyTorch."""
-  (blocks,), (tangent,) = primals, tangents
-  axes = window_axes(rank)
-  y = jnp.max(blocks, axis=axes, keepdims=True)
-  window = tuple(blocks.shape[a] for a in axes)
-  order_shape = [1] * blocks.ndim
-  for a, k in zip(axes, window):
-    order_shape[a] = k
-  order = np.arange(math.prod(window)).reshape(order_shape)
-  first = jnp.min(jnp.where(blocks == y, order, order.size), axis=axes, keepdims=True)
-  return jnp.squeeze(y, axes), jnp.sum(jnp.where(order == first, tangent, 0), axis=axes)
-
-
-def reduce_windows(x: jax.Array, init: float, op, window, strides, pads) -> jax.Array:
-  """Reduce every window of x ``(N, *spatial, C)`` with ``op``, padding with ``init``.
-
-  Non-overlapping windows (stride == window) are reduced by a reshape, whose gradient is far
-  cheaper on CPU than the ``select_and_scatter`` that ``lax.reduce_window`` lowers to.
-  """
-  rank = x.ndim - 2
-  out = tuple(output_size(n, k, p, s) for n, k, p, s in zip(x.shape[1:-1], window, pads, strides))
-  # A numpy scalar stays concrete under jit, so reduce_window sees a monoid (max/add with its
-  # identity) and lowers to a differentiable primitive; a traced init is not differentiable.
-  init = np.array(init, x.dtype)
-  if tuple(strides) == tuple(window):
-    xp = lax.pad(x, init, [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
-    xp = xp[(slice(None), *(slice(0, o * k) for o, k in zip(out, window)))]
-    split = [x.shape[0]]
-    for o, k in zip(out, window):
-      split += [o, k]
-    xp = xp.reshape(*split, x.shape[-1])
-    return block_max(xp, rank) if op is lax.max else jnp.sum(xp, axis=window_axes(rank))
-  return lax.reduce_window(
-      x, init, op, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))
-  )
-
-
-def max_pool(x, window, stride=None, padding: Padding = "valid") -> jax.Array:
-  """Max over each window of x ``(N, *spatial, C)``; pads count as -inf; stride defaults to window."""
-  (x,) = promote(x=x)
-  windows, strides, pads = pool_geometry(x, window, stride, padding)
-  return reduce_windows(x, -jnp.inf, lax.max, windows, strides, pads)
-
-
-def window_counts(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], pads: Sequence[Pair]) -> np.ndarray:
-  """How many real (non-pad) input cells each pooling window covers, shape ``out_spatial``."""
-  per_axis = []
-  for n, k, s, (lo, hi) in zip(spatial, window, strides, pads):
-    starts = np.arange(output_size(n, k, (lo, hi), s)) * s - lo
-    per_axis.append(np.minimum(starts + k, n) - np.maximum(starts, 0))
-  counts = per_axis[0]
-  for c in per_axis[1:]:
-    counts = np.multiply.outer(counts, c)
-  return counts
-
-
-def avg_pool(x, window, stride=None, padding: Padding = "valid", count_include_pad: bool = True) -> jax.Array:
-  """Mean over each window of x ``(N, *spatial, C)``; pads count as zeros unless excluded."""
-  (x,) = promote(x=x)
-  windows, strides, pads = pool_geometry(x, window, stride, padding)
-  acc = kernels.accumulation_dtype(x.dtype)
-  sums = reduce_windows(x.astype(acc), 0.0, lax.add, windows, strides, pads)
-  if count_include_pad:
-    divisor = np.asarray(math.prod(windows), acc)
+  xa, wa, ba = promote(x=x, w=w, b=b)
+  assert xa is not None and wa is not None
+  check_rank("x", xa, (3, 4, 5), "(N, *spatial, C_in) with 1-3 spatial axes")
+  if padding_mode != "zeros":
+    raise ValueError(f"padding_mode must be 'zeros' for conv_transpose (its pads crop the output); got {padding_mode!r}")
+  groups = check_int(groups, "groups", minimum=1)
+  g, groups = transpose_geometry(xa, wa, stride=stride, padding=padding, dilation=dilation, groups=groups, output_padding=output_padding)
+  check_bias(ba, g.in_channels)
+  name = check_impl(impl)
+  covered = g.out_spatial  # x's spatial shape, plus what output_padding >= stride adds
+  if covered != tuple(xa.shape[1:-1]):
+    xa = jnp.pad(xa, ((0, 0), *((0, c - n) for c, n in zip(covered, xa.shape[1:-1])), (0, 0)))
+  if g.empty:
+    y = jnp.zeros(g.x_shape, xa.dtype)
   else:
-    divisor = window_counts(x.shape[1:-1], windows, strides, pads).astype(acc)[..., None]
-  return (sums / divisor).astype(x.dtype)
+    # The forward conv being transposed maps C_out -> C_in: its kernel is w with each group's axes swapped.
+    y = kernels.conv_input_grad(xa, swap_channels(wa, groups), g, name)
+  return add_bias(y, ba)
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,3 +288,21 @@ def avg_pool(x, window, stride=None, padding: Padding = "valid", count_include_p
 def available_impls() -> tuple[str, ...]:
   """Names accepted by ``impl=`` (``None`` means ``"lax"``)."""
   return kernels.available()
+
+
+__all__ = [
+    "DEFAULT_IMPL",
+    "add_bias",
+    "as_float_array",
+    "available_impls",
+    "check_bias",
+    "check_impl",
+    "check_rank",
+    "conv",
+    "conv_transpose",
+    "convolve",
+    "correlate",
+    "geometry_of",
+    "promote",
+    "run_conv",
+]

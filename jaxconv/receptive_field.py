@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.padding import Pair, Padding, check_fits, effective_kernel_size, normalize_ints, output_size, resolve_padding
+from jaxconv.geometry import Pair, Padding, normalize_ints, resolve_window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,19 +110,14 @@ def step(field: Field, layer: Any) -> Field:
   window = window_of(layer)
   if window is None:
     return dataclasses.replace(field, name=layer_name(layer))
-  rank = len(field.shape)
-  kernel = normalize_ints(window.kernel, rank, "kernel")
-  strides = normalize_ints(window.stride, rank, "stride")
-  dilations = normalize_ints(window.dilation, rank, "dilation")
-  pads = resolve_padding(window.padding, field.shape, kernel, strides, dilations)
-  check_fits(field.shape, kernel, pads, dilations, name=window.name)
-  extents = [effective_kernel_size(k, d) for k, d in zip(kernel, dilations)]
+  g = resolve_window(field.shape, window.kernel, window.padding, window.stride, window.dilation, kernel_name=window.name)
+  extents = g.kernel_extent
   return Field(
-      name=describe(window.name, kernel, strides, pads, dilations),
-      shape=tuple(output_size(n, k, p, s, d) for n, k, p, s, d in zip(field.shape, kernel, pads, strides, dilations)),
+      name=describe(window.name, g.kernel, g.stride, g.padding, g.dilation),
+      shape=g.out_spatial,
       size=tuple(r + (e - 1) * j for r, e, j in zip(field.size, extents, field.jump)),
-      jump=tuple(j * s for j, s in zip(field.jump, strides)),
-      start=tuple(st + ((e - 1) / 2 - lo) * j for st, e, (lo, _), j in zip(field.start, extents, pads, field.jump)),
+      jump=tuple(j * s for j, s in zip(field.jump, g.stride)),
+      start=tuple(st + ((e - 1) / 2 - lo) * j for st, e, (lo, _), j in zip(field.start, extents, g.padding, field.jump)),
   )
 
 

@@ -4,7 +4,7 @@ Slow on purpose: every output element is one explicit sum (or max, or mean) over
 the zero-padded input, so each function reads like its formula. They are the teaching reference
 that the fast kernels are compared with; they work on NumPy float64 arrays, not under ``jit``.
 
-Padding ``p`` takes every form :func:`jaxconv.padding.resolve_padding` takes: an int (both
+Padding ``p`` takes every form :func:`jaxconv.geometry.resolve_padding` takes: an int (both
 sides), per-axis ints, ``(lo, hi)`` pairs, or ``"valid"``/``"same"``/``"full"``. The loops find
 the output length by sliding the window while it fits, never from the output-size formula, so
 they can be used to check that formula.
@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from jaxconv.padding import Convention, Padding, check_fits, normalize_ints, resolve_padding
+from jaxconv.geometry import Convention, Padding, normalize_ints, resolve_window
 
 PoolMode = Literal["max", "avg"]
 
@@ -25,9 +25,8 @@ PoolMode = Literal["max", "avg"]
 def pad(x: np.ndarray, padding: Padding, kernel: Sequence[int], stride: int | Sequence[int] = 1, *, value: float = 0.0, convention: Convention = "scipy") -> np.ndarray:
   """x ``(*spatial)`` padded with ``value`` as ``padding`` prescribes for a ``kernel``-sized window."""
   x = np.asarray(x, np.float64)
-  pairs = resolve_padding(padding, x.shape, tuple(kernel), stride, convention=convention)
-  check_fits(x.shape, tuple(kernel), pairs, (1,) * x.ndim)
-  return np.pad(x, pairs, constant_values=value)
+  window = resolve_window(x.shape, tuple(kernel), padding, stride, convention=convention)
+  return np.pad(x, window.padding, constant_values=value)
 
 
 def window_starts(padded: int, k: int, s: int) -> range:
@@ -108,10 +107,10 @@ def pool2d(x: np.ndarray, window: int | Sequence[int], stride: int | Sequence[in
 def input_usage(shape: Sequence[int], kernel: Sequence[int], padding: Padding = 0, stride: int | Sequence[int] = 1) -> np.ndarray:
   """How many windows cover each input cell, shape ``shape`` (1-D or 2-D): where boundary cells count less."""
   shape, kernel = tuple(shape), tuple(kernel)
-  strides = normalize_ints(stride, len(shape), "stride")
-  pairs = resolve_padding(padding, shape, kernel, strides, convention="scipy")
+  window = resolve_window(shape, kernel, padding, stride, convention="scipy")
+  pairs = window.padding
   counts = pad(np.zeros(shape), pairs, kernel)
-  starts = [window_starts(n, k, s) for n, k, s in zip(counts.shape, kernel, strides)]
+  starts = [window_starts(n, k, s) for n, k, s in zip(counts.shape, kernel, window.stride)]
   for corner in np.ndindex(*(len(r) for r in starts)):
     counts[tuple(slice(r[i], r[i] + k) for r, i, k in zip(starts, corner, kernel))] += 1
   # Uses of the padding cells do not count: crop back to the input.

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 
 import jaxconv as jc
-from jaxconv import kernels, ops
+from jaxconv import kernels
+from jaxconv.geometry import conv_geometry
 
 # Read at collection time, so every kernel registered by ``import jaxconv`` is tested.
 IMPLS: tuple[str, ...] = jc.available_impls()
@@ -39,10 +40,13 @@ def assert_close(actual, expected, rtol: float, what: str = "") -> None:
 
 def refusal(impl: str, x_shape: Sequence[int], w_shape: Sequence[int], *, convention: str = "lax", **geometry) -> str | None:
   """Why ``impl`` refuses a float32 conv of x ``(N, *S, C_in)`` with w ``(*K, C_in // g, C_out)``, or None."""
-  x = jax.ShapeDtypeStruct(tuple(x_shape), np.float32)
-  w = jax.ShapeDtypeStruct(tuple(w_shape), np.float32)
   geometry = {"stride": 1, "padding": "valid", "dilation": 1, "groups": 1, **geometry}
-  return kernels.get(impl).supports(ops.conv_spec(x, w, convention=convention, **geometry))
+  g = conv_geometry(x_shape, w_shape, np.float32, convention=convention, **geometry)  # type: ignore[arg-type]
+  try:
+    kernels.resolve(impl, g)
+  except ValueError as e:
+    return str(e)
+  return None
 
 
 def per_axis(value: int | Sequence[int], rank: int) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from jax import lax
 
 import jaxconv as jc
-from jaxconv.padding import normalize_ints, output_size, resolve_padding
+from jaxconv.geometry import normalize_ints, output_size, resolve_padding
 from references import IMPLS, refusal
 
 
@@ -31,7 +31,7 @@ from references import IMPLS, refusal
     ],
 )
 def test_mode_strings(padding: str, n: int, k: int, stride: int, dilation: int, scipy_pads, lax_pads):
-  """The table in jaxconv.padding's docstring, for one axis."""
+  """The table in jaxconv.geometry's docstring, for one axis."""
   for convention, pads in (("scipy", scipy_pads), ("lax", lax_pads)):
     assert resolve_padding(padding, (n,), (k,), stride, dilation, convention=convention) == (pads,), convention
 
@@ -124,7 +124,7 @@ def test_output_shape_is_what_the_functions_return(geometry):
   for fn in (jc.correlate, jc.convolve):
     assert jax.eval_shape(functools.partial(fn, **geometry), *signal_args).shape == out
   pooled = jc.output_shape(spatial, kernel, padding, stride)
-  pads = jc.padding.resolve_padding(padding, spatial, kernel, stride)
+  pads = resolve_padding(padding, spatial, kernel, stride)
   window_sees_only_padding = any(max(pair) >= k for pair, k in zip(pads, kernel))
   for pool in (jc.max_pool, jc.avg_pool):
     pooled_fn = functools.partial(pool, window=kernel, stride=stride, padding=padding)

@@ -16,7 +16,7 @@ import jaxconv as jc
 from jaxconv import nn
 from jaxconv import receptive_field as rf
 from jaxconv.models import LeNet
-from jaxconv.padding import normalize_ints
+from jaxconv.geometry import normalize_ints
 
 W = rf.Window
 

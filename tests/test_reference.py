@@ -12,7 +12,7 @@ import scipy.signal
 
 import jaxconv as jc
 from jaxconv import reference
-from jaxconv.padding import output_size
+from jaxconv.geometry import output_size
 
 MODES = ("full", "same", "valid")
 

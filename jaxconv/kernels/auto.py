@@ -35,7 +35,8 @@ import os
 
 import jax
 
-from jaxconv.kernels.registry import ConvSpec, get, register
+from jaxconv.geometry import ConvGeometry
+from jaxconv.kernels.registry import register
 from jaxconv.kernels.toeplitz import padded_width, supports_toeplitz
 from jaxconv.kernels.winograd import supports_winograd
 
@@ -58,19 +59,18 @@ def ynnpack_convolutions() -> bool:
   return "-individual_convolution" not in os.environ.get("XLA_FLAGS", "")
 
 
-def banded_pays(spec: ConvSpec) -> bool:
+def banded_pays(spec: ConvGeometry) -> bool:
   """Rule 6: few output channels, a padded width at most ``MAX_BANDED_REDUNDANCY`` kernel extents, T fits."""
   narrow = spec.out_channels <= NARROW_OUTPUT and padded_width(spec) <= MAX_BANDED_REDUNDANCY * spec.kernel_extent[-1]
   return narrow and supports_toeplitz(spec) is None
 
 
-def choose(spec: ConvSpec) -> str:
+def choose(spec: ConvGeometry) -> str:
   """The kernel name ``"auto"`` runs for ``spec`` (a pure function of static shapes)."""
   if jax.default_backend() != "cpu":
     return "lax"
-  taps = math.prod(spec.kernel)
-  cg = spec.in_channels // spec.groups
-  og = spec.out_channels // spec.groups
+  taps = spec.taps
+  cg, og = spec.group_in, spec.group_out
   strided = any(s > 1 for s in spec.stride)
   if spec.groups > 1 and cg <= NARROW_GROUP:
     return "depthwise"
@@ -91,8 +91,12 @@ def choose(spec: ConvSpec) -> str:
   return "im2col" if taps == 1 else "hybrid"
 
 
-@register("auto")
-def conv_auto(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> jax.Array:
+def _never_run(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """The kernel that the benchmark found fastest on CPU for this call's shapes (see ``choose``)."""
-  spec = ConvSpec.of(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
-  return get(choose(spec)).fn(x, w, **spec.kwargs())
+  raise AssertionError("'auto' is dispatched to the kernel that choose() names before anything runs")
+
+
+# Local: no, since it may pick fft, winograd or toeplitz.
+register("auto", dispatch=choose, local=False)(_never_run)
+
+__all__ = ["choose"]

@@ -17,21 +17,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.kernels.registry import ConvSpec, accumulation_dtype, register
-from jaxconv.kernels.taps import (
-    Geometry,
-    batch_chunk,
-    custom_backward,
-    geometry_of,
-    image_bytes,
-    input_grad_pads,
-    out_spatial,
-    pad_spatial,
-    sum_batch,
-    tap_slice,
-    taps,
-    transposed_kernel,
-)
+from jaxconv.geometry import ConvGeometry
+from jaxconv.kernels.registry import accumulation_dtype, register
+from jaxconv.kernels.taps import batch_chunk, dy_padding, image_bytes, pad_spatial, sum_batch, tap_slice, taps, transposed_kernel, unit_stride
 
 # The widest group (C_in / groups) served: the work per output grows with it, and past a few
 # channels a GEMM-based kernel wins.
@@ -40,72 +28,58 @@ MAX_GROUP_CHANNELS = 4
 REDUCE_BUDGET_BYTES = 4 * 2**20
 
 
-def supports_depthwise(spec: ConvSpec) -> str | None:
+def supports_depthwise(g: ConvGeometry) -> str | None:
   """Accept convs whose groups hold at most ``MAX_GROUP_CHANNELS`` input channels each."""
-  width = spec.in_channels // spec.groups
-  if width > MAX_GROUP_CHANNELS:
-    return f"it serves C_in / groups <= {MAX_GROUP_CHANNELS} (depthwise and narrow groups); this call has {width}"
+  if g.group_in > MAX_GROUP_CHANNELS:
+    return f"it serves C_in / groups <= {MAX_GROUP_CHANNELS} (depthwise and narrow groups); this call has {g.group_in}"
   return None
 
 
-def tap_windows(x: jax.Array, kernel, geometry: Geometry, c_out: int) -> list[list[jax.Array]]:
+def tap_windows(x: jax.Array, g: ConvGeometry) -> list[list[jax.Array]]:
   """Per tap and group channel c, what it reads for every output, spread over its group's outputs.
 
-  x ``(N, *spatial, C_in)`` -> ``[[(N, *out, C_out)] * (C_in / G)] * K``: entry ``[t][c]`` holds
+  x ``(B, *spatial, C_in)`` -> ``[[(B, *out, C_out)] * (C_in / G)] * K``: entry ``[t][c]`` holds
   ``x_t[..., g * C_in/G + c]`` at every output channel of group ``g`` (so no axis of size 1 is minor).
   """
-  stride, padding, dilation, groups = geometry
-  out = out_spatial(x.shape, kernel, geometry)
-  xp = pad_spatial(x, padding)
-  c_in = x.shape[-1]
-  fan_out = c_out // groups
+  out = g.out_spatial
+  xp = pad_spatial(x, g.padding)
+  cg, fan_out = g.group_in, g.group_out
   windows = []
-  for tap in taps(kernel):
-    window = tap_slice(xp, tap, stride, dilation, out).reshape(x.shape[0], *out, groups, c_in // groups)
-    windows.append([jnp.repeat(window[..., c], fan_out, axis=-1) if fan_out > 1 else window[..., c] for c in range(c_in // groups)])
+  for tap in taps(g.kernel):
+    window = tap_slice(xp, tap, g.stride, g.dilation, out).reshape(x.shape[0], *out, g.groups, cg)
+    windows.append([jnp.repeat(window[..., c], fan_out, axis=-1) if fan_out > 1 else window[..., c] for c in range(cg)])
   return windows
 
 
-def shift_multiply_add(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
+def shift_multiply_add(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """The conv as a sum of ``K * C_in / G`` broadcast products: ``(N, *out, C_out)`` in x's dtype."""
   acc = accumulation_dtype(x.dtype)
   wk = w.reshape(-1, *w.shape[-2:]).astype(acc)  # (K, C_in / G, C_out)
-  windows = tap_windows(x, w.shape[:-2], geometry, w.shape[-1])
-  terms = (column.astype(acc) * wk[t, c] for t, columns in enumerate(windows) for c, column in enumerate(columns))
+  terms = (column.astype(acc) * wk[t, c] for t, columns in enumerate(tap_windows(x, g)) for c, column in enumerate(columns))
   return functools.reduce(jnp.add, terms).astype(x.dtype)
 
 
-def input_grad(dy: jax.Array, w: jax.Array, x_shape, geometry: Geometry) -> jax.Array:
-  """dx ``x_shape`` as the stride-1 correlation of the dilated, padded dy with the flipped kernel."""
-  stride, padding, dilation, groups = geometry
-  kernel = w.shape[:-2]
-  rank = len(kernel)
-  config = input_grad_pads(x_shape[1:-1], kernel, stride, padding, dilation, dy.shape[1:-1])
-  dyp = lax.pad(dy, jnp.zeros((), dy.dtype), config)
-  return shift_multiply_add(dyp, transposed_kernel(w, groups), ((1,) * rank, ((0, 0),) * rank, dilation, groups))
+def input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
+  """dx ``(N, *spatial, C_in)`` as the stride-1 correlation of the dilated, padded dy with the flipped kernel."""
+  dyp = lax.pad(dy, jnp.zeros((), dy.dtype), dy_padding(g))
+  return shift_multiply_add(dyp, transposed_kernel(w, g.groups), unit_stride(g, dyp.shape[1:-1]))
 
 
-def kernel_grad_chunk(x: jax.Array, dy: jax.Array, w_shape, geometry: Geometry) -> jax.Array:
+def kernel_grad_chunk(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
   """One batch chunk's kernel gradient ``(K, C_in / G, C_out)``, accumulated in float32 or wider."""
   acc = accumulation_dtype(x.dtype)
   dy = dy.astype(acc)
   reduce_axes = tuple(range(dy.ndim - 1))
-  windows = tap_windows(x, w_shape[:-2], geometry, w_shape[-1])
-  return jnp.stack([jnp.stack([jnp.sum(column.astype(acc) * dy, axis=reduce_axes) for column in columns]) for columns in windows])
+  return jnp.stack([jnp.stack([jnp.sum(column.astype(acc) * dy, axis=reduce_axes) for column in columns]) for columns in tap_windows(x, g)])
 
 
-def backward(x: jax.Array, w: jax.Array, dy: jax.Array, geometry: Geometry) -> tuple[jax.Array, jax.Array]:
-  """dx by the transposed shift-and-multiply-add; dW by reductions over cache-sized batch chunks."""
-  dx = input_grad(dy, w, x.shape, geometry)
+def kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
+  """dW ``(*kernel, C_in / G, C_out)`` by reductions over cache-sized batch chunks."""
   chunk = batch_chunk(x.shape[0], image_bytes(x.shape, x.dtype.itemsize) + image_bytes(dy.shape, dy.dtype.itemsize), REDUCE_BUDGET_BYTES)
-  dw = sum_batch(lambda xc, dyc: kernel_grad_chunk(xc, dyc, w.shape, geometry), chunk, x, dy)
-  return dx, dw.reshape(w.shape).astype(w.dtype)
+  dw = sum_batch(lambda xc, dyc: kernel_grad_chunk(xc, dyc, g), chunk, x, dy)
+  return dw.reshape(g.w_shape).astype(x.dtype)
 
 
-conv_depthwise_vjp = custom_backward(shift_multiply_add, backward)
+register("depthwise", input_grad=input_grad, kernel_grad=kernel_grad, supports=supports_depthwise)(shift_multiply_add)
 
-
-@register("depthwise", supports=supports_depthwise)
-def conv_depthwise(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> jax.Array:
-  """Shift-and-multiply-accumulate over the taps, for depthwise and narrow-group convs."""
-  return conv_depthwise_vjp(x, w, geometry_of(stride, padding, dilation, groups))
+__all__ = ["MAX_GROUP_CHANNELS", "input_grad", "kernel_grad", "shift_multiply_add", "supports_depthwise"]

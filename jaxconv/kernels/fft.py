@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxconv.geometry import ConvGeometry
 from jaxconv.kernels.registry import accumulation_dtype, register
 from jaxconv.kernels.taps import pad_spatial
-from jaxconv.padding import output_size
 
 # Tolerance, relative to max |y|, that the float32 FFT kernel is tested to against lax.
 FFT_RTOL = 1e-4
@@ -53,15 +53,14 @@ def complex_dtype(dtype) -> jnp.dtype:
   return jnp.complex128 if accumulation_dtype(dtype) == jnp.float64 else jnp.complex64
 
 
-@register("fft")
-def conv_fft(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> jax.Array:
+# Local: no. Every output is a sum over all frequencies, so one inf or NaN input spreads to the whole output.
+@register("fft", local=False)
+def conv_fft(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """Frequency-domain product per channel pair (``rfftn``), stride by subsampling; for large kernels."""
-  rank = x.ndim - 2
-  n, *spatial, c_in = x.shape
-  *kernel, cg, c_out = w.shape
+  rank, n, groups, stride, padding, dilation = g.rank, x.shape[0], g.groups, g.stride, g.padding, g.dilation
+  cg, c_out = g.group_in, g.out_channels
   acc = accumulation_dtype(x.dtype)
-  padded_len = [m + lo + hi for m, (lo, hi) in zip(spatial, padding)]
-  lengths = [fast_length(m) for m in padded_len]
+  lengths = [fast_length(m) for m in g.padded]
   axes = tuple(range(1, rank + 1))
   xf = jnp.fft.rfftn(pad_spatial(x.astype(acc), padding), s=lengths, axes=axes)  # (N, *F, C_in)
   wf = jnp.fft.rfftn(dilated(w.astype(acc), dilation), s=lengths, axes=tuple(range(rank)))  # (*F, C_in / G, C_out)
@@ -71,6 +70,8 @@ def conv_fft(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -
   letters = "xyz"[:rank]
   yf = jnp.einsum(f"n{letters}gc,{letters}cgo->n{letters}go", xf, wf).reshape(n, *freq, c_out)
   y = jnp.fft.irfftn(yf, s=lengths, axes=axes)
-  out = [output_size(m, k, p, s, d) for m, k, p, s, d in zip(spatial, kernel, padding, stride, dilation)]
-  keep = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out, stride))
+  keep = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(g.out_spatial, stride))
   return y[(slice(None), *keep, slice(None))].astype(x.dtype)
+
+
+__all__ = ["FFT_RTOL", "conv_fft", "fast_length"]

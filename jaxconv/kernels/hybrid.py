@@ -11,34 +11,27 @@ with im2col's batch-chunked gather; for a strided conv it takes im2col's input g
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
+from jaxconv.geometry import ConvGeometry
 from jaxconv.kernels import im2col
 from jaxconv.kernels.lax import conv_lax
 from jaxconv.kernels.registry import register
-from jaxconv.kernels.taps import Geometry, custom_backward, geometry_of
 
 
-def lax_conv(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
-  """``conv_lax`` on a geometry tuple."""
-  stride, padding, dilation, groups = geometry
-  return conv_lax(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
-
-
-def backward(x: jax.Array, w: jax.Array, dy: jax.Array, geometry: Geometry) -> tuple[jax.Array, jax.Array]:
-  """dx from lax's transposed convolution (im2col's col2im when strided), dW from im2col's ``patches^T @ dy``."""
-  if any(s > 1 for s in geometry[0]):
+def input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
+  """dx from lax's transposed convolution, or im2col's col2im when strided."""
+  if any(s > 1 for s in g.stride):
     # lax's transposed conv runs over a stride-dilated dy, mostly zeros; col2im skips them.
-    dx = im2col.input_grad(dy, w, x.shape, geometry)
-  else:
-    _, pullback = jax.vjp(lambda x: lax_conv(x, w, geometry), x)
-    (dx,) = pullback(dy)
-  return dx, im2col.kernel_grad(x, dy, w.shape, geometry)
+    return im2col.input_grad(dy, w, g)
+  _, pullback = jax.vjp(lambda x: conv_lax(x, w, g), jnp.zeros(g.with_batch(dy.shape[0]).x_shape, dy.dtype))
+  return pullback(dy)[0]
 
 
-conv_hybrid_vjp = custom_backward(lax_conv, backward)
-
-
-@register("hybrid")
-def conv_hybrid(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> jax.Array:
+@register("hybrid", input_grad=input_grad, kernel_grad=im2col.kernel_grad_rows)
+def conv_hybrid(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """lax's forward (and stride-1 input gradient); the kernel gradient as im2col's chunked GEMMs."""
-  return conv_hybrid_vjp(x, w, geometry_of(stride, padding, dilation, groups))
+  return conv_lax(x, w, g)
+
+
+__all__ = ["conv_hybrid", "input_grad"]

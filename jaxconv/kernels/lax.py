@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 from jax import lax
 
+from jaxconv.geometry import ConvGeometry
 from jaxconv.kernels.registry import accumulation_dtype, register
 
 
@@ -19,16 +20,19 @@ def dimension_numbers(rank: int) -> lax.ConvDimensionNumbers:
 
 
 @register("lax")
-def conv_lax(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> jax.Array:
+def conv_lax(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """XLA's convolution, ``jax.lax.conv_general_dilated``."""
   y = lax.conv_general_dilated(
       x,
       w,
-      window_strides=stride,
-      padding=padding,
-      rhs_dilation=dilation,
-      dimension_numbers=dimension_numbers(x.ndim - 2),
-      feature_group_count=groups,
+      window_strides=g.stride,
+      padding=g.padding,
+      rhs_dilation=g.dilation,
+      dimension_numbers=dimension_numbers(g.rank),
+      feature_group_count=g.groups,
       preferred_element_type=accumulation_dtype(x.dtype),
   )
   return y.astype(x.dtype)
+
+
+__all__ = ["conv_lax", "dimension_numbers"]

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxconv.geometry import ConvGeometry
 from jaxconv.kernels.registry import accumulation_dtype, register
 from jaxconv.kernels.taps import pad_spatial
-from jaxconv.padding import effective_kernel_size, output_size
 
 
 def contract_window(window: jax.Array, w: jax.Array, groups: int) -> jax.Array:
@@ -25,15 +25,11 @@ def contract_window(window: jax.Array, w: jax.Array, groups: int) -> jax.Array:
 
 
 @register("patches")
-def conv_patches(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> jax.Array:
+def conv_patches(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """Slice each output's receptive window with ``lax.dynamic_slice``; ``vmap`` over positions and batch."""
-  rank = x.ndim - 2
-  kernel = w.shape[:rank]
-  extent = tuple(effective_kernel_size(k, d) for k, d in zip(kernel, dilation))
-  c_in = x.shape[-1]
-  xp = pad_spatial(x, padding)
-  out = tuple(output_size(n, k, p, s, d) for n, k, p, s, d in zip(x.shape[1:-1], kernel, padding, stride, dilation))
-  taps = tuple(slice(None, None, d) for d in dilation)
+  rank, extent, stride, groups, c_in = g.rank, g.kernel_extent, g.stride, g.groups, g.in_channels
+  xp = pad_spatial(x, g.padding)
+  taps = tuple(slice(None, None, d) for d in g.dilation)
 
   def at(image: jax.Array, *index: jax.Array) -> jax.Array:
     """One output position: image ``(*padded, C_in)``, ``rank`` scalar indices -> ``(C_out,)``."""
@@ -47,4 +43,7 @@ def conv_patches(x: jax.Array, w: jax.Array, *, stride, padding, dilation, group
     in_axes[1 + axis] = 0
     fn = jax.vmap(fn, in_axes=tuple(in_axes))
   fn = jax.vmap(fn, in_axes=(0,) + (None,) * rank)  # the batch
-  return fn(xp, *(jnp.arange(o) for o in out))
+  return fn(xp, *(jnp.arange(o) for o in g.out_spatial))
+
+
+__all__ = ["conv_patches", "contract_window"]

@@ -1,95 +1,36 @@
-"""The kernel contract, its static call description, and the name -> kernel registry.
+"""The kernel contract and the name -> kernel registry.
 
-A kernel computes one channels-last cross-correlation on already validated arguments::
+A kernel is up to three functions on validated, non-empty arguments, all static facts in one
+``ConvGeometry`` ``g`` (``jaxconv.geometry``)::
 
-    fn(x, w, *, stride, padding, dilation, groups) -> y
-    x: (N, *spatial, C_in)   w: (*kernel, C_in // groups, C_out)   y: (N, *out_spatial, C_out)
+    forward(x, w, g) -> y        x: (N, *spatial, C_in)  w: (*kernel, C_in // groups, C_out)
+    input_grad(dy, w, g) -> dx   the transpose of forward in x: dy (N, *out_spatial, C_out) -> x's shape
+    kernel_grad(x, dy, g) -> dw  the transpose of forward in w: -> w's shape
 
-``stride``/``dilation`` are tuples of ints >= 1, ``padding`` a tuple of explicit non-negative
-``(lo, hi)`` pairs (one per spatial axis), ``groups`` divides both channel counts, x and w share
-one floating dtype, and y has that dtype (accumulated in at least float32). Kernels must give
-lax's values and gradients; a kernel that cannot serve a call says so through ``supports``.
+x and w share one floating dtype and y has it (accumulated in at least float32). A kernel that
+gives only ``forward`` gets its transposes from JAX's own differentiation of it; one with hand-
+written backward passes gives them here. Either way ``jaxconv.kernels.primitives`` turns the three
+into bilinear primitives whose derivatives and batching rules call each other, so every
+registered kernel works under jit, grad of any order, vjp, jvp, jacfwd, jacrev, hessian and vmap.
+
+A kernel refuses what it cannot serve through ``supports(g)`` (a reason, or None). ``local``
+says whether a non-finite input value stays within the outputs whose windows see it, as in
+lax: transform-based kernels (FFT, Winograd, banded matrices) spread an inf or NaN further.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.padding import Pair, effective_kernel_size, output_size
+from jaxconv.geometry import ConvGeometry
 
-KernelFn = Callable[..., jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvSpec:
-  """Static description of one kernel call: shapes, dtype and explicit geometry."""
-
-  x_shape: tuple[int, ...]
-  w_shape: tuple[int, ...]
-  dtype: np.dtype
-  stride: tuple[int, ...]
-  padding: tuple[Pair, ...]
-  dilation: tuple[int, ...]
-  groups: int
-
-  @classmethod
-  def of(cls, x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> "ConvSpec":
-    """The spec of a kernel call on arrays ``x`` and ``w`` (shapes are static under jit)."""
-    return cls(tuple(x.shape), tuple(w.shape), np.dtype(x.dtype), tuple(stride), tuple(map(tuple, padding)), tuple(dilation), int(groups))
-
-  @property
-  def rank(self) -> int:
-    """Number of spatial axes."""
-    return len(self.x_shape) - 2
-
-  @property
-  def batch(self) -> int:
-    return self.x_shape[0]
-
-  @property
-  def spatial(self) -> tuple[int, ...]:
-    return self.x_shape[1:-1]
-
-  @property
-  def kernel(self) -> tuple[int, ...]:
-    return self.w_shape[:-2]
-
-  @property
-  def in_channels(self) -> int:
-    return self.x_shape[-1]
-
-  @property
-  def out_channels(self) -> int:
-    return self.w_shape[-1]
-
-  @property
-  def kernel_extent(self) -> tuple[int, ...]:
-    """Dilated kernel extent per axis."""
-    return tuple(effective_kernel_size(k, d) for k, d in zip(self.kernel, self.dilation))
-
-  @property
-  def out_spatial(self) -> tuple[int, ...]:
-    return tuple(output_size(n, k, p, s, d) for n, k, p, s, d in zip(self.spatial, self.kernel, self.padding, self.stride, self.dilation))
-
-  @property
-  def out_shape(self) -> tuple[int, ...]:
-    """``(N, *out_spatial, C_out)``."""
-    return (self.batch, *self.out_spatial, self.out_channels)
-
-  @property
-  def flops(self) -> int:
-    """Multiply-adds x 2 of the forward pass."""
-    return 2 * math.prod(self.out_shape) * math.prod(self.kernel) * (self.in_channels // self.groups)
-
-  def kwargs(self) -> dict:
-    """The keyword arguments of the kernel contract."""
-    return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+Forward = Callable[[jax.Array, jax.Array, ConvGeometry], jax.Array]
+Supports = Callable[[ConvGeometry], "str | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,34 +38,55 @@ class Kernel:
   """A registered implementation of the kernel contract."""
 
   name: str
-  fn: KernelFn
-  supports: Callable[[ConvSpec], str | None]
+  forward: Forward
+  input_grad: Forward | None = None
+  kernel_grad: Forward | None = None
+  supports: Supports | None = None
+  local: bool = True
+  dispatch: Callable[[ConvGeometry], str] | None = None
   description: str = ""
 
-
-def supports_everything(spec: ConvSpec) -> str | None:
-  """A ``supports`` that accepts every call."""
-  del spec
-  return None
+  def refusal(self, g: ConvGeometry) -> str | None:
+    """Why this kernel cannot serve ``g``, or None."""
+    return None if self.supports is None else self.supports(g)
 
 
 _REGISTRY: dict[str, Kernel] = {}
 
 
-def register(name: str, *, supports: Callable[[ConvSpec], str | None] = supports_everything, description: str = ""):
-  """Decorator: register ``fn`` under ``name``; ``supports(spec)`` returns why a call is refused, or None."""
+def register(
+    name: str,
+    *,
+    input_grad: Forward | None = None,
+    kernel_grad: Forward | None = None,
+    supports: Supports | None = None,
+    local: bool = True,
+    dispatch: Callable[[ConvGeometry], str] | None = None,
+    description: str = "",
+) -> Callable[[Forward], Forward]:
+  """Decorator: register ``forward`` under ``name`` with its optional transposes and refusals.
 
-  def decorate(fn: KernelFn) -> KernelFn:
+  ``dispatch(g) -> name`` makes a kernel an alias chosen per call (``"auto"``); its forward is
+  then never run.
+  """
+
+  def decorate(forward: Forward) -> Forward:
     if name in _REGISTRY:
       raise ValueError(f"a kernel named {name!r} is already registered")
-    _REGISTRY[name] = Kernel(name, fn, supports, description or (fn.__doc__ or "").strip().partition("\n")[0])
-    return fn
+    doc = description or (forward.__doc__ or "").strip().partition("\n")[0]
+    _REGISTRY[name] = Kernel(name, forward, input_grad, kernel_grad, supports, local, dispatch, doc)
+    return forward
 
   return decorate
 
 
-def get(name: str) -> Kernel:
-  """The kernel registered under ``name``; ``ValueError`` naming ``impl`` otherwise."""
+def available() -> tuple[str, ...]:
+  """Names of the registered kernels, in registration order."""
+  return tuple(_REGISTRY)
+
+
+def get(name: object) -> Kernel:
+  """The kernel registered under ``name``; ``TypeError``/``ValueError`` naming ``impl`` otherwise."""
   if not isinstance(name, str):
     raise TypeError(f"impl must be a string naming a kernel, one of {available()}; got {name!r}")
   try:
@@ -133,12 +95,22 @@ def get(name: str) -> Kernel:
     raise ValueError(f"impl={name!r} is not a registered kernel; available: {available()}") from None
 
 
-def available() -> tuple[str, ...]:
-  """Names of the registered kernels, in registration order."""
-  return tuple(_REGISTRY)
+def resolve(name: str, g: ConvGeometry) -> Kernel:
+  """The kernel that runs ``g`` for ``impl=name``: aliases dispatched, refusals raised naming ``impl``."""
+  kernel = get(name)
+  if kernel.dispatch is not None:
+    kernel = get(kernel.dispatch(g))
+  reason = kernel.refusal(g)
+  if reason is not None:
+    shown = name if name == kernel.name else f"{name} (-> {kernel.name})"
+    raise ValueError(f"impl={shown!r} does not support this call: {reason}")
+  return kernel
 
 
-def accumulation_dtype(dtype) -> np.dtype:
+def accumulation_dtype(dtype: object) -> np.dtype:
   """The dtype a kernel accumulates in: float32 for 16-bit floats, else the dtype itself."""
-  dtype = np.dtype(dtype)
+  dtype = np.dtype(dtype)  # type: ignore[call-overload]
   return np.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
+
+
+__all__ = ["Forward", "Kernel", "Supports", "accumulation_dtype", "available", "get", "register", "resolve"]

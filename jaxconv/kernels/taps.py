@@ -1,5 +1,5 @@
-"""Shared pieces of the custom kernels: geometry, taps and strided tap slices, the input-gradient
-correlation, batch chunking, and the custom-VJP wrapper.
+"""Shared pieces of the custom kernels: taps and strided tap slices, the input-gradient
+correlation, and batch chunking.
 
 A kernel tap ``t`` (one index per spatial axis) of output position ``o`` reads the padded input
 at ``o * stride + t * dilation``; for all outputs at once that is one strided slice.
@@ -7,7 +7,7 @@ at ``o * stride + t * dilation``; for all outputs at once that is one strided sl
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -16,41 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.padding import Pair, output_size
-
-# The kernel contract's geometry as one hashable tuple: (stride, padding, dilation, groups).
-Geometry = tuple[tuple[int, ...], tuple[Pair, ...], tuple[int, ...], int]
-
-
-def geometry_of(stride, padding, dilation, groups) -> Geometry:
-  """The kernel-contract keyword arguments as a hashable ``Geometry`` (a static custom-VJP argument)."""
-  return (tuple(stride), tuple(map(tuple, padding)), tuple(dilation), int(groups))
-
-
-def out_spatial(x_shape: Sequence[int], kernel: Sequence[int], geometry: Geometry) -> list[int]:
-  """Output spatial sizes for x ``(N, *spatial, C)`` under ``geometry``."""
-  stride, padding, dilation, _ = geometry
-  return [output_size(n, k, p, s, d) for n, k, p, s, d in zip(x_shape[1:-1], kernel, padding, stride, dilation)]
-
-
-def custom_backward(forward: Callable[..., jax.Array], backward: Callable[..., tuple[jax.Array, jax.Array]]) -> Callable[..., jax.Array]:
-  """``conv(x, w, static)`` that runs ``forward(x, w, static)`` and differentiates by ``backward(x, w, dy, static) -> (dx, dw)``.
-
-  Only x and w are kept for the backward pass; ``static`` is a hashable non-differentiable argument.
-  """
-
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-  def conv(x: jax.Array, w: jax.Array, static) -> jax.Array:
-    return forward(x, w, static)
-
-  def conv_fwd(x: jax.Array, w: jax.Array, static) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return forward(x, w, static), (x, w)
-
-  def conv_bwd(static, residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return backward(*residuals, dy, static)
-
-  conv.defvjp(conv_fwd, conv_bwd)
-  return conv
+from jaxconv.geometry import ConvGeometry, Pair
 
 
 def taps(kernel: Sequence[int]) -> list[tuple[int, ...]]:
@@ -147,3 +113,20 @@ def sum_batch(fn: Callable[..., jax.Array], chunk: int, *arrays: jax.Array) -> j
 def image_bytes(shape: Sequence[int], itemsize: int) -> int:
   """Bytes of one batch element of an array of ``shape`` ``(N, ...)``."""
   return math.prod(shape[1:]) * itemsize
+
+
+def unit_stride(g: ConvGeometry, spatial: Sequence[int]) -> ConvGeometry:
+  """``g``'s kernel, dilation and groups as a stride-1, unpadded correlation over ``spatial``.
+
+  The input gradient of ``g`` is that correlation of the padded, stride-dilated dy (``input_grad_pads``)
+  with ``transposed_kernel(w)``: C_out channels in, C_in out.
+  """
+  rank = g.rank
+  return dataclasses.replace(
+      g, spatial=tuple(spatial), stride=(1,) * rank, padding=((0, 0),) * rank, in_channels=g.out_channels, out_channels=g.in_channels
+  )
+
+
+def dy_padding(g: ConvGeometry) -> list[tuple[int, int, int]]:
+  """``lax.pad`` config of dy for ``unit_stride``'s correlation: ``input_grad_pads`` of ``g``."""
+  return input_grad_pads(g.spatial, g.kernel, g.stride, g.padding, g.dilation, g.out_spatial)

@@ -30,24 +30,25 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv.kernels.registry import ConvSpec, accumulation_dtype, register
-from jaxconv.kernels.taps import Geometry, geometry_of, out_spatial, pad_spatial, tap_slice, taps
+from jaxconv.geometry import ConvGeometry
+from jaxconv.kernels.registry import accumulation_dtype, register
+from jaxconv.kernels.taps import pad_spatial, tap_slice, taps
 
 # The largest banded matrix T served (bytes): T grows with the square of the image width.
 MAX_MATRIX_BYTES = 16 * 2**20
 
 
-def padded_width(spec: ConvSpec) -> int:
+def padded_width(spec: ConvGeometry) -> int:
   """``W_p``: the last spatial axis of x with its padding."""
-  return spec.spatial[-1] + sum(spec.padding[-1])
+  return spec.padded[-1]
 
 
-def matrix_shape(spec: ConvSpec) -> tuple[int, int]:
+def matrix_shape(spec: ConvGeometry) -> tuple[int, int]:
   """``(K' * W_p * C_in, W_o * C_out)``: the shape of T for ``spec``."""
   return math.prod(spec.kernel[:-1]) * padded_width(spec) * spec.in_channels, spec.out_spatial[-1] * spec.out_channels
 
 
-def supports_toeplitz(spec: ConvSpec) -> str | None:
+def supports_toeplitz(spec: ConvGeometry) -> str | None:
   """Accept calls whose banded matrix T fits ``MAX_MATRIX_BYTES``."""
   rows, cols = matrix_shape(spec)
   size = rows * cols * spec.dtype.itemsize
@@ -78,30 +79,26 @@ def banded_matrix(w: jax.Array, width: int, out_width: int, stride: int, dilatio
   return t.reshape(-1, out_width * c_out)
 
 
-def row_patches(x: jax.Array, kernel, geometry: Geometry) -> jax.Array:
+def row_patches(x: jax.Array, g: ConvGeometry) -> jax.Array:
   """x ``(N, *spatial, C)`` -> ``(N * prod(out[:-1]), K' * W_p * C)``: whole padded rows per leading tap."""
-  stride, padding, dilation, _ = geometry
-  out = out_spatial(x.shape, kernel, geometry)
-  xp = pad_spatial(x, padding)
+  out = g.out_spatial
+  xp = pad_spatial(x, g.padding)
   # A whole padded row is tap 0 of the last axis read at stride 1 for W_p outputs.
-  row_stride, row_dilation, row_out = (*stride[:-1], 1), (*dilation[:-1], 1), (*out[:-1], xp.shape[-2])
-  rows = [tap_slice(xp, (*tap, 0), row_stride, row_dilation, row_out) for tap in taps(kernel[:-1])]
+  row_stride, row_dilation, row_out = (*g.stride[:-1], 1), (*g.dilation[:-1], 1), (*out[:-1], xp.shape[-2])
+  rows = [tap_slice(xp, (*tap, 0), row_stride, row_dilation, row_out) for tap in taps(g.kernel[:-1])]
   patches = jnp.stack(rows, axis=x.ndim - 2)  # (N, *out[:-1], K', W_p, C)
   return patches.reshape(math.prod(patches.shape[: x.ndim - 2]), -1)
 
 
-def conv_toeplitz_geometry(x: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array:
-  """The correlation x ``(N, *spatial, C_in)`` -> ``(N, *out, C_out)`` as one patch-rows x banded-matrix GEMM."""
-  stride, padding, dilation, groups = geometry
-  kernel = w.shape[:-2]
-  out = out_spatial(x.shape, kernel, geometry)
-  width = x.shape[-2] + sum(padding[-1])  # W_p
-  t = banded_matrix(dense_kernel(w, groups), width, out[-1], stride[-1], dilation[-1])
-  y = lax.dot(row_patches(x, kernel, geometry), t, preferred_element_type=accumulation_dtype(x.dtype))
-  return y.reshape(x.shape[0], *out, w.shape[-1]).astype(x.dtype)
-
-
-@register("toeplitz", supports=supports_toeplitz)
-def conv_toeplitz(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> jax.Array:
+# Local: no. The GEMM's inner products run over whole padded rows, so an inf or NaN reaches every
+# output of its row band (inf * 0 = NaN in T's zeros).
+@register("toeplitz", supports=supports_toeplitz, local=False)
+def conv_toeplitz(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """Whole padded rows times a banded (Toeplitz) matrix of w: one GEMM, for narrow images and few channels."""
-  return conv_toeplitz_geometry(x, w, geometry_of(stride, padding, dilation, groups))
+  out = g.out_spatial
+  t = banded_matrix(dense_kernel(w, g.groups), g.padded[-1], out[-1], g.stride[-1], g.dilation[-1])
+  y = lax.dot(row_patches(x, g), t, preferred_element_type=accumulation_dtype(x.dtype))
+  return y.reshape(x.shape[0], *out, g.out_channels).astype(x.dtype)
+
+
+__all__ = ["MAX_MATRIX_BYTES", "banded_matrix", "conv_toeplitz", "padded_width", "supports_toeplitz"]

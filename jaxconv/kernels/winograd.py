@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv.kernels.registry import ConvSpec, accumulation_dtype, register
-from jaxconv.kernels.taps import batch_chunk, custom_backward, input_grad_pads, map_batch, pad_spatial, sum_batch, transposed_kernel
+from jaxconv.geometry import ConvGeometry
+from jaxconv.kernels.registry import accumulation_dtype, register
+from jaxconv.kernels.taps import batch_chunk, dy_padding, map_batch, pad_spatial, sum_batch, transposed_kernel
 
 # Output tile per axis: 4 -> F(4, 3) (6x6 tiles in 2-D), 2 -> F(2, 3) (4x4 tiles).
 TILE = 4
@@ -51,7 +52,7 @@ TRANSFORMS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
 }
 
 
-def supports_winograd(spec: ConvSpec) -> str | None:
+def supports_winograd(spec: ConvGeometry) -> str | None:
   """Accept 3 taps on every axis, stride 1 and dilation 1."""
   if any(k != 3 for k in spec.kernel):
     return f"it needs a 3-tap kernel on every axis; got kernel {spec.kernel}"
@@ -143,33 +144,35 @@ def chunk_size(x_shape, padding, dtype, m: int) -> int:
   return batch_chunk(x_shape[0], per_image, TILE_BUDGET_BYTES)
 
 
-def forward(x: jax.Array, w: jax.Array, static: tuple) -> jax.Array:
-  """The batch-chunked Winograd conv, ``static = (padding, groups, m)`` (x and w in the accumulation dtype)."""
-  padding, groups, m = static
+def tiled_conv(x: jax.Array, w: jax.Array, padding, groups: int, m: int) -> jax.Array:
+  """The batch-chunked Winograd conv of x and w (both in the accumulation dtype)."""
   return map_batch(lambda xc: forward_chunk(xc, w, padding, groups, m), chunk_size(x.shape, padding, x.dtype, m), x)
 
 
-def backward(x: jax.Array, w: jax.Array, dy: jax.Array, static: tuple) -> tuple[jax.Array, jax.Array]:
-  """dx: the Winograd conv of the padded dy with the flipped kernel; dW: ``G^T (V^T A dy A^T) G`` per chunk."""
-  padding, groups, m = static
-  rank = x.ndim - 2
-  config = input_grad_pads(x.shape[1:-1], (3,) * rank, (1,) * rank, padding, (1,) * rank, dy.shape[1:-1])
-  dyp = lax.pad(dy, jnp.zeros((), dy.dtype), config)
-  dx = forward(dyp, transposed_kernel(w, groups), (((0, 0),) * rank, groups, m))
-  chunk = chunk_size(x.shape, padding, x.dtype, m)
-  du = sum_batch(lambda xc, dyc: kernel_grad_chunk(xc, dyc, padding, groups, m), chunk, x, dy)
-  dw = kernel_transform(du.reshape(*(m + 2,) * rank, *du.shape[1:]), TRANSFORMS[m][1].T)
-  return dx, dw.reshape(w.shape)
-
-
-# Autodiff through the transforms is about 5x slower than this backward pass.
-conv_winograd_vjp = custom_backward(forward, backward)
-
-
-@register("winograd", supports=supports_winograd)
-def conv_winograd(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups) -> jax.Array:
+def forward(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """Winograd F(4, 3) (or F(2, 3)) tiles for 3-tap, stride-1 convs of any rank; batch-chunked."""
-  del stride, dilation  # 1 on every axis (supports_winograd)
   acc = accumulation_dtype(x.dtype)
-  y = conv_winograd_vjp(x.astype(acc), w.astype(acc), (tuple(map(tuple, padding)), int(groups), TILE))
-  return y.astype(x.dtype)
+  return tiled_conv(x.astype(acc), w.astype(acc), g.padding, g.groups, TILE).astype(x.dtype)
+
+
+def input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
+  """dx: the Winograd conv of the padded dy with the flipped kernel."""
+  acc = accumulation_dtype(dy.dtype)
+  dyp = lax.pad(dy.astype(acc), jnp.zeros((), acc), dy_padding(g))
+  return tiled_conv(dyp, transposed_kernel(w.astype(acc), g.groups), ((0, 0),) * g.rank, g.groups, TILE).astype(dy.dtype)
+
+
+def kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
+  """dW: ``G^T (V^T A dy A^T) G``, summed over batch chunks (autodiff through the transforms is ~5x slower)."""
+  acc, m = accumulation_dtype(x.dtype), TILE
+  x, dy = x.astype(acc), dy.astype(acc)
+  chunk = chunk_size(x.shape, g.padding, x.dtype, m)
+  du = sum_batch(lambda xc, dyc: kernel_grad_chunk(xc, dyc, g.padding, g.groups, m), chunk, x, dy)
+  dw = kernel_transform(du.reshape(*(m + 2,) * g.rank, *du.shape[1:]), TRANSFORMS[m][1].T)
+  return dw.reshape(g.w_shape).astype(g.dtype)
+
+
+# Local: no. An inf or NaN input reaches every output of its (m + 2)-wide tiles through B^T.
+register("winograd", input_grad=input_grad, kernel_grad=kernel_grad, supports=supports_winograd, local=False)(forward)
+
+__all__ = ["TILE", "forward", "input_grad", "kernel_grad", "supports_winograd"]

@@ -1,0 +1,451 @@
+"""The geometry of a window operation, resolved once: padding, stride, dilation, groups, output size.
+
+Every public function canonicalises its arguments into one frozen, hashable object here, in
+Python, on static shapes, so that bad input raises ``ValueError``/``TypeError`` naming the
+argument before anything reaches XLA (also under ``jax.jit``), and the kernels, the pools, the
+layers and the receptive-field walk all read the same resolved numbers:
+
+- ``Window``: one window per spatial axis (a pooling window or a conv kernel's taps) on an input
+  of static spatial shape: kernel, stride, dilation, explicit ``(lo, hi)`` pads, output size.
+- ``ConvGeometry``: a ``Window`` plus the batch, the channels, the groups and the dtype of one
+  channels-last convolution ``x (N, *spatial, C_in) * w (*kernel, C_in // groups, C_out)``; it is
+  the static description passed to every kernel (``jaxconv.kernels``).
+
+Padding strings follow one of two conventions (explicit ints and pairs mean the same in both):
+
+=========  ====================================  ==============================================
+string     ``"scipy"`` (correlate/convolve)      ``"lax"`` (conv, pooling)
+=========  ====================================  ==============================================
+valid      ``(0, 0)``                            ``(0, 0)``
+same       ``(k_eff // 2, (k_eff - 1) // 2)``    ``t = max((ceil(n/s) - 1) s + k_eff - n, 0)``,
+                                                 ``(t // 2, t - t // 2)``
+full       ``(k_eff - 1, k_eff - 1)``            ``(k_eff - 1, k_eff - 1)``
+causal     ``(k_eff - 1, 0)`` (one spatial axis)  ``(k_eff - 1, 0)`` (one spatial axis)
+=========  ====================================  ==============================================
+
+``k_eff = d * (k - 1) + 1`` is the dilated kernel extent. For an even kernel the two "same"
+rules put the extra pad on opposite sides: scipy on the low side (its output is the centre of
+the "full" result), lax on the high side. At stride 1 both keep ``n`` outputs.
+
+>>> import jaxconv as jc
+>>> jc.output_shape((28, 28), 5, padding=2)
+(28, 28)
+>>> conv_geometry((8, 28, 28, 1), (5, 5, 1, 6), "float32", padding="same").padding
+((2, 2), (2, 2))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Literal, Union
+
+import numpy as np
+
+Pair = tuple[int, int]
+Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
+Convention = Literal["scipy", "lax"]
+
+PADDING_STRINGS = ("valid", "same", "full", "causal")
+# padding_mode -> numpy.pad's mode that fills the resolved pads the same way.
+PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap", "symmetric": "symmetric"}
+# The largest array (bytes) a geometry may ask for: beyond it, the request is a mistake (a huge
+# padding, say), refused in Python rather than by the allocator after compilation.
+MAX_ARRAY_BYTES = 2**40
+
+
+def is_int(value: object) -> bool:
+  """True for Python and numpy integers, but not for bools: the one integer predicate of jaxconv."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
+  """``value`` as an ``int`` (``TypeError`` naming ``name`` unless an integer, ``ValueError`` below ``minimum``)."""
+  if not is_int(value):
+    raise TypeError(f"{name} must be an int; got {type(value).__name__}: {value!r}")
+  if minimum is not None and int(value) < minimum:  # type: ignore[call-overload]
+    raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
+  return int(value)  # type: ignore[call-overload]
+
+
+def check_bool(value: object, name: str) -> bool:
+  """``value`` if it is a bool (numpy's included); ``TypeError`` naming ``name`` otherwise."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a bool; got {type(value).__name__}: {value!r}")
+  return bool(value)
+
+
+def normalize_ints(value: int | Sequence[int], rank: int, name: str, *, minimum: int = 1) -> tuple[int, ...]:
+  """An int or a length-``rank`` sequence of ints -> a ``rank``-tuple, each >= ``minimum``."""
+  if is_int(value):
+    values = (int(value),) * rank  # type: ignore[arg-type]
+  elif isinstance(value, Sequence) and not isinstance(value, str):
+    if len(value) != rank:
+      raise ValueError(f"{name} must be an int or a sequence of {rank} ints (one per spatial axis); got {value!r}")
+    if not all(is_int(v) for v in value):
+      raise TypeError(f"{name} must hold ints; got {value!r}")
+    values = tuple(int(v) for v in value)
+  else:
+    raise TypeError(f"{name} must be an int or a sequence of {rank} ints; got {value!r}")
+  if any(v < minimum for v in values):
+    raise ValueError(f"{name} must be >= {minimum} on every axis; got {value!r}")
+  return values
+
+
+def effective_kernel_size(k: int, d: int) -> int:
+  """Extent of a ``k``-tap kernel with ``d - 1`` zeros between taps."""
+  return d * (k - 1) + 1
+
+
+def ceil_div(a: int, b: int) -> int:
+  """``ceil(a / b)`` for ints."""
+  return -(-a // b)
+
+
+def _string_pads(mode: str, n: int, k_eff: int, s: int, convention: Convention) -> Pair:
+  """One axis's pads for a padding string."""
+  if mode == "valid":
+    return (0, 0)
+  if mode == "full":
+    return (k_eff - 1, k_eff - 1)
+  if mode == "causal":
+    return (k_eff - 1, 0)
+  if convention == "scipy":  # "same"
+    return (k_eff // 2, (k_eff - 1) // 2)
+  total = max((ceil_div(n, s) - 1) * s + k_eff - n, 0)
+  return (total // 2, total - total // 2)
+
+
+def _is_pair(p: object) -> bool:
+  return isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2 and all(is_int(v) for v in p)
+
+
+def resolve_padding(
+    padding: Padding,
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    *,
+    convention: Convention = "lax",
+) -> tuple[Pair, ...]:
+  """Any padding form -> one explicit non-negative ``(lo, hi)`` pair per spatial axis."""
+  rank = len(spatial)
+  if len(kernel) != rank:
+    raise ValueError(f"kernel has {len(kernel)} spatial axes but the input has {rank}")
+  strides = normalize_ints(stride, rank, "stride")
+  dilations = normalize_ints(dilation, rank, "dilation")
+  if isinstance(padding, str):
+    mode = padding.lower()
+    if mode not in PADDING_STRINGS:
+      raise ValueError(f"padding must be one of {PADDING_STRINGS}, an int, ints or (lo, hi) pairs; got {padding!r}")
+    if mode == "causal" and rank != 1:
+      raise ValueError(f"padding='causal' needs exactly one spatial axis; got {rank} (spatial shape {tuple(spatial)})")
+    extents = (effective_kernel_size(k, d) for k, d in zip(kernel, dilations))
+    return tuple(_string_pads(mode, n, e, s, convention) for n, e, s in zip(spatial, extents, strides))
+  pairs: tuple[Pair, ...]
+  if is_int(padding):
+    pairs = ((int(padding), int(padding)),) * rank  # type: ignore[call-overload]
+  elif isinstance(padding, Sequence) and len(padding) == rank:
+    if all(is_int(p) for p in padding):
+      pairs = tuple((int(p), int(p)) for p in padding)  # type: ignore[call-overload]
+    elif all(_is_pair(p) for p in padding):
+      pairs = tuple((int(lo), int(hi)) for lo, hi in padding)  # type: ignore[misc]
+    else:
+      raise ValueError(f"padding must be {rank} ints or {rank} (lo, hi) int pairs; got {padding!r}")
+  elif isinstance(padding, Sequence):
+    raise ValueError(f"padding must have one entry per spatial axis ({rank}); got {len(padding)}: {padding!r}")
+  else:
+    raise TypeError(f"padding must be a string, an int or a sequence; got {type(padding).__name__}: {padding!r}")
+  if any(v < 0 for pair in pairs for v in pair):
+    raise ValueError(f"padding must be non-negative; got {padding!r}")
+  return pairs
+
+
+def output_size(n: int, k: int, pads: Pair, s: int = 1, d: int = 1, ceil_mode: bool = False) -> int:
+  """One axis: ``floor((n + lo + hi - d*(k-1) - 1) / s) + 1`` windows.
+
+  With ``ceil_mode`` (PyTorch's pools): ``ceil(...) + 1``, one fewer if the last window would
+  start at or past ``n + lo`` (in the high padding only).
+  """
+  span = n + pads[0] + pads[1] - effective_kernel_size(k, d)
+  if not ceil_mode:
+    return span // s + 1
+  out = ceil_div(span, s) + 1
+  return out - 1 if (out - 1) * s >= n + pads[0] else out
+
+
+def check_fits(spatial: Sequence[int], kernel: Sequence[int], pairs: Sequence[Pair], dilation: Sequence[int], name: str = "w") -> None:
+  """Raise ``ValueError`` when the dilated kernel is larger than the padded input on some axis."""
+  for axis, (n, k, (lo, hi), d) in enumerate(zip(spatial, kernel, pairs, dilation)):
+    k_eff = effective_kernel_size(k, d)
+    if n + lo + hi < k_eff:
+      raise ValueError(
+          f"{name}: kernel extent {k_eff} (size {k}, dilation {d}) is larger than the padded input "
+          f"{n} + {lo} + {hi} = {n + lo + hi} on spatial axis {axis}"
+      )
+
+
+def check_allocatable(shape: Sequence[int], itemsize: int, name: str, what: str) -> None:
+  """``ValueError`` naming ``name`` when an array of ``shape`` could never be allocated."""
+  size = math.prod(shape) * itemsize
+  if size > MAX_ARRAY_BYTES:
+    raise ValueError(f"{name}: the {what} {tuple(shape)} would take {size / 2**40:.1f} TiB (> {MAX_ARRAY_BYTES // 2**40} TiB)")
+
+
+def check_padding_mode(padding_mode: object, spatial: Sequence[int], pads: Sequence[Pair]) -> str:
+  """``padding_mode`` if known and able to fill ``pads`` on an input of ``spatial`` shape.
+
+  As ``numpy.pad`` and PyTorch: "reflect" needs pads < n, "circular" and "symmetric" pads <= n.
+  """
+  if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+    raise ValueError(f"padding_mode must be one of {tuple(PADDING_MODES)}; got {padding_mode!r}")
+  if padding_mode in ("zeros", "replicate") or not any(lo or hi for lo, hi in pads):
+    if padding_mode == "replicate" and any(n == 0 and (lo or hi) for n, (lo, hi) in zip(spatial, pads)):
+      raise ValueError("padding: padding_mode='replicate' cannot fill pads of an empty spatial axis")
+    return padding_mode
+  strict = padding_mode == "reflect"
+  for axis, (n, (lo, hi)) in enumerate(zip(spatial, pads)):
+    limit = n - 1 if strict else n
+    if max(lo, hi) > limit:
+      raise ValueError(
+          f"padding: padding_mode={padding_mode!r} needs pads {'<' if strict else '<='} the input size {n} on spatial axis {axis}; "
+          f"got ({lo}, {hi})"
+      )
+  return padding_mode
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+  """One window per spatial axis over an input of static spatial shape, fully resolved.
+
+  ``kernel`` is the number of taps per axis (a pool's window), ``padding`` explicit ``(lo, hi)``
+  pairs; ``ceil_mode`` keeps PyTorch's extra partial window at the high end (pools only).
+  """
+
+  spatial: tuple[int, ...]
+  kernel: tuple[int, ...]
+  stride: tuple[int, ...]
+  dilation: tuple[int, ...]
+  padding: tuple[Pair, ...]
+  ceil_mode: bool = False
+
+  @property
+  def rank(self) -> int:
+    """Number of spatial axes."""
+    return len(self.spatial)
+
+  @property
+  def kernel_extent(self) -> tuple[int, ...]:
+    """The dilated kernel extent per axis, ``d * (k - 1) + 1``."""
+    return tuple(effective_kernel_size(k, d) for k, d in zip(self.kernel, self.dilation))
+
+  @property
+  def padded(self) -> tuple[int, ...]:
+    """The spatial shape with the pads, ``n + lo + hi`` per axis."""
+    return tuple(n + lo + hi for n, (lo, hi) in zip(self.spatial, self.padding))
+
+  @property
+  def out_spatial(self) -> tuple[int, ...]:
+    """The output spatial shape (number of windows per axis)."""
+    return tuple(
+        output_size(n, k, p, s, d, self.ceil_mode)
+        for n, k, p, s, d in zip(self.spatial, self.kernel, self.padding, self.stride, self.dilation)
+    )
+
+  @property
+  def taps(self) -> int:
+    """Taps per window, ``prod(kernel)``."""
+    return math.prod(self.kernel)
+
+
+def resolve_window(
+    spatial: Sequence[int],
+    kernel: int | Sequence[int],
+    padding: Padding = "valid",
+    stride: int | Sequence[int] | None = 1,
+    dilation: int | Sequence[int] = 1,
+    *,
+    convention: Convention = "lax",
+    ceil_mode: bool = False,
+    kernel_name: str = "w",
+) -> Window:
+  """Validate and resolve a window over ``spatial``; ``stride=None`` means the window itself (pools)."""
+  spatial = tuple(int(n) for n in spatial)
+  rank = len(spatial)
+  kernel = normalize_ints(kernel, rank, kernel_name)
+  strides = kernel if stride is None else normalize_ints(stride, rank, "stride")
+  dilations = normalize_ints(dilation, rank, "dilation")
+  pads = resolve_padding(padding, spatial, kernel, strides, dilations, convention=convention)
+  check_fits(spatial, kernel, pads, dilations, name=kernel_name)
+  window = Window(spatial, kernel, strides, dilations, pads, check_bool(ceil_mode, "ceil_mode"))
+  check_allocatable(window.padded, 1, "padding", "padded input's spatial shape")
+  return window
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry(Window):
+  """One channels-last convolution: x ``(N, *spatial, C_in)``, w ``(*kernel, C_in // groups, C_out)``.
+
+  The static description every kernel receives (frozen and hashable: a primitive parameter).
+  """
+
+  batch: int = 1
+  in_channels: int = 1
+  out_channels: int = 1
+  groups: int = 1
+  dtype: np.dtype = np.dtype(np.float32)
+
+  @property
+  def x_shape(self) -> tuple[int, ...]:
+    """``(N, *spatial, C_in)``."""
+    return (self.batch, *self.spatial, self.in_channels)
+
+  @property
+  def w_shape(self) -> tuple[int, ...]:
+    """``(*kernel, C_in // groups, C_out)``."""
+    return (*self.kernel, self.in_channels // self.groups, self.out_channels)
+
+  @property
+  def out_shape(self) -> tuple[int, ...]:
+    """``(N, *out_spatial, C_out)``."""
+    return (self.batch, *self.out_spatial, self.out_channels)
+
+  @property
+  def group_in(self) -> int:
+    """Input channels per group, ``C_in // groups``."""
+    return self.in_channels // self.groups
+
+  @property
+  def group_out(self) -> int:
+    """Output channels per group, ``C_out // groups``."""
+    return self.out_channels // self.groups
+
+  @property
+  def empty(self) -> bool:
+    """Whether x, w or y has no elements (no kernel runs then: ``jaxconv.ops`` answers itself)."""
+    return 0 in self.x_shape or 0 in self.w_shape or 0 in self.out_shape
+
+  @property
+  def flops(self) -> int:
+    """Multiply-adds x 2 of the forward pass."""
+    return 2 * math.prod(self.out_shape) * self.taps * self.group_in
+
+  def with_batch(self, batch: int) -> ConvGeometry:
+    """The same convolution on a batch of ``batch`` images."""
+    return dataclasses.replace(self, batch=batch)
+
+  def transposed(self) -> ConvGeometry:
+    """The geometry of ``w``'s input gradient seen as a forward conv: C_out -> C_in, same window."""
+    return dataclasses.replace(self, in_channels=self.out_channels, out_channels=self.in_channels)
+
+
+def check_channels(x_shape: Sequence[int], w_shape: Sequence[int], groups: int) -> None:
+  """Raise unless w ``(*kernel, C_in // groups, C_out)`` fits x ``(N, *spatial, C_in)`` and ``groups``."""
+  if len(w_shape) != len(x_shape):
+    raise ValueError(
+        f"w must have ndim {len(x_shape)} ((*kernel, C_in // groups, C_out) for x of shape {tuple(x_shape)}); "
+        f"got shape {tuple(w_shape)}"
+    )
+  c_in, c_out = x_shape[-1], w_shape[-1]
+  if c_in % groups:
+    raise ValueError(f"groups={groups} must divide the input channels C_in={c_in}")
+  if c_out % groups:
+    raise ValueError(f"groups={groups} must divide the output channels C_out={c_out} (w.shape[-1])")
+  if w_shape[-2] * groups != c_in:
+    raise ValueError(
+        f"w: channel mismatch: x has C_in={c_in}, so w.shape[-2] must be C_in // groups = {c_in // groups}; "
+        f"got w of shape {tuple(w_shape)}"
+    )
+  if any(k < 1 for k in w_shape[:-2]):
+    raise ValueError(f"w must have at least one tap on every spatial axis; got shape {tuple(w_shape)}")
+
+
+def conv_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    dtype: object,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = "valid",
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    convention: Convention = "lax",
+) -> ConvGeometry:
+  """Validate a channels-last conv call (x ``(N, *spatial, C_in)``, w ``(*kernel, C_in // groups, C_out)``) and resolve it."""
+  x_shape, w_shape = tuple(int(n) for n in x_shape), tuple(int(n) for n in w_shape)
+  groups = check_int(groups, "groups", minimum=1)
+  check_channels(x_shape, w_shape, groups)
+  window = resolve_window(x_shape[1:-1], w_shape[:-2], padding, stride, dilation, convention=convention)
+  dtype = np.dtype(dtype)  # type: ignore[call-overload]
+  geometry = ConvGeometry(
+      **{f.name: getattr(window, f.name) for f in dataclasses.fields(Window)},
+      batch=x_shape[0],
+      in_channels=x_shape[-1],
+      out_channels=w_shape[-1],
+      groups=groups,
+      dtype=dtype,
+  )
+  check_allocatable((geometry.batch, *geometry.padded, geometry.in_channels), dtype.itemsize, "padding", "padded input")
+  check_allocatable(geometry.out_shape, dtype.itemsize, "padding", "output")
+  return geometry
+
+
+def output_shape(
+    spatial: int | Sequence[int],
+    kernel: int | Sequence[int],
+    padding: Padding = "valid",
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    *,
+    ceil_mode: bool = False,
+) -> tuple[int, ...]:
+  """Output spatial shape of a convolution or pooling window, computed without running it.
+
+  ``spatial`` is an int (one axis) or a sequence; ``kernel`` an int (every axis) or a sequence;
+  ``ceil_mode`` as in the pools. For a transposed convolution see ``transpose_output_shape``.
+
+  >>> output_shape((28, 28), (5, 5), padding="same", stride=2)
+  (14, 14)
+  >>> output_shape(5, 2, stride=2, ceil_mode=True)
+  (3,)
+  """
+  if is_int(spatial):
+    spatial = (spatial,)  # type: ignore[assignment]
+  if not isinstance(spatial, Sequence) or isinstance(spatial, str):
+    raise TypeError(f"spatial must be an int or a sequence of ints; got {spatial!r}")
+  spatial = normalize_ints(tuple(spatial), len(spatial), "spatial", minimum=0)
+  return resolve_window(spatial, kernel, padding, stride, dilation, ceil_mode=ceil_mode, kernel_name="kernel").out_spatial
+
+
+def transpose_output_size(n: int, k_eff: int, pads: Pair, s: int, output_padding: int = 0) -> int:
+  """One axis of a transposed convolution: ``(n - 1) * s + k_eff - lo - hi + output_padding``."""
+  return (n - 1) * s + k_eff - pads[0] - pads[1] + output_padding
+
+
+__all__ = [
+    "ConvGeometry",
+    "MAX_ARRAY_BYTES",
+    "PADDING_MODES",
+    "PADDING_STRINGS",
+    "Pair",
+    "Padding",
+    "Window",
+    "ceil_div",
+    "check_bool",
+    "check_channels",
+    "check_fits",
+    "check_int",
+    "check_padding_mode",
+    "conv_geometry",
+    "effective_kernel_size",
+    "is_int",
+    "normalize_ints",
+    "output_shape",
+    "output_size",
+    "resolve_padding",
+    "resolve_window",
+    "transpose_output_size",
+]
