@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv import kernels, ops
-from jaxconv.kernels import ConvSpec
+from jaxconv.geometry import ConvGeometry, conv_geometry
 from jaxconv.geometry import Padding
 
 
@@ -41,11 +41,9 @@ class Shape:
   dilation: int | tuple[int, ...] = 1
   groups: int = 1
 
-  def spec(self, dtype=jnp.float32) -> ConvSpec:
+  def spec(self, dtype=jnp.float32) -> ConvGeometry:
     """The validated kernel-call description of this case."""
-    x = jax.ShapeDtypeStruct(self.x, dtype)
-    w = jax.ShapeDtypeStruct(self.w, dtype)
-    return ops.conv_spec(x, w, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+    return conv_geometry(self.x, self.w, dtype, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
 
   def geometry(self) -> dict:
     """The keyword arguments of ``jc.conv`` for this case."""
@@ -240,7 +238,7 @@ def bench_shape(shape: Shape, impls: Sequence[str], *, repeats: int, with_torch:
   calls: dict[str, Callable[[], object]] = {}
   for impl in impls:
     row = rows[impl] = {"shape": shape.name, "impl": impl}
-    reason = kernels.get(impl).supports(spec)
+    reason = kernels.get(impl).refusal(spec)
     if reason is not None:
       row["skipped"] = f"refused: {reason}"
       continue

@@ -17,7 +17,8 @@ import pytest
 from jax import lax
 
 import jaxconv as jc
-from jaxconv import bench, kernels, ops
+from jaxconv import bench, kernels
+from jaxconv.geometry import ConvGeometry, conv_geometry
 from jaxconv.kernels import auto, depthwise, fft, im2col, taps, toeplitz, winograd
 from references import LAX_DIMS, assert_close, random
 
@@ -129,16 +130,15 @@ def test_auto_leaves_dense_convs_to_lax_when_ynnpack_convolutions_are_off(monkey
   assert choices == {**AUTO_CHOICES, "resnet_3x3": "lax", "resnet_3x3_s2": "lax", "bottleneck_1x1": "lax"}
 
 
-def specs_grid() -> list[kernels.ConvSpec]:
+def specs_grid() -> list[ConvGeometry]:
   """Small specs over ranks, kernel sizes, channel counts, groups and strides."""
   specs = []
   for rank in (1, 2, 3):
     for k in (1, 3, 5):
       for c_in, c_out, groups in ((1, 6, 1), (8, 8, 8), (6, 16, 1), (64, 64, 1), (64, 128, 4), (8, 8, 1)):
         for stride in (1, 2):
-          x = jax.ShapeDtypeStruct((2, *(11,) * rank, c_in), jnp.float32)
-          w = jax.ShapeDtypeStruct((*(k,) * rank, c_in // groups, c_out), jnp.float32)
-          specs.append(ops.conv_spec(x, w, stride=stride, padding="same", dilation=1, groups=groups))
+          x, w = (2, *(11,) * rank, c_in), (*(k,) * rank, c_in // groups, c_out)
+          specs.append(conv_geometry(x, w, jnp.float32, stride=stride, padding="same", dilation=1, groups=groups))
   return specs
 
 
@@ -146,7 +146,7 @@ def test_auto_only_chooses_kernels_that_accept_the_call():
   """Whatever the shapes, the chosen kernel is registered and its supports() accepts the spec."""
   for spec in specs_grid():
     choice = auto.choose(spec)
-    assert kernels.get(choice).supports(spec) is None, (choice, spec)
+    assert kernels.get(choice).refusal(spec) is None, (choice, spec)
 
 
 @pytest.mark.parametrize("name", ["large_15x15", "depthwise_3x3", "resnet_3x3"])
@@ -207,7 +207,7 @@ def test_fft_error_is_within_its_stated_bound(rng):
 def test_winograd_refuses_what_it_cannot_do(w_shape, geometry, reason):
   """supports() names the reason, and jc.conv turns it into a ValueError naming the impl."""
   x = np.ones((1, 9, 9, 2), np.float32)
-  spec = ops.conv_spec(x, np.ones(w_shape, np.float32), padding="valid", **{"stride": 1, "dilation": 1, "groups": 1, **geometry})
+  spec = conv_geometry(x.shape, w_shape, np.float32, padding="valid", **{"stride": 1, "dilation": 1, "groups": 1, **geometry})
   assert reason in winograd.supports_winograd(spec)
   with pytest.raises(ValueError, match="impl='winograd'"):
     jc.conv(x, np.ones(w_shape, np.float32), impl="winograd", **geometry)
