@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxconv import nn
+from jaxconv.geometry import check_int
 
 VARIANTS = ("modern", "classic")
 
@@ -41,8 +42,7 @@ class LeNet(nnx.Module):
       input_shape: Sequence[int] = (28, 28, 1),
       rngs: nnx.Rngs,
   ):
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-      raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
     if len(input_shape) != 3:
       raise ValueError(f"input_shape must be (H, W, C); got {input_shape!r}")
     act, pool, init = variant_layers(variant)
