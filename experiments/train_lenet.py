@@ -26,6 +26,7 @@ from ml_collections import config_flags  # noqa: E402
 from experiments.lenet import train_and_evaluate  # noqa: E402
 from jaxconv import parallel  # noqa: E402
 from jaxconv.training import ConfigMismatchError, NoIntactCheckpointError, NonFiniteLossError, WorkdirLockedError  # noqa: E402
+from jaxconv.training.checkpoint import quiet_writer_threads  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and curves.png.")
@@ -45,6 +46,7 @@ def main(argv: list[str]) -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   log = logging.getLogger("jaxconv")
   log.setLevel(logging.INFO)
+  quiet_writer_threads()  # a failed save is reported once, below
   try:
     parallel.initialize_distributed(FLAGS.config)  # before jax.devices() starts the backend
     log.info("JAX %s on %s", jax.__version__, jax.devices())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "NoIntactCheckpointError",
     "abstract",
     "config_differences",
+    "quiet_writer_threads",
     "tree_digest",
 ]
 
@@ -197,6 +199,28 @@ class Checkpoints:
       report += f"; moved to {target}"
     log.warning("%s", report)
     return report
+
+
+def quiet_writer_threads() -> None:
+  """Silence the echoes of a failed save in orbax's and tensorstore's threads, for a command line's output.
+
+  ``Checkpoints.save`` raises the failure itself; meanwhile orbax logs it from each writer thread
+  with a traceback, and tensorstore's callbacks raise "Event loop is closed" into the void after
+  orbax's event loop stopped: on a full disk some 40 tracebacks of the one error. Process-wide.
+  """
+  logging.getLogger("absl").addFilter(_without_thread_failures)
+  default_hook = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+      default_hook(unraisable)
+
+  sys.unraisablehook = hook
+
+
+def _without_thread_failures(record: logging.LogRecord) -> bool:
+  """False for orbax's log of a failed writer thread (whose error ``save`` raises)."""
+  return "_SignalingThread.run() raised an exception" not in record.getMessage()
 
 
 def _reason(error: BaseException) -> str:
