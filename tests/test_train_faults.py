@@ -7,7 +7,6 @@ before anything is compiled); the others call the library or the program in this
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -50,7 +48,7 @@ def load_config(path: Path = SMOKE, **fields):
 
 def tiny_config(**fields):
   """The smoke config on 256 training and 64 test images."""
-  return load_config(data__train_size=256, data__test_size=64, steps_per_call=2, **fields)
+  return load_config(**{"data__train_size": 256, "data__test_size": 64, "steps_per_call": 2, **fields})
 
 
 def cli(workdir: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -244,6 +242,7 @@ def jax_leaves(tree):
 
 
 @pytest.mark.parametrize("damage", [*DAMAGE, "empty_step_dir"])
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's read coroutines of a truncated file
 def test_damaged_latest_checkpoint_is_set_aside(tmp_path, caplog, damage):
   directory = tmp_path / "checkpoints"
   items = saved(directory)
