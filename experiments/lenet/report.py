@@ -11,7 +11,7 @@ from typing import Any
 
 from jaxconv import parallel
 
-__all__ = ["CURVES_FILE", "METRICS_FILE", "Progress", "append_metrics", "plot_curves", "strict_record", "write_metrics"]
+__all__ = ["CURVES_FILE", "METRICS_FILE", "Progress", "append_metrics", "metrics_current", "plot_curves", "strict_record", "write_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -51,14 +51,19 @@ def _lines(history: list[dict]) -> str:
   return "".join(json.dumps(strict_record(record), allow_nan=False) + "\n" for record in history)
 
 
+def metrics_current(path: Path, history: list[dict]) -> bool:
+  """Whether ``path`` holds exactly the JSON lines of ``history``."""
+  return path.is_file() and path.read_text() == _lines(history)
+
+
 def write_metrics(path: Path, history: list[dict]) -> bool:
   """Make ``path`` hold one JSON line per epoch of ``history``, replacing it atomically; False if it already did.
 
   Nothing is written when the file is already right, so a finished run needs no write access.
   """
-  text = _lines(history)
-  if path.is_file() and path.read_text() == text:
+  if metrics_current(path, history):
     return False
+  text = _lines(history)
   tmp = path.with_suffix(".tmp")
   tmp.write_text(text)
   tmp.replace(path)

@@ -24,7 +24,7 @@ from flax import nnx
 from experiments.lenet.config import RESUME_SAFE, config_record, validate_config
 from experiments.lenet.data import NUM_CLASSES, device_data
 from experiments.lenet.recipe import create_model, create_optimizer, learning_rate_schedule
-from experiments.lenet.report import CURVES_FILE, METRICS_FILE, Progress, append_metrics, plot_curves, strict_record, write_metrics
+from experiments.lenet.report import CURVES_FILE, METRICS_FILE, Progress, append_metrics, metrics_current, plot_curves, strict_record, write_metrics
 from jaxconv import parallel
 from jaxconv.training import (
     Batch,
@@ -141,6 +141,8 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, main: bool, rea
     # because a run was killed between saving and appending, is rewritten from it.
     if main and not read_only:
       write_metrics(workdir / METRICS_FILE, history)
+    elif main and not metrics_current(workdir / METRICS_FILE, history):
+      log.warning("%s is read-only: its %s does not match the checkpoint's %d epochs and stays so", workdir, METRICS_FILE, len(history))
     if done and main:
       log.info("resuming from %s after epoch %d", workdir, done)
     if done < config.num_epochs:

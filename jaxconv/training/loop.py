@@ -81,7 +81,7 @@ def place_eval(images: np.ndarray, labels: np.ndarray, mesh: Mesh) -> Batch:
 def _place(images: np.ndarray, labels: np.ndarray, mesh: Mesh) -> Batch:
   """``Batch(images, labels)`` as global arrays split along the examples; each process copies only its rows."""
   rows = parallel.process_rows(len(labels), mesh)
-  return parallel.shard_examples(Batch(images[rows], labels[rows]), mesh, len(labels))
+  return Batch(*parallel.shard_examples((images[rows], labels[rows]), mesh, len(labels)))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, shards: int = 1) -> int:
@@ -119,8 +119,8 @@ def compile_steps(
   idx = jax.ShapeDtypeStruct((steps, batch_size), jnp.int32)
   in_shardings = (replicated, replicated, examples, parallel.sharding(mesh, None, parallel.DATA_AXIS), replicated, replicated)
   # The state is donated: each call updates the parameters and Adam moments in place.
-  train_steps = jax.jit(make_train_steps(make_train_step(graphdef, tx, mesh), mesh), in_shardings=in_shardings, out_shardings=replicated, donate_argnums=0)
-  train_steps = train_steps.lower(state, zero_metrics(), train, idx, 0, 0).compile()
+  jitted = jax.jit(make_train_steps(make_train_step(graphdef, tx, mesh), mesh), in_shardings=in_shardings, out_shardings=replicated, donate_argnums=0)
+  train_steps = jitted.lower(state, zero_metrics(), train, idx, 0, 0).compile()
   evaluate = jax.jit(make_evaluate(graphdef, eval_batch_size, mesh), in_shardings=(replicated, examples), out_shardings=replicated)
   return train_steps, evaluate.lower(state.params, test).compile()
 
