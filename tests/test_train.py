@@ -229,3 +229,14 @@ def test_progress_bar_draws_only_when_enabled(capsys):
   quiet.update(4)
   quiet.close()
   assert capsys.readouterr().err == ""
+
+
+def test_library_does_not_import_the_program():
+  # Data -> training program -> library: only the jaxconv.train shim reaches experiments/, and lazily.
+  import ast
+
+  for path in sorted((ROOT / "jaxconv").rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+      higher = [n for n in names if n.split(".")[0] in ("experiments", "configs")]
+      assert not higher or path.name == "train.py" and path.parent.name == "jaxconv" and node.col_offset > 0, f"{path} imports {higher}"

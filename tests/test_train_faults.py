@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from experiments import lenet
+from experiments.lenet import data as program_data
 from experiments.lenet import report
 from jaxconv import training
 
@@ -319,6 +320,21 @@ def test_resume_with_another_config_is_refused_naming_the_fields(trained, tmp_pa
   safe = tiny_config(steps_per_call=3, eval_batch_size=32)
   safe.model.impl = "lax"
   assert lenet.train_and_evaluate(safe, workdir) == trained[1]
+
+
+def test_resume_with_other_image_sizes_is_refused(trained, tmp_path, monkeypatch):
+  # The same config reading other files (here: the images padded to 32x32): refused, not "damaged".
+  workdir = copy_run(trained, tmp_path)
+  load_split = program_data.load_split
+
+  def padded(config, split):
+    images, labels = load_split(config, split)
+    return np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))), labels
+
+  monkeypatch.setattr(program_data, "load_split", padded)
+  with pytest.raises(training.ConfigMismatchError, match=r"image size \(H, W, C\): \(28, 28, 1\) -> \(32, 32, 1\)"):
+    lenet.train_and_evaluate(tiny_config(), workdir)
+  assert not (workdir / f"{lenet.CHECKPOINT_DIR}.damaged").exists()
 
 
 def test_damaged_latest_checkpoint_resumes_from_the_intact_one(trained, tmp_path, caplog):

@@ -52,12 +52,18 @@ KEEP_CHECKPOINTS = 2
 log = logging.getLogger("jaxconv.lenet")
 
 
-def _check_resume(config: ml_collections.ConfigDict, directory: Path):
-  """``check(meta)`` for ``Checkpoints.restore``: refuses a checkpoint whose config differs outside ``RESUME_SAFE``."""
+def _check_resume(config: ml_collections.ConfigDict, directory: Path, input_shape: tuple[int, ...] | None = None):
+  """``check(meta)`` for ``Checkpoints.restore``: refuses a checkpoint whose config differs outside ``RESUME_SAFE``.
+
+  With ``input_shape``, the images' ``(H, W, C)`` must also be the checkpoint's (the same config
+  may read other files).
+  """
   current = config_record(config)
 
   def check(meta: dict[str, Any]) -> None:
     differences = config_differences(meta.get("config", {}), current, RESUME_SAFE)
+    if input_shape is not None and tuple(meta.get("input_shape", ())) != input_shape:
+      differences.append(f"image size (H, W, C): {tuple(meta.get('input_shape', ()))} -> {input_shape}")
     if differences:
       raise ConfigMismatchError(
           f"the checkpoints under {directory} were written with another config; resuming would change "
@@ -132,7 +138,7 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, main: bool, rea
 
   with Checkpoints(directory, KEEP_CHECKPOINTS, create=not read_only) as checkpoints:
     targets = {"params": abstract(state.params), "opt_state": abstract(state.opt_state)}
-    restored = checkpoints.restore(targets, _check_resume(config, directory), set_aside=main and not read_only)
+    restored = checkpoints.restore(targets, _check_resume(config, directory, input_shape), set_aside=main and not read_only)
     done, history = 0, []
     if restored is not None:
       done, items, meta = restored
