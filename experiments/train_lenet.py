@@ -25,8 +25,13 @@ from ml_collections import config_flags  # noqa: E402
 
 from experiments.lenet import train_and_evaluate  # noqa: E402
 from jaxconv import parallel  # noqa: E402
-from jaxconv.training import ConfigMismatchError, NoIntactCheckpointError, NonFiniteLossError, WorkdirLockedError  # noqa: E402
-from jaxconv.training.checkpoint import quiet_writer_threads  # noqa: E402
+from jaxconv.training import (  # noqa: E402
+    ConfigMismatchError,
+    NoIntactCheckpointError,
+    NonFiniteLossError,
+    WorkdirLockedError,
+    quiet_writer_threads,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and curves.png.")

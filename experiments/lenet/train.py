@@ -24,7 +24,16 @@ from flax import nnx
 from experiments.lenet.config import RESUME_SAFE, config_record, validate_config
 from experiments.lenet.data import NUM_CLASSES, device_data
 from experiments.lenet.recipe import create_model, create_optimizer, learning_rate_schedule
-from experiments.lenet.report import CURVES_FILE, METRICS_FILE, Progress, append_metrics, metrics_current, plot_curves, strict_record, write_metrics
+from experiments.lenet.report import (
+    CURVES_FILE,
+    METRICS_FILE,
+    Progress,
+    append_metrics,
+    metrics_current,
+    plot_curves,
+    strict_record,
+    write_metrics,
+)
 from jaxconv import parallel
 from jaxconv.training import (
     Batch,

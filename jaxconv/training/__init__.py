@@ -11,7 +11,15 @@ mesh is trivial and nothing else changes. The LeNet-on-MNIST program built on th
 ``experiments/lenet/``.
 """
 
-from jaxconv.training.checkpoint import Checkpoints, ConfigMismatchError, NoIntactCheckpointError, abstract, config_differences, tree_digest
+from jaxconv.training.checkpoint import (
+    Checkpoints,
+    ConfigMismatchError,
+    NoIntactCheckpointError,
+    abstract,
+    config_differences,
+    quiet_writer_threads,
+    tree_digest,
+)
 from jaxconv.training.lock import WorkdirLock, WorkdirLockedError
 from jaxconv.training.loop import (
     NonFiniteLossError,
@@ -64,6 +72,7 @@ __all__ = [
     "mean_loss",
     "place_eval",
     "place_train",
+    "quiet_writer_threads",
     "run_epoch",
     "steps_per_epoch",
     "summarize",
