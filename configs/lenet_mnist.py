@@ -2,12 +2,12 @@
 
 import ml_collections
 
-from jaxconv import train
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Hyperparameters of the main training run."""
-  config = train.default_config()
+  config = default.get_config()
   config.model.variant = "modern"
   config.num_epochs = 10
   config.batch_size = 128

@@ -2,12 +2,12 @@
 
 import ml_collections
 
-from jaxconv import train
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Hyperparameters of the smoke run."""
-  config = train.default_config()
+  config = default.get_config()
   config.data.train_size = 2048
   config.data.test_size = 512
   config.num_epochs = 2

@@ -14,17 +14,21 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: experiments.lenet, configs
 
 import jax
 import numpy as np
 from absl import app, flags
-from flax import nnx
 
 import ml_collections
 from ml_collections import config_flags
 
-from jaxconv import parallel, train
+from experiments import lenet
+from jaxconv import parallel, training
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/lenet_mnist.py", "Training configuration (run from the repository root).")
@@ -44,23 +48,23 @@ def bench_config(impl: str | None) -> ml_collections.ConfigDict:
   return config
 
 
-def jax_trainer(config: ml_collections.ConfigDict, mesh, train_data: train.Batch, test_data: train.Batch):
+def jax_trainer(config: ml_collections.ConfigDict, mesh, train_data: training.Batch, test_data: training.Batch):
   """A function running one jaxconv training epoch (returns its seconds), and the compile seconds."""
   num_train = train_data.labels.shape[0]
-  graphdef, params = nnx.split(train.create_model(config, tuple(train_data.images.shape[1:])), nnx.Param)
-  tx = train.create_optimizer(config, train.steps_per_epoch(num_train, config.batch_size, parallel.num_shards(mesh)))
-  state = [parallel.replicate(train.TrainState(params, tx.init(params)), mesh)]
+  tx = lenet.create_optimizer(config, training.steps_per_epoch(num_train, config.batch_size, parallel.num_shards(mesh)))
+  graphdef, state = training.create_state(lenet.create_model(config, tuple(train_data.images.shape[1:])), tx)
+  state = [parallel.replicate(state, mesh)]
   start = time.perf_counter()
-  train_steps, _ = train.compile_steps(config, graphdef, tx, state[0], train_data, test_data, mesh)
+  train_steps, _ = training.compile_steps(graphdef, tx, state[0], train_data, test_data, config.batch_size, config.eval_batch_size, mesh)
   compile_seconds = time.perf_counter() - start
   epoch = [0]
 
   def run() -> float:
     epoch[0] += 1
-    idx = train.epoch_batches(config.seed, epoch[0], num_train, config.batch_size, mesh)
+    idx = training.epoch_batches(config.seed, epoch[0], num_train, config.batch_size, mesh)
     idx.block_until_ready()
     start = time.perf_counter()
-    state[0], _ = train.run_epoch(train_steps, state[0], train_data, idx, config.steps_per_call, "")
+    state[0], _ = training.run_epoch(train_steps, state[0], train_data, idx, config.steps_per_call)
     return time.perf_counter() - start
 
   return run, compile_seconds
@@ -101,8 +105,8 @@ def main(argv: list[str]) -> None:
   del argv
   config = bench_config(FLAGS.config.model.impl)
   mesh = parallel.make_mesh(config.mesh.data)
-  train_data, test_data = train.device_data(config, mesh)
-  steps = train.steps_per_epoch(train_data.labels.shape[0], config.batch_size, parallel.num_shards(mesh))
+  train_data, test_data = lenet.device_data(config, mesh)
+  steps = training.steps_per_epoch(train_data.labels.shape[0], config.batch_size, parallel.num_shards(mesh))
   images_per_epoch = steps * config.batch_size
   runners, results = {}, {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__, "devices": len(mesh.devices.flat), "load_average_before": os.getloadavg()}
   for impl in FLAGS.impl or [config.model.impl]:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root: experiments.lenet, configs
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import lenet
 from jaxconv import receptive_field as rf
-from jaxconv import train
 from jaxconv.models import LeNet
 from jaxconv.textbook import layer_outputs
 from textbook_common import define_outdir, heatmap, plt, save
@@ -32,11 +35,11 @@ COLUMNS = 8
 def trained_model(config, workdir: str) -> LeNet:
   """The LeNet of ``workdir``'s latest checkpoint, training ``config`` there first if it has none."""
   try:
-    return train.restore_model(config, workdir)
+    return lenet.restore_model(config, workdir)
   except FileNotFoundError:
     print(f"no checkpoint in {workdir}: training for {config.num_epochs} epoch(s) first")
-    train.train_and_evaluate(config, workdir)
-    return train.restore_model(config, workdir)
+    lenet.train_and_evaluate(config, workdir)
+    return lenet.restore_model(config, workdir)
 
 
 def draw_maps(axes, maps: np.ndarray, title: str) -> None:
@@ -51,10 +54,10 @@ def main(argv: list[str]) -> None:
   config = CONFIG.value
   workdir = WORKDIR.value or str(pathlib.Path(OUTDIR.value) / "lenet")
   model = trained_model(config, workdir)
-  history = [json.loads(line) for line in (pathlib.Path(workdir) / train.METRICS_FILE).read_text().splitlines()]
+  history = [json.loads(line) for line in (pathlib.Path(workdir) / lenet.METRICS_FILE).read_text().splitlines()]
   print(f"checkpoint {workdir}: {config.model.variant} LeNet after {history[-1]['epoch']} epoch(s), test accuracy {history[-1]['test_accuracy']:.4f}")
 
-  _, test = train.device_data(config)
+  _, test = lenet.device_data(config)
   digit = test.images[DIGIT.value : DIGIT.value + 1]
   outputs = [np.asarray(y[0]) for y in layer_outputs(model, digit)]
   names = [f.name for f in rf.walk(model, digit.shape[1:3])]

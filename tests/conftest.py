@@ -1,7 +1,14 @@
 """Fixtures of the core tests."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+# The repository root, for the programs beside the package (experiments.lenet) and configs/ (which
+# import configs.default), as experiments/train_lenet.py puts it on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 @pytest.fixture

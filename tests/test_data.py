@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxconv import data, train
+from configs import default
+from experiments.lenet import data as program_data
+from jaxconv import data
 
 IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
 
@@ -111,11 +113,11 @@ def test_load_mnist_errors(tmp_path):
 def test_tfds_source_with_mock_data():
   # tfds.testing.mock_data needs no TensorFlow: it fakes tfds.data_source's records.
   tfds = pytest.importorskip("tensorflow_datasets")
-  config = train.default_config()
+  config = default.get_config()
   config.data.source, config.data.name, config.data.test_size = "tfds", "fashion_mnist", 5
   with tfds.testing.mock_data(num_examples=12):
     images, labels = data.load_tfds("mnist", "test")
-    cut_images, cut_labels = train.load_split(config, "test")
+    cut_images, cut_labels = program_data.load_split(config, "test")
   assert images.shape == (12, 28, 28, 1) and images.dtype == np.uint8
   assert labels.shape == (12,) and labels.dtype == np.int32
   assert labels.min() >= 0 and labels.max() < 10

@@ -1,4 +1,5 @@
-"""jaxconv.parallel and data-parallel training: 4 forced CPU devices, and 2 processes of 2 devices.
+"""jaxconv.parallel and data-parallel training (jaxconv.training, the LeNet program): 4 forced CPU devices,
+and 2 processes of 2 devices.
 
 XLA's device count is fixed when JAX starts, so the multi-device checks run in subprocesses: one
 script (``FOUR_DEVICES``) computes everything and prints it as JSON, and the tests read it.
@@ -20,12 +21,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxconv import parallel, train
+from configs import default
+from experiments import lenet
+from jaxconv import parallel, training
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "smoke.py"
 TEST_SIZE = 510  # not a multiple of 4: the test set gets 2 rows of padding
-TIMINGS = ("epoch_seconds", "images_per_second", "eval_seconds", "compile_seconds")
+TIMINGS = ("epoch_seconds", "images_per_second", "eval_seconds", "compile_seconds", "elapsed_seconds")
 COLLECTIVES = r"\b(all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)\("
 
 
@@ -45,7 +48,9 @@ import json, re, sys
 from pathlib import Path
 import jax, jax.numpy as jnp, numpy as np, optax
 from flax import nnx
-from jaxconv import parallel, train
+from experiments import lenet
+from experiments.lenet import train as program
+from jaxconv import parallel, training
 
 smoke, workdir, collectives, test_size = sys.argv[1:]
 namespace = {}
@@ -59,16 +64,15 @@ replicated, examples = parallel.sharding(mesh), parallel.sharding(mesh, parallel
 # 1. Three steps on one global batch of 32: one device against 4 (8 examples each).
 rng = np.random.default_rng(0)
 images, labels = rng.standard_normal((32, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 32).astype(np.int32)
-graphdef, params = nnx.split(train.create_model(config, (28, 28, 1)), nnx.Param)
-tx = train.create_optimizer(config, steps_per_epoch=10)
-single = train.TrainState(params, tx.init(params))
+tx = lenet.create_optimizer(config, steps_per_epoch=10)
+graphdef, single = training.create_state(lenet.create_model(config, (28, 28, 1)), tx)
 sharded = parallel.replicate(single, mesh)
-batch = parallel.shard_examples(train.Batch(images, labels), mesh, 32)
-single_step = jax.jit(train.make_train_step(graphdef, tx))
-sharded_step = jax.jit(train.make_train_step(graphdef, tx, mesh), in_shardings=(replicated, examples), out_shardings=replicated)
+batch = parallel.shard_examples(training.Batch(images, labels), mesh, 32)
+single_step = jax.jit(training.make_train_step(graphdef, tx))
+sharded_step = jax.jit(training.make_train_step(graphdef, tx, mesh), in_shardings=(replicated, examples), out_shardings=replicated)
 sharded_step = sharded_step.lower(sharded, batch).compile()
 for _ in range(3):
-  single, single_metrics = single_step(single, train.Batch(jnp.asarray(images), jnp.asarray(labels)))
+  single, single_metrics = single_step(single, training.Batch(jnp.asarray(images), jnp.asarray(labels)))
   sharded, sharded_metrics = sharded_step(sharded, batch)
 out["param_max_abs_diff"] = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)))
 out["param_max_abs"] = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(single.params))
@@ -82,22 +86,22 @@ out["step_collectives"] = sorted(set(re.findall(collectives, sharded_step.as_tex
 data = parallel.shard_examples(np.arange(24 * 3).reshape(24, 3), mesh, 24)
 rows = parallel.global_array(np.array([5, 0, 1, 2, 3, 4, 5, 0], np.int32), examples)
 out["gathered"] = np.asarray(jax.jit(lambda d, r: parallel.gather_shards(d, r, mesh))(data, rows)).tolist()
-idx = train.epoch_batches(0, 1, 24, 8, mesh)
+idx = training.epoch_batches(0, 1, 24, 8, mesh)
 out["idx"], out["idx_spec"] = np.asarray(idx).tolist(), list(idx.sharding.spec)
 
 # 3. The smoke run on 4 devices (capturing its compiled functions), then a resume that restores.
 compiled = []
-compile_steps = train.compile_steps
-train.compile_steps = lambda *args: compiled.append(compile_steps(*args)) or compiled[-1]
-out["history"] = train.train_and_evaluate(config, workdir)
-out["resumed"] = train.train_and_evaluate(config, workdir)
+compile_steps = program.compile_steps
+program.compile_steps = lambda *args: compiled.append(compile_steps(*args)) or compiled[-1]
+out["history"] = lenet.train_and_evaluate(config, workdir)
+out["resumed"] = lenet.train_and_evaluate(config, workdir)
 out["train_steps_collectives"] = sorted(set(re.findall(collectives, compiled[0][0].as_text())))
 # The padded, sharded test set against one device on the unpadded one, with the trained parameters.
-params = nnx.split(train.restore_model(config, workdir), nnx.Param)[1]
-train_data, test_data = train.device_data(config, mesh)
+params = nnx.split(lenet.restore_model(config, workdir), nnx.Param)[1]
+train_data, test_data = lenet.device_data(config, mesh)
 out["train_rows"], out["test_rows"] = train_data.labels.shape[0], test_data.labels.shape[0]
-one_device = train.device_data(config, parallel.make_mesh(1))[1]
-evaluated = compiled[0][1](parallel.replicate(params, mesh), test_data), jax.jit(train.make_evaluate(graphdef, 256))(jax.device_get(params), one_device)
+one_device = lenet.device_data(config, parallel.make_mesh(1))[1]
+evaluated = compiled[0][1](parallel.replicate(params, mesh), test_data), jax.jit(training.make_evaluate(graphdef, 256))(jax.device_get(params), one_device)
 out["evaluate"] = [{k: float(v) for k, v in m.items()} for m in evaluated]
 
 # 4. Errors naming the config field, before any data is loaded.
@@ -107,7 +111,7 @@ for field, value in [("batch_size", 66), ("eval_batch_size", 250), ("mesh.data",
   parent, _, leaf = field.rpartition(".")
   (bad[parent] if parent else bad)[leaf] = value
   try:
-    train.train_and_evaluate(bad, workdir + "-" + field)
+    lenet.train_and_evaluate(bad, workdir + "-" + field)
   except ValueError as e:
     errors[field] = str(e)
 out["errors"] = errors
@@ -162,11 +166,11 @@ def test_batches_are_gathered_where_the_data_lies(four):
 
 def test_short_run_on_four_devices_trains_and_writes_metrics(four):
   history = four["history"]
-  records = [json.loads(line) for line in (four["workdir"] / train.METRICS_FILE).read_text().splitlines()]
+  records = [json.loads(line) for line in (four["workdir"] / lenet.METRICS_FILE).read_text().splitlines()]
   assert records == history and [r["epoch"] for r in history] == [1, 2]
   assert history[-1]["test_accuracy"] > 0.7 and history[-1]["train_loss"] < history[0]["train_loss"]
-  assert (four["workdir"] / train.CURVES_FILE).is_file()
-  assert sorted(p.name for p in (four["workdir"] / train.CHECKPOINT_DIR).iterdir()) == ["1", "2"]
+  assert (four["workdir"] / lenet.CURVES_FILE).is_file()
+  assert sorted(p.name for p in (four["workdir"] / lenet.CHECKPOINT_DIR).iterdir()) == ["1", "2"]
   assert four["resumed"] == history
   # 2048 training rows split 512 per device; 510 test rows padded to 512, the padding masked.
   assert (four["train_rows"], four["test_rows"]) == (2048, 512)
@@ -195,8 +199,8 @@ def test_errors_name_the_config_field(four, field, message):
 def test_checkpoint_of_four_devices_restores_on_one(four):
   config = runpy.run_path(str(SMOKE))["get_config"]()
   config.data.test_size = TEST_SIZE
-  model = train.restore_model(config, four["workdir"])
-  _, test = train.device_data(config)
+  model = lenet.restore_model(config, four["workdir"])
+  _, test = lenet.device_data(config)
   logits = nnx.jit(lambda model, x: model(x))(model, test.images)
   assert float((logits.argmax(-1) == test.labels).mean()) == pytest.approx(four["history"][-1]["test_accuracy"], abs=1.5 / TEST_SIZE)
 
@@ -204,7 +208,7 @@ def test_checkpoint_of_four_devices_restores_on_one(four):
 def test_one_device_mesh_is_the_plain_shuffle():
   mesh = parallel.make_mesh(1)
   assert parallel.num_shards(mesh) == 1 and parallel.process_rows(100, mesh) == slice(0, 100)
-  np.testing.assert_array_equal(train.epoch_batches(3, 2, 100, 16, mesh), train.epoch_batches(3, 2, 100, 16))
+  np.testing.assert_array_equal(training.epoch_batches(3, 2, 100, 16, mesh), training.epoch_batches(3, 2, 100, 16))
 
 
 def test_mesh_larger_than_the_devices_names_the_field():
@@ -222,16 +226,16 @@ def test_mesh_larger_than_the_devices_names_the_field():
     ],
 )
 def test_validate_config_checks_the_parallel_fields(field, value, message):
-  config = train.default_config()
+  config = default.get_config()
   parent, _, leaf = field.rpartition(".")
   with config.unlocked():
     config[parent][leaf] = value
   with pytest.raises(ValueError, match=message):
-    train.validate_config(config)
+    lenet.validate_config(config)
 
 
 def test_distributed_is_off_by_default():
-  parallel.initialize_distributed(train.default_config())
+  parallel.initialize_distributed(default.get_config())
   assert not jax.distributed.is_initialized() and jax.process_count() == 1
 
 
@@ -267,8 +271,8 @@ def test_two_processes_train_like_four_local_devices(four, tmp_path):
   assert [proc.returncode for proc in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
   # Process 0 alone logs the epochs and writes the metrics, once.
   assert "epoch 2: train loss" in logs[0] and "epoch 2: train loss" not in logs[1]
-  records = [json.loads(line) for line in (workdir / train.METRICS_FILE).read_text().splitlines()]
-  assert sorted(p.name for p in (workdir / train.CHECKPOINT_DIR).iterdir()) == ["1", "2"]
+  records = [json.loads(line) for line in (workdir / lenet.METRICS_FILE).read_text().splitlines()]
+  assert sorted(p.name for p in (workdir / lenet.CHECKPOINT_DIR).iterdir()) == ["1", "2"]
   # The same 4-device mesh and data layout: the metrics of the one-process run, to float32 rounding.
   for got, want in zip(without_timings(records), without_timings(four["history"]), strict=True):
     assert got == pytest.approx(want, rel=1e-4)

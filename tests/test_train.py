@@ -1,4 +1,5 @@
-"""jaxconv.train: config validation, batching, a smoke run that learns, exact resume after kills."""
+"""jaxconv.training and the LeNet program (experiments/lenet): config validation, batching, a smoke run
+that learns, exact resume after kills."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxconv import train
+import jaxconv.train as jaxconv_train
+
+from configs import default
+from experiments import lenet
+from jaxconv import training
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "smoke.py"
-TIMINGS = ("epoch_seconds", "images_per_second", "eval_seconds", "compile_seconds")
+TIMINGS = ("epoch_seconds", "images_per_second", "eval_seconds", "compile_seconds", "elapsed_seconds")
 
 
 def load_config(path: Path) -> ml_collections.ConfigDict:
@@ -31,7 +36,7 @@ def load_config(path: Path) -> ml_collections.ConfigDict:
 
 def read_metrics(workdir: Path) -> list[dict]:
   """The records of ``workdir/metrics.jsonl``."""
-  return [json.loads(line) for line in (workdir / train.METRICS_FILE).read_text().splitlines()]
+  return [json.loads(line) for line in (workdir / lenet.METRICS_FILE).read_text().splitlines()]
 
 
 def without_timings(records: list[dict]) -> list[dict]:
@@ -41,7 +46,7 @@ def without_timings(records: list[dict]) -> list[dict]:
 
 @pytest.mark.parametrize("name", ["lenet_mnist.py", "lenet_classic.py", "smoke.py"])
 def test_shipped_configs_are_valid(name):
-  train.validate_config(load_config(ROOT / "configs" / name))
+  lenet.validate_config(load_config(ROOT / "configs" / name))
 
 
 @pytest.mark.parametrize(
@@ -53,7 +58,11 @@ def test_shipped_configs_are_valid(name):
         ("model.impl", "nope", "config.model.impl must be None or one of"),
         ("num_epochs", 0, "config.num_epochs must be a positive int; got 0"),
         ("eval_batch_size", 0, "config.eval_batch_size must be a positive int; got 0"),
-        ("learning_rate", -1.0, "config.learning_rate must be a positive number"),
+        ("learning_rate", -1.0, "config.learning_rate must be a positive finite number; got -1.0"),
+        ("learning_rate", float("inf"), "config.learning_rate must be a positive finite number; got inf"),
+        ("learning_rate", float("nan"), "config.learning_rate must be a positive finite number; got nan"),
+        ("weight_decay", float("inf"), "config.weight_decay must be a finite number >= 0; got inf"),
+        ("seed", -1, r"config.seed must be an int in \[0, 2\*\*63\); got -1"),
         ("optimizer", "rmsprop", "config.optimizer must be one of"),
         ("schedule", "step", "config.schedule must be one of"),
         ("warmup_epochs", 11.0, r"config.warmup_epochs must be a number in \[0, num_epochs\]"),
@@ -62,35 +71,35 @@ def test_shipped_configs_are_valid(name):
     ],
 )
 def test_validate_config_names_the_field(field, value, message):
-  config = train.default_config()
+  config = default.get_config()
   with config.unlocked():
     parent, _, leaf = field.rpartition(".")
     (config[parent] if parent else config)[leaf] = value
   with pytest.raises(ValueError, match=message):
-    train.validate_config(config)
+    lenet.validate_config(config)
 
 
 def test_validate_config_reports_missing_fields():
-  config = train.default_config()
+  config = default.get_config()
   del config.model["variant"]
   with pytest.raises(ValueError, match="config.model.variant is missing"):
-    train.validate_config(config)
+    lenet.validate_config(config)
 
 
 def test_epoch_batches_are_seeded_shuffles():
-  a = np.asarray(train.epoch_batches(0, 1, 100, 16))
+  a = np.asarray(training.epoch_batches(0, 1, 100, 16))
   assert a.shape == (6, 16) and a.dtype == np.int32
   assert len(np.unique(a)) == 96 and a.min() >= 0 and a.max() < 100
-  np.testing.assert_array_equal(a, train.epoch_batches(0, 1, 100, 16))
-  assert not np.array_equal(a, train.epoch_batches(0, 2, 100, 16))
-  assert not np.array_equal(a, train.epoch_batches(1, 1, 100, 16))
+  np.testing.assert_array_equal(a, training.epoch_batches(0, 1, 100, 16))
+  assert not np.array_equal(a, training.epoch_batches(0, 2, 100, 16))
+  assert not np.array_equal(a, training.epoch_batches(1, 1, 100, 16))
 
 
 @pytest.mark.parametrize("schedule", ["warmup_cosine", "one_cycle"])
 def test_schedules_warm_up_then_decay(schedule):
-  config = train.default_config()
+  config = default.get_config()
   config.schedule, config.num_epochs, config.warmup_epochs, config.learning_rate = schedule, 4, 1.0, 0.01
-  lr = train.learning_rate_schedule(config, steps_per_epoch=10)
+  lr = lenet.learning_rate_schedule(config, steps_per_epoch=10)
   values = np.array([float(lr(step)) for step in range(41)])
   assert values.max() == pytest.approx(0.01, rel=1e-3) and np.argmax(values) == 10
   assert values[0] < 0.005 and values[-1] < 1e-4
@@ -98,12 +107,12 @@ def test_schedules_warm_up_then_decay(schedule):
 
 
 def test_evaluate_masks_the_last_partial_batch(rng):
-  config = train.default_config()
+  config = default.get_config()
   config.model.impl = "lax"  # one XLA op per conv: the eager reference below stays quick
-  model = train.create_model(config, (28, 28, 1))
+  model = lenet.create_model(config, (28, 28, 1))
   graphdef, params = nnx.split(model, nnx.Param)
-  test = train.Batch(jnp.asarray(rng.standard_normal((10, 28, 28, 1)), jnp.float32), jnp.arange(10) % 3)
-  metrics = jax.jit(train.make_evaluate(graphdef, batch_size=4))(params, test)
+  test = training.Batch(jnp.asarray(rng.standard_normal((10, 28, 28, 1)), jnp.float32), jnp.arange(10) % 3)
+  metrics = jax.jit(training.make_evaluate(graphdef, batch_size=4))(params, test)
   logits = model(test.images)
   assert int(metrics["count"]) == 10
   assert int(metrics["correct"]) == int((logits.argmax(-1) == test.labels).sum())
@@ -121,23 +130,27 @@ def check_smoke_run(workdir: Path, history: list[dict]) -> None:
   assert read_metrics(workdir) == history
   assert [r["epoch"] for r in history] == [1, 2]
   for record in history:
-    assert set(record) >= {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds", "images_per_second"}
+    assert set(record) >= {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds", "images_per_second", "elapsed_seconds"}
+  # Wall-clock since the call: compiling and both epochs of training and evaluation included.
+  first, second = history
+  assert first["elapsed_seconds"] > first["compile_seconds"] + first["epoch_seconds"] + first["eval_seconds"]
+  assert second["elapsed_seconds"] > first["elapsed_seconds"] + second["epoch_seconds"]
   # 2 epochs on 2,048 images: far above the 10% of chance.
   assert history[-1]["test_accuracy"] > 0.8
   assert history[-1]["train_loss"] < history[0]["train_loss"]
-  assert (workdir / train.CURVES_FILE).stat().st_size > 10_000
-  assert sorted(p.name for p in (workdir / train.CHECKPOINT_DIR).iterdir()) == ["1", "2"]
+  assert (workdir / lenet.CURVES_FILE).stat().st_size > 10_000
+  assert sorted(p.name for p in (workdir / lenet.CHECKPOINT_DIR).iterdir()) == ["1", "2"]
 
 
 def check_restore_model(workdir: Path, history: list[dict]) -> None:
   """The restored model scores the recorded test accuracy; a rerun of a finished run adds nothing."""
   config = load_config(SMOKE)
-  model = train.restore_model(config, workdir)
-  _, test = train.device_data(config)
+  model = lenet.restore_model(config, workdir)
+  _, test = lenet.device_data(config)
   logits = nnx.jit(lambda model, x: model(x))(model, test.images)
   assert float((logits.argmax(-1) == test.labels).mean()) == history[-1]["test_accuracy"]
-  # A finished run resumes to nothing: the same records, nothing appended.
-  assert train.train_and_evaluate(config, workdir) == history
+  # A finished run resumes to nothing: the same records, nothing appended (also through the shim).
+  assert jaxconv_train.train_and_evaluate(config, workdir) == history
   assert read_metrics(workdir) == history
 
 
@@ -145,7 +158,7 @@ def check_restore_model(workdir: Path, history: list[dict]) -> None:
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-from jaxconv import train
+from experiments.lenet import report, train
 
 config_path, workdir, point = sys.argv[1:]
 namespace = {}
@@ -153,12 +166,12 @@ exec(Path(config_path).read_text(), namespace)
 kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
 
 if point == "after-checkpoint-1":  # epoch 1 is checkpointed, its metrics line not yet written
-  append = train.append_metrics
+  append = report.append_metrics
   train.append_metrics = lambda path, record: kill() if record["epoch"] == 1 else append(path, record)
 elif point == "mid-epoch-2":  # the third compiled call of epoch 2
-  run_epoch = train.run_epoch
+  train_epoch = train.train_epoch
 
-  def killing_run_epoch(train_steps, *args):
+  def killing_train_epoch(train_steps, *args):
     calls = []
 
     def steps(*a):
@@ -167,9 +180,9 @@ elif point == "mid-epoch-2":  # the third compiled call of epoch 2
         kill()
       return train_steps(*a)
 
-    return run_epoch(steps if args[-1].startswith("epoch 2/") else train_steps, *args)
+    return train_epoch(steps if args[-1].startswith("epoch 2/") else train_steps, *args)
 
-  train.run_epoch = killing_run_epoch
+  train.train_epoch = killing_train_epoch
 train.train_and_evaluate(namespace["get_config"](), workdir)
 """
 
@@ -183,10 +196,10 @@ def run_killed(workdir: Path, point: str) -> None:
 def check_resume_after_kills(workdir: Path, reference: list[dict]) -> None:
   """Killed after epoch 1's checkpoint, then mid-epoch 2, then resumed: each epoch once, same numbers."""
   run_killed(workdir, "after-checkpoint-1")
-  assert (workdir / train.CHECKPOINT_DIR / "1").is_dir() and read_metrics(workdir) == []
+  assert (workdir / lenet.CHECKPOINT_DIR / "1").is_dir() and read_metrics(workdir) == []
   run_killed(workdir, "mid-epoch-2")
   assert [r["epoch"] for r in read_metrics(workdir)] == [1]
-  assert not (workdir / train.CHECKPOINT_DIR / "2").exists()
+  assert not (workdir / lenet.CHECKPOINT_DIR / "2").exists()
   # The command line, with an override, finishes the run.
   cli = [sys.executable, "experiments/train_lenet.py", f"--config={SMOKE}", "--config.num_epochs=2", f"--workdir={workdir}"]
   proc = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
@@ -200,19 +213,30 @@ def check_resume_after_kills(workdir: Path, reference: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_smoke_run_restore_and_resume_after_kills(tmp_path):
-  history = train.train_and_evaluate(load_config(SMOKE), tmp_path / "smoke")
+  history = lenet.train_and_evaluate(load_config(SMOKE), tmp_path / "smoke")
   check_smoke_run(tmp_path / "smoke", history)
   check_restore_model(tmp_path / "smoke", history)
   check_resume_after_kills(tmp_path / "killed", history)
 
 
 def test_progress_bar_draws_only_when_enabled(capsys):
-  bar = train.Progress(8, "epoch 1/2", enabled=True)
+  bar = lenet.Progress(8, "epoch 1/2", enabled=True)
   bar.update(4, "loss 0.5")
   bar.close()
   err = capsys.readouterr().err
   assert "epoch 1/2 |" in err and "4/8" in err and "loss 0.5" in err and err.endswith("\n")
-  quiet = train.Progress(8, "epoch 1/2", enabled=False)
+  quiet = lenet.Progress(8, "epoch 1/2", enabled=False)
   quiet.update(4)
   quiet.close()
   assert capsys.readouterr().err == ""
+
+
+def test_library_does_not_import_the_program():
+  # Data -> training program -> library: only the jaxconv.train shim reaches experiments/, and lazily.
+  import ast
+
+  for path in sorted((ROOT / "jaxconv").rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+      higher = [n for n in names if n.split(".")[0] in ("experiments", "configs")]
+      assert not higher or path.name == "train.py" and path.parent.name == "jaxconv" and node.col_offset > 0, f"{path} imports {higher}"
