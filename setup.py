@@ -25,16 +25,16 @@ ONEDNN_DEVEL = "onednn-devel-cpu-gomp"
 ONEDNN_RUNTIME = "onednn-cpu-gomp"
 
 
-def _distribution_dir(distribution: str, filename: str, parent_levels: int) -> str | None:
-  """The directory ``parent_levels`` above ``filename`` as installed by ``distribution``, if any."""
+def _installed_dir(distribution: str, suffix: str) -> str | None:
+  """The directory that holds ``suffix`` (a relative path, e.g. ``oneapi/dnnl/dnnl.hpp``) in ``distribution``'s files."""
   try:
     files = importlib.metadata.files(distribution) or []
   except importlib.metadata.PackageNotFoundError:
     return None
   for file in files:
-    if file.name == filename:
-      path = Path(file.locate()).resolve()
-      return str(path.parents[parent_levels - 1]) if parent_levels else str(path)
+    path = Path(file.locate()).resolve()
+    if path.as_posix().endswith("/" + suffix):
+      return path.as_posix()[: -len(suffix) - 1]
   return None
 
 
@@ -52,8 +52,7 @@ def _onednn_dirs() -> tuple[str | None, str | None]:
   root = os.environ.get("ONEDNN_ROOT")
   if root:
     return str(Path(root) / "include"), str(Path(root) / "lib")
-  # include/oneapi/dnnl/dnnl.hpp -> include; lib/libdnnl.so -> lib
-  return _distribution_dir(ONEDNN_DEVEL, "dnnl.hpp", 3), _distribution_dir(ONEDNN_RUNTIME, "libdnnl.so", 1)
+  return _installed_dir(ONEDNN_DEVEL, "oneapi/dnnl/dnnl.hpp"), _installed_dir(ONEDNN_RUNTIME, "libdnnl.so")
 
 
 class BuildExtension(build_ext):
