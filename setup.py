@@ -78,7 +78,7 @@ setup(
             sources=["csrc/onednn_conv.cc"],
             language="c++",
             libraries=["dnnl", "dl"],
-            extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden"],
+            extra_compile_args=["-std=c++17", "-O2", "-g0", "-fvisibility=hidden"],
             optional=True,
         )
     ],

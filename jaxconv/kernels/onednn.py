@@ -25,8 +25,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.metadata
+import importlib.util
 import os
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -61,12 +61,13 @@ def _library_path() -> str:
 
 
 def _extension_path() -> str | None:
-  """The built extension (``jaxconv/_onednn*.so``), or ``$JAXCONV_ONEDNN_EXTENSION``."""
+  """The built extension ``jaxconv._onednn`` (wherever the install put it), or ``$JAXCONV_ONEDNN_EXTENSION``."""
   if os.environ.get(EXTENSION_ENV):
     return os.environ[EXTENSION_ENV]
-  package = Path(__file__).resolve().parent.parent
-  built = sorted(package.glob("_onednn*.so"))
-  return str(built[0]) if built else None
+  # find_spec locates without importing (the library has no Python module init), also through
+  # the path finders that editable installs add.
+  spec = importlib.util.find_spec("jaxconv._onednn")
+  return spec.origin if spec is not None and spec.origin else None
 
 
 @functools.cache
@@ -119,7 +120,7 @@ def _probe(g: ConvGeometry) -> str | None:
         _ints(lo), _ints(hi), g.groups,
     )
     if reason is not None:
-      return f"{name}: {reason.decode()}"
+      return f"{name} in {np.dtype(g.dtype)}: {reason.decode()}"
   return None
 
 
