@@ -10,8 +10,9 @@
 //
 // Memory descriptors describe XLA's buffers directly through strides (no user-side copies). The
 // weights' layout is left to oneDNN (format "any": its fast convolutions want blocked weights)
-// and reordered on each call when it differs from the plain one; activations stay channels-last.
-// Primitives (and the weight reorders) are cached per problem: creating one JIT-compiles code.
+// and reordered on each call when it differs from the plain one; activations stay channels-last,
+// unless oneDNN has only reference code for them (then they are blocked too, and reordered).
+// Primitives (and their reorders) are cached per problem: creating one JIT-compiles code.
 //
 // Exported C symbols: the three FFI handlers, plus jaxconv_onednn_info / jaxconv_onednn_probe for
 // Python (ctypes) to check at trace time that a problem is implementable, with oneDNN's message.
@@ -27,6 +28,7 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -95,28 +97,50 @@ dnnl::memory::desc WeightDesc(const Problem& p) {
   return dnnl::memory::desc(shape, p.dtype, strides);
 }
 
-dnnl::memory::desc AnyWeightDesc(const Problem& p) {
-  return dnnl::memory::desc(WeightDesc(p).get_dims(), p.dtype, dnnl::memory::format_tag::any);
-}
-
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;
 }
 
-// A ready-to-run problem: the primitive, and a weight reorder where its layout is not the plain one.
-struct Entry {
-  dnnl::primitive conv;
-  dnnl::memory::desc weights;  // the primitive's weight layout
-  dnnl::memory::desc user_weights;
+// One operand of a primitive: the layout of XLA's buffer, the primitive's, and the reorder between
+// them where they differ (user -> primitive for inputs, primitive -> user for the result).
+struct Operand {
+  int arg = 0;
+  dnnl::memory::desc user, inner;
   bool reorder = false;
-  dnnl::reorder weight_reorder;  // user -> primitive (forward, backward-data) or back (backward-weights)
+  dnnl::reorder convert;
 };
 
-std::unique_ptr<Entry> Build(const Problem& p) {
+// A ready-to-run problem: the primitive and its operands a, b (inputs) and out (result), as in Execute.
+struct Entry {
+  dnnl::primitive conv;
+  std::string impl;
+  std::array<Operand, 3> operands;  // a, b, out
+};
+
+Operand MakeOperand(int arg, const dnnl::memory::desc& user, const dnnl::memory::desc& inner, bool input) {
+  Operand o;
+  o.arg = arg;
+  o.user = user;
+  o.inner = inner;
+  o.reorder = inner != user;
+  if (o.reorder) {
+    dnnl::engine& engine = Engine();
+    o.convert = input ? dnnl::reorder(dnnl::reorder::primitive_desc(engine, user, engine, inner))
+                      : dnnl::reorder(dnnl::reorder::primitive_desc(engine, inner, engine, user));
+  }
+  return o;
+}
+
+// The primitive of `p`. Weights are always in oneDNN's preferred layout ("any"); activations in
+// XLA's channels-last layout, or also "any" (blocked, reordered per call) when `any_activations`.
+std::unique_ptr<Entry> Build(const Problem& p, bool any_activations) {
   dnnl::engine& engine = Engine();
   const auto src = ActivationDesc(p, p.in_channels, p.spatial);
   const auto dst = ActivationDesc(p, p.out_channels, p.out_spatial);
+  auto any = [&](const dnnl::memory::desc& d) { return dnnl::memory::desc(d.get_dims(), p.dtype, dnnl::memory::format_tag::any); };
+  const auto src_any = any_activations ? any(src) : src, dst_any = any_activations ? any(dst) : dst;
+  const auto weights = WeightDesc(p), weights_any = any(weights);
   dims stride(p.stride.begin(), p.stride.end()), lo(p.pad_lo.begin(), p.pad_lo.end()), hi(p.pad_hi.begin(), p.pad_hi.end());
   dims dilation(p.rank);
   for (int64_t i = 0; i < p.rank; ++i) dilation[i] = p.dilation[i] - 1;  // oneDNN counts inserted zeros
@@ -125,30 +149,45 @@ std::unique_ptr<Entry> Build(const Problem& p) {
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::library);
   // float32 stays float32: no implicit down-conversion to bf16/tf32 where the CPU has it.
   attr.set_fpmath_mode(dnnl::fpmath_mode::strict);
-  auto hint = dnnl::convolution_forward::primitive_desc(engine, dnnl::prop_kind::forward_training, algo, src,
-                                                         AnyWeightDesc(p), dst, stride, dilation, lo, hi, attr);
+  auto hint = dnnl::convolution_forward::primitive_desc(engine, dnnl::prop_kind::forward_training, algo, src_any,
+                                                         weights_any, dst_any, stride, dilation, lo, hi, attr);
   auto entry = std::make_unique<Entry>();
-  entry->user_weights = WeightDesc(p);
   if (p.op == kForward) {
     entry->conv = dnnl::convolution_forward(hint);
-    entry->weights = hint.weights_desc();
+    entry->impl = hint.impl_info_str();
+    entry->operands = {MakeOperand(DNNL_ARG_SRC, src, hint.src_desc(), true),
+                       MakeOperand(DNNL_ARG_WEIGHTS, weights, hint.weights_desc(), true),
+                       MakeOperand(DNNL_ARG_DST, dst, hint.dst_desc(), false)};
   } else if (p.op == kBackwardData) {
-    auto pd = dnnl::convolution_backward_data::primitive_desc(engine, algo, src, AnyWeightDesc(p), dst, stride, dilation,
+    auto pd = dnnl::convolution_backward_data::primitive_desc(engine, algo, src_any, weights_any, dst_any, stride, dilation,
                                                               lo, hi, hint, attr);
     entry->conv = dnnl::convolution_backward_data(pd);
-    entry->weights = pd.weights_desc();
+    entry->impl = pd.impl_info_str();
+    entry->operands = {MakeOperand(DNNL_ARG_DIFF_DST, dst, pd.diff_dst_desc(), true),
+                       MakeOperand(DNNL_ARG_WEIGHTS, weights, pd.weights_desc(), true),
+                       MakeOperand(DNNL_ARG_DIFF_SRC, src, pd.diff_src_desc(), false)};
   } else {
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(engine, algo, src, AnyWeightDesc(p), dst, stride,
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(engine, algo, src_any, weights_any, dst_any, stride,
                                                                  dilation, lo, hi, hint, attr);
     entry->conv = dnnl::convolution_backward_weights(pd);
-    entry->weights = pd.diff_weights_desc();
+    entry->impl = pd.impl_info_str();
+    entry->operands = {MakeOperand(DNNL_ARG_SRC, src, pd.src_desc(), true),
+                       MakeOperand(DNNL_ARG_DIFF_DST, dst, pd.diff_dst_desc(), true),
+                       MakeOperand(DNNL_ARG_DIFF_WEIGHTS, weights, pd.diff_weights_desc(), false)};
   }
-  entry->reorder = entry->weights != entry->user_weights;
-  if (entry->reorder) {
-    if (p.op == kBackwardWeights) {
-      entry->weight_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(engine, entry->weights, engine, entry->user_weights));
-    } else {
-      entry->weight_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(engine, entry->user_weights, engine, entry->weights));
+  return entry;
+}
+
+// Channels-last first (no activation reorders); where oneDNN has only its reference code for that
+// (e.g. backward-weights of a 15x15 kernel), blocked activations, whose reorders cost far less.
+std::unique_ptr<Entry> Build(const Problem& p) {
+  auto entry = Build(p, false);
+  if (entry->impl.rfind("ref", 0) == 0) {
+    try {
+      auto blocked = Build(p, true);
+      if (blocked->impl.rfind("ref", 0) != 0) return blocked;
+    } catch (const dnnl::error&) {
+      // keep the channels-last one
     }
   }
   return entry;
@@ -181,42 +220,31 @@ void Execute(const Problem& p, void* a, void* b, void* out) {
   const Entry& entry = Lookup(p);
   dnnl::engine& engine = Engine();
   dnnl::stream stream(engine);
-  const auto src = ActivationDesc(p, p.in_channels, p.spatial);
-  const auto dst = ActivationDesc(p, p.out_channels, p.out_spatial);
-  // Blocked weights, when the primitive wants them: a per-thread buffer, reused between calls.
+  void* user[3] = {a, b, out};
+  // Operands in another layout than XLA's live in one per-thread buffer, reused between calls.
   thread_local std::vector<char> buffer;
-  void* weights = nullptr;
-  if (entry.reorder) {
-    buffer.resize(entry.weights.get_size() + 64);
-    weights = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t{63});
+  size_t offsets[3] = {0, 0, 0}, total = 0;
+  for (int i = 0; i < 3; ++i) {
+    if (!entry.operands[i].reorder) continue;
+    offsets[i] = total;
+    total += (entry.operands[i].inner.get_size() + 63) / 64 * 64;
   }
-  if (p.op == kForward) {
-    dnnl::memory w(entry.user_weights, engine, b);
-    if (entry.reorder) {
-      dnnl::memory blocked(entry.weights, engine, weights);
-      entry.weight_reorder.execute(stream, w, blocked);
-      w = blocked;
-    }
-    entry.conv.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(src, engine, a)},
-                                {DNNL_ARG_WEIGHTS, w},
-                                {DNNL_ARG_DST, dnnl::memory(dst, engine, out)}});
-  } else if (p.op == kBackwardData) {
-    dnnl::memory w(entry.user_weights, engine, b);
-    if (entry.reorder) {
-      dnnl::memory blocked(entry.weights, engine, weights);
-      entry.weight_reorder.execute(stream, w, blocked);
-      w = blocked;
-    }
-    entry.conv.execute(stream, {{DNNL_ARG_DIFF_DST, dnnl::memory(dst, engine, a)},
-                                {DNNL_ARG_WEIGHTS, w},
-                                {DNNL_ARG_DIFF_SRC, dnnl::memory(src, engine, out)}});
-  } else {
-    dnnl::memory dw(entry.user_weights, engine, out);
-    dnnl::memory target = entry.reorder ? dnnl::memory(entry.weights, engine, weights) : dw;
-    entry.conv.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(src, engine, a)},
-                                {DNNL_ARG_DIFF_DST, dnnl::memory(dst, engine, b)},
-                                {DNNL_ARG_DIFF_WEIGHTS, target}});
-    if (entry.reorder) entry.weight_reorder.execute(stream, target, dw);
+  if (buffer.size() < total + 64) buffer.resize(total + 64);
+  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t{63});
+  std::unordered_map<int, dnnl::memory> args;
+  dnnl::memory memories[3];
+  for (int i = 0; i < 3; ++i) {
+    const Operand& o = entry.operands[i];
+    dnnl::memory mine(o.user, engine, user[i]);
+    memories[i] = o.reorder ? dnnl::memory(o.inner, engine, base + offsets[i]) : mine;
+    if (o.reorder && i < 2) o.convert.execute(stream, mine, memories[i]);
+    args[o.arg] = memories[i];
+  }
+  entry.conv.execute(stream, args);
+  const Operand& result = entry.operands[2];
+  if (result.reorder) {
+    dnnl::memory mine(result.user, engine, out);
+    result.convert.execute(stream, memories[2], mine);
   }
   stream.wait();
 }
