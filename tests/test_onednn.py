@@ -137,6 +137,15 @@ def test_unsupported_dtypes_and_ranks_are_refused_with_a_reason():
     np.testing.assert_allclose(onednn.forward(x, w, g).astype(jnp.float32), 18.0)
 
 
+def test_wait_policy_is_set_for_the_load_only(monkeypatch):
+  monkeypatch.delenv(onednn.WAIT_POLICY_ENV, raising=False)
+  onednn._load.__wrapped__()
+  assert onednn.WAIT_POLICY_ENV not in os.environ
+  monkeypatch.setenv(onednn.WAIT_POLICY_ENV, "active")
+  onednn._load.__wrapped__()
+  assert os.environ[onednn.WAIT_POLICY_ENV] == "active"
+
+
 def test_missing_library_is_reported(monkeypatch):
   monkeypatch.setenv(onednn.LIBRARY_ENV, "/nonexistent/libdnnl.so.3")
   reason = onednn._load.__wrapped__()

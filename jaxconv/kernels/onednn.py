@@ -16,8 +16,10 @@ loaded at import: the first ``supports_onednn`` call does it, and every failure 
 built, no library, no CPU engine, an unsupported problem) becomes its reason string.
 
 Threads: oneDNN runs its primitives on its own OpenMP team, not on XLA's intra-op pool (that
-needs oneDNN's threadpool runtime, which no PyPI build has). ``$JAXCONV_ONEDNN_THREADS`` caps the
-team per call; the default (0) leaves OpenMP's default, one thread per core.
+needs oneDNN's threadpool runtime, which no PyPI build has). Its workers wait passively between
+primitives (``OMP_WAIT_POLICY=passive`` unless the user set it: spinning workers took the cores
+from XLA's threads, see ``_load``). ``$JAXCONV_ONEDNN_THREADS`` caps the team per call; the
+default (0) leaves OpenMP's default, one thread per core (measured faster than one thread).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ DISTRIBUTION = "onednn-cpu-gomp"
 LIBRARY_ENV = "JAXCONV_ONEDNN_LIBRARY"
 EXTENSION_ENV = "JAXCONV_ONEDNN_EXTENSION"
 THREADS_ENV = "JAXCONV_ONEDNN_THREADS"
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 LIBRARY_NAME = "libdnnl.so.3"
 # dtype -> the C side's code (jaxconv_onednn_probe); oneDNN refuses what the CPU cannot run.
 _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(jax.numpy.bfloat16): 1, np.dtype(np.float16): 2}
@@ -74,11 +77,22 @@ def _extension_path() -> str | None:
 def _load() -> ctypes.CDLL | str:
   """The loaded extension with its FFI targets registered, or why it cannot be had (cached)."""
   library = _library_path()
+  # libgomp's default is to spin after each parallel region, which takes the cores from XLA's own
+  # threads: a LeNet-sized fwd+bwd step measured ~4x slower in wall and CPU time than with
+  # "passive". libgomp reads the policy once, when it loads (here, with libdnnl), so it is set
+  # for that load only (other OpenMP runtimes loaded later, e.g. torch's, keep theirs); a user's
+  # own OMP_WAIT_POLICY is left as it is.
+  policy = os.environ.get(WAIT_POLICY_ENV)
+  if policy is None:
+    os.environ[WAIT_POLICY_ENV] = "passive"
   try:
     # RTLD_GLOBAL: the extension's dependency on libdnnl.so.3 resolves to this already-loaded copy.
     ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
   except OSError as e:
     return f"{LIBRARY_NAME} could not be loaded from {library!r} ({e}): pip install {DISTRIBUTION}, or set ${LIBRARY_ENV}"
+  finally:
+    if policy is None:
+      del os.environ[WAIT_POLICY_ENV]
   extension = _extension_path()
   if extension is None:
     return "the oneDNN extension jaxconv/_onednn*.so is not built (reinstall jaxconv with g++ and onednn-devel-cpu-gomp present)"
