@@ -116,6 +116,7 @@ struct Entry {
   dnnl::primitive conv;
   std::string impl;
   std::array<Operand, 3> operands;  // a, b, out
+  size_t scratchpad = 0;             // bytes
 };
 
 Operand MakeOperand(int arg, const dnnl::memory::desc& user, const dnnl::memory::desc& inner, bool input) {
@@ -146,7 +147,9 @@ std::unique_ptr<Entry> Build(const Problem& p, bool any_activations) {
   for (int64_t i = 0; i < p.rank; ++i) dilation[i] = p.dilation[i] - 1;  // oneDNN counts inserted zeros
   const auto algo = dnnl::algorithm::convolution_direct;
   dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::library);
+  // The scratchpad is ours (per calling thread, see Execute): oneDNN's own ("library" mode) is shared
+  // between primitives, and XLA runs independent custom calls concurrently on its threads.
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   // float32 stays float32: no implicit down-conversion to bf16/tf32 where the CPU has it.
   attr.set_fpmath_mode(dnnl::fpmath_mode::strict);
   auto hint = dnnl::convolution_forward::primitive_desc(engine, dnnl::prop_kind::forward_training, algo, src_any,
@@ -155,6 +158,7 @@ std::unique_ptr<Entry> Build(const Problem& p, bool any_activations) {
   if (p.op == kForward) {
     entry->conv = dnnl::convolution_forward(hint);
     entry->impl = hint.impl_info_str();
+    entry->scratchpad = hint.scratchpad_desc().get_size();
     entry->operands = {MakeOperand(DNNL_ARG_SRC, src, hint.src_desc(), true),
                        MakeOperand(DNNL_ARG_WEIGHTS, weights, hint.weights_desc(), true),
                        MakeOperand(DNNL_ARG_DST, dst, hint.dst_desc(), false)};
@@ -163,6 +167,7 @@ std::unique_ptr<Entry> Build(const Problem& p, bool any_activations) {
                                                               lo, hi, hint, attr);
     entry->conv = dnnl::convolution_backward_data(pd);
     entry->impl = pd.impl_info_str();
+    entry->scratchpad = pd.scratchpad_desc().get_size();
     entry->operands = {MakeOperand(DNNL_ARG_DIFF_DST, dst, pd.diff_dst_desc(), true),
                        MakeOperand(DNNL_ARG_WEIGHTS, weights, pd.weights_desc(), true),
                        MakeOperand(DNNL_ARG_DIFF_SRC, src, pd.diff_src_desc(), false)};
@@ -171,6 +176,7 @@ std::unique_ptr<Entry> Build(const Problem& p, bool any_activations) {
                                                                  dilation, lo, hi, hint, attr);
     entry->conv = dnnl::convolution_backward_weights(pd);
     entry->impl = pd.impl_info_str();
+    entry->scratchpad = pd.scratchpad_desc().get_size();
     entry->operands = {MakeOperand(DNNL_ARG_SRC, src, pd.src_desc(), true),
                        MakeOperand(DNNL_ARG_DIFF_DST, dst, pd.diff_dst_desc(), true),
                        MakeOperand(DNNL_ARG_DIFF_WEIGHTS, weights, pd.diff_weights_desc(), false)};
@@ -221,13 +227,14 @@ void Execute(const Problem& p, void* a, void* b, void* out) {
   dnnl::engine& engine = Engine();
   dnnl::stream stream(engine);
   void* user[3] = {a, b, out};
-  // Operands in another layout than XLA's live in one per-thread buffer, reused between calls.
+  // Operands in another layout than XLA's, and the scratchpad, live in one per-thread buffer reused
+  // between calls (one call at a time per thread: no two executions share it).
   thread_local std::vector<char> buffer;
-  size_t offsets[3] = {0, 0, 0}, total = 0;
-  for (int i = 0; i < 3; ++i) {
-    if (!entry.operands[i].reorder) continue;
+  size_t offsets[4] = {0, 0, 0, 0}, total = 0;
+  for (int i = 0; i < 4; ++i) {
+    if (i < 3 && !entry.operands[i].reorder) continue;
     offsets[i] = total;
-    total += (entry.operands[i].inner.get_size() + 63) / 64 * 64;
+    total += ((i < 3 ? entry.operands[i].inner.get_size() : entry.scratchpad) + 63) / 64 * 64;
   }
   if (buffer.size() < total + 64) buffer.resize(total + 64);
   char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t{63});
@@ -239,6 +246,10 @@ void Execute(const Problem& p, void* a, void* b, void* out) {
     memories[i] = o.reorder ? dnnl::memory(o.inner, engine, base + offsets[i]) : mine;
     if (o.reorder && i < 2) o.convert.execute(stream, mine, memories[i]);
     args[o.arg] = memories[i];
+  }
+  if (entry.scratchpad > 0) {
+    const dnnl::memory::desc bytes({static_cast<int64_t>(entry.scratchpad)}, dnnl::memory::data_type::u8, dnnl::memory::format_tag::a);
+    args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(bytes, engine, base + offsets[3]);
   }
   entry.conv.execute(stream, args);
   const Operand& result = entry.operands[2];

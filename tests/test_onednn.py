@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +112,29 @@ def test_nested_vmap_broadcasts_size_one_axes(rng):
   got = jax.vmap(lambda w: jax.vmap(lambda x: onednn.forward(x, w, g))(xs))(ws)
   want = jax.vmap(lambda w: jax.vmap(lambda x: _lax(x, w, g))(xs))(ws)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-5)
+
+
+@needs_onednn
+def test_concurrent_calls_do_not_share_scratch_memory(rng):
+  # XLA runs independent custom calls on several threads at once (dx and dw of one step, say);
+  # primitives sharing oneDNN's library-managed scratchpad crashed or corrupted each other there.
+  g = _geometry(CASES[4])
+  x, w, dy = _operands(rng, g)
+  want = np.asarray(_lax_kernel_grad(x, dy, g))
+  step = jax.jit(lambda x, dy: [onednn.kernel_grad(x * s, dy, g) / s for s in (1.0, 2.0, 4.0)])
+  jax.block_until_ready(step(x, dy))
+  errors: list[float] = []
+
+  def work():
+    for _ in range(10):
+      errors.extend(float(np.abs(np.asarray(dw) - want).max()) for dw in step(x, dy))
+
+  threads = [threading.Thread(target=work) for _ in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(errors) == 90 and max(errors) < 1e-4
 
 
 @needs_onednn
