@@ -85,7 +85,7 @@ def main() -> None:
       continue
     x, w, _ = bench.random_inputs(shape)
     calls = {"lax": _lax_fb(g), "onednn": _onednn_fb(g, 0), "onednn1": _onednn_fb(g, 1)}
-    thunks = {name: (lambda f=f: f(x, w)) for name, f in calls.items()}
+    thunks = {name: (lambda f=f, x=x, w=w: f(x, w)) for name, f in calls.items()}
     torch_calls = bench.torch_fns(shape, x, w)
     if torch_calls is not None:
       thunks["torch"] = torch_calls[1]

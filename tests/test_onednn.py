@@ -31,17 +31,17 @@ needs_onednn = pytest.mark.skipif(_REASON is not None, reason=f"onednn unavailab
 
 # (x shape, w shape, conv_geometry keywords): 1-3 spatial axes, stride, dilation, pads, groups.
 CASES = [
-    ((2, 9, 4), (3, 4, 6), dict()),
-    ((3, 11, 5), (4, 5, 7), dict(stride=3, padding="same", dilation=2)),
-    ((1, 10, 2), (3, 1, 4), dict(padding=((2, 0),), groups=2)),
-    ((2, 7, 8, 3), (3, 3, 3, 5), dict(padding=1)),
-    ((2, 9, 10, 4), (3, 3, 2, 6), dict(stride=2, padding=((1, 2), (0, 1)), dilation=(1, 2), groups=2)),
-    ((2, 8, 8, 4), (3, 3, 1, 4), dict(padding="same", groups=4)),  # depthwise
-    ((1, 12, 9, 2), (5, 2, 2, 3), dict(stride=(3, 1), padding=((0, 4), (1, 1)))),  # unused input rows
+    ((2, 9, 4), (3, 4, 6), {}),
+    ((3, 11, 5), (4, 5, 7), {"stride": 3, "padding": "same", "dilation": 2}),
+    ((1, 10, 2), (3, 1, 4), {"padding": ((2, 0),), "groups": 2}),
+    ((2, 7, 8, 3), (3, 3, 3, 5), {"padding": 1}),
+    ((2, 9, 10, 4), (3, 3, 2, 6), {"stride": 2, "padding": ((1, 2), (0, 1)), "dilation": (1, 2), "groups": 2}),
+    ((2, 8, 8, 4), (3, 3, 1, 4), {"padding": "same", "groups": 4}),  # depthwise
+    ((1, 12, 9, 2), (5, 2, 2, 3), {"stride": (3, 1), "padding": ((0, 4), (1, 1))}),  # unused input rows
     # oneDNN has only reference code for this backward-weights channels-last: blocked activations.
-    ((1, 17, 16, 2), (15, 15, 2, 3), dict(padding="same")),
-    ((2, 5, 6, 7, 3), (2, 3, 2, 3, 4), dict(stride=(1, 2, 1), padding=1)),
-    ((1, 6, 5, 6, 4), (3, 3, 3, 2, 4), dict(dilation=(2, 1, 1), padding=((2, 2), (1, 1), (0, 1)), groups=2)),
+    ((1, 17, 16, 2), (15, 15, 2, 3), {"padding": "same"}),
+    ((2, 5, 6, 7, 3), (2, 3, 2, 3, 4), {"stride": (1, 2, 1), "padding": 1}),
+    ((1, 6, 5, 6, 4), (3, 3, 3, 2, 4), {"dilation": (2, 1, 1), "padding": ((2, 2), (1, 1), (0, 1)), "groups": 2}),
 ]
 
 
@@ -119,7 +119,7 @@ def test_concurrent_calls_do_not_share_scratch_memory(rng):
   # XLA runs independent custom calls on several threads at once (dx and dw of one step, say);
   # primitives sharing oneDNN's library-managed scratchpad crashed or corrupted each other there.
   g = _geometry(CASES[4])
-  x, w, dy = _operands(rng, g)
+  x, _, dy = _operands(rng, g)
   want = np.asarray(_lax_kernel_grad(x, dy, g))
   step = jax.jit(lambda x, dy: [onednn.kernel_grad(x * s, dy, g) / s for s in (1.0, 2.0, 4.0)])
   jax.block_until_ready(step(x, dy))

@@ -111,6 +111,14 @@ def _load() -> ctypes.CDLL | str:
   return lib
 
 
+def _library() -> ctypes.CDLL:
+  """The loaded extension; ``RuntimeError`` with the reason when it is unavailable."""
+  lib = _load()
+  if isinstance(lib, ctypes.CDLL):
+    return lib
+  raise RuntimeError(f"impl='onednn' is unavailable: {lib}")
+
+
 def info() -> str:
   """oneDNN's version and runtime, or why it is unavailable."""
   lib = _load()
@@ -125,8 +133,7 @@ def _ints(values) -> ctypes.Array:
 @functools.lru_cache(maxsize=4096)
 def _probe(g: ConvGeometry) -> str | None:
   """Builds (and caches, C++ side) the three primitives of ``g``: None, or oneDNN's refusal."""
-  lib = _load()
-  assert not isinstance(lib, str)
+  lib = _library()
   lo, hi = zip(*g.padding)
   for name, op in _OPS.items():
     reason = lib.jaxconv_onednn_probe(
@@ -163,9 +170,7 @@ def _threads() -> int:
 
 def _call(name: str, a: jax.Array, b: jax.Array, g: ConvGeometry, shape: tuple[int, ...]) -> jax.Array:
   """One custom call; vmapped axes reach the C++ side as leading axes (folded into N where only ``a`` has them)."""
-  lib = _load()
-  if isinstance(lib, str):
-    raise RuntimeError(f"impl='onednn' is unavailable: {lib}")
+  _library()
   lo, hi = zip(*g.padding)
   call = jax.ffi.ffi_call(_TARGETS[name], jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="expand_dims")
   return call(
