@@ -103,7 +103,10 @@ def _load() -> ctypes.CDLL | str:
   lib.jaxconv_onednn_info.restype = ctypes.c_char_p
   info = lib.jaxconv_onednn_info().decode()
   if info.startswith("error:"):
-    return f"oneDNN from {library!r} cannot run on this CPU: {info[len('error: '):]}"
+    return (
+        f"oneDNN from {library!r} cannot run on this CPU: {info[len('error: '):]} (a SYCL build, such as PyPI's "
+        f"'onednn' 2026.x, has no CPU engine without a SYCL CPU device): pip install {DISTRIBUTION}"
+    )
   lib.jaxconv_onednn_probe.restype = ctypes.c_char_p
   lib.jaxconv_onednn_probe.argtypes = [ctypes.c_int64] * 3 + [ctypes.POINTER(ctypes.c_int64)] * 6 + [ctypes.c_int64]
   for target in _TARGETS.values():
