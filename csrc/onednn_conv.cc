@@ -1,0 +1,442 @@
+// oneDNN convolutions (forward, backward-data, backward-weights) as XLA FFI handlers.
+//
+// Layouts are jaxconv's kernel contract, all row-major and channels-last:
+//   x  (*lead, N, *spatial, C_in)         w (*lead, *kernel, C_in / G, C_out)
+//   y  (*lead, N, *out_spatial, C_out)
+// with 1-3 spatial axes and C_out split into G consecutive blocks of C_out / G (lax's grouping).
+// `lead` are the leading axes that jax.ffi's vmap_method="expand_dims" adds: every operand has the
+// same number of them, each of size 1 (operand not batched there) or B. A batch that only the
+// activation operand carries is folded into N (one primitive call); anything else loops.
+//
+// Memory descriptors describe XLA's buffers directly through strides (no user-side copies). The
+// weights' layout is left to oneDNN (format "any": its fast convolutions want blocked weights)
+// and reordered on each call when it differs from the plain one; activations stay channels-last,
+// unless oneDNN has only reference code for them (then they are blocked too, and reordered).
+// Primitives (and their reorders) are cached per problem: creating one JIT-compiles code.
+//
+// Exported C symbols: the three FFI handlers, plus jaxconv_onednn_info / jaxconv_onednn_probe for
+// Python (ctypes) to check at trace time that a problem is implementable, with oneDNN's message.
+
+#include <dlfcn.h>
+
+#include <array>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum Op : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+// One convolution problem, without the vmap axes. Shapes are jaxconv's (channels-last).
+struct Problem {
+  int64_t op = kForward;
+  dnnl::memory::data_type dtype = dnnl::memory::data_type::f32;
+  int64_t rank = 0, batch = 0, in_channels = 0, out_channels = 0, groups = 1;
+  std::vector<int64_t> spatial, kernel, out_spatial, stride, dilation, pad_lo, pad_hi;
+
+  std::vector<int64_t> Key() const {
+    std::vector<int64_t> key = {op, static_cast<int64_t>(dtype), rank, batch, in_channels, out_channels, groups};
+    for (const auto* v : {&spatial, &kernel, &out_spatial, &stride, &dilation, &pad_lo, &pad_hi}) {
+      key.insert(key.end(), v->begin(), v->end());
+    }
+    return key;
+  }
+};
+
+using dims = dnnl::memory::dims;
+
+// Channels-last activation (N, *spatial, C) as oneDNN's logical (N, C, *spatial), by strides.
+dnnl::memory::desc ActivationDesc(const Problem& p, int64_t channels, const std::vector<int64_t>& spatial) {
+  dims shape = {p.batch, channels};
+  shape.insert(shape.end(), spatial.begin(), spatial.end());
+  dims strides(shape.size());
+  int64_t step = 1;
+  strides[1] = step;
+  step *= channels;
+  for (int64_t i = p.rank - 1; i >= 0; --i) {
+    strides[2 + i] = step;
+    step *= spatial[i];
+  }
+  strides[0] = step;
+  return dnnl::memory::desc(shape, p.dtype, strides);
+}
+
+// Weights (*kernel, C_in / G, C_out) as oneDNN's logical (G, C_out / G, C_in / G, *kernel), or
+// (C_out, C_in, *kernel) without groups, by strides.
+dnnl::memory::desc WeightDesc(const Problem& p) {
+  const int64_t cin_g = p.in_channels / p.groups, cout = p.out_channels, cout_g = cout / p.groups;
+  dims ks(p.rank);
+  int64_t step = cin_g * cout;
+  for (int64_t i = p.rank - 1; i >= 0; --i) {
+    ks[i] = step;
+    step *= p.kernel[i];
+  }
+  dims shape, strides;
+  if (p.groups > 1) {
+    shape = {p.groups, cout_g, cin_g};
+    strides = {cout_g, 1, cout};
+  } else {
+    shape = {cout, cin_g};
+    strides = {1, cout};
+  }
+  shape.insert(shape.end(), p.kernel.begin(), p.kernel.end());
+  strides.insert(strides.end(), ks.begin(), ks.end());
+  return dnnl::memory::desc(shape, p.dtype, strides);
+}
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One operand of a primitive: the layout of XLA's buffer, the primitive's, and the reorder between
+// them where they differ (user -> primitive for inputs, primitive -> user for the result).
+struct Operand {
+  int arg = 0;
+  dnnl::memory::desc user, inner;
+  bool reorder = false;
+  dnnl::reorder convert;
+};
+
+// A ready-to-run problem: the primitive and its operands a, b (inputs) and out (result), as in Execute.
+struct Entry {
+  dnnl::primitive conv;
+  std::string impl;
+  std::array<Operand, 3> operands;  // a, b, out
+  size_t scratchpad = 0;             // bytes
+};
+
+Operand MakeOperand(int arg, const dnnl::memory::desc& user, const dnnl::memory::desc& inner, bool input) {
+  Operand o;
+  o.arg = arg;
+  o.user = user;
+  o.inner = inner;
+  o.reorder = inner != user;
+  if (o.reorder) {
+    dnnl::engine& engine = Engine();
+    o.convert = input ? dnnl::reorder(dnnl::reorder::primitive_desc(engine, user, engine, inner))
+                      : dnnl::reorder(dnnl::reorder::primitive_desc(engine, inner, engine, user));
+  }
+  return o;
+}
+
+// The primitive of `p`. Weights are always in oneDNN's preferred layout ("any"); activations in
+// XLA's channels-last layout, or also "any" (blocked, reordered per call) when `any_activations`.
+std::unique_ptr<Entry> Build(const Problem& p, bool any_activations) {
+  dnnl::engine& engine = Engine();
+  const auto src = ActivationDesc(p, p.in_channels, p.spatial);
+  const auto dst = ActivationDesc(p, p.out_channels, p.out_spatial);
+  auto any = [&](const dnnl::memory::desc& d) { return dnnl::memory::desc(d.get_dims(), p.dtype, dnnl::memory::format_tag::any); };
+  const auto src_any = any_activations ? any(src) : src, dst_any = any_activations ? any(dst) : dst;
+  const auto weights = WeightDesc(p), weights_any = any(weights);
+  dims stride(p.stride.begin(), p.stride.end()), lo(p.pad_lo.begin(), p.pad_lo.end()), hi(p.pad_hi.begin(), p.pad_hi.end());
+  dims dilation(p.rank);
+  for (int64_t i = 0; i < p.rank; ++i) dilation[i] = p.dilation[i] - 1;  // oneDNN counts inserted zeros
+  const auto algo = dnnl::algorithm::convolution_direct;
+  dnnl::primitive_attr attr;
+  // The scratchpad is ours (per calling thread, see Execute): oneDNN's own ("library" mode) is shared
+  // between primitives, and XLA runs independent custom calls concurrently on its threads.
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  // float32 stays float32: no implicit down-conversion to bf16/tf32 where the CPU has it.
+  attr.set_fpmath_mode(dnnl::fpmath_mode::strict);
+  auto hint = dnnl::convolution_forward::primitive_desc(engine, dnnl::prop_kind::forward_training, algo, src_any,
+                                                         weights_any, dst_any, stride, dilation, lo, hi, attr);
+  auto entry = std::make_unique<Entry>();
+  if (p.op == kForward) {
+    entry->conv = dnnl::convolution_forward(hint);
+    entry->impl = hint.impl_info_str();
+    entry->scratchpad = hint.scratchpad_desc().get_size();
+    entry->operands = {MakeOperand(DNNL_ARG_SRC, src, hint.src_desc(), true),
+                       MakeOperand(DNNL_ARG_WEIGHTS, weights, hint.weights_desc(), true),
+                       MakeOperand(DNNL_ARG_DST, dst, hint.dst_desc(), false)};
+  } else if (p.op == kBackwardData) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(engine, algo, src_any, weights_any, dst_any, stride, dilation,
+                                                              lo, hi, hint, attr);
+    entry->conv = dnnl::convolution_backward_data(pd);
+    entry->impl = pd.impl_info_str();
+    entry->scratchpad = pd.scratchpad_desc().get_size();
+    entry->operands = {MakeOperand(DNNL_ARG_DIFF_DST, dst, pd.diff_dst_desc(), true),
+                       MakeOperand(DNNL_ARG_WEIGHTS, weights, pd.weights_desc(), true),
+                       MakeOperand(DNNL_ARG_DIFF_SRC, src, pd.diff_src_desc(), false)};
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(engine, algo, src_any, weights_any, dst_any, stride,
+                                                                 dilation, lo, hi, hint, attr);
+    entry->conv = dnnl::convolution_backward_weights(pd);
+    entry->impl = pd.impl_info_str();
+    entry->scratchpad = pd.scratchpad_desc().get_size();
+    entry->operands = {MakeOperand(DNNL_ARG_SRC, src, pd.src_desc(), true),
+                       MakeOperand(DNNL_ARG_DIFF_DST, dst, pd.diff_dst_desc(), true),
+                       MakeOperand(DNNL_ARG_DIFF_WEIGHTS, weights, pd.diff_weights_desc(), false)};
+  }
+  return entry;
+}
+
+// Channels-last first (no activation reorders); where oneDNN has only its reference code for that
+// (e.g. backward-weights of a 15x15 kernel), blocked activations, whose reorders cost far less.
+std::unique_ptr<Entry> Build(const Problem& p) {
+  auto entry = Build(p, false);
+  if (entry->impl.rfind("ref", 0) == 0) {
+    try {
+      auto blocked = Build(p, true);
+      if (blocked->impl.rfind("ref", 0) != 0) return blocked;
+    } catch (const dnnl::error&) {
+      // keep the channels-last one
+    }
+  }
+  return entry;
+}
+
+// The cached entry of a problem, built on first use; throws dnnl::error when oneDNN cannot do it.
+const Entry& Lookup(const Problem& p) {
+  static std::mutex mutex;
+  static std::map<std::vector<int64_t>, std::unique_ptr<Entry>> cache;
+  std::vector<int64_t> key = p.Key();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(std::move(key), Build(p)).first;
+  return *it->second;
+}
+
+// oneDNN's OpenMP threads: use at most `threads` (0 = the runtime's default). OpenMP's thread count is
+// per calling thread, and XLA calls from its own threads, so it is set on every call; looked up
+// dynamically so that a oneDNN built on another threading runtime still loads.
+void LimitThreads(int64_t threads) {
+  if (threads <= 0) return;
+  using SetFn = void (*)(int);
+  static SetFn set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  if (set != nullptr) set(static_cast<int>(threads));
+}
+
+// Runs one problem on raw pointers: a = x (forward, backward-weights) or dy (backward-data);
+// b = w (forward, backward-data) or dy (backward-weights); out = y, dx or dw.
+void Execute(const Problem& p, void* a, void* b, void* out) {
+  const Entry& entry = Lookup(p);
+  dnnl::engine& engine = Engine();
+  dnnl::stream stream(engine);
+  void* user[3] = {a, b, out};
+  // Operands in another layout than XLA's, and the scratchpad, live in one per-thread buffer reused
+  // between calls (one call at a time per thread: no two executions share it).
+  thread_local std::vector<char> buffer;
+  size_t offsets[4] = {0, 0, 0, 0}, total = 0;
+  for (int i = 0; i < 4; ++i) {
+    if (i < 3 && !entry.operands[i].reorder) continue;
+    offsets[i] = total;
+    total += ((i < 3 ? entry.operands[i].inner.get_size() : entry.scratchpad) + 63) / 64 * 64;
+  }
+  if (buffer.size() < total + 64) buffer.resize(total + 64);
+  char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t{63});
+  std::unordered_map<int, dnnl::memory> args;
+  dnnl::memory memories[3];
+  for (int i = 0; i < 3; ++i) {
+    const Operand& o = entry.operands[i];
+    dnnl::memory mine(o.user, engine, user[i]);
+    memories[i] = o.reorder ? dnnl::memory(o.inner, engine, base + offsets[i]) : mine;
+    if (o.reorder && i < 2) o.convert.execute(stream, mine, memories[i]);
+    args[o.arg] = memories[i];
+  }
+  if (entry.scratchpad > 0) {
+    const dnnl::memory::desc bytes({static_cast<int64_t>(entry.scratchpad)}, dnnl::memory::data_type::u8, dnnl::memory::format_tag::a);
+    args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(bytes, engine, base + offsets[3]);
+  }
+  entry.conv.execute(stream, args);
+  const Operand& result = entry.operands[2];
+  if (result.reorder) {
+    dnnl::memory mine(result.user, engine, out);
+    result.convert.execute(stream, memories[2], mine);
+  }
+  stream.wait();
+}
+
+int64_t OutputSize(int64_t n, int64_t k, int64_t s, int64_t d, int64_t lo, int64_t hi) {
+  return (n + lo + hi - d * (k - 1) - 1) / s + 1;
+}
+
+// The problem of a call from its activation shape (N, *spatial, C_in), weight shape and geometry.
+Problem MakeProblem(int64_t op, dnnl::memory::data_type dtype, const int64_t* x_shape, const int64_t* w_shape, int64_t rank,
+                    const int64_t* stride, const int64_t* dilation, const int64_t* lo, const int64_t* hi, int64_t groups) {
+  Problem p;
+  p.op = op;
+  p.dtype = dtype;
+  p.rank = rank;
+  p.batch = x_shape[0];
+  p.in_channels = x_shape[rank + 1];
+  p.out_channels = w_shape[rank + 1];
+  p.groups = groups;
+  for (int64_t i = 0; i < rank; ++i) {
+    p.spatial.push_back(x_shape[1 + i]);
+    p.kernel.push_back(w_shape[i]);
+    p.stride.push_back(stride[i]);
+    p.dilation.push_back(dilation[i]);
+    p.pad_lo.push_back(lo[i]);
+    p.pad_hi.push_back(hi[i]);
+    p.out_spatial.push_back(OutputSize(x_shape[1 + i], w_shape[i], stride[i], dilation[i], lo[i], hi[i]));
+  }
+  return p;
+}
+
+bool DnnlType(ffi::DataType type, dnnl::memory::data_type* out) {
+  switch (type) {
+    case ffi::DataType::F32: *out = dnnl::memory::data_type::f32; return true;
+    case ffi::DataType::BF16: *out = dnnl::memory::data_type::bf16; return true;
+    case ffi::DataType::F16: *out = dnnl::memory::data_type::f16; return true;
+    default: return false;
+  }
+}
+
+// One FFI call: operands a, b and result out as in Execute, each with `lead` vmap axes in front.
+ffi::Error Call(int64_t op, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out, ffi::Span<const int64_t> stride,
+                ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> lo, ffi::Span<const int64_t> hi, int64_t groups,
+                int64_t threads) {
+  try {
+    const int64_t rank = static_cast<int64_t>(stride.size());
+    if (rank < 1 || rank > 3 || dilation.size() != stride.size() || lo.size() != stride.size() || hi.size() != stride.size()) {
+      return ffi::Error::InvalidArgument("onednn conv: stride, dilation and pads need one entry per spatial axis (1-3)");
+    }
+    dnnl::memory::data_type dtype;
+    if (!DnnlType(a.element_type(), &dtype) || a.element_type() != b.element_type() || a.element_type() != out.element_type()) {
+      return ffi::Error::InvalidArgument("onednn conv: operands must share one dtype of float32, bfloat16, float16");
+    }
+    auto ad = a.dimensions(), bd = b.dimensions(), od = out.dimensions();
+    // Activation-like operands have rank + 2 own axes, weights rank + 2 too; the rest are vmap axes.
+    const int64_t lead = static_cast<int64_t>(ad.size()) - (rank + 2);
+    if (lead < 0 || static_cast<int64_t>(bd.size()) != lead + rank + 2 || static_cast<int64_t>(od.size()) != lead + rank + 2) {
+      return ffi::Error::InvalidArgument("onednn conv: operand ranks do not match the spatial rank");
+    }
+    // x-shaped and w-shaped views of the three buffers.
+    const int64_t* x_dims = op == kBackwardData ? od.begin() + lead : ad.begin() + lead;
+    const int64_t* w_dims = op == kBackwardWeights ? od.begin() + lead : bd.begin() + lead;
+    int64_t count = 1;
+    std::vector<int64_t> sizes(lead);
+    for (int64_t i = 0; i < lead; ++i) {
+      sizes[i] = od[i];
+      count *= od[i];
+    }
+    // Batch carried by the activation operand alone (x for forward, dy for backward-data): fold it into N.
+    bool fold = lead > 0 && op != kBackwardWeights;
+    for (int64_t i = 0; i < lead && fold; ++i) fold = bd[i] == 1 && ad[i] == od[i];
+    std::vector<int64_t> x_shape(x_dims, x_dims + rank + 2);
+    if (fold) {
+      x_shape[0] *= count;
+      count = 1;
+    }
+    Problem p = MakeProblem(op, dtype, x_shape.data(), w_dims, rank, stride.begin(), dilation.begin(), lo.begin(), hi.begin(), groups);
+    // The result's own shape must be what the geometry gives.
+    const int64_t* check = op == kForward ? od.begin() + lead : (op == kBackwardData ? ad.begin() + lead : bd.begin() + lead);
+    for (int64_t i = 0; i < rank; ++i) {
+      if (check[1 + i] != p.out_spatial[i]) return ffi::Error::InvalidArgument("onednn conv: output shape does not match the geometry");
+    }
+    LimitThreads(threads);
+    if (count == 1) {
+      Execute(p, a.untyped_data(), b.untyped_data(), out.untyped_data());
+      return ffi::Error::Success();
+    }
+    // One call per vmap index; an operand of size 1 on a vmap axis is broadcast along it.
+    const size_t width = ffi::ByteWidth(a.element_type());
+    auto own_bytes = [&](ffi::Span<const int64_t> d) {
+      size_t n = width;
+      for (size_t i = lead; i < d.size(); ++i) n *= d[i];
+      return n;
+    };
+    const size_t a_bytes = own_bytes(ad), b_bytes = own_bytes(bd), out_bytes = own_bytes(od);
+    char* a_ptr = static_cast<char*>(a.untyped_data());
+    char* b_ptr = static_cast<char*>(b.untyped_data());
+    char* out_ptr = static_cast<char*>(out.untyped_data());
+    for (int64_t index = 0; index < count; ++index) {
+      // Row-major offsets of this index in a and b, counting only their non-broadcast vmap axes.
+      int64_t rest = index, a_off = 0, b_off = 0, a_step = 1, b_step = 1;
+      for (int64_t i = lead - 1; i >= 0; --i) {
+        const int64_t k = rest % sizes[i];
+        rest /= sizes[i];
+        if (ad[i] != 1) a_off += k * a_step;
+        if (bd[i] != 1) b_off += k * b_step;
+        a_step *= ad[i];
+        b_step *= bd[i];
+      }
+      Execute(p, a_ptr + a_off * a_bytes, b_ptr + b_off * b_bytes, out_ptr + index * out_bytes);
+    }
+    return ffi::Error::Success();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
+  }
+}
+
+}  // namespace
+
+#define JAXCONV_BIND(OP)                           \
+  [](ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> stride, \
+     ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> lo, ffi::Span<const int64_t> hi, int64_t groups, \
+     int64_t threads) { return Call(OP, a, b, *out, stride, dilation, lo, hi, groups, threads); }
+
+#define JAXCONV_SIGNATURE                                      \
+  ffi::Ffi::Bind()                                             \
+      .Arg<ffi::AnyBuffer>()                                   \
+      .Arg<ffi::AnyBuffer>()                                   \
+      .Ret<ffi::AnyBuffer>()                                   \
+      .Attr<ffi::Span<const int64_t>>("stride")                \
+      .Attr<ffi::Span<const int64_t>>("dilation")              \
+      .Attr<ffi::Span<const int64_t>>("pad_lo")                \
+      .Attr<ffi::Span<const int64_t>>("pad_hi")                \
+      .Attr<int64_t>("groups")                                 \
+      .Attr<int64_t>("threads")
+
+// Everything else is hidden (-fvisibility=hidden); these are the library's interface.
+#pragma GCC visibility push(default)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxconv_onednn_forward, JAXCONV_BIND(kForward), JAXCONV_SIGNATURE);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxconv_onednn_backward_data, JAXCONV_BIND(kBackwardData), JAXCONV_SIGNATURE);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxconv_onednn_backward_weights, JAXCONV_BIND(kBackwardWeights), JAXCONV_SIGNATURE);
+
+// Python-side checks (ctypes). Returned strings live until the next call on the same thread.
+namespace {
+thread_local std::string message;
+}
+
+// "oneDNN <version> (<runtime>, ISA <isa>)", or "error: ..." when no CPU engine can be created.
+extern "C" const char* jaxconv_onednn_info() {
+  try {
+    const dnnl_version_t* v = dnnl_version();
+    Engine();
+    std::ostringstream out;
+    out << "oneDNN " << v->major << "." << v->minor << "." << v->patch << " (cpu runtime " << v->cpu_runtime << ")";
+    message = out.str();
+  } catch (const std::exception& e) {
+    message = std::string("error: ") + e.what();
+  }
+  return message.c_str();
+}
+
+// Builds (and caches) the primitive of one problem: nullptr when oneDNN implements it, else why not.
+// dtype: 0 float32, 1 bfloat16, 2 float16. Shapes are the unbatched x (N, *spatial, C_in) and w.
+extern "C" const char* jaxconv_onednn_probe(int64_t op, int64_t dtype, int64_t rank, const int64_t* x_shape,
+                                            const int64_t* w_shape, const int64_t* stride, const int64_t* dilation,
+                                            const int64_t* lo, const int64_t* hi, int64_t groups) {
+  static const dnnl::memory::data_type types[] = {dnnl::memory::data_type::f32, dnnl::memory::data_type::bf16,
+                                                  dnnl::memory::data_type::f16};
+  try {
+    if (dtype < 0 || dtype > 2) throw std::invalid_argument("unknown dtype code");
+    Lookup(MakeProblem(op, types[dtype], x_shape, w_shape, rank, stride, dilation, lo, hi, groups));
+    return nullptr;
+  } catch (const dnnl::error& e) {
+    message = std::string("oneDNN has no implementation (") + e.what() + ")";
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  return message.c_str();
+}
+
+#pragma GCC visibility pop

@@ -1,0 +1,203 @@
+"""oneDNN's convolution primitives (forward, backward-data, backward-weights) as XLA FFI custom calls.
+
+The C++ side (``csrc/onednn_conv.cc``, built by ``setup.py`` into ``jaxconv/_onednn*.so``) wraps
+XLA's channels-last buffers in oneDNN memory descriptors without copies, lets oneDNN pick its
+weight layout (one reorder per call when it differs), and caches one primitive per problem
+(shape, dtype, geometry). Here the three raw functions of the kernel contract call it through
+``jax.ffi.ffi_call``; the shared mechanism (``jaxconv.kernels.primitives``) adds the transforms.
+
+oneDNN comes from PyPI's ``onednn-cpu-gomp`` (a CPU build on GNU OpenMP). PyPI's newer ``onednn``
+(2026.x) is a SYCL build: its CPU engine needs a SYCL CPU device, which its runtime packages do
+not provide on Linux (no OpenCL adapter), so it cannot run a primitive on a plain CPU machine.
+The shared library is found, in order, at ``$JAXCONV_ONEDNN_LIBRARY``, in the installed
+``onednn-cpu-gomp`` distribution, or by the dynamic loader (``libdnnl.so.3``), and loaded before
+the extension so that the extension's ``libdnnl.so.3`` dependency resolves to it. Nothing is
+loaded at import: the first ``supports_onednn`` call does it, and every failure (no extension
+built, no library, no CPU engine, an unsupported problem) becomes its reason string.
+
+Threads: oneDNN runs its primitives on its own OpenMP team, not on XLA's intra-op pool (that
+needs oneDNN's threadpool runtime, which no PyPI build has). Its workers wait passively between
+primitives (``OMP_WAIT_POLICY=passive`` unless the user set it: spinning workers took the cores
+from XLA's threads, see ``_load``). ``$JAXCONV_ONEDNN_THREADS`` caps the team per call; the
+default (0) leaves OpenMP's default, one thread per core (measured faster than one thread).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.metadata
+import importlib.util
+import os
+
+import jax
+import numpy as np
+
+from jaxconv.geometry import ConvGeometry
+from jaxconv.kernels.registry import register
+
+# The oneDNN distribution the extension is built and run against (see the module docstring).
+DISTRIBUTION = "onednn-cpu-gomp"
+LIBRARY_ENV = "JAXCONV_ONEDNN_LIBRARY"
+EXTENSION_ENV = "JAXCONV_ONEDNN_EXTENSION"
+THREADS_ENV = "JAXCONV_ONEDNN_THREADS"
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+LIBRARY_NAME = "libdnnl.so.3"
+# dtype -> the C side's code (jaxconv_onednn_probe); oneDNN refuses what the CPU cannot run.
+_DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(jax.numpy.bfloat16): 1, np.dtype(np.float16): 2}
+_TARGETS = {"forward": "jaxconv_onednn_forward", "input_grad": "jaxconv_onednn_backward_data", "kernel_grad": "jaxconv_onednn_backward_weights"}
+_OPS = {"forward": 0, "input_grad": 1, "kernel_grad": 2}
+
+
+def _library_path() -> str:
+  """Where libdnnl is: ``$JAXCONV_ONEDNN_LIBRARY``, the ``onednn-cpu-gomp`` distribution, or the loader's name."""
+  if os.environ.get(LIBRARY_ENV):
+    return os.environ[LIBRARY_ENV]
+  try:
+    files = importlib.metadata.files(DISTRIBUTION) or []
+  except importlib.metadata.PackageNotFoundError:
+    files = []
+  for file in files:
+    if file.name == LIBRARY_NAME:
+      return str(file.locate())
+  return LIBRARY_NAME
+
+
+def _extension_path() -> str | None:
+  """The built extension ``jaxconv._onednn`` (wherever the install put it), or ``$JAXCONV_ONEDNN_EXTENSION``."""
+  if os.environ.get(EXTENSION_ENV):
+    return os.environ[EXTENSION_ENV]
+  # find_spec locates without importing (the library has no Python module init), also through
+  # the path finders that editable installs add.
+  spec = importlib.util.find_spec("jaxconv._onednn")
+  return spec.origin if spec is not None and spec.origin else None
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | str:
+  """The loaded extension with its FFI targets registered, or why it cannot be had (cached)."""
+  library = _library_path()
+  # libgomp's default is to spin after each parallel region, which takes the cores from XLA's own
+  # threads: a LeNet-sized fwd+bwd step measured ~4x slower in wall and CPU time than with
+  # "passive". libgomp reads the policy once, when it loads (here, with libdnnl), so it is set
+  # for that load only (other OpenMP runtimes loaded later, e.g. torch's, keep theirs); a user's
+  # own OMP_WAIT_POLICY is left as it is.
+  policy = os.environ.get(WAIT_POLICY_ENV)
+  if policy is None:
+    os.environ[WAIT_POLICY_ENV] = "passive"
+  try:
+    # RTLD_GLOBAL: the extension's dependency on libdnnl.so.3 resolves to this already-loaded copy.
+    ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
+  except OSError as e:
+    return f"{LIBRARY_NAME} could not be loaded from {library!r} ({e}): pip install {DISTRIBUTION}, or set ${LIBRARY_ENV}"
+  finally:
+    if policy is None:
+      del os.environ[WAIT_POLICY_ENV]
+  extension = _extension_path()
+  if extension is None:
+    return "the oneDNN extension jaxconv/_onednn*.so is not built (reinstall jaxconv with g++ and onednn-devel-cpu-gomp present)"
+  try:
+    lib = ctypes.CDLL(extension)
+  except OSError as e:
+    return f"the oneDNN extension {extension!r} could not be loaded: {e}"
+  lib.jaxconv_onednn_info.restype = ctypes.c_char_p
+  info = lib.jaxconv_onednn_info().decode()
+  if info.startswith("error:"):
+    return (
+        f"oneDNN from {library!r} cannot run on this CPU: {info[len('error: '):]} (a SYCL build, such as PyPI's "
+        f"'onednn' 2026.x, has no CPU engine without a SYCL CPU device): pip install {DISTRIBUTION}"
+    )
+  lib.jaxconv_onednn_probe.restype = ctypes.c_char_p
+  lib.jaxconv_onednn_probe.argtypes = [ctypes.c_int64] * 3 + [ctypes.POINTER(ctypes.c_int64)] * 6 + [ctypes.c_int64]
+  for target in _TARGETS.values():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
+  return lib
+
+
+def _library() -> ctypes.CDLL:
+  """The loaded extension; ``RuntimeError`` with the reason when it is unavailable."""
+  lib = _load()
+  if isinstance(lib, ctypes.CDLL):
+    return lib
+  raise RuntimeError(f"impl='onednn' is unavailable: {lib}")
+
+
+def info() -> str:
+  """oneDNN's version and runtime, or why it is unavailable."""
+  lib = _load()
+  return lib if isinstance(lib, str) else lib.jaxconv_onednn_info().decode()
+
+
+def _ints(values) -> ctypes.Array:
+  values = [int(v) for v in values]
+  return (ctypes.c_int64 * max(len(values), 1))(*values)
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe(g: ConvGeometry) -> str | None:
+  """Builds (and caches, C++ side) the three primitives of ``g``: None, or oneDNN's refusal."""
+  lib = _library()
+  lo, hi = zip(*g.padding)
+  for name, op in _OPS.items():
+    reason = lib.jaxconv_onednn_probe(
+        op, _DTYPE_CODES[np.dtype(g.dtype)], g.rank, _ints(g.x_shape), _ints(g.w_shape), _ints(g.stride), _ints(g.dilation),
+        _ints(lo), _ints(hi), g.groups,
+    )
+    if reason is not None:
+      return f"{name} in {np.dtype(g.dtype)}: {reason.decode()}"
+  return None
+
+
+def supports_onednn(g: ConvGeometry) -> str | None:
+  """Why oneDNN cannot serve ``g`` (library, extension, backend, rank, dtype, or oneDNN's own refusal), or None."""
+  lib = _load()
+  if isinstance(lib, str):
+    return lib
+  if jax.default_backend() != "cpu":
+    return f"oneDNN runs on the CPU backend only; the default backend is {jax.default_backend()!r}"
+  if not 1 <= g.rank <= 3:
+    return f"oneDNN convolutions have 1-3 spatial axes; got {g.rank}"
+  if np.dtype(g.dtype) not in _DTYPE_CODES:
+    return f"oneDNN convolutions take float32, bfloat16 or float16; got {np.dtype(g.dtype)}"
+  return _probe(g)
+
+
+def _threads() -> int:
+  """The OpenMP team size to cap each call at, from ``$JAXCONV_ONEDNN_THREADS`` (0: OpenMP's default)."""
+  value = os.environ.get(THREADS_ENV, "0")
+  try:
+    return max(int(value), 0)
+  except ValueError:
+    raise ValueError(f"${THREADS_ENV} must be an int; got {value!r}") from None
+
+
+def _call(name: str, a: jax.Array, b: jax.Array, g: ConvGeometry, shape: tuple[int, ...]) -> jax.Array:
+  """One custom call; vmapped axes reach the C++ side as leading axes (folded into N where only ``a`` has them)."""
+  _library()
+  lo, hi = zip(*g.padding)
+  call = jax.ffi.ffi_call(_TARGETS[name], jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="expand_dims")
+  return call(
+      a, b,
+      stride=np.asarray(g.stride, np.int64), dilation=np.asarray(g.dilation, np.int64),
+      pad_lo=np.asarray(lo, np.int64), pad_hi=np.asarray(hi, np.int64),
+      groups=np.int64(g.groups), threads=np.int64(_threads()),
+  )
+
+
+def input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
+  """oneDNN's backward-data: dy ``(N, *out_spatial, C_out)``, w -> dx ``(N, *spatial, C_in)``."""
+  return _call("input_grad", dy, w, g, (dy.shape[0], *g.spatial, g.in_channels))
+
+
+def kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
+  """oneDNN's backward-weights: x ``(N, *spatial, C_in)``, dy -> dw ``(*kernel, C_in // groups, C_out)``."""
+  return _call("kernel_grad", x, dy, g, g.w_shape)
+
+
+@register("onednn", supports=supports_onednn, input_grad=input_grad, kernel_grad=kernel_grad, local=True)
+def forward(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
+  """oneDNN's convolution primitives through XLA's FFI (channels-last, cached per shape)."""
+  return _call("forward", x, w, g, (x.shape[0], *g.out_spatial, g.out_channels))
+
+
+__all__ = ["DISTRIBUTION", "forward", "info", "input_grad", "kernel_grad", "supports_onednn"]

@@ -1,0 +1,203 @@
+"""The oneDNN kernel's raw functions against lax: values, both transposes, vmap, refusals.
+
+The transforms through the shared mechanism (grad of any order, jvp, ...) are the core grid's
+(every registered kernel runs there); here each raw function is checked on its own. Where the
+extension or the library is missing the value tests skip with the reason, except under CI
+(``$CI`` set), where a missing build is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxconv.geometry import ConvGeometry, conv_geometry
+from jaxconv.kernels import onednn
+from jaxconv.kernels.lax import dimension_numbers
+
+_REASON = onednn._load()
+_REASON = _REASON if isinstance(_REASON, str) else None
+if _REASON is not None and os.environ.get("CI"):
+  raise RuntimeError(f"impl='onednn' must be available in CI: {_REASON}")
+needs_onednn = pytest.mark.skipif(_REASON is not None, reason=f"onednn unavailable: {_REASON}")
+
+# (x shape, w shape, conv_geometry keywords): 1-3 spatial axes, stride, dilation, pads, groups.
+CASES = [
+    ((2, 9, 4), (3, 4, 6), {}),
+    ((3, 11, 5), (4, 5, 7), {"stride": 3, "padding": "same", "dilation": 2}),
+    ((1, 10, 2), (3, 1, 4), {"padding": ((2, 0),), "groups": 2}),
+    ((2, 7, 8, 3), (3, 3, 3, 5), {"padding": 1}),
+    ((2, 9, 10, 4), (3, 3, 2, 6), {"stride": 2, "padding": ((1, 2), (0, 1)), "dilation": (1, 2), "groups": 2}),
+    ((2, 8, 8, 4), (3, 3, 1, 4), {"padding": "same", "groups": 4}),  # depthwise
+    ((1, 12, 9, 2), (5, 2, 2, 3), {"stride": (3, 1), "padding": ((0, 4), (1, 1))}),  # unused input rows
+    # oneDNN has only reference code for this backward-weights channels-last: blocked activations.
+    ((1, 17, 16, 2), (15, 15, 2, 3), {"padding": "same"}),
+    ((2, 5, 6, 7, 3), (2, 3, 2, 3, 4), {"stride": (1, 2, 1), "padding": 1}),
+    ((1, 6, 5, 6, 4), (3, 3, 3, 2, 4), {"dilation": (2, 1, 1), "padding": ((2, 2), (1, 1), (0, 1)), "groups": 2}),
+]
+
+
+def _geometry(case) -> ConvGeometry:
+  x_shape, w_shape, kwargs = case
+  return conv_geometry(x_shape, w_shape, "float32", **kwargs)
+
+
+def _lax(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
+  return lax.conv_general_dilated(
+      x, w, g.stride, g.padding, rhs_dilation=g.dilation, dimension_numbers=dimension_numbers(g.rank),
+      feature_group_count=g.groups, precision=lax.Precision.HIGHEST,
+  )
+
+
+def _lax_input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
+  return jax.vjp(lambda x: _lax(x, w, g), jnp.zeros(g.x_shape, dy.dtype))[1](dy)[0]
+
+
+def _lax_kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
+  return jax.vjp(lambda w: _lax(x, w, g), jnp.zeros(g.w_shape, x.dtype))[1](dy)[0]
+
+
+def _operands(rng: np.random.Generator, g: ConvGeometry):
+  x, w, dy = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (g.x_shape, g.w_shape, g.out_shape))
+  return x, w, dy
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}*{c[1]}")
+def test_values_and_transposes_match_lax(rng, case):
+  g = _geometry(case)
+  assert onednn.supports_onednn(g) is None
+  x, w, dy = _operands(rng, g)
+  jit = jax.jit(lambda f, a, b: f(a, b, g), static_argnums=0)
+  np.testing.assert_allclose(jit(onednn.forward, x, w), _lax(x, w, g), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jit(onednn.input_grad, dy, w), _lax_input_grad(dy, w, g), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jit(onednn.kernel_grad, x, dy), _lax_kernel_grad(x, dy, g), rtol=1e-5, atol=2e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)], ids=["first", "second", "both"])
+@pytest.mark.parametrize("which", ["forward", "input_grad", "kernel_grad"])
+def test_vmap_matches_lax(rng, which, in_axes):
+  # One spatial rank per function, to keep the grid small: all three ranks get vmapped.
+  g = _geometry({"forward": CASES[4], "input_grad": CASES[8], "kernel_grad": CASES[1]}[which])
+  x, w, dy = _operands(rng, g)
+  fn, ref, (a, b) = {
+      "forward": (onednn.forward, _lax, (x, w)),
+      "input_grad": (onednn.input_grad, _lax_input_grad, (dy, w)),
+      "kernel_grad": (onednn.kernel_grad, _lax_kernel_grad, (x, dy)),
+  }[which]
+  # Three different members per batched operand.
+  a = jnp.stack([a, -2 * a, a + 1]) if in_axes[0] == 0 else a
+  b = jnp.stack([b, 0.5 * b, b - 1]) if in_axes[1] == 0 else b
+  got = jax.jit(jax.vmap(lambda p, q: fn(p, q, g), in_axes=in_axes))(a, b)
+  want = jax.vmap(lambda p, q: ref(p, q, g), in_axes=in_axes)(a, b)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-5)
+
+
+@needs_onednn
+def test_nested_vmap_broadcasts_size_one_axes(rng):
+  g = _geometry(CASES[3])
+  x, w, _ = _operands(rng, g)
+  xs = jnp.stack([x, 2 * x])
+  ws = jnp.stack([w, -w, 3 * w])
+  # Outer over w, inner over x: each operand is batched on one of the two leading axes.
+  got = jax.vmap(lambda w: jax.vmap(lambda x: onednn.forward(x, w, g))(xs))(ws)
+  want = jax.vmap(lambda w: jax.vmap(lambda x: _lax(x, w, g))(xs))(ws)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-5)
+
+
+@needs_onednn
+def test_concurrent_calls_do_not_share_scratch_memory(rng):
+  # XLA runs independent custom calls on several threads at once (dx and dw of one step, say);
+  # primitives sharing oneDNN's library-managed scratchpad crashed or corrupted each other there.
+  g = _geometry(CASES[4])
+  x, _, dy = _operands(rng, g)
+  want = np.asarray(_lax_kernel_grad(x, dy, g))
+  step = jax.jit(lambda x, dy: [onednn.kernel_grad(x * s, dy, g) / s for s in (1.0, 2.0, 4.0)])
+  jax.block_until_ready(step(x, dy))
+  errors: list[float] = []
+
+  def work():
+    for _ in range(10):
+      errors.extend(float(np.abs(np.asarray(dw) - want).max()) for dw in step(x, dy))
+
+  threads = [threading.Thread(target=work) for _ in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(errors) == 90 and max(errors) < 1e-4
+
+
+@needs_onednn
+def test_thread_cap_gives_the_same_values(rng, monkeypatch):
+  g = _geometry(CASES[4])
+  x, w, _ = _operands(rng, g)
+  monkeypatch.setenv(onednn.THREADS_ENV, "1")
+  np.testing.assert_allclose(onednn.forward(x, w, g), _lax(x, w, g), rtol=1e-5, atol=1e-5)
+  monkeypatch.setenv(onednn.THREADS_ENV, "many")
+  with pytest.raises(ValueError, match=onednn.THREADS_ENV):
+    onednn.forward(x, w, g)
+
+
+@needs_onednn
+def test_unsupported_dtypes_and_ranks_are_refused_with_a_reason():
+  assert "float64" in onednn.supports_onednn(conv_geometry((1, 8, 8, 2), (3, 3, 2, 2), "float64"))
+  # bfloat16: served where the CPU has it (values within bf16 precision), else oneDNN's refusal.
+  g = conv_geometry((1, 8, 8, 2), (3, 3, 2, 2), jnp.bfloat16)
+  reason = onednn.supports_onednn(g)
+  if reason is not None:
+    assert "bfloat16" in reason and "oneDNN" in reason
+  else:
+    x, w = jnp.ones(g.x_shape, jnp.bfloat16), jnp.ones(g.w_shape, jnp.bfloat16)
+    np.testing.assert_allclose(onednn.forward(x, w, g).astype(jnp.float32), 18.0)
+
+
+def test_wait_policy_is_set_for_the_load_only(monkeypatch):
+  monkeypatch.delenv(onednn.WAIT_POLICY_ENV, raising=False)
+  onednn._load.__wrapped__()
+  assert onednn.WAIT_POLICY_ENV not in os.environ
+  monkeypatch.setenv(onednn.WAIT_POLICY_ENV, "active")
+  onednn._load.__wrapped__()
+  assert os.environ[onednn.WAIT_POLICY_ENV] == "active"
+
+
+def test_missing_library_is_reported(monkeypatch):
+  monkeypatch.setenv(onednn.LIBRARY_ENV, "/nonexistent/libdnnl.so.3")
+  reason = onednn._load.__wrapped__()
+  assert isinstance(reason, str)
+  assert "libdnnl.so.3 could not be loaded" in reason and "pip install onednn-cpu-gomp" in reason
+
+
+def test_missing_extension_is_reported(monkeypatch):
+  if _REASON is not None and "libdnnl" in _REASON:
+    pytest.skip(f"no library to get past: {_REASON}")
+  monkeypatch.setenv(onednn.EXTENSION_ENV, "/nonexistent/_onednn.so")
+  reason = onednn._load.__wrapped__()
+  assert isinstance(reason, str) and "extension" in reason and "/nonexistent/_onednn.so" in reason
+
+
+def test_unavailable_kernel_refuses_every_call(monkeypatch):
+  monkeypatch.setattr(onednn, "_load", lambda: "libdnnl.so.3 could not be loaded (test)")
+  g = _geometry(CASES[0])
+  assert onednn.supports_onednn(g) == "libdnnl.so.3 could not be loaded (test)"
+  with pytest.raises(RuntimeError, match="unavailable"):
+    onednn.forward(jnp.ones(g.x_shape), jnp.ones(g.w_shape), g)
+
+
+def test_import_succeeds_without_the_library():
+  code = (
+      "import jaxconv, jaxconv.kernels.onednn as k; from jaxconv.geometry import conv_geometry; "
+      "print(k.supports_onednn(conv_geometry((1, 4, 1), (2, 1, 1), 'float32')))"
+  )
+  env = dict(os.environ, **{onednn.LIBRARY_ENV: "/nonexistent/libdnnl.so.3"})
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+  assert "could not be loaded" in out.stdout
