@@ -279,8 +279,10 @@ def resolve_window(
   strides = kernel if stride is None else normalize_ints(stride, rank, "stride")
   dilations = normalize_ints(dilation, rank, "dilation")
   pads = resolve_padding(padding, spatial, kernel, strides, dilations, convention=convention)
-  check_fits(spatial, kernel, pads, dilations, name=kernel_name)
   window = Window(spatial, kernel, strides, dilations, pads, check_bool(ceil_mode, "ceil_mode"))
+  # With ceil_mode (PyTorch's pools) a window may overhang an input smaller than it: one output.
+  if not window.ceil_mode or min(window.out_spatial, default=1) < 1:
+    check_fits(spatial, kernel, pads, dilations, name=kernel_name)
   check_allocatable(window.padded, 1, "padding", "padded input's spatial shape")
   return window
 
