@@ -238,10 +238,8 @@ class _AdaptivePool(nnx.Module):
     rank = _pool_rank(output_size)
     if rank not in (1, 2, 3):
       raise ValueError(f"output_size must give 1-3 spatial axes; got {output_size!r}")
-    # None keeps an axis's input size; any positive size stands in for it here.
-    probe = [1 if o is None else o for o in output_size] if isinstance(output_size, Sequence) else output_size
-    pooling.adaptive_output_size((1,) * rank, probe)
-    self.output_size = output_size
+    pooling.adaptive_output_size((1,) * rank, output_size)  # None (keep the input size) passes on any input
+    self.output_size = tuple(output_size) if isinstance(output_size, Sequence) else output_size
 
 
 class AdaptiveAvgPool(_AdaptivePool):

@@ -221,13 +221,17 @@ def adaptive_cells(n: int, o: int) -> tuple[np.ndarray, np.ndarray]:
 def adaptive_output_size(spatial: Sequence[int], output_size: object) -> tuple[int, ...]:
   """``output_size`` (an int, or one int or None per axis; None keeps the input size) as a tuple of ints >= 1."""
   rank = len(spatial)
+  sizes = output_size
   if isinstance(output_size, Sequence) and not isinstance(output_size, str):
     if len(output_size) != rank:
       raise ValueError(f"output_size must be an int or a sequence of {rank} sizes (one per spatial axis); got {output_size!r}")
-    output_size = [n if o is None else o for n, o in zip(spatial, output_size)]
+    sizes = [n if o is None else o for n, o in zip(spatial, output_size)]
   elif not is_int(output_size):
     raise TypeError(f"output_size must be an int or a sequence of {rank} ints (or None); got {type(output_size).__name__}: {output_size!r}")
-  return normalize_ints(output_size, rank, "output_size")  # type: ignore[arg-type]
+  values = normalize_ints(sizes, rank, "output_size", minimum=-(2**63))  # type: ignore[arg-type]  # ints, one per axis
+  if min(values) < 1:  # named with the caller's value (None entries included)
+    raise ValueError(f"output_size must be >= 1 on every axis; got {output_size!r}")
+  return values
 
 
 def _adaptive_blocks(x: jax.Array, out: Sequence[int], fill: float) -> jax.Array:
