@@ -2,11 +2,13 @@
 
 from jaxconv.geometry import output_shape
 from jaxconv.ops import available_impls, conv, conv_transpose, convolve, correlate
-from jaxconv.pooling import avg_pool, max_pool
+from jaxconv.pooling import adaptive_avg_pool, adaptive_max_pool, avg_pool, max_pool
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
     "available_impls",
     "avg_pool",
     "conv",

@@ -279,8 +279,10 @@ def resolve_window(
   strides = kernel if stride is None else normalize_ints(stride, rank, "stride")
   dilations = normalize_ints(dilation, rank, "dilation")
   pads = resolve_padding(padding, spatial, kernel, strides, dilations, convention=convention)
-  check_fits(spatial, kernel, pads, dilations, name=kernel_name)
   window = Window(spatial, kernel, strides, dilations, pads, check_bool(ceil_mode, "ceil_mode"))
+  # With ceil_mode (PyTorch's pools) a window may overhang an input smaller than it: one output.
+  if not window.ceil_mode or min(window.out_spatial, default=1) < 1:
+    check_fits(spatial, kernel, pads, dilations, name=kernel_name)
   check_allocatable(window.padded, 1, "padding", "padded input's spatial shape")
   return window
 
@@ -401,28 +403,72 @@ def output_shape(
     dilation: int | Sequence[int] = 1,
     *,
     ceil_mode: bool = False,
+    transpose: bool = False,
+    output_padding: int | Sequence[int] = 0,
 ) -> tuple[int, ...]:
-  """Output spatial shape of a convolution or pooling window, computed without running it.
+  """Output spatial shape of a convolution, a pooling window or a transposed convolution, computed without running it.
 
   ``spatial`` is an int (one axis) or a sequence; ``kernel`` an int (every axis) or a sequence;
-  ``ceil_mode`` as in the pools. For a transposed convolution see ``transpose_output_shape``.
+  ``ceil_mode`` as in the pools. ``transpose=True`` gives ``jc.conv_transpose``'s shape, with
+  its ``output_padding`` (see ``transpose_output_shape``).
 
   >>> output_shape((28, 28), (5, 5), padding="same", stride=2)
   (14, 14)
   >>> output_shape(5, 2, stride=2, ceil_mode=True)
   (3,)
+  >>> output_shape(7, 3, padding=1, stride=2, transpose=True, output_padding=1)
+  (14,)
   """
   if is_int(spatial):
     spatial = (spatial,)  # type: ignore[assignment]
   if not isinstance(spatial, Sequence) or isinstance(spatial, str):
     raise TypeError(f"spatial must be an int or a sequence of ints; got {spatial!r}")
   spatial = normalize_ints(tuple(spatial), len(spatial), "spatial", minimum=0)
+  if check_bool(transpose, "transpose"):
+    if check_bool(ceil_mode, "ceil_mode"):
+      raise ValueError("ceil_mode must be False for a transposed convolution (it is a pooling option)")
+    return transpose_output_shape(spatial, normalize_ints(kernel, len(spatial), "kernel"), padding, stride, dilation, output_padding)[1]
+  if any(normalize_ints(output_padding, len(spatial), "output_padding", minimum=0)):
+    raise ValueError(f"output_padding must be 0 unless transpose=True; got {output_padding!r}")
   return resolve_window(spatial, kernel, padding, stride, dilation, ceil_mode=ceil_mode, kernel_name="kernel").out_spatial
 
 
 def transpose_output_size(n: int, k_eff: int, pads: Pair, s: int, output_padding: int = 0) -> int:
   """One axis of a transposed convolution: ``(n - 1) * s + k_eff - lo - hi + output_padding``."""
   return (n - 1) * s + k_eff - pads[0] - pads[1] + output_padding
+
+
+def transpose_output_shape(
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    padding: Padding,
+    stride: int | Sequence[int],
+    dilation: int | Sequence[int],
+    output_padding: int | Sequence[int] = 0,
+) -> tuple[tuple[Pair, ...], tuple[int, ...]]:
+  """The pads of the forward conv a transposed conv of x's ``spatial`` shape transposes, and its output shape.
+
+  Each axis gives ``(n - 1) * s + k_eff - lo - hi + op`` outputs (``"same"``: ``n * s + op``), with
+  ``0 <= op < max(s, d)`` (PyTorch's ``output_padding``; else a ``ValueError`` naming it).
+  """
+  rank = len(spatial)
+  strides = normalize_ints(stride, rank, "stride")
+  dilations = normalize_ints(dilation, rank, "dilation")
+  ops_ = normalize_ints(output_padding, rank, "output_padding", minimum=0)
+  for axis, (op, s, d) in enumerate(zip(ops_, strides, dilations)):
+    if op >= max(s, d):
+      raise ValueError(f"output_padding must be < max(stride, dilation) = {max(s, d)} on each axis; got {op} on spatial axis {axis}")
+  extent = [effective_kernel_size(k, d) for k, d in zip(kernel, dilations)]
+  if isinstance(padding, str) and padding.lower() == "same":
+    pads = resolve_padding("same", [n * s for n, s in zip(spatial, strides)], kernel, strides, dilations)
+    out = tuple(n * s + op for n, s, op in zip(spatial, strides, ops_))
+  else:
+    # "valid"/"full"/"causal"/explicit pads do not depend on the input size.
+    pads = resolve_padding(padding, [0] * rank, kernel, strides, dilations)
+    out = tuple(transpose_output_size(n, e, p, s, op) for n, e, p, s, op in zip(spatial, extent, pads, strides, ops_))
+  if any(o < 1 for o in out):
+    raise ValueError(f"padding={padding!r} leaves an empty conv_transpose output {out} for input spatial shape {tuple(spatial)}")
+  return pads, out
 
 
 __all__ = [
@@ -447,5 +493,6 @@ __all__ = [
     "output_size",
     "resolve_padding",
     "resolve_window",
+    "transpose_output_shape",
     "transpose_output_size",
 ]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxconv import ops, pooling
-from jaxconv.geometry import Padding, check_int, check_padding_mode, conv_geometry, normalize_ints, resolve_window
+from jaxconv.geometry import Padding, check_bool, check_int, check_padding_mode, conv_geometry, normalize_ints
 
 # impl=None asks for this kernel where it is registered (it picks the fastest kernel per call
 # from static shapes), and falls back to jc.conv's own default otherwise.
@@ -174,31 +174,44 @@ def _smallest_input_geometry(w_shape: tuple[int, ...], in_features: int, stride,
   return conv_geometry(x_shape, w_shape, "float32", stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
-def _check_pool(window, stride, padding: Padding) -> None:
-  """Reject a malformed pooling window, stride or padding at construction, naming the argument.
+def _pool_rank(*values: object) -> int:
+  """The spatial rank a pooling layer's arguments imply: the length of its first sequence, else 1."""
+  sequences = [v for v in values if isinstance(v, Sequence) and not isinstance(v, str)]
+  return len(sequences[0]) if sequences else 1
 
-  Checked on the smallest input the window fits (one window); calls resolve on their real input.
+
+def _check_pool(window, stride, padding: Padding, dilation=1, ceil_mode: bool = False) -> None:
+  """Reject a malformed pooling window, stride, padding, dilation or ceil_mode at construction, naming the argument.
+
+  Checked on the smallest input the (dilated) window fits; calls resolve on their real input.
   """
-  sequences = [v for v in (window, stride) if isinstance(v, Sequence)]
-  rank = len(sequences[0]) if sequences else 1
-  windows = normalize_ints(window, rank, "window")
-  resolve_window(windows, windows, padding, stride, kernel_name="window")
+  rank = _pool_rank(window, stride, dilation)
+  extent = [d * (k - 1) + 1 for k, d in zip(normalize_ints(window, rank, "window"), normalize_ints(dilation, rank, "dilation"))]
+  pooling.pool_geometry(extent, window, stride, padding, dilation, ceil_mode)
 
 
 class MaxPool(nnx.Module):
-  """Max over windows of x ``(N, *spatial, C)``; stride defaults to the window (see ``jc.max_pool``)."""
+  """Max over windows of x ``(N, *spatial, C)``, as ``torch.nn.MaxPool``; stride defaults to the window (see ``jc.max_pool``)."""
 
-  def __init__(self, window: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: Padding = "valid"):
-    _check_pool(window, stride, padding)
+  def __init__(
+      self,
+      window: int | Sequence[int],
+      stride: int | Sequence[int] | None = None,
+      padding: Padding = "valid",
+      dilation: int | Sequence[int] = 1,
+      ceil_mode: bool = False,
+  ):
+    _check_pool(window, stride, padding, dilation, ceil_mode)
     self.window, self.stride, self.padding = window, stride, padding
+    self.dilation, self.ceil_mode = dilation, ceil_mode
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, C)`` -> ``(N, *out_spatial, C)``."""
-    return pooling.max_pool(x, self.window, self.stride, self.padding)
+    return pooling.max_pool(x, self.window, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
 class AvgPool(nnx.Module):
-  """Mean over windows of x ``(N, *spatial, C)``; stride defaults to the window (see ``jc.avg_pool``)."""
+  """Mean over windows of x ``(N, *spatial, C)``, as ``torch.nn.AvgPool``; stride defaults to the window (see ``jc.avg_pool``)."""
 
   def __init__(
       self,
@@ -206,14 +219,47 @@ class AvgPool(nnx.Module):
       stride: int | Sequence[int] | None = None,
       padding: Padding = "valid",
       count_include_pad: bool = True,
+      ceil_mode: bool = False,
   ):
-    _check_pool(window, stride, padding)
+    _check_pool(window, stride, padding, 1, ceil_mode)
     self.window, self.stride, self.padding = window, stride, padding
-    self.count_include_pad = count_include_pad
+    self.count_include_pad = check_bool(count_include_pad, "count_include_pad")
+    self.ceil_mode = ceil_mode
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, C)`` -> ``(N, *out_spatial, C)``."""
-    return pooling.avg_pool(x, self.window, self.stride, self.padding, self.count_include_pad)
+    return pooling.avg_pool(x, self.window, self.stride, self.padding, self.count_include_pad, self.ceil_mode)
+
+
+class _AdaptivePool(nnx.Module):
+  """An adaptive pool's output size, validated at construction (an int, or one int or None per axis)."""
+
+  def __init__(self, output_size: int | Sequence[int | None]):
+    rank = _pool_rank(output_size)
+    if rank not in (1, 2, 3):
+      raise ValueError(f"output_size must give 1-3 spatial axes; got {output_size!r}")
+    pooling.adaptive_output_size((1,) * rank, output_size)  # None (keep the input size) passes on any input
+    self.output_size = tuple(output_size) if isinstance(output_size, Sequence) else output_size
+
+
+class AdaptiveAvgPool(_AdaptivePool):
+  """Mean over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)`` (see ``jc.adaptive_avg_pool``).
+
+  >>> AdaptiveAvgPool((1, 1))(jnp.ones((2, 7, 5, 3))).shape
+  (2, 1, 1, 3)
+  """
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x ``(N, *spatial, C)`` -> ``(N, *output_size, C)``."""
+    return pooling.adaptive_avg_pool(x, self.output_size)
+
+
+class AdaptiveMaxPool(_AdaptivePool):
+  """Max over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)`` (see ``jc.adaptive_max_pool``)."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x ``(N, *spatial, C)`` -> ``(N, *output_size, C)``."""
+    return pooling.adaptive_max_pool(x, self.output_size)
 
 
 def flatten(x: jax.Array) -> jax.Array:
@@ -221,4 +267,14 @@ def flatten(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], -1)
 
 
-__all__ = ["AvgPool", "Conv", "ConvTranspose", "DEFAULT_IMPL", "MaxPool", "default_impl", "flatten"]
+__all__ = [
+    "AdaptiveAvgPool",
+    "AdaptiveMaxPool",
+    "AvgPool",
+    "Conv",
+    "ConvTranspose",
+    "DEFAULT_IMPL",
+    "MaxPool",
+    "default_impl",
+    "flatten",
+]

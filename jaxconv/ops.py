@@ -35,9 +35,7 @@ from jaxconv.geometry import (
     check_int,
     check_padding_mode,
     conv_geometry,
-    normalize_ints,
-    resolve_padding,
-    transpose_output_size,
+    transpose_output_shape,
 )
 from jaxconv.kernels.taps import swap_channels
 
@@ -214,27 +212,11 @@ def transpose_geometry(
   Each axis gives ``(n - 1) * s + k_eff - lo - hi + op`` outputs (``"same"``: ``n * s + op``).
   """
   rank = x.ndim - 2
-  strides = normalize_ints(stride, rank, "stride")
-  dilations = normalize_ints(dilation, rank, "dilation")
   kernel = tuple(w.shape[:rank])
   check_channels(x.shape, w.shape, groups)
-  ops_ = normalize_ints(output_padding, rank, "output_padding", minimum=0)
-  for axis, (op, s, d) in enumerate(zip(ops_, strides, dilations)):
-    if op >= max(s, d):
-      raise ValueError(f"output_padding must be < max(stride, dilation) = {max(s, d)} on each axis; got {op} on spatial axis {axis}")
-  spatial = x.shape[1:-1]
-  extent = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
-  if isinstance(padding, str) and padding.lower() == "same":
-    pads = resolve_padding("same", [n * s for n, s in zip(spatial, strides)], kernel, strides, dilations)
-    out = tuple(n * s + op for n, s, op in zip(spatial, strides, ops_))
-  else:
-    # "valid"/"full"/"causal"/explicit pads do not depend on the input size.
-    pads = resolve_padding(padding, [0] * rank, kernel, strides, dilations)
-    out = tuple(transpose_output_size(n, e, p, s, op) for n, e, p, s, op in zip(spatial, extent, pads, strides, ops_))
-  if any(o < 1 for o in out):
-    raise ValueError(f"padding={padding!r} leaves an empty conv_transpose output {out} for input spatial shape {tuple(spatial)}")
+  pads, out = transpose_output_shape(x.shape[1:-1], kernel, padding, stride, dilation, output_padding)
   w_fwd_shape = (*kernel, w.shape[-1] // groups, x.shape[-1])
-  g = conv_geometry((x.shape[0], *out, w.shape[-1]), w_fwd_shape, x.dtype, stride=strides, padding=pads, dilation=dilations, groups=groups)
+  g = conv_geometry((x.shape[0], *out, w.shape[-1]), w_fwd_shape, x.dtype, stride=stride, padding=pads, dilation=dilation, groups=groups)
   return g, groups
 
 

@@ -1,14 +1,27 @@
-"""Pooling: max and average over windows of channels-last batches.
+"""Pooling as PyTorch's: max and average over windows, and adaptive pools, of channels-last batches.
 
 Windows are resolved once into a ``Window`` (``jaxconv.geometry``), so pools validate and size
-their outputs exactly as convolutions do. Non-overlapping windows (stride == window) are reduced
-by a reshape, whose gradient is far cheaper on CPU than the ``select_and_scatter`` that
-``lax.reduce_window`` lowers to; max pooling gives a window's whole gradient to its first
-maximal element either way, as lax and PyTorch do.
+their outputs exactly as convolutions do, ``ceil_mode`` included (PyTorch's rule: an axis keeps
+``ceil((n + lo + hi - k_eff) / s) + 1`` windows, one fewer if the last would start in the high
+padding). A window's cells past the padded input are absent: max pooling fills them with -inf
+(as it fills its pads), average pooling adds zeros and divides by the cells inside the padded
+input (``count_include_pad``) or by the real cells.
+
+Three reductions, one tie rule. Non-overlapping windows (stride == window, no dilation) are
+reduced by a reshape into blocks ``(N, o_1, k_1, ..., o_r, k_r, C)``, whose gradient is far
+cheaper on CPU than the ``select_and_scatter`` that ``lax.reduce_window`` lowers to; other
+undilated windows use ``lax.reduce_window``; dilated max windows (whose ``reduce_window`` JAX
+cannot differentiate) and the uneven cells of the adaptive pools are gathered into the same
+blocks by strided slices or index gathers. Max pooling gives a window's whole gradient to its
+first maximal element (row-major) on every path, as lax and PyTorch do.
 
 >>> import jaxconv as jc
 >>> jc.max_pool(np.arange(16.0).reshape(1, 4, 4, 1), 2)[0, ..., 0].tolist()
 [[5.0, 7.0], [13.0, 15.0]]
+>>> jc.avg_pool(np.arange(5.0).reshape(1, 5, 1), 2, ceil_mode=True)[0, :, 0].tolist()
+[0.5, 2.5, 4.0]
+>>> jc.adaptive_avg_pool(np.arange(5.0).reshape(1, 5, 1), 3)[0, :, 0].tolist()
+[0.5, 2.0, 3.5]
 """
 
 from __future__ import annotations
@@ -23,18 +36,68 @@ import numpy as np
 from jax import lax
 
 from jaxconv import kernels
-from jaxconv.geometry import Padding, Window, check_bool, resolve_window
+from jaxconv.geometry import Padding, Window, check_bool, is_int, normalize_ints, resolve_window
 from jaxconv.ops import check_rank, promote
 
 
-def pool_window(x: jax.Array, window: int | Sequence[int], stride: int | Sequence[int] | None, padding: Padding) -> Window:
+# --------------------------------------------------------------------------------------------
+# geometry
+
+
+def pool_geometry(
+    spatial: Sequence[int],
+    window: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: Padding = "valid",
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
+) -> Window:
+  """Validate a pooling window over an input of ``spatial`` shape and resolve it (stride defaults to the window)."""
+  g = resolve_window(spatial, window, padding, stride, dilation, ceil_mode=ceil_mode, kernel_name="window")
+  # As in PyTorch (which allows less, pad <= window / 2): a pad as wide as the window's extent
+  # would make windows that see only padding.
+  if any(lo >= e or hi >= e for (lo, hi), e in zip(g.padding, g.kernel_extent)):
+    raise ValueError(f"padding must be smaller than the window on each side; got pads {g.padding} for window extent {g.kernel_extent}")
+  return g
+
+
+def pool_window(
+    x: jax.Array,
+    window: int | Sequence[int],
+    stride: int | Sequence[int] | None,
+    padding: Padding,
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
+) -> Window:
   """Validate a pooling call on x ``(N, *spatial, C)``: the resolved window (stride defaults to it)."""
   check_rank("x", x, (3, 4, 5), "(N, *spatial, C) with 1-3 spatial axes")
-  geometry = resolve_window(x.shape[1:-1], window, padding, stride, kernel_name="window")
-  # As in PyTorch: a pad as wide as the window would make windows that see only padding.
-  if any(lo >= k or hi >= k for (lo, hi), k in zip(geometry.padding, geometry.kernel)):
-    raise ValueError(f"padding must be smaller than the window on each side; got pads {geometry.padding} for window {geometry.kernel}")
-  return geometry
+  return pool_geometry(x.shape[1:-1], window, stride, padding, dilation, ceil_mode)
+
+
+def _high_pads(g: Window) -> tuple[int, ...]:
+  """The high pads that make every window lie inside the padded input: ``hi`` plus ceil_mode's overhang."""
+  return tuple(
+      hi + max(0, (o - 1) * s + e - p)
+      for (_, hi), o, s, e, p in zip(g.padding, g.out_spatial, g.stride, g.kernel_extent, g.padded)
+  )
+
+
+def window_counts(g: Window, count_include_pad: bool = False) -> np.ndarray:
+  """Cells each window averages over, shape ``out_spatial``: inside the padded input, or real (non-pad) ones only.
+
+  As PyTorch's avg_pool: ``end = min(start + k, n + lo + hi)`` in padded coordinates; with
+  ``count_include_pad`` the divisor is ``end - start``, otherwise ``min(end, n + lo) - max(start, lo)``.
+  """
+  per_axis = []
+  for n, k, s, (lo, hi), o in zip(g.spatial, g.kernel, g.stride, g.padding, g.out_spatial):
+    starts = np.arange(o) * s
+    ends = np.minimum(starts + k, n + lo + hi)
+    per_axis.append(ends - starts if count_include_pad else np.minimum(ends, n + lo) - np.maximum(starts, lo))
+  return functools.reduce(np.multiply.outer, per_axis)
+
+
+# --------------------------------------------------------------------------------------------
+# blocks: (N, o_1, k_1, ..., o_r, k_r, C), one window per output position
 
 
 def _window_axes(rank: int) -> tuple[int, ...]:
@@ -63,41 +126,62 @@ def _block_max_jvp(rank: int, primals: tuple[jax.Array], tangents: tuple[jax.Arr
   return jnp.squeeze(y, axes), jnp.sum(jnp.where(order == first, tangent, 0), axis=axes)
 
 
+def _reduce_blocks(blocks: jax.Array, op: Callable, rank: int) -> jax.Array:
+  """Max (first-tie gradient) or sum over the windows of blocks."""
+  return _block_max(blocks, rank) if op is lax.max else jnp.sum(blocks, axis=_window_axes(rank))
+
+
+def _strided_blocks(xp: jax.Array, g: Window) -> jax.Array:
+  """Blocks of a padded xp ``(N, *padded, C)`` that holds every window: one strided slice per tap and axis."""
+  blocks = xp
+  for axis, (k, s, d, o) in enumerate(zip(g.kernel, g.stride, g.dilation, g.out_spatial)):
+    at = 1 + 2 * axis  # axes before it are already split into (o, k)
+    taps = [lax.slice_in_dim(blocks, t * d, t * d + (o - 1) * s + 1, s, axis=at) for t in range(k)]
+    blocks = jnp.stack(taps, axis=at + 1)
+  return blocks
+
+
 def reduce_windows(x: jax.Array, init: float, op: Callable, g: Window) -> jax.Array:
   """Reduce every window of x ``(N, *spatial, C)`` with ``op`` (``lax.max`` or ``lax.add``), padding with ``init``."""
   rank = x.ndim - 2
   # A numpy scalar stays concrete under jit, so reduce_window sees a monoid (max/add with its
   # identity) and lowers to a differentiable primitive; a traced init is not differentiable.
   init_value = np.array(init, x.dtype)
+  pads = [(lo, hi) for (lo, _), hi in zip(g.padding, _high_pads(g))]
+  dilated = any(d > 1 for d in g.dilation)
+  if not dilated and g.stride != g.kernel:
+    return lax.reduce_window(x, init_value, op, (1, *g.kernel, 1), (1, *g.stride, 1), ((0, 0), *pads, (0, 0)))
+  xp = lax.pad(x, init_value, [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
+  if dilated:
+    return _reduce_blocks(_strided_blocks(xp, g), op, rank)
   out = g.out_spatial
-  if g.stride == g.kernel:
-    xp = lax.pad(x, init_value, [(0, 0, 0), *((lo, hi, 0) for lo, hi in g.padding), (0, 0, 0)])
-    xp = xp[(slice(None), *(slice(0, o * k) for o, k in zip(out, g.kernel)))]
-    split = [x.shape[0]]
-    for o, k in zip(out, g.kernel):
-      split += [o, k]
-    xp = xp.reshape(*split, x.shape[-1])
-    return _block_max(xp, rank) if op is lax.max else jnp.sum(xp, axis=_window_axes(rank))
-  return lax.reduce_window(x, init_value, op, (1, *g.kernel, 1), (1, *g.stride, 1), ((0, 0), *g.padding, (0, 0)))
+  xp = xp[(slice(None), *(slice(0, o * k) for o, k in zip(out, g.kernel)))]
+  split = [x.shape[0]]
+  for o, k in zip(out, g.kernel):
+    split += [o, k]
+  return _reduce_blocks(xp.reshape(*split, x.shape[-1]), op, rank)
 
 
-def max_pool(x: object, window: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: Padding = "valid") -> jax.Array:
-  """Max over each window of x ``(N, *spatial, C)``; pads count as -inf; stride defaults to window."""
+# --------------------------------------------------------------------------------------------
+# window pools
+
+
+def max_pool(
+    x: object,
+    window: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: Padding = "valid",
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
+) -> jax.Array:
+  """Max over each window of x ``(N, *spatial, C)`` -> ``(N, *out_spatial, C)``, as ``torch.nn.MaxPool``.
+
+  Pads (and ceil_mode's overhang) count as -inf; stride defaults to the window; ``dilation``
+  spreads the window's taps ``d`` cells apart.
+  """
   (xa,) = promote(x=x)
   assert xa is not None
-  return reduce_windows(xa, -jnp.inf, lax.max, pool_window(xa, window, stride, padding))
-
-
-def window_counts(g: Window) -> np.ndarray:
-  """How many real (non-pad) input cells each pooling window covers, shape ``out_spatial``."""
-  per_axis = []
-  for n, k, s, (lo, _), o in zip(g.spatial, g.kernel, g.stride, g.padding, g.out_spatial):
-    starts = np.arange(o) * s - lo
-    per_axis.append(np.minimum(starts + k, n) - np.maximum(starts, 0))
-  counts = per_axis[0]
-  for c in per_axis[1:]:
-    counts = np.multiply.outer(counts, c)
-  return counts
+  return reduce_windows(xa, -jnp.inf, lax.max, pool_window(xa, window, stride, padding, dilation, ceil_mode))
 
 
 def avg_pool(
@@ -106,16 +190,107 @@ def avg_pool(
     stride: int | Sequence[int] | None = None,
     padding: Padding = "valid",
     count_include_pad: bool = True,
+    ceil_mode: bool = False,
 ) -> jax.Array:
-  """Mean over each window of x ``(N, *spatial, C)``; pads count as zeros unless excluded."""
+  """Mean over each window of x ``(N, *spatial, C)`` -> ``(N, *out_spatial, C)``, as ``torch.nn.AvgPool``.
+
+  Pads count as zeros; the divisor is the window's cells inside the padded input
+  (``count_include_pad``: the whole window unless ceil_mode's last one overhangs) or its real cells.
+  """
   (xa,) = promote(x=x)
   assert xa is not None
   include = check_bool(count_include_pad, "count_include_pad")
-  g = pool_window(xa, window, stride, padding)
+  g = pool_window(xa, window, stride, padding, 1, ceil_mode)
   acc = kernels.accumulation_dtype(xa.dtype)
   sums = reduce_windows(xa.astype(acc), 0.0, lax.add, g)
-  divisor = np.asarray(g.taps, acc) if include else window_counts(g).astype(acc)[..., None]
+  counts = window_counts(g, include)
+  divisor = np.asarray(g.taps, acc) if (counts == g.taps).all() else counts.astype(acc)[..., None]
   return (sums / divisor).astype(xa.dtype)
 
 
-__all__ = ["avg_pool", "max_pool", "pool_window", "reduce_windows", "window_counts"]
+# --------------------------------------------------------------------------------------------
+# adaptive pools
+
+
+def adaptive_cells(n: int, o: int) -> tuple[np.ndarray, np.ndarray]:
+  """PyTorch's adaptive cells of one axis: cell ``i`` covers ``[floor(i * n / o), ceil((i + 1) * n / o))``."""
+  i = np.arange(o)
+  return (i * n) // o, -((-(i + 1) * n) // o)
+
+
+def adaptive_output_size(spatial: Sequence[int], output_size: object) -> tuple[int, ...]:
+  """``output_size`` (an int, or one int or None per axis; None keeps the input size) as a tuple of ints >= 1."""
+  rank = len(spatial)
+  sizes = output_size
+  if isinstance(output_size, Sequence) and not isinstance(output_size, str):
+    if len(output_size) != rank:
+      raise ValueError(f"output_size must be an int or a sequence of {rank} sizes (one per spatial axis); got {output_size!r}")
+    sizes = [n if o is None else o for n, o in zip(spatial, output_size)]
+  elif not is_int(output_size):
+    raise TypeError(f"output_size must be an int or a sequence of {rank} ints (or None); got {type(output_size).__name__}: {output_size!r}")
+  values = normalize_ints(sizes, rank, "output_size", minimum=-(2**63))  # type: ignore[arg-type]  # ints, one per axis
+  if min(values) < 1:  # named with the caller's value (None entries included)
+    raise ValueError(f"output_size must be >= 1 on every axis; got {output_size!r}")
+  return values
+
+
+def _adaptive_blocks(x: jax.Array, out: Sequence[int], fill: float) -> jax.Array:
+  """Blocks ``(N, o_1, k_1, ..., C)`` of PyTorch's adaptive cells, ``k`` the widest; cells shorter than it padded with ``fill``."""
+  blocks = x
+  for axis, (n, o) in enumerate(zip(x.shape[1:-1], out)):
+    at = 1 + 2 * axis
+    if n % o == 0:  # even cells: a reshape
+      blocks = blocks.reshape(*blocks.shape[:at], o, n // o, *blocks.shape[at + 1 :])
+      continue
+    starts, ends = adaptive_cells(n, o)
+    width = int((ends - starts).max())
+    index = starts[:, None] + np.arange(width)
+    inside = index < ends[:, None]
+    blocks = jnp.take(blocks, np.minimum(index, n - 1), axis=at)
+    mask = inside.reshape(o, width, *(1,) * (blocks.ndim - at - 2))
+    blocks = jnp.where(mask, blocks, np.array(fill, blocks.dtype))
+  return blocks
+
+
+def _adaptive_call(x: object, output_size: object) -> tuple[jax.Array, tuple[int, ...]]:
+  """Validate an adaptive pool's call: x ``(N, *spatial, C)`` as a float array, and the output size."""
+  (xa,) = promote(x=x)
+  assert xa is not None
+  check_rank("x", xa, (3, 4, 5), "(N, *spatial, C) with 1-3 spatial axes")
+  out = adaptive_output_size(xa.shape[1:-1], output_size)
+  if 0 in xa.shape[1:-1]:
+    raise ValueError(f"x must have a non-empty spatial shape for adaptive pooling; got shape {tuple(xa.shape)}")
+  return xa, out
+
+
+def adaptive_max_pool(x: object, output_size: int | Sequence[int | None]) -> jax.Array:
+  """Max over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)``.
+
+  Cell ``i`` of an axis of length ``n`` covers ``[floor(i * n / o), ceil((i + 1) * n / o))``,
+  for any ``o >= 1`` (dividing ``n`` or not); the gradient goes to each cell's first maximum.
+  """
+  xa, out = _adaptive_call(x, output_size)
+  return _block_max(_adaptive_blocks(xa, out, -jnp.inf), len(out))
+
+
+def adaptive_avg_pool(x: object, output_size: int | Sequence[int | None]) -> jax.Array:
+  """Mean over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)`` (see ``adaptive_max_pool``)."""
+  xa, out = _adaptive_call(x, output_size)
+  acc = kernels.accumulation_dtype(xa.dtype)
+  sums = jnp.sum(_adaptive_blocks(xa.astype(acc), out, 0.0), axis=_window_axes(len(out)))
+  sizes = [np.subtract(*adaptive_cells(n, o)[::-1]) for n, o in zip(xa.shape[1:-1], out)]
+  return (sums / functools.reduce(np.multiply.outer, sizes).astype(acc)[..., None]).astype(xa.dtype)
+
+
+__all__ = [
+    "adaptive_avg_pool",
+    "adaptive_cells",
+    "adaptive_max_pool",
+    "adaptive_output_size",
+    "avg_pool",
+    "max_pool",
+    "pool_geometry",
+    "pool_window",
+    "reduce_windows",
+    "window_counts",
+]

@@ -9,7 +9,9 @@ padding ``pad_lo``, the standard recurrences from the input (``r = 1, j = 1, sta
     start_out = start_in + ((k_eff - 1) / 2 - pad_lo) * j_in   # centre of the first unit's field
 
 per spatial axis, in input-pixel coordinates (pixel centres at 0, 1, ...). Layers without a
-window (activations, normalisations) leave all three unchanged.
+window (activations, normalisations) leave all three unchanged. A pool's ``ceil_mode`` and an
+adaptive pool whose output size divides its input change only the output shape (an adaptive pool
+is then a window of ``n // o`` at stride ``n // o``); pools' dilation enters ``k_eff`` as a conv's.
 
 A unit's field clipped to the input is the bounding box of the input pixels it depends on when
 the field lies inside the input, or when only the first layer pads (LeNet). Otherwise, near the
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxconv import pooling
 from jaxconv.geometry import Pair, Padding, normalize_ints, resolve_window
 
 
@@ -39,6 +42,20 @@ class Window:
   padding: Padding = "valid"
   dilation: int | Sequence[int] = 1
   name: str = "window"
+  ceil_mode: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Adaptive:
+  """An adaptive pool (``output_size`` an int, or one int or None per axis): a plain spec for :func:`walk`.
+
+  Its window depends on the input: on an axis of ``n`` inputs into ``o`` outputs it is a window
+  of ``n // o`` at stride ``n // o`` when ``o`` divides ``n``; PyTorch's uneven cells (``o`` not
+  dividing ``n``) have no single window, jump or start, so the walk refuses them.
+  """
+
+  output_size: int | Sequence[int | None]
+  name: str = "adaptive pool"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,22 +84,49 @@ def layer_name(layer: Any) -> str:
   """
   if isinstance(layer, str):
     return layer
-  if isinstance(layer, Window):
+  if isinstance(layer, (Window, Adaptive)):
     return layer.name
   return getattr(layer, "__name__", type(layer).__name__)
 
 
-def window_of(layer: Any) -> Window | None:
-  """The window geometry of a conv (``kernel_size``) or pooling (``window``) layer; None for other layers."""
+def adaptive_window(spatial: Sequence[int], output_size: int | Sequence[int | None], name: str) -> Window:
+  """The window of an adaptive pool on an input of ``spatial`` shape: ``n // o`` per axis, where ``o`` divides ``n``."""
+  out = pooling.adaptive_output_size(spatial, output_size)
+  uneven = [(n, o) for n, o in zip(spatial, out) if n % o]
+  if uneven:
+    raise ValueError(
+        f"{name}: output_size {out} does not divide the input {tuple(spatial)} ({uneven[0][0]} into {uneven[0][1]}): "
+        "its cells have unequal sizes and spacing, so no receptive field recurrence describes them"
+    )
+  kernel = tuple(n // o for n, o in zip(spatial, out))
+  return Window(kernel, kernel, "valid", 1, name)
+
+
+def window_of(layer: Any, spatial: Sequence[int] | None = None) -> Window | None:
+  """The window geometry of a conv (``kernel_size``), pooling (``window``) or adaptive pooling (``output_size``) layer.
+
+  None for layers without a window; an adaptive pool needs the input's ``spatial`` shape. A
+  transposed convolution (``output_padding``) is refused: it spreads each input over a window
+  of outputs, so its fields are not given by the sliding-window recurrences.
+  """
   if isinstance(layer, Window):
     return layer
   name = layer_name(layer)
+  if hasattr(layer, "output_padding"):
+    raise ValueError(
+        f"{name}: a transposed convolution has no sliding-window receptive field; "
+        "jc.output_shape(..., transpose=True, output_padding=...) gives its output shape"
+    )
   if hasattr(layer, "kernel_size"):
     return Window(layer.kernel_size, layer.stride, layer.padding, layer.dilation, name)
   if hasattr(layer, "window"):
     # Pooling strides default to the window, as in jc.max_pool / jc.avg_pool.
     stride = layer.window if layer.stride is None else layer.stride
-    return Window(layer.window, stride, layer.padding, 1, name)
+    return Window(layer.window, stride, layer.padding, getattr(layer, "dilation", 1), name, getattr(layer, "ceil_mode", False))
+  if hasattr(layer, "output_size"):
+    if spatial is None:
+      raise ValueError(f"{name}: an adaptive pool's window depends on its input, so window_of needs spatial")
+    return adaptive_window(spatial, layer.output_size, name)
   return None
 
 
@@ -92,8 +136,10 @@ def layers_of(stack: Any) -> list:
   return list(getattr(stack, "layers", stack))
 
 
-def describe(name: str, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[Pair], dilations: Sequence[int]) -> str:
-  """A window layer's name with its geometry, e.g. ``"Conv 5x5 pad 2"``; unit strides and zero pads omitted."""
+def describe(
+    name: str, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[Pair], dilations: Sequence[int], ceil_mode: bool = False
+) -> str:
+  """A window layer's name with its geometry, e.g. ``"Conv 5x5 pad 2"``; unit strides, zero pads and floor mode omitted."""
   text = f"{name} {'x'.join(map(str, kernel))}"
   if any(s > 1 for s in strides):
     text += f" stride {'x'.join(map(str, strides))}"
@@ -102,18 +148,22 @@ def describe(name: str, kernel: Sequence[int], strides: Sequence[int], pads: Seq
   if any(p for pair in pads for p in pair):
     symmetric = all(lo == hi for lo, hi in pads) and len(set(pads)) == 1
     text += f" pad {pads[0][0]}" if symmetric else f" pad {tuple(pads)}"
+  if ceil_mode:
+    text += " ceil"
   return text
 
 
 def step(field: Field, layer: Any) -> Field:
   """The field after one more layer, by the recurrences of the module docstring."""
-  window = window_of(layer)
+  window = window_of(layer, field.shape)
   if window is None:
     return dataclasses.replace(field, name=layer_name(layer))
-  g = resolve_window(field.shape, window.kernel, window.padding, window.stride, window.dilation, kernel_name=window.name)
+  g = resolve_window(
+      field.shape, window.kernel, window.padding, window.stride, window.dilation, ceil_mode=window.ceil_mode, kernel_name=window.name
+  )
   extents = g.kernel_extent
   return Field(
-      name=describe(window.name, g.kernel, g.stride, g.padding, g.dilation),
+      name=describe(window.name, g.kernel, g.stride, g.padding, g.dilation, g.ceil_mode),
       shape=g.out_spatial,
       size=tuple(r + (e - 1) * j for r, e, j in zip(field.size, extents, field.jump)),
       jump=tuple(j * s for j, s in zip(field.jump, g.stride)),
@@ -170,8 +220,10 @@ def support_span(grad: np.ndarray) -> tuple[Pair, ...]:
 
 
 __all__ = [
+    "Adaptive",
     "Field",
     "Window",
+    "adaptive_window",
     "clip_span",
     "format_table",
     "input_gradients",

@@ -104,3 +104,49 @@ def test_pools_reject_bad_arguments(args, message):
 
 def test_flatten():
   assert nn.flatten(jnp.zeros((3, 2, 4, 5))).shape == (3, 40)
+
+
+def test_pool_layers_take_pytorch_arguments(rng):
+  """MaxPool(dilation, ceil_mode), AvgPool(count_include_pad, ceil_mode): ceil_mode as extra high -inf/zero pads."""
+  (x,) = random(rng, (2, 7, 7, 3))
+  # A 2x2 window at stride 2 over 7 cells keeps 4 windows with ceil_mode; the last sees 1 row / column.
+  max_ref = lax.reduce_window(x, -np.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), ((0, 0), (0, 1), (0, 1), (0, 0)))
+  sum_ref = lax.reduce_window(x, 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), ((0, 0), (0, 1), (0, 1), (0, 0)))
+  cells = np.multiply.outer([2, 2, 2, 1], [2, 2, 2, 1])[None, ..., None]
+  assert_close(nn.MaxPool(2, ceil_mode=True)(x), max_ref, 1e-6, "max ceil")
+  assert_close(nn.AvgPool(2, ceil_mode=True)(x), sum_ref / cells, 1e-6, "avg ceil")  # cells inside the padded input
+  dilated = nn.MaxPool(2, 1, dilation=3)
+  expected = np.maximum.reduce([x[:, i : i + 4, j : j + 4] for i in (0, 3) for j in (0, 3)])
+  assert_close(dilated(x), expected, 0, "dilated")
+  assert (dilated.window, dilated.stride, dilated.padding, dilated.dilation, dilated.ceil_mode) == (2, 1, "valid", 3, False)
+  pool = nn.AvgPool(3, 2, 1, count_include_pad=False, ceil_mode=True)
+  assert (pool.count_include_pad, pool.ceil_mode) == (False, True)
+
+
+def test_adaptive_pool_layers(rng):
+  (x,) = random(rng, (2, 7, 5, 3))
+  assert_close(nn.AdaptiveAvgPool((1, 1))(x), x.mean(axis=(1, 2), keepdims=True), 1e-6, "global avg")
+  assert_close(nn.AdaptiveMaxPool(1)(x[:, :, 0]), x[:, :, 0].max(axis=1, keepdims=True), 0, "global max 1-d")
+  assert nn.AdaptiveMaxPool((3, None))(x).shape == (2, 3, 5, 3)
+  assert nn.AdaptiveAvgPool(2).output_size == 2
+
+
+@pytest.mark.parametrize(
+    "make, exc, message",
+    [
+        (lambda: nn.MaxPool(2, dilation=0), ValueError, "^dilation"),
+        (lambda: nn.MaxPool((2, 2), dilation=(1, 1, 1)), ValueError, "^dilation"),
+        (lambda: nn.MaxPool(2, ceil_mode=1), TypeError, "^ceil_mode"),
+        (lambda: nn.AvgPool(2, ceil_mode=None), TypeError, "^ceil_mode"),
+        (lambda: nn.AvgPool(2, count_include_pad="no"), TypeError, "^count_include_pad"),
+        (lambda: nn.MaxPool(2, padding=2), ValueError, "^padding"),  # pad as wide as the window
+        (lambda: nn.AdaptiveAvgPool(0), ValueError, "^output_size"),
+        (lambda: nn.AdaptiveMaxPool((2, -1)), ValueError, "^output_size"),
+        (lambda: nn.AdaptiveAvgPool((1, 2, 3, 4)), ValueError, "^output_size"),
+        (lambda: nn.AdaptiveMaxPool(2.0), TypeError, "^output_size"),
+        (lambda: nn.AdaptiveMaxPool(3)(jnp.ones((1, 4, 4, 4, 4, 1))), ValueError, "^x"),
+    ],
+)
+def test_pool_layers_check_arguments_at_construction(make, exc, message):
+  with pytest.raises(exc, match=message):
+    make()

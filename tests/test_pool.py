@@ -1,4 +1,4 @@
-"""max_pool / avg_pool against numpy loops (values) and lax.reduce_window (gradients)."""
+"""max_pool / avg_pool / adaptive pools against numpy loops (values and gradients) and lax.reduce_window (gradients)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from jax import lax
 
+import itertools
+
 import jaxconv as jc
+from jaxconv.geometry import resolve_padding
 from references import assert_close, explicit_pairs, per_axis, random, rtol_for, with_vjp
 
 # (x shape, window, stride, padding); stride == window takes ops' reshape path, others reduce_window.
@@ -123,9 +126,239 @@ def test_dtypes():
 def test_max_pool_ties_give_the_whole_gradient_to_the_first(padding):
   """On ties the reshape path routes the gradient like reduce_window (first maximal element)."""
   x = jnp.array([1.0, 1.0, 0.0, 2.0, 3.0, 3.0]).reshape(1, 6, 1)
-  (pads,) = jc.padding.resolve_padding(padding, (6,), (2,))
+  (pads,) = resolve_padding(padding, (6,), (2,))
   dx = jax.jit(jax.grad(lambda x: jc.max_pool(x, 2, padding=padding).sum()))(x)
   dx_ref = jax.grad(lambda x: reduce_window_pool("max", (2,), (2,), (pads,))(x).sum())(x)
   np.testing.assert_array_equal(dx, dx_ref)
   # Forward mode agrees with reverse mode (the rule is a JVP, so jvp and jacfwd work).
   np.testing.assert_array_equal(jax.jacfwd(lambda x: jc.max_pool(x, 2, padding=padding).sum())(x), dx_ref)
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch's pools: ceil_mode, dilation, adaptive cells. The references below are loops written
+# from PyTorch's documented formulas, not from jaxconv's code:
+#
+# - torch.nn.MaxPool{1,2,3}d / AvgPool{1,2,3}d output size per axis:
+#   L_out = floor_or_ceil((L_in + 2 p - d (k - 1) - 1) / s) + 1, and with ceil_mode "sliding
+#   windows are allowed to go off-bounds if they start within the left padding or the input;
+#   windows that would start in the right padded region are ignored" (PyTorch docs).
+# - MaxPool: out[i] = max_m input[s i + d m - p] over the taps m that hit the input (pads are -inf).
+# - AvgPool (aten/src/ATen/native/cpu/AvgPoolKernel.cpp): hstart = i s - p,
+#   hend = min(hstart + k, L_in + p), pool_size = hend - hstart; then hstart = max(hstart, 0),
+#   hend = min(hend, L_in); divide by pool_size if count_include_pad else by hend - hstart.
+#   (jaxconv's pads may be asymmetric: read "+ p" on the high side as "+ hi".)
+# - Adaptive pools (aten/src/ATen/native/AdaptiveAveragePooling.cpp, start_index/end_index):
+#   output cell i of an axis of length n covers [floor(i n / o), ceil((i + 1) n / o)).
+
+
+def torch_pool_size(n: int, k: int, s: int, lo: int, hi: int, d: int, ceil_mode: bool) -> int:
+  """PyTorch's documented output size of one axis (see above)."""
+  span = (n + lo + hi - d * (k - 1) - 1) / s
+  out = (math.ceil(span) if ceil_mode else math.floor(span)) + 1
+  if ceil_mode and (out - 1) * s >= n + lo:  # the last window would start in the right padding
+    out -= 1
+  return out
+
+
+def window_cells(n: int, k: int, s: int, lo: int, hi: int, d: int, ceil_mode: bool, include_pad: bool):
+  """Per output index of one axis: the input indices its window reads, and its avg divisor factor."""
+  cells, divisors = [], []
+  for i in range(torch_pool_size(n, k, s, lo, hi, d, ceil_mode)):
+    cells.append([s * i + d * m - lo for m in range(k) if 0 <= s * i + d * m - lo < n])
+    start = s * i - lo
+    end = min(start + k, n + hi)
+    divisors.append(end - start if include_pad else min(end, n) - max(start, 0))
+  return cells, divisors
+
+
+def adaptive_cells_ref(n: int, o: int):
+  """Per output index of one axis: PyTorch's adaptive cell [floor(i n / o), ceil((i + 1) n / o)) and its size."""
+  cells = [list(range(math.floor(i * n / o), math.ceil((i + 1) * n / o))) for i in range(o)]
+  return cells, [len(c) for c in cells]
+
+
+def loop_pool(kind: str, x: np.ndarray, ct: np.ndarray, axes) -> tuple[np.ndarray, np.ndarray]:
+  """Max or mean of x ``(N, *S, C)`` over product cells, and the vjp for the cotangent ``ct``, by loops.
+
+  ``axes``: per spatial axis, (cells, divisors) as above. Max gives each window's cotangent to its
+  first maximal cell in row-major window order (PyTorch's and lax's rule).
+  """
+  x = x.astype(np.float64)
+  out = [len(cells) for cells, _ in axes]
+  y = np.empty((x.shape[0], *out, x.shape[-1]))
+  dx = np.zeros_like(x)
+  for pos in np.ndindex(*out):
+    members = list(itertools.product(*(cells[i] for (cells, _), i in zip(axes, pos))))
+    values = np.stack([x[(slice(None), *m, slice(None))] for m in members])  # (cells, N, C)
+    g = ct[(slice(None), *pos, slice(None))]
+    if kind == "max":
+      y[(slice(None), *pos, slice(None))] = values.max(0)
+      first = np.argmax(values == values.max(0), axis=0)  # the first maximum
+      for b, c in np.ndindex(*first.shape):
+        dx[(b, *members[first[b, c]], c)] += g[b, c]
+    else:
+      divisor = math.prod(divs[i] for (_, divs), i in zip(axes, pos))
+      y[(slice(None), *pos, slice(None))] = values.sum(0) / divisor
+      for m in members:
+        dx[(slice(None), *m, slice(None))] += g / divisor
+  return y, dx
+
+
+# name: (x shape, window, stride, padding as (lo, hi) pairs or an int, dilation, ceil_mode)
+TORCH_CASES = {
+    "1d-ceil-overhang": ((2, 7, 2), 2, None, 0, 1, True),
+    "1d-ceil-dilated-pad": ((1, 10, 2), 3, 2, 1, 2, True),
+    "2d-ceil-pad-stride": ((1, 7, 6, 2), 3, 2, 1, 1, True),
+    "2d-ceil-no-overhang": ((1, 6, 6, 1), 2, None, 0, 1, True),
+    "2d-ceil-drops-window-in-right-pad": ((1, 5, 5, 1), 2, 2, 1, 1, True),
+    "2d-ceil-stride-gt-window": ((1, 8, 7, 1), 2, 3, 0, 1, True),
+    "2d-ceil-input-smaller-than-window": ((1, 1, 3, 1), 2, 2, 0, 1, True),
+    "2d-ceil-asymmetric-pads": ((1, 6, 7, 1), (3, 2), (2, 2), [(1, 2), (0, 1)], 1, True),
+    "2d-dilated": ((1, 7, 8, 2), 3, 1, 0, (2, 3), False),
+    "2d-dilated-non-overlapping": ((1, 8, 8, 1), 2, 2, 0, 2, False),
+    "2d-dilated-pad-ceil": ((1, 7, 8, 1), 3, 2, 1, 2, True),
+    "3d-ceil": ((1, 5, 4, 3, 1), (2, 3, 2), (2, 2, 2), [(1, 1), (1, 1), (0, 0)], 1, True),
+    "3d-dilated": ((1, 5, 5, 4, 1), 2, (1, 2, 1), 0, (2, 1, 2), False),
+}
+TORCH_KINDS = ("max", "avg", "avg-exclude-pad")
+
+
+def torch_case(name: str, kind: str):
+  """The jaxconv call and the reference per-axis cells of ``TORCH_CASES[name]``."""
+  x_shape, window, stride, padding, dilation, ceil_mode = TORCH_CASES[name]
+  rank = len(x_shape) - 2
+  ks = per_axis(window, rank)
+  ss = ks if stride is None else per_axis(stride, rank)
+  ds = per_axis(dilation, rank)
+  pads = explicit_pairs(padding, rank)
+  axes = [window_cells(n, k, s, lo, hi, d, ceil_mode, kind != "avg-exclude-pad") for n, k, s, (lo, hi), d in zip(x_shape[1:-1], ks, ss, pads, ds)]
+  if kind == "max":
+    pool = functools.partial(jc.max_pool, window=window, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+  else:
+    pool = functools.partial(jc.avg_pool, window=window, stride=stride, padding=padding, count_include_pad=kind == "avg", ceil_mode=ceil_mode)
+  return pool, axes
+
+
+TORCH_CALLS = [(n, k) for n in TORCH_CASES for k in TORCH_KINDS if k == "max" or TORCH_CASES[n][4] == 1]
+
+
+@pytest.mark.parametrize("name, kind", TORCH_CALLS)
+def test_ceil_mode_and_dilation_match_pytorch_formulas(name: str, kind: str, rng: np.random.Generator):
+  """Values and vjp under jit equal the loops from PyTorch's formulas; rounded data makes ties (first wins)."""
+  pool, axes = torch_case(name, kind)
+  x = np.round(2 * rng.standard_normal(TORCH_CASES[name][0])).astype(np.float32)
+  (ct,) = random(rng, (x.shape[0], *(len(c) for c, _ in axes), x.shape[-1]))
+  y_ref, dx_ref = loop_pool(kind, x, ct, axes)
+  y, (dx,) = with_vjp(pool)(x, ct)
+  assert_close(y, y_ref, rtol_for(None), "y")
+  assert_close(dx, dx_ref, rtol_for(None), "dx")
+  _, window, stride, padding, dilation, ceil_mode = TORCH_CASES[name]
+  stride = window if stride is None else stride
+  assert jc.output_shape(x.shape[1:-1], window, padding, stride, dilation, ceil_mode=ceil_mode) == y.shape[1:-1]
+
+
+def test_pool_gradients_pass_numerical_checks(rng: np.random.Generator):
+  """check_grads (forward and reverse, two orders) on the reshape, reduce_window, dilated and adaptive paths."""
+  from jax.test_util import check_grads
+
+  x = jnp.asarray(rng.permutation(7 * 6).reshape(1, 7, 6, 1) / 7.0)  # distinct values: no ties
+  for f in (
+      lambda x: jc.max_pool(x, 2, ceil_mode=True),
+      lambda x: jc.max_pool(x, 3, 2, 1, dilation=2, ceil_mode=True),
+      lambda x: jc.avg_pool(x, 3, 2, 1, count_include_pad=False, ceil_mode=True),
+      lambda x: jc.adaptive_max_pool(x, (3, 4)),
+      lambda x: jc.adaptive_avg_pool(x, (4, 5)),
+  ):
+    check_grads(f, (x,), order=2, modes=("fwd", "rev"), eps=1e-3, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "name, window, stride, dilation, ceil_mode, uses_reduce_window",
+    [
+        ("ceil-overhang-reshape", 2, None, 1, True, False),
+        ("dilated-blocks", 2, 2, 2, False, False),
+        ("dilated-overlapping-blocks", 3, 1, 2, True, False),
+        ("overlapping", 3, 2, 1, True, True),
+    ],
+)
+def test_ceil_and_dilation_code_paths(name, window, stride, dilation, ceil_mode, uses_reduce_window):
+  """stride == window keeps the reshape path with ceil_mode's overhang; dilated windows never use reduce_window."""
+  x = jax.ShapeDtypeStruct((1, 7, 9, 2), np.float32)
+  f = functools.partial(jc.max_pool, window=window, stride=stride, dilation=dilation, ceil_mode=ceil_mode)
+  assert ("reduce_window" in str(jax.make_jaxpr(jax.grad(lambda x: f(x).sum()))(x))) == uses_reduce_window, name
+
+
+def test_ceil_overhang_and_dilation_pad_with_minus_infinity():
+  """Cells past the padded input never win a max, even when every real value is negative."""
+  x = -np.ones((1, 5, 5, 1), np.float32)
+  np.testing.assert_array_equal(jc.max_pool(x, 2, ceil_mode=True), -np.ones((1, 3, 3, 1)))
+  np.testing.assert_array_equal(jc.max_pool(x, 2, 1, 1, dilation=2), -np.ones((1, 5, 5, 1)))
+
+
+# name: (x shape, output_size)
+ADAPTIVE_CASES = {
+    "1d-uneven": ((2, 7, 2), 3),
+    "1d-more-outputs-than-inputs": ((1, 3, 1), 5),
+    "1d-one-input": ((1, 1, 2), 3),
+    "2d-uneven": ((1, 7, 5, 2), (3, 4)),
+    "2d-even": ((1, 6, 8, 1), (3, 2)),
+    "2d-global": ((2, 5, 6, 1), 1),
+    "2d-none-keeps-axis": ((1, 5, 6, 1), (2, None)),
+    "3d-uneven": ((1, 5, 4, 3, 1), (2, 3, 2)),
+}
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("name", ADAPTIVE_CASES)
+def test_adaptive_pools_match_pytorch_cells(name: str, kind: str, rng: np.random.Generator):
+  """Values and vjp under jit equal loops over PyTorch's cells [floor(i n / o), ceil((i + 1) n / o))."""
+  x_shape, output_size = ADAPTIVE_CASES[name]
+  spatial = x_shape[1:-1]
+  out = [n if o is None else o for n, o in zip(spatial, per_axis(output_size, len(spatial)) if output_size is not None else ())]
+  axes = [adaptive_cells_ref(n, o) for n, o in zip(spatial, out)]
+  x = np.round(2 * rng.standard_normal(x_shape)).astype(np.float32)
+  (ct,) = random(rng, (x_shape[0], *out, x_shape[-1]))
+  y_ref, dx_ref = loop_pool(kind, x, ct, axes)
+  pool = jc.adaptive_max_pool if kind == "max" else jc.adaptive_avg_pool
+  y, (dx,) = with_vjp(functools.partial(pool, output_size=output_size))(x, ct)
+  assert_close(y, y_ref, rtol_for(None), "y")
+  assert_close(dx, dx_ref, rtol_for(None), "dx")
+
+
+def test_adaptive_pool_of_an_even_split_is_a_window_pool(rng: np.random.Generator):
+  """When o divides n the cells are windows of n // o at stride n // o."""
+  (x,) = random(rng, (2, 6, 8, 3))
+  np.testing.assert_allclose(jc.adaptive_avg_pool(x, (3, 2)), jc.avg_pool(x, (2, 4)), rtol=1e-6)
+  np.testing.assert_array_equal(jc.adaptive_max_pool(x, (3, 2)), jc.max_pool(x, (2, 4)))
+  assert jc.adaptive_avg_pool(jnp.asarray(x, jnp.bfloat16), 2).dtype == jnp.bfloat16
+
+
+X = np.ones((1, 6, 6, 2), np.float32)
+
+
+@pytest.mark.parametrize(
+    "fn, kwargs, exc, match",
+    [
+        (jc.adaptive_avg_pool, dict(output_size=0), ValueError, "output_size"),
+        (jc.adaptive_max_pool, dict(output_size=-1), ValueError, "output_size"),
+        (jc.adaptive_avg_pool, dict(output_size=(2, 0)), ValueError, "output_size"),
+        (jc.adaptive_max_pool, dict(output_size=(2, 2, 2)), ValueError, "output_size"),
+        (jc.adaptive_avg_pool, dict(output_size=2.5), TypeError, "output_size"),
+        (jc.adaptive_max_pool, dict(output_size=True), TypeError, "output_size"),
+        (jc.max_pool, dict(window=2, ceil_mode=1), TypeError, "ceil_mode"),
+        (jc.avg_pool, dict(window=2, ceil_mode="yes"), TypeError, "ceil_mode"),
+        (jc.avg_pool, dict(window=2, count_include_pad=None), TypeError, "count_include_pad"),
+        (jc.max_pool, dict(window=2, dilation=0), ValueError, "dilation"),
+        (jc.max_pool, dict(window=2, dilation=(1, 1, 1)), ValueError, "dilation"),
+        (jc.max_pool, dict(window=3, dilation=3), ValueError, "window"),  # extent 7 > 6
+        (jc.max_pool, dict(window=2, padding=4, dilation=3), ValueError, "padding"),  # pad >= extent 4
+        (jc.max_pool, dict(window=4, stride=4, ceil_mode=True, padding=[(0, 0), (0, 0)]), None, None),
+    ],
+)
+def test_pool_arguments_are_checked(fn, kwargs, exc, match):
+  """Bad arguments raise before tracing, naming the argument (also under jit); a valid edge case passes."""
+  if exc is None:
+    assert jax.jit(functools.partial(fn, **kwargs))(X).shape == (1, 2, 2, 2)
+    return
+  with pytest.raises(exc, match=f"^{match}"):
+    jax.jit(functools.partial(fn, **kwargs))(X)

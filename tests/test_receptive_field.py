@@ -28,6 +28,8 @@ STACKS = {
     "dilated": ([W(3, dilation=2), W(3, dilation=3), W(2, 1)], (20, 21), True),
     "padded": ([W(4, padding="same"), W(3, 2, padding="same"), W((2, 3), (1, 2), padding=((2, 0), (1, 3)))], (13, 12), False),
     "mixed": ([W(5, 2, padding=2), W(3, dilation=2, padding="same"), W(1, 3), W(3, 2, padding=1, dilation=2)], (47, 44), False),
+    # ceil_mode windows overhang the input like padding; an evenly dividing adaptive pool is a window.
+    "ceil-dilated-adaptive": ([W(3, 2, ceil_mode=True), rf.Adaptive((None, 6)), W(3, dilation=2, padding=1), W(2, 1)], (24, 25), False),
 }
 
 
@@ -36,8 +38,13 @@ def ones_net(stack: list) -> Callable[[jax.Array], jax.Array]:
 
   def apply(x: jax.Array) -> jax.Array:
     for layer in stack:
+      if isinstance(layer, rf.Adaptive):
+        x = jc.adaptive_avg_pool(x, layer.output_size)  # positive weights on each cell
+        continue
       window = rf.window_of(layer)
-      if window is not None:
+      if window is not None and window.ceil_mode:  # the overhanging last window reads fewer cells
+        x = jc.avg_pool(x, window.kernel, window.stride, window.padding, ceil_mode=True)
+      elif window is not None:
         kernel = normalize_ints(window.kernel, x.ndim - 2, "kernel")
         x = jc.conv(x, jnp.ones((*kernel, 1, 1)), stride=window.stride, padding=window.padding, dilation=window.dilation)
     return x
@@ -137,3 +144,25 @@ def test_errors_name_the_problem():
     rf.walk(LENET, (28, 28))[-1].span((5, 0))
   with pytest.raises(ValueError, match="zero everywhere"):
     rf.support_span(np.zeros((3, 3)))
+
+
+def test_ceil_mode_dilation_and_adaptive_by_hand():
+  """ceil_mode keeps PyTorch's extra window; dilation widens the field; an even adaptive pool is a window."""
+  ceil, floor = rf.walk([W(2, 2, ceil_mode=True)], (5,)), rf.walk([W(2, 2)], (5,))  # ceil(3 / 2) + 1 vs floor + 1
+  assert (ceil[0].shape, floor[0].shape, ceil[0].size, ceil[0].jump) == ((3,), (2,), (2,), (2,))
+  assert ceil[0].name == "window 2 stride 2 ceil"
+  fields = rf.walk([nn.MaxPool(3, 2, dilation=2, ceil_mode=True), nn.AdaptiveAvgPool((2, None)), rf.Adaptive(1)], (11, 9))
+  assert [f.shape for f in fields] == [(4, 3), (2, 3), (1, 1)]  # ceil((11 - 5) / 2) + 1 = 4, ceil((9 - 5) / 2) + 1 = 3
+  assert [f.size for f in fields] == [(5, 5), (7, 5), (11, 9)]  # r + (k_eff - 1) j
+  assert [f.jump for f in fields] == [(2, 2), (4, 2), (8, 6)]
+  assert fields[-1].span((0, 0)) == ((0, 10), (0, 8))
+
+
+def test_walk_refuses_what_no_window_describes():
+  """Uneven adaptive cells and transposed convs have no sliding-window field: a clear error naming the layer."""
+  with pytest.raises(ValueError, match="^AdaptiveMaxPool: output_size"):
+    rf.walk([nn.AdaptiveMaxPool(3)], (8, 8))
+  with pytest.raises(ValueError, match="^ConvTranspose: a transposed convolution"):
+    rf.walk([nn.ConvTranspose(1, 1, (3, 3), stride=2, output_padding=1, rngs=nnx.Rngs(0))], (8, 8))
+  with pytest.raises(ValueError, match="^output_size"):
+    rf.walk([rf.Adaptive(0)], (8, 8))
