@@ -206,9 +206,11 @@ def quiet_writer_threads() -> None:
 
   ``Checkpoints.save`` raises the failure itself; meanwhile orbax logs it from each writer thread
   with a traceback, and tensorstore's callbacks raise "Event loop is closed" into the void after
-  orbax's event loop stopped: on a full disk some 40 tracebacks of the one error. Process-wide.
+  orbax's event loop stopped, and asyncio logs the gathered futures whose error nobody read: on a
+  full disk some 40 tracebacks of the one error. Process-wide.
   """
   logging.getLogger("absl").addFilter(_without_thread_failures)
+  logging.getLogger("asyncio").addFilter(_without_thread_failures)
   default_hook = sys.unraisablehook
 
   def hook(unraisable: Any) -> None:
@@ -219,8 +221,9 @@ def quiet_writer_threads() -> None:
 
 
 def _without_thread_failures(record: logging.LogRecord) -> bool:
-  """False for orbax's log of a failed writer thread (whose error ``save`` raises)."""
-  return "_SignalingThread.run() raised an exception" not in record.getMessage()
+  """False for the logs of a failed writer thread or future (whose error ``save`` raises)."""
+  message = record.getMessage()
+  return "_SignalingThread.run() raised an exception" not in message and "exception was never retrieved" not in message
 
 
 def _reason(error: BaseException) -> str:
