@@ -1,5 +1,6 @@
 """jaxconv: convolution and cross-correlation kernels in JAX, the layers and LeNets built on them."""
 
+from jaxconv.lax_compat import conv_general_dilated
 from jaxconv.ops import available_impls, avg_pool, conv, conv_transpose, convolve, correlate, max_pool
 from jaxconv.padding import output_shape
 
@@ -9,6 +10,7 @@ __all__ = [
     "available_impls",
     "avg_pool",
     "conv",
+    "conv_general_dilated",
     "conv_transpose",
     "convolve",
     "correlate",
