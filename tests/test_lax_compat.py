@@ -117,8 +117,9 @@ def _grid(n: int, seed: int = 0) -> list[Case]:
 
 
 GRID = _grid(45)
-SMALL_GRID = GRID[:10]  # every impl on these; the whole grid with "lax" and "auto"
-FWD_GRID = GRID[:5]
+SMALL_GRID = GRID[:5]  # every impl on these; the whole grid with "auto"
+# Forward mode: a few grid cases, and a 3x3 stride-1 one that winograd serves (it refuses the others).
+FWD_GRID = [GRID[0], GRID[2], GRID[4], Case((2, 6, 6, 2), (3, 3, 2, 3), (1, 1), "SAME", None, None, ("NHWC", "HWIO", "NHWC"), 1)]
 
 
 def _arrays(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,13 +175,12 @@ def test_grid_covers_every_layout_and_padding_pair():
 
 
 @pytest.mark.parametrize("case", GRID, ids=str)
-@pytest.mark.parametrize("impl", ["lax", "auto"])
-def test_values_and_grads_match_lax(case, impl):
-  _check_against_lax(case, impl)
+def test_values_and_grads_match_lax(case):
+  _check_against_lax(case, "auto")
 
 
 @pytest.mark.parametrize("case", SMALL_GRID, ids=str)
-@pytest.mark.parametrize("impl", [i for i in IMPLS if i not in ("lax", "auto")])
+@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "auto"])
 def test_every_impl_matches_lax(case, impl):
   _check_against_lax(case, impl)
 
@@ -308,7 +308,7 @@ def test_out_sharding_none_is_accepted():
   _same_as_lax(lhs, rhs, ((1, 1), "SAME"), dict(out_sharding=None), impl="im2col")
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ["auto", "im2col"])  # answered before any kernel runs
 @pytest.mark.parametrize(("lhs_shape", "rhs_shape", "padding"), [
     ((0, 3, 6, 6), (4, 3, 3, 3), "SAME"),  # N = 0
     ((2, 0, 6, 6), (4, 0, 3, 3), "SAME"),  # C_in = 0: zeros
@@ -402,10 +402,8 @@ FLAX_CONFIGS = [
     ((3, 3), 1, "CIRCULAR", 1, 1, 1, 4, 6),
     ((5, 5), (2, 1), "SAME", 2, 1, 1, 4, 6),
     ((3, 3), 1, "SAME", 4, (2, 1), 1, 4, 8),  # depthwise-like, dilated
-    ((3,), 1, "VALID", 1, 1, 2, 3, 5),  # 1-D, input (lhs) dilation with explicit-free VALID -> lax raises
-    ((3,), 2, ((1, 2),), 1, 1, 2, 3, 5),  # 1-D, transposed: input dilation with explicit pads
+    ((3,), 2, ((1, 2),), 1, 1, 2, 3, 5),  # 1-D, transposed: input dilation needs explicit pads
 ]
-FLAX_CONFIGS = [c for c in FLAX_CONFIGS if not (c[5] != 1 and isinstance(c[2], str))]
 
 
 def _flax_input(kernel_size, c_in):
@@ -413,36 +411,44 @@ def _flax_input(kernel_size, c_in):
   return x
 
 
-@pytest.mark.parametrize("config", FLAX_CONFIGS, ids=str)
-@pytest.mark.parametrize("impl", ["auto", "im2col"])
+def _value_and_grads(apply):
+  """jit of ``(params, x) -> (y, d params, d x)`` for the loss ``sum(sin(apply(params, x)))``."""
+
+  def run(params, x):
+    y, pullback = jax.vjp(apply, params, x)
+    return (y, *pullback(jnp.cos(y)))
+
+  return jax.jit(run)
+
+
+def _assert_same_results(mine, ref) -> None:
+  """Equal outputs and gradients (pytrees of one structure)."""
+  assert jax.tree.structure(mine) == jax.tree.structure(ref)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(mine), jax.tree.leaves(ref)):
+    assert_close(a, b, 1e-4, jax.tree_util.keystr(path))
+
+
+NNX_PARAMS = [pytest.param(c, "auto", id=f"auto-{c}") for c in FLAX_CONFIGS] + [pytest.param(c, "im2col", id=f"im2col-{c}") for c in FLAX_CONFIGS[2:3]]
+
+
+@pytest.mark.parametrize(("config", "impl"), NNX_PARAMS)
 def test_nnx_conv(config, impl):
   from flax import nnx
 
   kernel_size, strides, padding, groups, kernel_dilation, input_dilation, c_in, c_out = config
-  make = lambda conv, seed: nnx.Conv(
+  make = lambda seed, **conv: nnx.Conv(
       c_in, c_out, kernel_size, strides, padding=padding, feature_group_count=groups, kernel_dilation=kernel_dilation,
-      input_dilation=input_dilation, rngs=nnx.Rngs(seed), **({} if conv is None else {"conv_general_dilated": conv}),
+      input_dilation=input_dilation, bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(seed), **conv,
   )
-  ref = make(None, 0)
-  ref.bias.value = jax.random.normal(jax.random.key(1), ref.bias.value.shape)
-  mine = make(functools.partial(jc.conv_general_dilated, impl=impl), 7)
-  nnx.update(mine, nnx.state(ref, nnx.Param))  # copied parameters
+  ref, mine = make(0), make(1, conv_general_dilated=functools.partial(jc.conv_general_dilated, impl=impl))
+  graphdef_ref, params = nnx.split(ref, nnx.Param)
+  graphdef_mine, _ = nnx.split(mine, nnx.Param)  # its own (different) parameters are dropped: params are copied
   x = _flax_input(kernel_size, c_in)
-
-  @nnx.jit
-  def value_and_grads(model, x):
-    loss = lambda model, x: jnp.sum(jnp.sin(model(x)))
-    return nnx.value_and_grad(loss, argnums=(0, 1))(model, x)
-
-  (v, (g_model, g_x)), (v_ref, (g_model_ref, g_x_ref)) = value_and_grads(mine, x), value_and_grads(ref, x)
-  assert_close(nnx.jit(lambda m, x: m(x))(mine, x), ref(x), 1e-4, "y")
-  assert_close(v, v_ref, 1e-4, "loss")
-  assert_close(g_x, g_x_ref, 1e-4, "d x")
-  for (path, a), (_, b) in zip(sorted(nnx.to_flat_state(g_model)), sorted(nnx.to_flat_state(g_model_ref))):
-    assert_close(a.value, b.value, 1e-4, f"d {path}")
+  run = lambda graphdef: _value_and_grads(lambda p, x: nnx.merge(graphdef, p)(x))(params, x)
+  _assert_same_results(run(graphdef_mine), run(graphdef_ref))
 
 
-@pytest.mark.parametrize("config", FLAX_CONFIGS, ids=str)
+@pytest.mark.parametrize("config", [FLAX_CONFIGS[i] for i in (1, 2, 3, 5)], ids=str)
 def test_linen_conv(config):
   from flax import linen
 
@@ -451,10 +457,4 @@ def test_linen_conv(config):
   ref, mine = linen.Conv(**kw), linen.Conv(**kw, conv_general_dilated=jc.conv_general_dilated)
   x = _flax_input(kernel_size, c_in)
   params = ref.init(jax.random.key(0), x)  # one set of parameters for both
-  loss = lambda module: jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), argnums=(0, 1)))
-  (v, (g_p, g_x)), (v_ref, (g_p_ref, g_x_ref)) = loss(mine)(params, x), loss(ref)(params, x)
-  assert_close(jax.jit(mine.apply)(params, x), ref.apply(params, x), 1e-4, "y")
-  assert_close(v, v_ref, 1e-4, "loss")
-  assert_close(g_x, g_x_ref, 1e-4, "d x")
-  for a, b in zip(jax.tree.leaves(g_p), jax.tree.leaves(g_p_ref)):
-    assert_close(a, b, 1e-4, "d params")
+  _assert_same_results(_value_and_grads(mine.apply)(params, x), _value_and_grads(ref.apply)(params, x))
