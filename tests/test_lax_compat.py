@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from references import IMPLS, assert_close, random, rtol_for, with_vjp
 
 import jaxconv as jc
 from jaxconv.lax_compat import conv_general_dilated
-from references import IMPLS, assert_close, random, rtol_for, with_vjp
 
 # TODO(lead): remove once the transform mechanism lands -- these kernels are custom_vjp functions
 # today and raise "can't apply forward-mode autodiff (jvp) to a custom_vjp function"; "auto" does
@@ -58,11 +58,11 @@ class Case:
   feature_group_count: int
 
   def kwargs(self) -> dict:
-    return dict(
-        window_strides=self.window_strides, padding=self.padding, lhs_dilation=self.lhs_dilation,
-        rhs_dilation=self.rhs_dilation, dimension_numbers=self.dimension_numbers,
-        feature_group_count=self.feature_group_count,
-    )
+    return {
+        "window_strides": self.window_strides, "padding": self.padding, "lhs_dilation": self.lhs_dilation,
+        "rhs_dilation": self.rhs_dilation, "dimension_numbers": self.dimension_numbers,
+        "feature_group_count": self.feature_group_count,
+    }
 
   def __str__(self) -> str:
     dn = self.dimension_numbers
@@ -252,7 +252,7 @@ def _same_as_lax(lhs, rhs, args, kwargs, *, grads: bool = True, impl: str = "aut
 
 def test_batch_group_count_goes_to_lax():
   lhs, rhs = random(np.random.default_rng(0), (4, 3, 6, 6), (4, 3, 3, 3))
-  _same_as_lax(lhs, rhs, ((1, 1), "SAME"), dict(batch_group_count=2))
+  _same_as_lax(lhs, rhs, ((1, 1), "SAME"), {"batch_group_count": 2})
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.bool_, jnp.complex64])
@@ -265,7 +265,7 @@ def test_non_float_dtypes_go_to_lax(dtype):
 def test_int8_with_int32_accumulation_goes_to_lax():
   rng = np.random.default_rng(0)
   lhs, rhs = (rng.integers(-100, 100, s).astype(np.int8) for s in ((2, 3, 5, 5), (4, 3, 2, 2)))
-  _same_as_lax(lhs, rhs, ((1, 1), "VALID"), dict(preferred_element_type=jnp.int32), grads=False)
+  _same_as_lax(lhs, rhs, ((1, 1), "VALID"), {"preferred_element_type": jnp.int32}, grads=False)
 
 
 @pytest.mark.parametrize("impl", ["im2col", "patches"])
@@ -273,7 +273,7 @@ def test_bfloat16_with_float32_accumulation(impl):
   """preferred_element_type wider than the inputs: a float32 result with no bfloat16 rounding."""
   lhs, rhs = random(np.random.default_rng(0), (2, 6, 7, 7), (4, 6, 3, 3))
   lhs, rhs = lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16)
-  _same_as_lax(lhs, rhs, ((1, 1), "SAME"), dict(preferred_element_type=jnp.float32), impl=impl)
+  _same_as_lax(lhs, rhs, ((1, 1), "SAME"), {"preferred_element_type": jnp.float32}, impl=impl)
   y = jc.conv_general_dilated(lhs, rhs, (1, 1), "SAME", impl=impl)
   assert y.dtype == jnp.bfloat16
 
@@ -283,7 +283,7 @@ def test_explicit_precision_goes_to_lax(precision):
   lhs, rhs = random(np.random.default_rng(0), (2, 3, 6, 6), (4, 3, 3, 3))
   f = functools.partial(jc.conv_general_dilated, window_strides=(1, 1), padding="SAME", precision=precision, impl="im2col")
   assert "conv_general_dilated" in str(jax.make_jaxpr(f)(lhs, rhs))
-  _same_as_lax(lhs, rhs, ((1, 1), "SAME"), dict(precision=precision))
+  _same_as_lax(lhs, rhs, ((1, 1), "SAME"), {"precision": precision})
 
 
 @pytest.mark.parametrize(("lhs_shape", "rhs_shape", "args"), [
@@ -305,7 +305,7 @@ def test_a_kernels_refusal_goes_to_lax():
 
 def test_out_sharding_none_is_accepted():
   lhs, rhs = random(np.random.default_rng(0), (2, 3, 6, 6), (4, 3, 3, 3))
-  _same_as_lax(lhs, rhs, ((1, 1), "SAME"), dict(out_sharding=None), impl="im2col")
+  _same_as_lax(lhs, rhs, ((1, 1), "SAME"), {"out_sharding": None}, impl="im2col")
 
 
 @pytest.mark.parametrize("impl", ["auto", "im2col"])  # answered before any kernel runs
@@ -342,26 +342,26 @@ BAD_CALLS = {
     "padding float": ((X, W, (1, 1), [(1.0, 1), (1, 1)]), {}, "padding"),
     "padding int": ((X, W, (1, 1), 1), {}, "padding"),
     "padding too negative": ((X, W, (1, 1), [(-5, -5), (0, 0)]), {}, None),
-    "string padding with lhs_dilation": ((X, W, (1, 1), "SAME"), dict(lhs_dilation=(2, 1)), "padding"),
-    "lhs_dilation 0": ((X, W, (1, 1), P), dict(lhs_dilation=(0, 1)), "lhs_dilation"),
-    "lhs_dilation length": ((X, W, (1, 1), P), dict(lhs_dilation=(2,)), "lhs_dilation"),
-    "lhs_dilation int": ((X, W, (1, 1), P), dict(lhs_dilation=2), "lhs_dilation"),
-    "rhs_dilation 0": ((X, W, (1, 1), P), dict(rhs_dilation=(0, 1)), "rhs_dilation"),
-    "rhs_dilation length": ((X, W, (1, 1), P), dict(rhs_dilation=(2,)), "rhs_dilation"),
-    "rhs_dilation float": ((X, W, (1, 1), P), dict(rhs_dilation=(2.0, 1)), "rhs_dilation"),
-    "feature_group_count 0": ((X, W, (1, 1), P), dict(feature_group_count=0), "feature_group_count"),
-    "feature_group_count 3": ((X, W, (1, 1), P), dict(feature_group_count=3), "feature_group_count"),
-    "feature_group_count channel mismatch": ((X, W, (1, 1), P), dict(feature_group_count=2), "feature_group_count"),
+    "string padding with lhs_dilation": ((X, W, (1, 1), "SAME"), {"lhs_dilation": (2, 1)}, "padding"),
+    "lhs_dilation 0": ((X, W, (1, 1), P), {"lhs_dilation": (0, 1)}, "lhs_dilation"),
+    "lhs_dilation length": ((X, W, (1, 1), P), {"lhs_dilation": (2,)}, "lhs_dilation"),
+    "lhs_dilation int": ((X, W, (1, 1), P), {"lhs_dilation": 2}, "lhs_dilation"),
+    "rhs_dilation 0": ((X, W, (1, 1), P), {"rhs_dilation": (0, 1)}, "rhs_dilation"),
+    "rhs_dilation length": ((X, W, (1, 1), P), {"rhs_dilation": (2,)}, "rhs_dilation"),
+    "rhs_dilation float": ((X, W, (1, 1), P), {"rhs_dilation": (2.0, 1)}, "rhs_dilation"),
+    "feature_group_count 0": ((X, W, (1, 1), P), {"feature_group_count": 0}, "feature_group_count"),
+    "feature_group_count 3": ((X, W, (1, 1), P), {"feature_group_count": 3}, "feature_group_count"),
+    "feature_group_count channel mismatch": ((X, W, (1, 1), P), {"feature_group_count": 2}, "feature_group_count"),
     "channel mismatch": ((X, W[:, :3], (1, 1), P), {}, "feature"),
-    "batch_group_count 0": ((X, W, (1, 1), P), dict(batch_group_count=0), "batch_group_count"),
-    "batch_group_count 3": ((X, W, (1, 1), P), dict(batch_group_count=3), "batch_group_count"),
+    "batch_group_count 0": ((X, W, (1, 1), P), {"batch_group_count": 0}, "batch_group_count"),
+    "batch_group_count 3": ((X, W, (1, 1), P), {"batch_group_count": 3}, "batch_group_count"),
     "dtype mismatch": ((X, W.astype(jnp.bfloat16), (1, 1), P), {}, "dtype"),
-    "dimension_numbers length": ((X, W, (1, 1), P), dict(dimension_numbers=("NCHW", "OIHW")), "dimension_numbers"),
-    "dimension_numbers letters": ((X, W, (1, 1), P), dict(dimension_numbers=("NCHW", "OIHW", "NCXW")), "dimension_numbers"),
-    "dimension_numbers string": ((X, W, (1, 1), P), dict(dimension_numbers="NCHW"), "dimension_numbers"),
-    "preferred_element_type narrower": ((X, W, (1, 1), P), dict(preferred_element_type=jnp.float16), "preferred_element_type"),
-    "preferred_element_type int for floats": ((X, W, (1, 1), P), dict(preferred_element_type=jnp.int32), "preferred_element_type"),
-    "precision unknown": ((X, W, (1, 1), P), dict(precision="foo"), "recision"),
+    "dimension_numbers length": ((X, W, (1, 1), P), {"dimension_numbers": ("NCHW", "OIHW")}, "dimension_numbers"),
+    "dimension_numbers letters": ((X, W, (1, 1), P), {"dimension_numbers": ("NCHW", "OIHW", "NCXW")}, "dimension_numbers"),
+    "dimension_numbers string": ((X, W, (1, 1), P), {"dimension_numbers": "NCHW"}, "dimension_numbers"),
+    "preferred_element_type narrower": ((X, W, (1, 1), P), {"preferred_element_type": jnp.float16}, "preferred_element_type"),
+    "preferred_element_type int for floats": ((X, W, (1, 1), P), {"preferred_element_type": jnp.int32}, "preferred_element_type"),
+    "precision unknown": ((X, W, (1, 1), P), {"precision": "foo"}, "recision"),
 }
 
 
@@ -453,7 +453,7 @@ def test_linen_conv(config):
   from flax import linen
 
   kernel_size, strides, padding, groups, kernel_dilation, input_dilation, c_in, c_out = config
-  kw = dict(features=c_out, kernel_size=kernel_size, strides=strides, padding=padding, feature_group_count=groups, kernel_dilation=kernel_dilation, input_dilation=input_dilation, bias_init=jax.nn.initializers.normal(1.0))
+  kw = {"features": c_out, "kernel_size": kernel_size, "strides": strides, "padding": padding, "feature_group_count": groups, "kernel_dilation": kernel_dilation, "input_dilation": input_dilation, "bias_init": jax.nn.initializers.normal(1.0)}
   ref, mine = linen.Conv(**kw), linen.Conv(**kw, conv_general_dilated=jc.conv_general_dilated)
   x = _flax_input(kernel_size, c_in)
   params = ref.init(jax.random.key(0), x)  # one set of parameters for both
