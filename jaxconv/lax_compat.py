@@ -72,6 +72,8 @@ def _check_array(name: str, value) -> jax.Array:
 
 def _check_ints(name: str, value, rank: int, *, minimum: int, below_error: type[Exception]) -> tuple[int, ...]:
   """A length-``rank`` sequence of ints >= ``minimum``; lax's kinds: TypeError for form, ValueError for length."""
+  if isinstance(value, np.ndarray) and value.ndim == 1:  # lax takes numpy int vectors too
+    value = value.tolist()
   if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
     raise TypeError(f"{name} must be a sequence of {rank} ints (one per spatial axis); got {value!r}")
   if not all(_is_int(v) for v in value):

@@ -222,6 +222,12 @@ def test_partial_picks_an_impl():
   assert_close(jax.jit(lambda a, b: conv(a, b, case.window_strides, case.padding, dimension_numbers=case.dimension_numbers, feature_group_count=case.feature_group_count))(lhs, rhs), _lax_result(case)[0], 1e-5)
 
 
+def test_numpy_int_vectors_as_arguments():
+  """lax takes numpy vectors for strides and dilations; so does the drop-in."""
+  lhs, rhs = random(np.random.default_rng(0), (1, 2, 7, 7), (3, 2, 2, 2))
+  _same_as_lax(lhs, rhs, (np.array([1, 2]), "SAME"), {"rhs_dilation": np.array([2, 1])}, grads=False, impl="patches")
+
+
 def test_vmap_over_a_leading_axis():
   case = GRID[1]
   lhs, rhs, _ = _arrays(case)
