@@ -81,7 +81,12 @@ def _primitive(name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Ca
     return jax.core.ShapedArray(shape_of(geometry_for(a, geometry)), a.dtype)
 
   def lower(a: jax.Array, b: jax.Array, *, impl: str, geometry: ConvGeometry) -> jax.Array:
-    return raw_of(registry.get(impl))(a, b, geometry_for(a, geometry))
+    g = geometry_for(a, geometry)
+    # ``jaxconv.ops`` answers empty calls before binding, but batching can still empty one here:
+    # vmap over a zero-size axis folds into a batch of 0 (kernels need at least one element).
+    if g.empty:
+      return jnp.zeros(shape_of(g), a.dtype)
+    return raw_of(registry.get(impl))(a, b, g)
 
   @functools.lru_cache(maxsize=256)
   def compiled(impl: str, geometry: ConvGeometry):
