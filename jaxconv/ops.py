@@ -31,6 +31,7 @@ from jaxconv.geometry import (
     ConvGeometry,
     Convention,
     Padding,
+    check_allocatable,
     check_channels,
     check_int,
     check_padding_mode,
@@ -229,10 +230,13 @@ def transpose_geometry(
     out = tuple(n * s + op for n, s, op in zip(spatial, strides, ops_))
   else:
     # "valid"/"full"/"causal"/explicit pads do not depend on the input size.
-    pads = resolve_padding(padding, [0] * rank, kernel, strides, dilations)
+    pads = resolve_padding(padding, spatial, kernel, strides, dilations)
     out = tuple(transpose_output_size(n, e, p, s, op) for n, e, p, s, op in zip(spatial, extent, pads, strides, ops_))
   if any(o < 1 for o in out):
     raise ValueError(f"padding={padding!r} leaves an empty conv_transpose output {out} for input spatial shape {tuple(spatial)}")
+  # The output grows with the stride (and the dilation): name what makes it unallocatable.
+  grown = "stride" if max((n - 1) * s for n, s in zip(spatial, strides)) >= max(extent) else "dilation"
+  check_allocatable((x.shape[0], *out, w.shape[-1]), x.dtype.itemsize, grown, "conv_transpose output")
   w_fwd_shape = (*kernel, w.shape[-1] // groups, x.shape[-1])
   g = conv_geometry((x.shape[0], *out, w.shape[-1]), w_fwd_shape, x.dtype, stride=strides, padding=pads, dilation=dilations, groups=groups)
   return g, groups
