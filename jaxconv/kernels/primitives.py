@@ -156,10 +156,14 @@ def _batcher(prim: core.Primitive, folds: bool):
       size, n = a.shape[:2]
       y = prim.bind(a.reshape(size * n, *a.shape[2:]), b, impl=impl, geometry=geometry)
       return y.reshape(size, n, *y.shape[1:]), 0
-    size = a.shape[da] if da is not None else b.shape[db]
-    a = jnp.broadcast_to(a, (size, *a.shape)) if da is None else jnp.moveaxis(a, da, 0)
-    b = jnp.broadcast_to(b, (size, *b.shape)) if db is None else jnp.moveaxis(b, db, 0)
-    return lax.map(lambda ab: prim.bind(*ab, impl=impl, geometry=geometry), (a, b)), 0
+    # An unbatched operand is closed over, not broadcast: a batch of kernels would otherwise
+    # hold one copy of x per kernel.
+    bind = functools.partial(prim.bind, impl=impl, geometry=geometry)
+    if da is None:
+      return lax.map(lambda b: bind(a, b), jnp.moveaxis(b, db, 0)), 0
+    if db is None:
+      return lax.map(lambda a: bind(a, b), jnp.moveaxis(a, da, 0)), 0
+    return lax.map(lambda ab: bind(*ab), (jnp.moveaxis(a, da, 0), jnp.moveaxis(b, db, 0))), 0
 
   return rule
 
