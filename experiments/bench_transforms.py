@@ -64,7 +64,7 @@ def worker(tree: str) -> None:
       b = jnp.zeros(w_shape[-1], jnp.float32)
       y_shape = jax.eval_shape(lambda x, w, b: jc.conv(x, w, b, impl=impl, **kw), x, w, b).shape
       ct = jnp.asarray(rng.standard_normal(y_shape), jnp.float32)
-      loss = lambda x, w, b: jnp.sum(jc.conv(x, w, b, impl=impl, **kw) * ct)  # noqa: E731
+      loss = lambda x, w, b: jnp.sum(jc.conv(x, w, b, impl=impl, **kw) * ct)
       f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
       start = time.perf_counter()
       out = jax.block_until_ready(f(x, w, b))
@@ -171,7 +171,7 @@ def main() -> None:
     w.close()
 
   rows = []
-  print(f"\n| shape | impl | new ms | old ms | new / old | grad rel. diff | compile new / old s |\n|---|---|---:|---:|---:|---:|---|")
+  print("\n| shape | impl | new ms | old ms | new / old | grad rel. diff | compile new / old s |\n|---|---|---:|---:|---:|---:|---|")
   for shape in args.shapes:
     for impl in impls:
       new, old = replies[("new", shape, impl)], replies[("old", shape, impl)]

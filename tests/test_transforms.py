@@ -154,7 +154,7 @@ def _served(impl: str, fn: Function) -> dict:
   raise AssertionError(f"impl={impl!r} serves none of the geometries of {fn.name}: add one it serves")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _operands(fn_name: str) -> dict[str, np.ndarray]:
   """Fixed random x, w, their stacks of two (vmap), a cotangent and tangents."""
   fn = FUNCTIONS[fn_name]
@@ -232,23 +232,23 @@ def _run_all(f: Fn, o: dict, names: tuple[str, ...]) -> dict:
   try:
     program = jax.jit(lambda o: {n: TRANSFORMS[n](f, o) for n in jittable}).lower(o)
     results = program.compile(compiler_options=FAST_COMPILE)(o)
-  except Exception:  # find which transform fails, one at a time (only on the failure path)
+  except Exception:  # noqa: BLE001  (find which transform fails, one at a time: only on the failure path)
     results = {}
     for n in jittable:
       try:
         results[n] = TRANSFORMS[n](f, o)
-      except Exception as e:  # noqa: BLE001
+      except Exception as e:  # noqa: BLE001  (reported per transform)
         results[n] = e
   for n in names:
     if n in EAGER:
       try:
         results[n] = TRANSFORMS[n](f, o)
-      except Exception as e:  # noqa: BLE001
+      except Exception as e:  # noqa: BLE001  (reported per transform)
         results[n] = e
   return results
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(fn_name: str, kw_key: tuple) -> dict:
   fn = FUNCTIONS[fn_name]
   ref = functools.partial(fn.reference, **dict(kw_key))
@@ -335,10 +335,10 @@ def test_zero_size_gives_lax_result_and_gradients(impl: str, fn_name: str, case:
     kw = dict(padding="same")
   b = rng.standard_normal(w.shape[-1]).astype(np.float32)
   # Eager: no kernel runs on an empty call, so the few ops it runs are compiled once for all impls.
-  f = lambda x, w, b: getattr(jc, fn_name)(x, w, b, impl=impl, **kw)  # noqa: E731
+  f = lambda x, w, b: getattr(jc, fn_name)(x, w, b, impl=impl, **kw)
   expected = _zero_size_reference(fn_name, x, w, b)
   _assert_trees_close(f(x, w, b), np.asarray(expected), f"{fn_name}(impl={impl!r}) {case}")
-  loss = lambda fun: lambda x, w, b: jnp.sum(jnp.sin(fun(x, w, b)))  # noqa: E731
+  loss = lambda fun: lambda x, w, b: jnp.sum(jnp.sin(fun(x, w, b)))
   grads = jax.grad(loss(f), (0, 1, 2))(x, w, b)
   expected_grads = jax.grad(loss(functools.partial(_zero_size_reference, fn_name)), (0, 1, 2))(x, w, b)
   _assert_trees_close(grads, jax.tree.map(np.asarray, expected_grads), f"grad of {fn_name}(impl={impl!r}) {case}")
