@@ -1,9 +1,10 @@
 """Every kernel under every JAX transform, against the same transform of ``lax.conv_general_dilated``.
 
 The grid is impl (every name of ``jc.available_impls()``) x function (``conv``, ``conv_transpose``,
-``correlate``, ``convolve``) x transform (jit, grad of order 1 and 2, vjp, jvp, jacfwd, jacrev,
-hessian, vmap over x / w / both, per-example gradients, grad of vmap, linear_transpose), plus
-``jax.test_util.check_grads`` of order 2 in both modes, and zero-size inputs. The references call
+``correlate``, ``convolve``) x transform (for conv: eager, jit, grad of order 1 and 2, vjp, jvp,
+jacfwd, jacrev, hessian, vmap over x / w / both, per-example gradients, grad of vmap,
+linear_transpose; a subset for the others, see ``GRID``), plus ``jax.test_util.check_grads`` of
+order 2 in both modes, zero-size inputs, and the registry's non-finite ``local`` flag. The references call
 ``lax.conv_general_dilated`` directly (not ``impl="lax"``, which goes through jaxconv's primitives
 too), so the mechanism itself is under test for every kernel, lax's included.
 
@@ -214,12 +215,17 @@ TRANSFORMS: dict[str, Callable] = {
 
 
 # Transforms compiled together, one program per (impl, function): XLA's compile time, not the
-# tiny arithmetic, is what these tests cost. correlate/convolve bind the same primitive as conv
-# (one channel), so they get a core subset; conv and conv_transpose (whose primal is the input
-# gradient primitive) get every transform.
-CORE = ("jit", "grad", "jvp", "vmap-both", "hessian")
+# tiny arithmetic, is what these tests cost. conv gets every transform; the others reach the same
+# three primitives and rules, so they get the subset that still runs each of their own paths:
+# conv_transpose's primal is the input-gradient primitive (folded by vmap-x, mapped by
+# vmap-both), correlate and convolve are conv on one channel (convolve: with the kernel flipped).
 EAGER = ("eager", "grad-eager")
-GRID = {"conv": tuple(TRANSFORMS), "conv_transpose": tuple(t for t in TRANSFORMS if t not in EAGER), "correlate": CORE, "convolve": CORE}
+GRID = {
+    "conv": tuple(TRANSFORMS),
+    "conv_transpose": ("jit", "grad", "jvp", "vmap-x", "vmap-both", "hessian"),
+    "correlate": ("jit", "grad", "jvp", "vmap-both"),
+    "convolve": ("jit", "grad", "jvp"),
+}
 
 
 # Half the compile time of XLA's defaults on these tiny programs; the arithmetic is unchanged.
