@@ -54,6 +54,9 @@ PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
 # The largest array (bytes) a geometry may ask for: beyond it, the request is a mistake (a huge
 # padding, say), refused in Python rather than by the allocator after compilation.
 MAX_ARRAY_BYTES = 2**40
+# The largest stride, dilation, window size or group count accepted: beyond it XLA's int64 shape
+# arithmetic overflows (an OverflowError or an XLA TypeError instead of an error naming the argument).
+MAX_INT = 2**62
 
 
 def is_int(value: object) -> bool:
@@ -67,6 +70,8 @@ def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
     raise TypeError(f"{name} must be an int; got {type(value).__name__}: {value!r}")
   if minimum is not None and int(value) < minimum:  # type: ignore[call-overload]
     raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
+  if abs(int(value)) >= MAX_INT:  # type: ignore[call-overload]
+    raise ValueError(f"{name} must be < 2**62; got {value!r}")
   return int(value)  # type: ignore[call-overload]
 
 
@@ -91,6 +96,8 @@ def normalize_ints(value: int | Sequence[int], rank: int, name: str, *, minimum:
     raise TypeError(f"{name} must be an int or a sequence of {rank} ints; got {value!r}")
   if any(v < minimum for v in values):
     raise ValueError(f"{name} must be >= {minimum} on every axis; got {value!r}")
+  if any(abs(v) >= MAX_INT for v in values):
+    raise ValueError(f"{name} must be < 2**62 on every axis; got {value!r}")
   return values
 
 
@@ -464,7 +471,7 @@ def transpose_output_shape(
     out = tuple(n * s + op for n, s, op in zip(spatial, strides, ops_))
   else:
     # "valid"/"full"/"causal"/explicit pads do not depend on the input size.
-    pads = resolve_padding(padding, [0] * rank, kernel, strides, dilations)
+    pads = resolve_padding(padding, spatial, kernel, strides, dilations)
     out = tuple(transpose_output_size(n, e, p, s, op) for n, e, p, s, op in zip(spatial, extent, pads, strides, ops_))
   if any(o < 1 for o in out):
     raise ValueError(f"padding={padding!r} leaves an empty conv_transpose output {out} for input spatial shape {tuple(spatial)}")
@@ -474,6 +481,7 @@ def transpose_output_shape(
 __all__ = [
     "ConvGeometry",
     "MAX_ARRAY_BYTES",
+    "MAX_INT",
     "PADDING_MODES",
     "PADDING_STRINGS",
     "Pair",

@@ -31,10 +31,12 @@ from jaxconv.geometry import (
     ConvGeometry,
     Convention,
     Padding,
+    check_allocatable,
     check_channels,
     check_int,
     check_padding_mode,
     conv_geometry,
+    normalize_ints,
     transpose_output_shape,
 )
 from jaxconv.kernels.taps import swap_channels
@@ -215,6 +217,11 @@ def transpose_geometry(
   kernel = tuple(w.shape[:rank])
   check_channels(x.shape, w.shape, groups)
   pads, out = transpose_output_shape(x.shape[1:-1], kernel, padding, stride, dilation, output_padding)
+  # The output grows with the stride (and the dilation): name what makes it unallocatable.
+  strides, dilations = normalize_ints(stride, rank, "stride"), normalize_ints(dilation, rank, "dilation")
+  extent = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
+  grown = "stride" if max((n - 1) * s for n, s in zip(x.shape[1:-1], strides)) >= max(extent) else "dilation"
+  check_allocatable((x.shape[0], *out, w.shape[-1]), x.dtype.itemsize, grown, "conv_transpose output")
   w_fwd_shape = (*kernel, w.shape[-1] // groups, x.shape[-1])
   g = conv_geometry((x.shape[0], *out, w.shape[-1]), w_fwd_shape, x.dtype, stride=stride, padding=pads, dilation=dilation, groups=groups)
   return g, groups

@@ -82,13 +82,96 @@ POOL_ERRORS = [
 ] + [case(f"{fn.__name__}-x-rank", fn, ValueError, "x", X[0, 0], window=2) for fn in (jc.max_pool, jc.avg_pool)]
 
 
+# Found by probing the API as a user with bad input would (issue 12): each once reached XLA, raised
+# an OverflowError or AttributeError, or named the wrong argument.
+HUGE = 2**40  # padding that would need TiBs
+PROBED_ERRORS = [
+    case(f"{fn.__name__}-{id}", fn, exc, match, *arrays, **kwargs)
+    for fn, arrays in [(jc.correlate, (SIGNAL, TAPS)), (jc.convolve, (SIGNAL, TAPS)), (jc.conv, (X, W)), (jc.conv_transpose, (X, W))]
+    for id, exc, match, kwargs in [
+        ("stride-2**63", ValueError, "stride", dict(stride=2**63)),
+        ("stride-2**64", ValueError, "stride", dict(stride=2**64)),
+        ("dilation-2**63", ValueError, "dilation", dict(dilation=2**63)),
+        ("stride-jnp-scalar", TypeError, "stride", dict(stride=jax.numpy.int32(2))),
+        ("stride-numpy-array", TypeError, "stride", dict(stride=np.array(2))),
+        ("stride-nan", TypeError, "stride", dict(stride=float("nan"))),
+        ("stride-bool", TypeError, "stride", dict(stride=True)),
+        ("padding-nan", TypeError, "padding", dict(padding=float("nan"))),
+        ("padding-none", TypeError, "padding", dict(padding=None)),
+        ("padding-bool", TypeError, "padding", dict(padding=True)),
+        ("padding-huge", ValueError, "padding", dict(padding=HUGE)),
+        ("padding-2**70", ValueError, "padding", dict(padding=2**70)),
+        ("impl-wrong-case", ValueError, "impl", dict(impl="LAX")),
+    ]
+] + [
+    case(f"{fn.__name__}-{id}", fn, TypeError, name, *arrays)
+    for fn, good in [(jc.correlate, (SIGNAL, TAPS)), (jc.conv, (X, W)), (jc.conv_transpose, (X, W))]
+    for id, name, arrays in [
+        ("x-none", "x", (None, good[1])),
+        ("w-none", "w", (good[0], None)),
+        ("x-str-array", "x", (np.full(good[0].shape, "a"), good[1])),
+        ("x-object-array", "x", (good[0].astype(object), good[1])),
+        ("x-datetime", "x", (np.zeros(good[0].shape, "datetime64[D]"), good[1])),
+        ("w-complex", "w", (good[0], good[1].astype(np.complex64))),
+        ("x-ragged-list", "x", ([[1.0, 2.0], [3.0]], good[1])),
+    ]
+] + [
+    case("conv-b-none-like-string", jc.conv, TypeError, "b", X, W, "abc"),
+    case("conv-groups-2**70", jc.conv, ValueError, "groups", X, W, groups=2**70),
+    case("conv-groups-jnp-scalar", jc.conv, TypeError, "groups", X, W, groups=jax.numpy.int32(1)),
+    case("conv-padding-numpy-pairs", jc.conv, TypeError, "padding", X, W, padding=np.array([[1, 1], [1, 1]])),
+    case("conv-padding-bool-pair", jc.conv, ValueError, "padding", X, W, padding=((True, 0), (0, 0))),
+    case("conv-padding-mode-not-a-string", jc.conv, ValueError, "padding_mode", X, W, padding_mode=3),
+    case("conv-causal-2d", jc.conv, ValueError, "padding", X, W, padding="causal"),
+    case("conv_transpose-causal-2d", jc.conv_transpose, ValueError, "padding", X, W, padding="causal"),
+    # conv_transpose's output grows with its stride and dilation: name the one that makes it too big.
+    case("conv_transpose-stride-huge", jc.conv_transpose, ValueError, "stride", X, W, stride=HUGE),
+    case("conv_transpose-stride-2**20", jc.conv_transpose, ValueError, "stride", X, W, stride=2**20),
+    case("conv_transpose-same-stride-huge", jc.conv_transpose, ValueError, "stride", X, W, padding="same", stride=HUGE),
+    case("conv_transpose-dilation-2**20", jc.conv_transpose, ValueError, "dilation", X, W, dilation=2**20),
+    case("conv_transpose-output-padding-2**63", jc.conv_transpose, ValueError, "output_padding", X, W, stride=2**61, output_padding=2**63),
+    case("conv_transpose-padding-mode", jc.conv_transpose, ValueError, "padding_mode", X, W, padding_mode="reflect"),
+    case("correlate-x-rank-0", jc.correlate, ValueError, "x", np.float32(1.0), TAPS),
+    case("correlate-x-jnp-scalar", jc.correlate, ValueError, "x", jax.numpy.float32(1.0), jax.numpy.float32(1.0)),
+    case("correlate-w-scalar", jc.correlate, ValueError, "w", SIGNAL, 1.0),
+    case("conv-w-scalar", jc.conv, ValueError, "w", X, 1.0),
+    case("conv-impl-empty", jc.conv, ValueError, "impl", X, W, impl=""),
+] + [
+    case(f"{fn.__name__}-{id}", fn, exc, match, X, **kwargs)
+    for fn in (jc.max_pool, jc.avg_pool)
+    for id, exc, match, kwargs in [
+        ("padding-huge", ValueError, "padding", dict(window=2, padding=HUGE)),
+        ("stride-2**63", ValueError, "stride", dict(window=2, stride=2**63)),
+        ("window-2**63", ValueError, "window", dict(window=2**63)),
+        ("window-float", TypeError, "window", dict(window=2.0)),
+        ("window-none", TypeError, "window", dict(window=None)),
+    ]
+] + [
+    case(f"{fn.__name__}-x-complex", fn, TypeError, "x", X.astype(np.complex64), 2) for fn in (jc.max_pool, jc.avg_pool)
+] + [
+    case(f"avg_pool-count_include_pad-{id}", jc.avg_pool, TypeError, "count_include_pad", X, 2, count_include_pad=v)
+    for id, v in [("str", "no"), ("int", 0), ("none", None)]
+]
+
+
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("fn, arrays, kwargs, exc, match", SIGNAL_ERRORS + CONV_ERRORS + POOL_ERRORS)
+@pytest.mark.parametrize("fn, arrays, kwargs, exc, match", SIGNAL_ERRORS + CONV_ERRORS + POOL_ERRORS + PROBED_ERRORS)
 def test_bad_arguments_raise_naming_them(fn, arrays, kwargs, exc, match, jit: bool):
   """The error type and a message that starts with the bad argument's name, also while tracing."""
   call = functools.partial(fn, **kwargs)
+  # Under jit, numeric arrays are traced; anything else (None, strings, object arrays) is closed
+  # over, since jax.jit itself refuses such arguments before jaxconv sees them.
+  traced = [isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in arrays]
+
+  def with_traced(*values):
+    it = iter(values)
+    return call(*(next(it) if t else a for a, t in zip(arrays, traced)))
+
   with pytest.raises(exc, match=match):
-    (jax.jit(call) if jit else call)(*arrays)
+    if jit:
+      jax.jit(with_traced)(*(a for a, t in zip(arrays, traced) if t))
+    else:
+      call(*arrays)
 
 
 @pytest.mark.parametrize(

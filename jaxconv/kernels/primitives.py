@@ -81,7 +81,12 @@ def _primitive(name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Ca
     return jax.core.ShapedArray(shape_of(geometry_for(a, geometry)), a.dtype)
 
   def lower(a: jax.Array, b: jax.Array, *, impl: str, geometry: ConvGeometry) -> jax.Array:
-    return raw_of(registry.get(impl))(a, b, geometry_for(a, geometry))
+    g = geometry_for(a, geometry)
+    # ``jaxconv.ops`` answers empty calls before binding, but batching can still empty one here:
+    # vmap over a zero-size axis folds into a batch of 0 (kernels need at least one element).
+    if g.empty:
+      return jnp.zeros(shape_of(g), a.dtype)
+    return raw_of(registry.get(impl))(a, b, g)
 
   @functools.lru_cache(maxsize=256)
   def compiled(impl: str, geometry: ConvGeometry):
@@ -151,10 +156,14 @@ def _batcher(prim: core.Primitive, folds: bool):
       size, n = a.shape[:2]
       y = prim.bind(a.reshape(size * n, *a.shape[2:]), b, impl=impl, geometry=geometry)
       return y.reshape(size, n, *y.shape[1:]), 0
-    size = a.shape[da] if da is not None else b.shape[db]
-    a = jnp.broadcast_to(a, (size, *a.shape)) if da is None else jnp.moveaxis(a, da, 0)
-    b = jnp.broadcast_to(b, (size, *b.shape)) if db is None else jnp.moveaxis(b, db, 0)
-    return lax.map(lambda ab: prim.bind(*ab, impl=impl, geometry=geometry), (a, b)), 0
+    # An unbatched operand is closed over, not broadcast: a batch of kernels would otherwise
+    # hold one copy of x per kernel.
+    bind = functools.partial(prim.bind, impl=impl, geometry=geometry)
+    if da is None:
+      return lax.map(lambda b: bind(a, b), jnp.moveaxis(b, db, 0)), 0
+    if db is None:
+      return lax.map(lambda a: bind(a, b), jnp.moveaxis(a, da, 0)), 0
+    return lax.map(lambda ab: bind(*ab), (jnp.moveaxis(a, da, 0), jnp.moveaxis(b, db, 0))), 0
 
   return rule
 
