@@ -1,0 +1,63 @@
+"""Smoke check of an installed jaxconv, run from outside the checkout (``.ci/run`` does, on the wheel).
+
+  python .ci/wheel_check.py [WORKDIR]
+
+Imports the library (without pulling in matplotlib), loads the bundled MNIST from the installed
+package, checks a small conv against numpy, and trains the modern LeNet for one short epoch with
+``jaxconv.train.train_and_evaluate``. Exits non-zero, naming the failed step, on any failure.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(workdir: Path) -> None:
+  """Run the checks; print one line per step."""
+  start = time.perf_counter()
+  import numpy as np
+
+  import jaxconv as jc
+  from jaxconv import data, models, nn  # noqa: F401  (the library's modules import on their own)
+
+  checkout = Path(__file__).resolve().parent.parent
+  where = Path(jc.__file__).resolve().parent
+  assert checkout not in where.parents, f"jaxconv imported from the checkout ({where}), not from the installed wheel"
+  assert "matplotlib" not in sys.modules, "importing the library pulled in matplotlib"
+  print(f"jaxconv {jc.__version__} from {where}")
+
+  images, labels = data.load_mnist(split="test")
+  assert images.shape == (10_000, 28, 28, 1) and images.dtype == np.uint8, (images.shape, images.dtype)
+  assert np.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+  assert (where / "py.typed").is_file(), "py.typed is missing from the installed package"
+  print(f"bundled MNIST: test split {images.shape} from {data.MNIST_DIR}")
+
+  x = np.arange(1.0, 6.0)
+  np.testing.assert_allclose(jc.correlate(x, [1.0, 1.0]), np.correlate(x, [1.0, 1.0], "valid"))
+  y = jc.conv(np.ones((2, 6, 6, 3), np.float32), np.ones((3, 3, 3, 4), np.float32), padding="same", impl="auto")
+  assert y.shape == (2, 6, 6, 4) and float(y[0, 2, 2, 0]) == 27.0, y.shape
+  print("conv: values as numpy")
+
+  from jaxconv import train
+
+  config = train.default_config()
+  config.data.train_size, config.data.test_size = 1024, 512
+  config.num_epochs, config.batch_size, config.eval_batch_size, config.steps_per_call = 1, 64, 256, 8
+  config.warmup_epochs = 0.5
+  history = train.train_and_evaluate(config, workdir)
+  row = history[-1]
+  assert row["epoch"] == 1 and np.isfinite(row["train_loss"]) and row["test_accuracy"] > 0.3, row  # chance is 0.1
+  assert (workdir / "metrics.jsonl").is_file(), "no metrics.jsonl written"
+  print(f"training: 1 epoch, test accuracy {row['test_accuracy']:.3f}, train loss {row['train_loss']:.3f}")
+  print(f"wheel check passed in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+  if len(sys.argv) > 1:
+    main(Path(sys.argv[1]))
+  else:
+    with tempfile.TemporaryDirectory() as tmp:
+      main(Path(tmp) / "run")
