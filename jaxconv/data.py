@@ -46,7 +46,9 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     raise ValueError(f"{name}: {len(data)} bytes is too short for an IDX header (4 bytes of magic number)")
   zeros, code, ndim = data[:2], data[2], data[3]
   if zeros != b"\0\0" or code not in _IDX_DTYPES:
-    raise ValueError(f"{name}: not an IDX file (magic number {data[:4].hex()}; expected 0000 then a type code in {sorted(f'{c:02x}' for c in _IDX_DTYPES)} and the rank)")
+    raise ValueError(
+      f"{name}: not an IDX file (magic number {data[:4].hex()}; expected 0000 then a type code in {sorted(f'{c:02x}' for c in _IDX_DTYPES)} and the rank)"
+    )
   if ndim == 0:
     raise ValueError(f"{name}: IDX header declares rank 0")
   header = 4 + 4 * ndim
@@ -59,7 +61,9 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
   if found < expected:
     raise ValueError(f"{name}: truncated: shape {shape} of {dtype.name} needs {expected} bytes of data, found {found}")
   if found > expected:
-    raise ValueError(f"{name}: {found - expected} unexpected bytes after the {expected} bytes of data for shape {shape}")
+    raise ValueError(
+      f"{name}: {found - expected} unexpected bytes after the {expected} bytes of data for shape {shape}"
+    )
   return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -117,9 +121,7 @@ def _as_examples(images: np.ndarray, labels: np.ndarray, name: str) -> tuple[np.
   return images, labels.astype(np.int32)
 
 
-def load_mnist(
-  data_dir: str | Path | Traversable = MNIST_DIR, split: str = "train"
-) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(data_dir: str | Path | Traversable = MNIST_DIR, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
   """MNIST from the four IDX files in ``data_dir`` -> uint8 images ``(N, 28, 28, 1)``, int32 labels ``(N,)``.
 
   ``data_dir`` defaults to the copy bundled with the package (``MNIST_DIR``); any folder holding the
