@@ -15,7 +15,7 @@ from pathlib import Path
 # The benchmarks package lives at the repository root, beside the library, not inside it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import harness, report, shapes  # noqa: E402
+from benchmarks import harness, report, shapes
 
 
 def parse_args() -> argparse.Namespace:

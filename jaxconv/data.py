@@ -46,8 +46,9 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     raise ValueError(f"{name}: {len(data)} bytes is too short for an IDX header (4 bytes of magic number)")
   zeros, code, ndim = data[:2], data[2], data[3]
   if zeros != b"\0\0" or code not in _IDX_DTYPES:
+    codes = sorted(f"{c:02x}" for c in _IDX_DTYPES)
     raise ValueError(
-      f"{name}: not an IDX file (magic number {data[:4].hex()}; expected 0000 then a type code in {sorted(f'{c:02x}' for c in _IDX_DTYPES)} and the rank)"
+      f"{name}: not an IDX file (magic number {data[:4].hex()}; expected 0000 then a type code in {codes} and the rank)"
     )
   if ndim == 0:
     raise ValueError(f"{name}: IDX header declares rank 0")
