@@ -9,6 +9,7 @@ package, checks a small conv against numpy, and trains the modern LeNet for one 
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import tempfile
 import time
@@ -33,6 +34,8 @@ def main(workdir: Path) -> None:
   assert images.shape == (10_000, 28, 28, 1) and images.dtype == np.uint8, (images.shape, images.dtype)
   assert np.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
   assert (where / "py.typed").is_file(), "py.typed is missing from the installed package"
+  files = {str(f) for f in importlib.metadata.files("jaxconv") or ()}
+  assert any(f.endswith("licenses/LICENSE") for f in files), "the LICENSE is missing from the installed metadata"
   print(f"bundled MNIST: test split {images.shape} from {data.MNIST_DIR}")
 
   x = np.arange(1.0, 6.0)

@@ -26,7 +26,9 @@ import numpy as np
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-_BLOCK = re.compile(r"(?:<!-- test: (?P<marker>[\w-]+) -->\s*\n)?```python\n(?P<code>.*?)^```", re.DOTALL | re.MULTILINE)
+_BLOCK = re.compile(
+  r"(?:<!-- test: (?P<marker>[\w-]+) -->\s*\n)?```python\n(?P<code>.*?)^```", re.DOTALL | re.MULTILINE
+)
 _EXPECTED = re.compile(r"#\s*(\[[^\[\]]*\]|\([^()]*\))")
 _NON_LITERAL = object()  # a README default that is an expression (``lecun_normal()``): any default matches
 
@@ -126,7 +128,9 @@ def signature_namespace() -> dict[str, Any]:
   return namespace
 
 
-@pytest.mark.parametrize(("line", "text"), signature_lines(), ids=lambda v: split_signature(v)[0] if isinstance(v, str) else f"L{v}")
+@pytest.mark.parametrize(
+  ("line", "text"), signature_lines(), ids=lambda v: split_signature(v)[0] if isinstance(v, str) else f"L{v}"
+)
 def test_readme_signature_matches_the_code(line, text):
   """Each signature listed in the README is the code's: same parameters, kinds, keyword-only split, defaults."""
   name, params = split_signature(text)
@@ -167,7 +171,9 @@ def check_value(value: Any, expected: str, where: str) -> None:
   else:
     want = np.array(expected[1:-1].split(), float)
     got = np.asarray(value)
-    assert got.shape == want.shape and np.allclose(got, want, atol=1e-5), f"{where}: got {got}, the README says {expected}"
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-5), (
+      f"{where}: got {got}, the README says {expected}"
+    )
 
 
 def following_table(after: str) -> str | None:
