@@ -86,6 +86,8 @@ def compiled_peak_bytes(fn: jax.stages.Wrapped, *args: Any) -> int:
   (The analysis's own ``peak_memory_in_bytes`` leaves the temporaries out on CPU.)
   """
   stats = fn.lower(*args).compile().memory_analysis()
+  if stats is None:
+    raise RuntimeError(f"the {jax.default_backend()} backend gives no compiled memory analysis")
   used = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
   return int(used - stats.alias_size_in_bytes)
 

@@ -89,7 +89,7 @@ def readme_parameters(params: str) -> list[tuple[str, inspect._ParameterKind, An
   args = ast.parse(f"def _f({params}): pass").body[0].args  # type: ignore[attr-defined]
   positional = [*args.posonlyargs, *args.args]
   defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-  out = []
+  out: list[tuple[str, inspect._ParameterKind, Any]] = []
   for i, (arg, default) in enumerate(zip(positional, defaults)):
     kind = inspect.Parameter.POSITIONAL_ONLY if i < len(args.posonlyargs) else inspect.Parameter.POSITIONAL_OR_KEYWORD
     out.append((arg.arg, kind, _default(default)))
