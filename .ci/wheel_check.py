@@ -26,7 +26,7 @@ def main(workdir: Path) -> None:
 
   checkout = Path(__file__).resolve().parent.parent
   where = Path(jc.__file__).resolve().parent
-  assert checkout not in where.parents, f"jaxconv imported from the checkout ({where}), not from the installed wheel"
+  assert where != checkout / "jaxconv", f"jaxconv imported from the checkout ({where}), not from the installed wheel"
   assert "matplotlib" not in sys.modules, "importing the library pulled in matplotlib"
   print(f"jaxconv {jc.__version__} from {where}")
 
