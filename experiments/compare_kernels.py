@@ -9,34 +9,64 @@ ratios are meaningful on a noisy machine even when absolute times are not.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
-from jaxconv import bench
+# The benchmarks package lives at the repository root, beside the library, not inside it.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import harness, report, shapes
 
 
 def parse_args() -> argparse.Namespace:
   """Command-line flags."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--impl", nargs="+", action="extend", default=[], metavar="NAME", help="kernels to compare (default: all registered); lax is always included")
-  parser.add_argument("--shapes", nargs="+", action="extend", default=[], metavar="NAME", help=f"shapes (default: all): {', '.join(bench.SHAPES_BY_NAME)}")
+  parser.add_argument(
+    "--impl",
+    nargs="+",
+    action="extend",
+    default=[],
+    metavar="NAME",
+    help="kernels to compare (default: all registered); lax is always included",
+  )
+  parser.add_argument(
+    "--shapes",
+    nargs="+",
+    action="extend",
+    default=[],
+    metavar="NAME",
+    help=f"shapes (default: all): {', '.join(shapes.SHAPES_BY_NAME)}",
+  )
   parser.add_argument("--repeats", type=int, default=10, help="timed calls per kernel and mode (median reported)")
-  parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch columns even when torch is importable")
-  parser.add_argument("--max-call-ms", type=float, default=3000.0, help="skip a kernel whose warm forward+backward takes longer")
-  parser.add_argument("--memory", action="store_true", help="also measure compiled peak memory vs lax on resnet_3x3 (im2col, hybrid)")
-  parser.add_argument("--out", default="docs/bench", help="directory for kernels.json and kernels.md ('' to skip writing)")
+  parser.add_argument(
+    "--no-torch", action="store_true", help="leave out the PyTorch columns even when torch is importable"
+  )
+  parser.add_argument(
+    "--max-call-ms", type=float, default=3000.0, help="skip a kernel whose warm forward+backward takes longer"
+  )
+  parser.add_argument(
+    "--memory", action="store_true", help="also measure compiled peak memory vs lax on resnet_3x3 (im2col, hybrid)"
+  )
+  parser.add_argument(
+    "--out", default="docs/bench", help="directory for kernels.json and kernels.md ('' to skip writing)"
+  )
   return parser.parse_args()
 
 
 def main() -> None:
   """Run the comparison, print the rows, write JSON and markdown."""
   args = parse_args()
-  shapes = bench.select_shapes(args.shapes)
-  impls = bench.select_impls(args.impl)
-  results = bench.run(shapes, impls, repeats=args.repeats, with_torch=not args.no_torch, max_call_ms=args.max_call_ms)
+  cases = shapes.select_shapes(args.shapes)
+  impls = harness.select_impls(args.impl)
+  results = harness.run(cases, impls, repeats=args.repeats, with_torch=not args.no_torch, max_call_ms=args.max_call_ms)
   if args.memory:
-    results["memory"] = {f"{impl} on resnet_3x3": bench.memory_ratio(bench.SHAPES_BY_NAME["resnet_3x3"], impl) for impl in ("im2col", "hybrid")}
-  print(bench.markdown(results["rows"], results["summary"], results["env"], results.get("memory")))
+    results["memory"] = {
+      f"{impl} on resnet_3x3": harness.memory_ratio(shapes.SHAPES_BY_NAME["resnet_3x3"], impl)
+      for impl in ("im2col", "hybrid")
+    }
+  print(report.markdown(results["rows"], results["summary"], results["env"], results.get("memory")))
   if args.out:
-    for path in bench.write(results, args.out):
+    for path in report.write(results, args.out):
       print("wrote", path)
 
 

@@ -1,7 +1,7 @@
 """Edge detection: the 6x8 black-and-white image with the kernel [1, -1] (vertical edges) and its
 transpose (which finds nothing), then Sobel kernels on a real MNIST digit.
 
-  python experiments/textbook_edges.py [--digit 0] [--data_dir data/mnist] [--outdir runs/textbook/edges]
+  python experiments/textbook_edges.py [--digit 0] [--data_dir DIR] [--outdir runs/textbook/edges]
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from jax import lax
 
+import benchmarks as bench
 import jaxconv as jc
-from jaxconv import bench, kernels
+from jaxconv import kernels
 from jaxconv.geometry import ConvGeometry, conv_geometry
 from jaxconv.kernels import auto, depthwise, fft, im2col, taps, toeplitz, winograd
 from references import LAX_DIMS, assert_close, random
