@@ -8,15 +8,15 @@ from jaxconv.pooling import adaptive_avg_pool, adaptive_max_pool, avg_pool, max_
 __version__ = "0.1.0"
 
 __all__ = [
-    "adaptive_avg_pool",
-    "adaptive_max_pool",
-    "available_impls",
-    "avg_pool",
-    "conv",
-    "conv_general_dilated",
-    "conv_transpose",
-    "convolve",
-    "correlate",
-    "max_pool",
-    "output_shape",
+  "adaptive_avg_pool",
+  "adaptive_max_pool",
+  "available_impls",
+  "avg_pool",
+  "conv",
+  "conv_general_dilated",
+  "conv_transpose",
+  "convolve",
+  "correlate",
+  "max_pool",
+  "output_shape",
 ]

@@ -40,17 +40,23 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Any, Literal, cast
 
 import numpy as np
 
 Pair = tuple[int, int]
-Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
+Padding = str | int | Sequence[int] | Sequence[Sequence[int]]
 Convention = Literal["scipy", "lax"]
 
 PADDING_STRINGS = ("valid", "same", "full", "causal")
 # padding_mode -> numpy.pad's mode that fills the resolved pads the same way.
-PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap", "symmetric": "symmetric"}
+PADDING_MODES = {
+  "zeros": "constant",
+  "reflect": "reflect",
+  "replicate": "edge",
+  "circular": "wrap",
+  "symmetric": "symmetric",
+}
 # The largest array (bytes) a geometry may ask for: beyond it, the request is a mistake (a huge
 # padding, say), refused in Python rather than by the allocator after compilation.
 MAX_ARRAY_BYTES = 2**40
@@ -130,13 +136,13 @@ def _is_pair(p: object) -> bool:
 
 
 def resolve_padding(
-    padding: Padding,
-    spatial: Sequence[int],
-    kernel: Sequence[int],
-    stride: int | Sequence[int] = 1,
-    dilation: int | Sequence[int] = 1,
-    *,
-    convention: Convention = "lax",
+  padding: Padding,
+  spatial: Sequence[int],
+  kernel: Sequence[int],
+  stride: int | Sequence[int] = 1,
+  dilation: int | Sequence[int] = 1,
+  *,
+  convention: Convention = "lax",
 ) -> tuple[Pair, ...]:
   """Any padding form -> one explicit non-negative ``(lo, hi)`` pair per spatial axis."""
   rank = len(spatial)
@@ -154,12 +160,14 @@ def resolve_padding(
     return tuple(_string_pads(mode, n, e, s, convention) for n, e, s in zip(spatial, extents, strides))
   pairs: tuple[Pair, ...]
   if is_int(padding):
-    pairs = ((int(padding), int(padding)),) * rank  # type: ignore[call-overload]
+    both = int(cast(int, padding))
+    pairs = ((both, both),) * rank
   elif isinstance(padding, Sequence) and len(padding) == rank:
-    if all(is_int(p) for p in padding):
-      pairs = tuple((int(p), int(p)) for p in padding)  # type: ignore[call-overload]
-    elif all(_is_pair(p) for p in padding):
-      pairs = tuple((int(lo), int(hi)) for lo, hi in padding)  # type: ignore[misc]
+    entries = list(padding)
+    if all(is_int(p) for p in entries):
+      pairs = tuple((int(cast(int, p)), int(cast(int, p))) for p in entries)
+    elif all(_is_pair(p) for p in entries):
+      pairs = tuple((int(p[0]), int(p[1])) for p in cast(list[Sequence[int]], entries))
     else:
       raise ValueError(f"padding must be {rank} ints or {rank} (lo, hi) int pairs; got {padding!r}")
   elif isinstance(padding, Sequence):
@@ -184,14 +192,16 @@ def output_size(n: int, k: int, pads: Pair, s: int = 1, d: int = 1, ceil_mode: b
   return out - 1 if (out - 1) * s >= n + pads[0] else out
 
 
-def check_fits(spatial: Sequence[int], kernel: Sequence[int], pairs: Sequence[Pair], dilation: Sequence[int], name: str = "w") -> None:
+def check_fits(
+  spatial: Sequence[int], kernel: Sequence[int], pairs: Sequence[Pair], dilation: Sequence[int], name: str = "w"
+) -> None:
   """Raise ``ValueError`` when the dilated kernel is larger than the padded input on some axis."""
   for axis, (n, k, (lo, hi), d) in enumerate(zip(spatial, kernel, pairs, dilation)):
     k_eff = effective_kernel_size(k, d)
     if n + lo + hi < k_eff:
       raise ValueError(
-          f"{name}: kernel extent {k_eff} (size {k}, dilation {d}) is larger than the padded input "
-          f"{n} + {lo} + {hi} = {n + lo + hi} on spatial axis {axis}"
+        f"{name}: kernel extent {k_eff} (size {k}, dilation {d}) is larger than the padded input "
+        f"{n} + {lo} + {hi} = {n + lo + hi} on spatial axis {axis}"
       )
 
 
@@ -199,7 +209,9 @@ def check_allocatable(shape: Sequence[int], itemsize: int, name: str, what: str)
   """``ValueError`` naming ``name`` when an array of ``shape`` could never be allocated."""
   size = math.prod(shape) * itemsize
   if size > MAX_ARRAY_BYTES:
-    raise ValueError(f"{name}: the {what} {tuple(shape)} would take {size / 2**40:.1f} TiB (> {MAX_ARRAY_BYTES // 2**40} TiB)")
+    raise ValueError(
+      f"{name}: the {what} {tuple(shape)} would take {size / 2**40:.1f} TiB (> {MAX_ARRAY_BYTES // 2**40} TiB)"
+    )
 
 
 def check_padding_mode(padding_mode: object, spatial: Sequence[int], pads: Sequence[Pair]) -> str:
@@ -218,8 +230,9 @@ def check_padding_mode(padding_mode: object, spatial: Sequence[int], pads: Seque
     limit = n - 1 if strict else n
     if max(lo, hi) > limit:
       raise ValueError(
-          f"padding: padding_mode={padding_mode!r} needs pads {'<' if strict else '<='} the input size {n} on spatial axis {axis}; "
-          f"got ({lo}, {hi})"
+        f"padding: padding_mode={padding_mode!r} needs pads {'<' if strict else '<='} the input size {n} "
+        f"on spatial axis {axis}; "
+        f"got ({lo}, {hi})"
       )
   return padding_mode
 
@@ -258,8 +271,8 @@ class Window:
   def out_spatial(self) -> tuple[int, ...]:
     """The output spatial shape (number of windows per axis)."""
     return tuple(
-        output_size(n, k, p, s, d, self.ceil_mode)
-        for n, k, p, s, d in zip(self.spatial, self.kernel, self.padding, self.stride, self.dilation)
+      output_size(n, k, p, s, d, self.ceil_mode)
+      for n, k, p, s, d in zip(self.spatial, self.kernel, self.padding, self.stride, self.dilation)
     )
 
   @property
@@ -269,15 +282,15 @@ class Window:
 
 
 def resolve_window(
-    spatial: Sequence[int],
-    kernel: int | Sequence[int],
-    padding: Padding = "valid",
-    stride: int | Sequence[int] | None = 1,
-    dilation: int | Sequence[int] = 1,
-    *,
-    convention: Convention = "lax",
-    ceil_mode: bool = False,
-    kernel_name: str = "w",
+  spatial: Sequence[int],
+  kernel: int | Sequence[int],
+  padding: Padding = "valid",
+  stride: int | Sequence[int] | None = 1,
+  dilation: int | Sequence[int] = 1,
+  *,
+  convention: Convention = "lax",
+  ceil_mode: bool = False,
+  kernel_name: str = "w",
 ) -> Window:
   """Validate and resolve a window over ``spatial``; ``stride=None`` means the window itself (pools)."""
   spatial = tuple(int(n) for n in spatial)
@@ -355,8 +368,8 @@ def check_channels(x_shape: Sequence[int], w_shape: Sequence[int], groups: int) 
   """Raise unless w ``(*kernel, C_in // groups, C_out)`` fits x ``(N, *spatial, C_in)`` and ``groups``."""
   if len(w_shape) != len(x_shape):
     raise ValueError(
-        f"w must have ndim {len(x_shape)} ((*kernel, C_in // groups, C_out) for x of shape {tuple(x_shape)}); "
-        f"got shape {tuple(w_shape)}"
+      f"w must have ndim {len(x_shape)} ((*kernel, C_in // groups, C_out) for x of shape {tuple(x_shape)}); "
+      f"got shape {tuple(w_shape)}"
     )
   c_in, c_out = x_shape[-1], w_shape[-1]
   if c_in % groups:
@@ -365,53 +378,55 @@ def check_channels(x_shape: Sequence[int], w_shape: Sequence[int], groups: int) 
     raise ValueError(f"groups={groups} must divide the output channels C_out={c_out} (w.shape[-1])")
   if w_shape[-2] * groups != c_in:
     raise ValueError(
-        f"w: channel mismatch: x has C_in={c_in}, so w.shape[-2] must be C_in // groups = {c_in // groups}; "
-        f"got w of shape {tuple(w_shape)}"
+      f"w: channel mismatch: x has C_in={c_in}, so w.shape[-2] must be C_in // groups = {c_in // groups}; "
+      f"got w of shape {tuple(w_shape)}"
     )
   if any(k < 1 for k in w_shape[:-2]):
     raise ValueError(f"w must have at least one tap on every spatial axis; got shape {tuple(w_shape)}")
 
 
 def conv_geometry(
-    x_shape: Sequence[int],
-    w_shape: Sequence[int],
-    dtype: object,
-    *,
-    stride: int | Sequence[int] = 1,
-    padding: Padding = "valid",
-    dilation: int | Sequence[int] = 1,
-    groups: int = 1,
-    convention: Convention = "lax",
+  x_shape: Sequence[int],
+  w_shape: Sequence[int],
+  dtype: object,
+  *,
+  stride: int | Sequence[int] = 1,
+  padding: Padding = "valid",
+  dilation: int | Sequence[int] = 1,
+  groups: int = 1,
+  convention: Convention = "lax",
 ) -> ConvGeometry:
-  """Validate a channels-last conv call (x ``(N, *spatial, C_in)``, w ``(*kernel, C_in // groups, C_out)``) and resolve it."""
+  """Validate and resolve a channels-last conv: x ``(N, *spatial, C_in)``, w ``(*kernel, C_in // groups, C_out)``."""
   x_shape, w_shape = tuple(int(n) for n in x_shape), tuple(int(n) for n in w_shape)
   groups = check_int(groups, "groups", minimum=1)
   check_channels(x_shape, w_shape, groups)
   window = resolve_window(x_shape[1:-1], w_shape[:-2], padding, stride, dilation, convention=convention)
-  dtype = np.dtype(dtype)  # type: ignore[call-overload]
+  np_dtype = np.dtype(cast(Any, dtype))
   geometry = ConvGeometry(
-      **{f.name: getattr(window, f.name) for f in dataclasses.fields(Window)},
-      batch=x_shape[0],
-      in_channels=x_shape[-1],
-      out_channels=w_shape[-1],
-      groups=groups,
-      dtype=dtype,
+    **{f.name: getattr(window, f.name) for f in dataclasses.fields(Window)},
+    batch=x_shape[0],
+    in_channels=x_shape[-1],
+    out_channels=w_shape[-1],
+    groups=groups,
+    dtype=np_dtype,
   )
-  check_allocatable((geometry.batch, *geometry.padded, geometry.in_channels), dtype.itemsize, "padding", "padded input")
-  check_allocatable(geometry.out_shape, dtype.itemsize, "padding", "output")
+  check_allocatable(
+    (geometry.batch, *geometry.padded, geometry.in_channels), np_dtype.itemsize, "padding", "padded input"
+  )
+  check_allocatable(geometry.out_shape, np_dtype.itemsize, "padding", "output")
   return geometry
 
 
 def output_shape(
-    spatial: int | Sequence[int],
-    kernel: int | Sequence[int],
-    padding: Padding = "valid",
-    stride: int | Sequence[int] = 1,
-    dilation: int | Sequence[int] = 1,
-    *,
-    ceil_mode: bool = False,
-    transpose: bool = False,
-    output_padding: int | Sequence[int] = 0,
+  spatial: int | Sequence[int],
+  kernel: int | Sequence[int],
+  padding: Padding = "valid",
+  stride: int | Sequence[int] = 1,
+  dilation: int | Sequence[int] = 1,
+  *,
+  ceil_mode: bool = False,
+  transpose: bool = False,
+  output_padding: int | Sequence[int] = 0,
 ) -> tuple[int, ...]:
   """Output spatial shape of a convolution, a pooling window or a transposed convolution, computed without running it.
 
@@ -434,10 +449,14 @@ def output_shape(
   if check_bool(transpose, "transpose"):
     if check_bool(ceil_mode, "ceil_mode"):
       raise ValueError("ceil_mode must be False for a transposed convolution (it is a pooling option)")
-    return transpose_output_shape(spatial, normalize_ints(kernel, len(spatial), "kernel"), padding, stride, dilation, output_padding)[1]
+    return transpose_output_shape(
+      spatial, normalize_ints(kernel, len(spatial), "kernel"), padding, stride, dilation, output_padding
+    )[1]
   if any(normalize_ints(output_padding, len(spatial), "output_padding", minimum=0)):
     raise ValueError(f"output_padding must be 0 unless transpose=True; got {output_padding!r}")
-  return resolve_window(spatial, kernel, padding, stride, dilation, ceil_mode=ceil_mode, kernel_name="kernel").out_spatial
+  return resolve_window(
+    spatial, kernel, padding, stride, dilation, ceil_mode=ceil_mode, kernel_name="kernel"
+  ).out_spatial
 
 
 def transpose_output_size(n: int, k_eff: int, pads: Pair, s: int, output_padding: int = 0) -> int:
@@ -446,12 +465,12 @@ def transpose_output_size(n: int, k_eff: int, pads: Pair, s: int, output_padding
 
 
 def transpose_output_shape(
-    spatial: Sequence[int],
-    kernel: Sequence[int],
-    padding: Padding,
-    stride: int | Sequence[int],
-    dilation: int | Sequence[int],
-    output_padding: int | Sequence[int] = 0,
+  spatial: Sequence[int],
+  kernel: Sequence[int],
+  padding: Padding,
+  stride: int | Sequence[int],
+  dilation: int | Sequence[int],
+  output_padding: int | Sequence[int] = 0,
 ) -> tuple[tuple[Pair, ...], tuple[int, ...]]:
   """The pads of the forward conv a transposed conv of x's ``spatial`` shape transposes, and its output shape.
 
@@ -464,7 +483,9 @@ def transpose_output_shape(
   ops_ = normalize_ints(output_padding, rank, "output_padding", minimum=0)
   for axis, (op, s, d) in enumerate(zip(ops_, strides, dilations)):
     if op >= max(s, d):
-      raise ValueError(f"output_padding must be < max(stride, dilation) = {max(s, d)} on each axis; got {op} on spatial axis {axis}")
+      raise ValueError(
+        f"output_padding must be < max(stride, dilation) = {max(s, d)} on each axis; got {op} on spatial axis {axis}"
+      )
   extent = [effective_kernel_size(k, d) for k, d in zip(kernel, dilations)]
   if isinstance(padding, str) and padding.lower() == "same":
     pads = resolve_padding("same", [n * s for n, s in zip(spatial, strides)], kernel, strides, dilations)
@@ -474,33 +495,35 @@ def transpose_output_shape(
     pads = resolve_padding(padding, spatial, kernel, strides, dilations)
     out = tuple(transpose_output_size(n, e, p, s, op) for n, e, p, s, op in zip(spatial, extent, pads, strides, ops_))
   if any(o < 1 for o in out):
-    raise ValueError(f"padding={padding!r} leaves an empty conv_transpose output {out} for input spatial shape {tuple(spatial)}")
+    raise ValueError(
+      f"padding={padding!r} leaves an empty conv_transpose output {out} for input spatial shape {tuple(spatial)}"
+    )
   return pads, out
 
 
 __all__ = [
-    "ConvGeometry",
-    "MAX_ARRAY_BYTES",
-    "MAX_INT",
-    "PADDING_MODES",
-    "PADDING_STRINGS",
-    "Pair",
-    "Padding",
-    "Window",
-    "ceil_div",
-    "check_bool",
-    "check_channels",
-    "check_fits",
-    "check_int",
-    "check_padding_mode",
-    "conv_geometry",
-    "effective_kernel_size",
-    "is_int",
-    "normalize_ints",
-    "output_shape",
-    "output_size",
-    "resolve_padding",
-    "resolve_window",
-    "transpose_output_shape",
-    "transpose_output_size",
+  "ConvGeometry",
+  "MAX_ARRAY_BYTES",
+  "MAX_INT",
+  "PADDING_MODES",
+  "PADDING_STRINGS",
+  "Pair",
+  "Padding",
+  "Window",
+  "ceil_div",
+  "check_bool",
+  "check_channels",
+  "check_fits",
+  "check_int",
+  "check_padding_mode",
+  "conv_geometry",
+  "effective_kernel_size",
+  "is_int",
+  "normalize_ints",
+  "output_shape",
+  "output_size",
+  "resolve_padding",
+  "resolve_window",
+  "transpose_output_shape",
+  "transpose_output_size",
 ]

@@ -66,7 +66,9 @@ def _is_int(v: object) -> bool:
 def _check_array(name: str, value) -> jax.Array:
   """``value`` as a JAX array; ``TypeError`` naming ``name`` for what has no shape and dtype."""
   if not (hasattr(value, "shape") and hasattr(value, "dtype")):
-    raise TypeError(f"{name} must be an array (with .shape and .dtype), as for lax.conv_general_dilated; got {type(value).__name__}")
+    raise TypeError(
+      f"{name} must be an array (with .shape and .dtype), as for lax.conv_general_dilated; got {type(value).__name__}"
+    )
   return jnp.asarray(value)
 
 
@@ -97,8 +99,8 @@ def _check_padding(padding, rank: int, lhs_dilation: tuple[int, ...]) -> str | P
   if isinstance(padding, str):
     if any(d != 1 for d in lhs_dilation):
       raise ValueError(
-          f"padding={padding!r}: a padding string is not defined with lhs_dilation={lhs_dilation} (a transposed "
-          "convolution), as in lax.conv_general_dilated; give explicit (lo, hi) pairs"
+        f"padding={padding!r}: a padding string is not defined with lhs_dilation={lhs_dilation} (a transposed "
+        "convolution), as in lax.conv_general_dilated; give explicit (lo, hi) pairs"
       )
     if padding.upper() not in LAX_PADDING_MODES:
       # lax.padtype_to_pads raises RuntimeError for an unknown mode; so do we, for the same call.
@@ -107,7 +109,9 @@ def _check_padding(padding, rank: int, lhs_dilation: tuple[int, ...]) -> str | P
   try:
     pairs = tuple((operator.index(lo), operator.index(hi)) for lo, hi in padding)
   except (TypeError, ValueError):
-    raise ValueError(f"padding must be one of {LAX_PADDING_MODES} or a sequence of (lo, hi) int pairs; got {padding!r}") from None
+    raise ValueError(
+      f"padding must be one of {LAX_PADDING_MODES} or a sequence of (lo, hi) int pairs; got {padding!r}"
+    ) from None
   if len(pairs) != rank:
     raise TypeError(f"padding must have one (lo, hi) pair per spatial axis ({rank}); got {len(pairs)}: {padding!r}")
   return pairs
@@ -156,13 +160,35 @@ def _from_channels_last(y: jax.Array, dnums: lax.ConvDimensionNumbers) -> jax.Ar
 # the entry point
 
 
-def _lax_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-              batch_group_count, precision, preferred_element_type, out_sharding) -> jax.Array:
+def _lax_call(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation,
+  rhs_dilation,
+  dimension_numbers,
+  feature_group_count,
+  batch_group_count,
+  precision,
+  preferred_element_type,
+  out_sharding,
+) -> jax.Array:
   """The same call to ``jax.lax.conv_general_dilated`` (``out_sharding`` only when given)."""
   extra = {} if out_sharding is None else {"out_sharding": out_sharding}
   return lax.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-      batch_group_count, precision, preferred_element_type, **extra,
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+    **extra,
   )
 
 
@@ -188,20 +214,20 @@ def _dilate_and_crop(x: jax.Array, pads: Pairs, lhs_dilation: tuple[int, ...]) -
 
 
 def conv_general_dilated(
-    lhs,
-    rhs,
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
-    out_sharding=None,
-    *,
-    impl: str = "auto",
+  lhs,
+  rhs,
+  window_strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision=None,
+  preferred_element_type=None,
+  out_sharding=None,
+  *,
+  impl: str = "auto",
 ) -> jax.Array:
   """``jax.lax.conv_general_dilated`` computed by jaxconv's kernel ``impl`` (see the module docstring).
 
@@ -222,16 +248,24 @@ def conv_general_dilated(
   _check_group_count("feature_group_count", feature_group_count)
   _check_group_count("batch_group_count", batch_group_count)
   call = functools.partial(
-      _lax_call, window_strides=strides, padding=pad, lhs_dilation=lhs_dil, rhs_dilation=rhs_dil,
-      dimension_numbers=dnums, feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-      precision=precision, preferred_element_type=preferred_element_type, out_sharding=out_sharding,
+    _lax_call,
+    window_strides=strides,
+    padding=pad,
+    lhs_dilation=lhs_dil,
+    rhs_dilation=rhs_dil,
+    dimension_numbers=dnums,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+    out_sharding=out_sharding,
   )
   lax_only = (
-      batch_group_count != 1
-      or not jnp.issubdtype(lhs.dtype, jnp.floating)
-      or not 1 <= rank <= 3
-      or precision is not None
-      or out_sharding is not None
+    batch_group_count != 1
+    or not jnp.issubdtype(lhs.dtype, jnp.floating)
+    or not 1 <= rank <= 3
+    or precision is not None
+    or out_sharding is not None
   )
   if lax_only:
     return call(lhs, rhs)

@@ -59,21 +59,21 @@ class Conv(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      kernel_size: int | Sequence[int],
-      *,
-      stride: int | Sequence[int] = 1,
-      padding: Padding = "valid",
-      dilation: int | Sequence[int] = 1,
-      groups: int = 1,
-      padding_mode: str = "zeros",
-      use_bias: bool = True,
-      impl: str | None = None,
-      kernel_init: Initializer = nnx.initializers.lecun_normal(),
-      bias_init: Initializer = nnx.initializers.zeros_init(),
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = "valid",
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    use_bias: bool = True,
+    impl: str | None = None,
+    kernel_init: Initializer = nnx.initializers.lecun_normal(),
+    bias_init: Initializer = nnx.initializers.zeros_init(),
+    rngs: nnx.Rngs,
   ):
     kernel = _kernel_tuple(kernel_size)
     self.groups = check_int(groups, "groups", minimum=1)
@@ -92,15 +92,15 @@ class Conv(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, in_features)`` -> ``(N, *out_spatial, out_features)``."""
     return ops.conv(
-        x,
-        self.kernel[...],
-        None if self.bias is None else self.bias[...],
-        stride=self.stride,
-        padding=self.padding,
-        dilation=self.dilation,
-        groups=self.groups,
-        padding_mode=self.padding_mode,
-        impl=self.impl if self.impl is not None else default_impl(),
+      x,
+      self.kernel[...],
+      None if self.bias is None else self.bias[...],
+      stride=self.stride,
+      padding=self.padding,
+      dilation=self.dilation,
+      groups=self.groups,
+      padding_mode=self.padding_mode,
+      impl=self.impl if self.impl is not None else default_impl(),
     )
 
 
@@ -116,21 +116,21 @@ class ConvTranspose(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      kernel_size: int | Sequence[int],
-      *,
-      stride: int | Sequence[int] = 1,
-      padding: Padding = "valid",
-      dilation: int | Sequence[int] = 1,
-      groups: int = 1,
-      output_padding: int | Sequence[int] = 0,
-      use_bias: bool = True,
-      impl: str | None = None,
-      kernel_init: Initializer = nnx.initializers.lecun_normal(),
-      bias_init: Initializer = nnx.initializers.zeros_init(),
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = "valid",
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    output_padding: int | Sequence[int] = 0,
+    use_bias: bool = True,
+    impl: str | None = None,
+    kernel_init: Initializer = nnx.initializers.lecun_normal(),
+    bias_init: Initializer = nnx.initializers.zeros_init(),
+    rngs: nnx.Rngs,
   ):
     kernel = _kernel_tuple(kernel_size)
     self.groups = check_int(groups, "groups", minimum=1)
@@ -151,19 +151,21 @@ class ConvTranspose(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, in_features)`` -> ``(N, *out_spatial, out_features)``."""
     return ops.conv_transpose(
-        x,
-        self.kernel[...],
-        None if self.bias is None else self.bias[...],
-        stride=self.stride,
-        padding=self.padding,
-        dilation=self.dilation,
-        groups=self.groups,
-        output_padding=self.output_padding,
-        impl=self.impl if self.impl is not None else default_impl(),
+      x,
+      self.kernel[...],
+      None if self.bias is None else self.bias[...],
+      stride=self.stride,
+      padding=self.padding,
+      dilation=self.dilation,
+      groups=self.groups,
+      output_padding=self.output_padding,
+      impl=self.impl if self.impl is not None else default_impl(),
     )
 
 
-def _smallest_input_geometry(w_shape: tuple[int, ...], in_features: int, stride, padding: Padding, dilation, groups: int):
+def _smallest_input_geometry(
+  w_shape: tuple[int, ...], in_features: int, stride, padding: Padding, dilation, groups: int
+):
   """The geometry of the layer on the smallest input its kernel fits, validating every argument once.
 
   Calls resolve the geometry again on their real input (``"same"`` pads depend on its size).
@@ -186,20 +188,22 @@ def _check_pool(window, stride, padding: Padding, dilation=1, ceil_mode: bool = 
   Checked on the smallest input the (dilated) window fits; calls resolve on their real input.
   """
   rank = _pool_rank(window, stride, dilation)
-  extent = [d * (k - 1) + 1 for k, d in zip(normalize_ints(window, rank, "window"), normalize_ints(dilation, rank, "dilation"))]
+  extent = [
+    d * (k - 1) + 1 for k, d in zip(normalize_ints(window, rank, "window"), normalize_ints(dilation, rank, "dilation"))
+  ]
   pooling.pool_geometry(extent, window, stride, padding, dilation, ceil_mode)
 
 
 class MaxPool(nnx.Module):
-  """Max over windows of x ``(N, *spatial, C)``, as ``torch.nn.MaxPool``; stride defaults to the window (see ``jc.max_pool``)."""
+  """Max over windows of x ``(N, *spatial, C)``, as ``torch.nn.MaxPool``; stride defaults to the window."""
 
   def __init__(
-      self,
-      window: int | Sequence[int],
-      stride: int | Sequence[int] | None = None,
-      padding: Padding = "valid",
-      dilation: int | Sequence[int] = 1,
-      ceil_mode: bool = False,
+    self,
+    window: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: Padding = "valid",
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
   ):
     _check_pool(window, stride, padding, dilation, ceil_mode)
     self.window, self.stride, self.padding = window, stride, padding
@@ -211,15 +215,15 @@ class MaxPool(nnx.Module):
 
 
 class AvgPool(nnx.Module):
-  """Mean over windows of x ``(N, *spatial, C)``, as ``torch.nn.AvgPool``; stride defaults to the window (see ``jc.avg_pool``)."""
+  """Mean over windows of x ``(N, *spatial, C)``, as ``torch.nn.AvgPool``; stride defaults to the window."""
 
   def __init__(
-      self,
-      window: int | Sequence[int],
-      stride: int | Sequence[int] | None = None,
-      padding: Padding = "valid",
-      count_include_pad: bool = True,
-      ceil_mode: bool = False,
+    self,
+    window: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: Padding = "valid",
+    count_include_pad: bool = True,
+    ceil_mode: bool = False,
   ):
     _check_pool(window, stride, padding, 1, ceil_mode)
     self.window, self.stride, self.padding = window, stride, padding
@@ -243,7 +247,7 @@ class _AdaptivePool(nnx.Module):
 
 
 class AdaptiveAvgPool(_AdaptivePool):
-  """Mean over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)`` (see ``jc.adaptive_avg_pool``).
+  """Mean over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)`` (``jc.adaptive_avg_pool``).
 
   >>> AdaptiveAvgPool((1, 1))(jnp.ones((2, 7, 5, 3))).shape
   (2, 1, 1, 3)
@@ -255,7 +259,7 @@ class AdaptiveAvgPool(_AdaptivePool):
 
 
 class AdaptiveMaxPool(_AdaptivePool):
-  """Max over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)`` (see ``jc.adaptive_max_pool``)."""
+  """Max over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)`` (``adaptive_max_pool``)."""
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, C)`` -> ``(N, *output_size, C)``."""
@@ -268,13 +272,13 @@ def flatten(x: jax.Array) -> jax.Array:
 
 
 __all__ = [
-    "AdaptiveAvgPool",
-    "AdaptiveMaxPool",
-    "AvgPool",
-    "Conv",
-    "ConvTranspose",
-    "DEFAULT_IMPL",
-    "MaxPool",
-    "default_impl",
-    "flatten",
+  "AdaptiveAvgPool",
+  "AdaptiveMaxPool",
+  "AvgPool",
+  "Conv",
+  "ConvTranspose",
+  "DEFAULT_IMPL",
+  "MaxPool",
+  "default_impl",
+  "flatten",
 ]

@@ -23,21 +23,20 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxconv import kernels
 from jaxconv.geometry import (
-    PADDING_MODES,
-    ConvGeometry,
-    Convention,
-    Padding,
-    check_allocatable,
-    check_channels,
-    check_int,
-    check_padding_mode,
-    conv_geometry,
-    normalize_ints,
-    transpose_output_shape,
+  PADDING_MODES,
+  Convention,
+  ConvGeometry,
+  Padding,
+  check_allocatable,
+  check_channels,
+  check_int,
+  check_padding_mode,
+  conv_geometry,
+  normalize_ints,
+  transpose_output_shape,
 )
 from jaxconv.kernels.taps import swap_channels
 
@@ -90,9 +89,13 @@ def check_impl(impl: object) -> str:
   return kernels.get(DEFAULT_IMPL if impl is None else impl).name
 
 
-def geometry_of(x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups, convention: Convention = "lax") -> ConvGeometry:
+def geometry_of(
+  x: jax.Array, w: jax.Array, *, stride, padding, dilation, groups, convention: Convention = "lax"
+) -> ConvGeometry:
   """The validated geometry of a channels-last call on x ``(N, *spatial, C_in)`` and w."""
-  return conv_geometry(x.shape, w.shape, x.dtype, stride=stride, padding=padding, dilation=dilation, groups=groups, convention=convention)
+  return conv_geometry(
+    x.shape, w.shape, x.dtype, stride=stride, padding=padding, dilation=dilation, groups=groups, convention=convention
+  )
 
 
 def add_bias(y: jax.Array, b: jax.Array | None) -> jax.Array:
@@ -135,14 +138,14 @@ def run_conv(x: jax.Array, w: jax.Array, g: ConvGeometry, impl: str | None, padd
 
 
 def correlate(
-    x: object,
-    w: object,
-    padding: Padding = "valid",
-    stride: int | Sequence[int] = 1,
-    dilation: int | Sequence[int] = 1,
-    *,
-    padding_mode: str = "zeros",
-    impl: str | None = None,
+  x: object,
+  w: object,
+  padding: Padding = "valid",
+  stride: int | Sequence[int] = 1,
+  dilation: int | Sequence[int] = 1,
+  *,
+  padding_mode: str = "zeros",
+  impl: str | None = None,
 ) -> jax.Array:
   """Cross-correlation of an unbatched single-channel signal; ``"same"`` etc. as in scipy.signal.
 
@@ -161,14 +164,14 @@ def correlate(
 
 
 def convolve(
-    x: object,
-    w: object,
-    padding: Padding = "valid",
-    stride: int | Sequence[int] = 1,
-    dilation: int | Sequence[int] = 1,
-    *,
-    padding_mode: str = "zeros",
-    impl: str | None = None,
+  x: object,
+  w: object,
+  padding: Padding = "valid",
+  stride: int | Sequence[int] = 1,
+  dilation: int | Sequence[int] = 1,
+  *,
+  padding_mode: str = "zeros",
+  impl: str | None = None,
 ) -> jax.Array:
   """Convolution (the kernel flipped on every axis) of an unbatched signal, as scipy.signal.convolve."""
   xa, wa = promote(x=x, w=w)
@@ -181,16 +184,16 @@ def convolve(
 
 
 def conv(
-    x: object,
-    w: object,
-    b: object = None,
-    *,
-    stride: int | Sequence[int] = 1,
-    padding: Padding = "valid",
-    dilation: int | Sequence[int] = 1,
-    groups: int = 1,
-    padding_mode: str = "zeros",
-    impl: str | None = None,
+  x: object,
+  w: object,
+  b: object = None,
+  *,
+  stride: int | Sequence[int] = 1,
+  padding: Padding = "valid",
+  dilation: int | Sequence[int] = 1,
+  groups: int = 1,
+  padding_mode: str = "zeros",
+  impl: str | None = None,
 ) -> jax.Array:
   """Batched channels-last cross-correlation, padding strings as in ``lax.conv_general_dilated``.
 
@@ -207,7 +210,14 @@ def conv(
 
 
 def transpose_geometry(
-    x: jax.Array, w: jax.Array, *, stride, padding: Padding, dilation, groups: int, output_padding: int | Sequence[int]
+  x: jax.Array | jax.ShapeDtypeStruct,
+  w: jax.Array | jax.ShapeDtypeStruct,
+  *,
+  stride: int | Sequence[int],
+  padding: Padding,
+  dilation: int | Sequence[int],
+  groups: int,
+  output_padding: int | Sequence[int],
 ) -> tuple[ConvGeometry, int]:
   """The forward conv (C_out -> C_in) that ``conv_transpose`` transposes, and how many outputs of it x covers.
 
@@ -223,22 +233,24 @@ def transpose_geometry(
   grown = "stride" if max((n - 1) * s for n, s in zip(x.shape[1:-1], strides)) >= max(extent) else "dilation"
   check_allocatable((x.shape[0], *out, w.shape[-1]), x.dtype.itemsize, grown, "conv_transpose output")
   w_fwd_shape = (*kernel, w.shape[-1] // groups, x.shape[-1])
-  g = conv_geometry((x.shape[0], *out, w.shape[-1]), w_fwd_shape, x.dtype, stride=stride, padding=pads, dilation=dilation, groups=groups)
+  g = conv_geometry(
+    (x.shape[0], *out, w.shape[-1]), w_fwd_shape, x.dtype, stride=stride, padding=pads, dilation=dilation, groups=groups
+  )
   return g, groups
 
 
 def conv_transpose(
-    x: object,
-    w: object,
-    b: object = None,
-    *,
-    stride: int | Sequence[int] = 1,
-    padding: Padding = "valid",
-    dilation: int | Sequence[int] = 1,
-    groups: int = 1,
-    output_padding: int | Sequence[int] = 0,
-    padding_mode: str = "zeros",
-    impl: str | None = None,
+  x: object,
+  w: object,
+  b: object = None,
+  *,
+  stride: int | Sequence[int] = 1,
+  padding: Padding = "valid",
+  dilation: int | Sequence[int] = 1,
+  groups: int = 1,
+  output_padding: int | Sequence[int] = 0,
+  padding_mode: str = "zeros",
+  impl: str | None = None,
 ) -> jax.Array:
   """The transpose (input gradient) of ``conv``: "deconvolution", upsampling by ``stride``.
 
@@ -254,9 +266,13 @@ def conv_transpose(
   assert xa is not None and wa is not None
   check_rank("x", xa, (3, 4, 5), "(N, *spatial, C_in) with 1-3 spatial axes")
   if padding_mode != "zeros":
-    raise ValueError(f"padding_mode must be 'zeros' for conv_transpose (its pads crop the output); got {padding_mode!r}")
+    raise ValueError(
+      f"padding_mode must be 'zeros' for conv_transpose (its pads crop the output); got {padding_mode!r}"
+    )
   groups = check_int(groups, "groups", minimum=1)
-  g, groups = transpose_geometry(xa, wa, stride=stride, padding=padding, dilation=dilation, groups=groups, output_padding=output_padding)
+  g, groups = transpose_geometry(
+    xa, wa, stride=stride, padding=padding, dilation=dilation, groups=groups, output_padding=output_padding
+  )
   check_bias(ba, g.in_channels)
   name = check_impl(impl)
   covered = g.out_spatial  # x's spatial shape, plus what output_padding >= stride adds
@@ -280,18 +296,18 @@ def available_impls() -> tuple[str, ...]:
 
 
 __all__ = [
-    "DEFAULT_IMPL",
-    "add_bias",
-    "as_float_array",
-    "available_impls",
-    "check_bias",
-    "check_impl",
-    "check_rank",
-    "conv",
-    "conv_transpose",
-    "convolve",
-    "correlate",
-    "geometry_of",
-    "promote",
-    "run_conv",
+  "DEFAULT_IMPL",
+  "add_bias",
+  "as_float_array",
+  "available_impls",
+  "check_bias",
+  "check_impl",
+  "check_rank",
+  "conv",
+  "conv_transpose",
+  "convolve",
+  "correlate",
+  "geometry_of",
+  "promote",
+  "run_conv",
 ]

@@ -39,9 +39,13 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` devices (0: every device)."""
   available = jax.device_count()
   if num_devices > available:
-    raise ValueError(f"config.mesh.data={num_devices} is more than the {available} {jax.devices()[0].platform} devices available")
+    raise ValueError(
+      f"config.mesh.data={num_devices} is more than the {available} {jax.devices()[0].platform} devices available"
+    )
   if jax.process_count() > 1 and num_devices not in (0, available):
-    raise ValueError(f"config.mesh.data={num_devices} must be 0 or {available} (every device) on {jax.process_count()} processes")
+    raise ValueError(
+      f"config.mesh.data={num_devices} must be 0 or {available} (every device) on {jax.process_count()} processes"
+    )
   num_devices = num_devices or available
   # Auto axes: the compiler propagates shardings from the inputs (jax.make_mesh defaults to Explicit).
   return jax.make_mesh((num_devices,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:num_devices])
@@ -61,7 +65,10 @@ def check_divisible(value: int, name: str, mesh: Mesh) -> None:
   """Raise ``ValueError`` naming ``config.<name>`` unless ``value`` splits evenly over the mesh's devices."""
   devices = num_shards(mesh)
   if value % devices:
-    raise ValueError(f"config.{name}={value} must be a multiple of the {devices} devices of the mesh (set config.{name} or config.mesh.data)")
+    raise ValueError(
+      f"config.{name}={value} must be a multiple of the {devices} devices of the mesh "
+      f"(set config.{name} or config.mesh.data)"
+    )
 
 
 def is_main_process() -> bool:
@@ -76,7 +83,11 @@ def is_main_process() -> bool:
 def process_rows(num_rows: int, mesh: Mesh) -> slice:
   """The rows of a ``(num_rows, ...)`` array split along ``"data"`` that this process's devices hold."""
   # jax.devices() lists each process's devices together, so a process's shards are one block.
-  spans = [range(num_rows)[index[0]] for index in sharding(mesh, DATA_AXIS).addressable_devices_indices_map((num_rows,)).values()]
+  spans = [
+    range(num_rows)[index[0]]
+    for index in sharding(mesh, DATA_AXIS).addressable_devices_indices_map((num_rows,)).values()
+    if index is not None
+  ]
   return slice(min(s.start for s in spans), max(s.stop for s in spans))
 
 

@@ -39,35 +39,36 @@ from jaxconv import kernels
 from jaxconv.geometry import Padding, Window, check_bool, is_int, normalize_ints, resolve_window
 from jaxconv.ops import check_rank, promote
 
-
 # --------------------------------------------------------------------------------------------
 # geometry
 
 
 def pool_geometry(
-    spatial: Sequence[int],
-    window: int | Sequence[int],
-    stride: int | Sequence[int] | None = None,
-    padding: Padding = "valid",
-    dilation: int | Sequence[int] = 1,
-    ceil_mode: bool = False,
+  spatial: Sequence[int],
+  window: int | Sequence[int],
+  stride: int | Sequence[int] | None = None,
+  padding: Padding = "valid",
+  dilation: int | Sequence[int] = 1,
+  ceil_mode: bool = False,
 ) -> Window:
   """Validate a pooling window over an input of ``spatial`` shape and resolve it (stride defaults to the window)."""
   g = resolve_window(spatial, window, padding, stride, dilation, ceil_mode=ceil_mode, kernel_name="window")
   # As in PyTorch (which allows less, pad <= window / 2): a pad as wide as the window's extent
   # would make windows that see only padding.
   if any(lo >= e or hi >= e for (lo, hi), e in zip(g.padding, g.kernel_extent)):
-    raise ValueError(f"padding must be smaller than the window on each side; got pads {g.padding} for window extent {g.kernel_extent}")
+    raise ValueError(
+      f"padding must be smaller than the window on each side; got pads {g.padding} for window extent {g.kernel_extent}"
+    )
   return g
 
 
 def pool_window(
-    x: jax.Array,
-    window: int | Sequence[int],
-    stride: int | Sequence[int] | None,
-    padding: Padding,
-    dilation: int | Sequence[int] = 1,
-    ceil_mode: bool = False,
+  x: jax.Array,
+  window: int | Sequence[int],
+  stride: int | Sequence[int] | None,
+  padding: Padding,
+  dilation: int | Sequence[int] = 1,
+  ceil_mode: bool = False,
 ) -> Window:
   """Validate a pooling call on x ``(N, *spatial, C)``: the resolved window (stride defaults to it)."""
   check_rank("x", x, (3, 4, 5), "(N, *spatial, C) with 1-3 spatial axes")
@@ -77,8 +78,8 @@ def pool_window(
 def _high_pads(g: Window) -> tuple[int, ...]:
   """The high pads that make every window lie inside the padded input: ``hi`` plus ceil_mode's overhang."""
   return tuple(
-      hi + max(0, (o - 1) * s + e - p)
-      for (_, hi), o, s, e, p in zip(g.padding, g.out_spatial, g.stride, g.kernel_extent, g.padded)
+    hi + max(0, (o - 1) * s + e - p)
+    for (_, hi), o, s, e, p in zip(g.padding, g.out_spatial, g.stride, g.kernel_extent, g.padded)
   )
 
 
@@ -167,12 +168,12 @@ def reduce_windows(x: jax.Array, init: float, op: Callable, g: Window) -> jax.Ar
 
 
 def max_pool(
-    x: object,
-    window: int | Sequence[int],
-    stride: int | Sequence[int] | None = None,
-    padding: Padding = "valid",
-    dilation: int | Sequence[int] = 1,
-    ceil_mode: bool = False,
+  x: object,
+  window: int | Sequence[int],
+  stride: int | Sequence[int] | None = None,
+  padding: Padding = "valid",
+  dilation: int | Sequence[int] = 1,
+  ceil_mode: bool = False,
 ) -> jax.Array:
   """Max over each window of x ``(N, *spatial, C)`` -> ``(N, *out_spatial, C)``, as ``torch.nn.MaxPool``.
 
@@ -185,12 +186,12 @@ def max_pool(
 
 
 def avg_pool(
-    x: object,
-    window: int | Sequence[int],
-    stride: int | Sequence[int] | None = None,
-    padding: Padding = "valid",
-    count_include_pad: bool = True,
-    ceil_mode: bool = False,
+  x: object,
+  window: int | Sequence[int],
+  stride: int | Sequence[int] | None = None,
+  padding: Padding = "valid",
+  count_include_pad: bool = True,
+  ceil_mode: bool = False,
 ) -> jax.Array:
   """Mean over each window of x ``(N, *spatial, C)`` -> ``(N, *out_spatial, C)``, as ``torch.nn.AvgPool``.
 
@@ -224,10 +225,15 @@ def adaptive_output_size(spatial: Sequence[int], output_size: object) -> tuple[i
   sizes = output_size
   if isinstance(output_size, Sequence) and not isinstance(output_size, str):
     if len(output_size) != rank:
-      raise ValueError(f"output_size must be an int or a sequence of {rank} sizes (one per spatial axis); got {output_size!r}")
+      raise ValueError(
+        f"output_size must be an int or a sequence of {rank} sizes (one per spatial axis); got {output_size!r}"
+      )
     sizes = [n if o is None else o for n, o in zip(spatial, output_size)]
   elif not is_int(output_size):
-    raise TypeError(f"output_size must be an int or a sequence of {rank} ints (or None); got {type(output_size).__name__}: {output_size!r}")
+    raise TypeError(
+      f"output_size must be an int or a sequence of {rank} ints (or None); "
+      f"got {type(output_size).__name__}: {output_size!r}"
+    )
   values = normalize_ints(sizes, rank, "output_size", minimum=-(2**63))  # type: ignore[arg-type]  # ints, one per axis
   if min(values) < 1:  # named with the caller's value (None entries included)
     raise ValueError(f"output_size must be >= 1 on every axis; got {output_size!r}")
@@ -235,7 +241,7 @@ def adaptive_output_size(spatial: Sequence[int], output_size: object) -> tuple[i
 
 
 def _adaptive_blocks(x: jax.Array, out: Sequence[int], fill: float) -> jax.Array:
-  """Blocks ``(N, o_1, k_1, ..., C)`` of PyTorch's adaptive cells, ``k`` the widest; cells shorter than it padded with ``fill``."""
+  """Blocks ``(N, o_1, k_1, ..., C)`` of PyTorch's adaptive cells, ``k`` the widest; short cells padded by ``fill``."""
   blocks = x
   for axis, (n, o) in enumerate(zip(x.shape[1:-1], out)):
     at = 1 + 2 * axis
@@ -274,7 +280,7 @@ def adaptive_max_pool(x: object, output_size: int | Sequence[int | None]) -> jax
 
 
 def adaptive_avg_pool(x: object, output_size: int | Sequence[int | None]) -> jax.Array:
-  """Mean over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)`` (see ``adaptive_max_pool``)."""
+  """Mean over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)``."""
   xa, out = _adaptive_call(x, output_size)
   acc = kernels.accumulation_dtype(xa.dtype)
   sums = jnp.sum(_adaptive_blocks(xa.astype(acc), out, 0.0), axis=_window_axes(len(out)))
@@ -283,14 +289,14 @@ def adaptive_avg_pool(x: object, output_size: int | Sequence[int | None]) -> jax
 
 
 __all__ = [
-    "adaptive_avg_pool",
-    "adaptive_cells",
-    "adaptive_max_pool",
-    "adaptive_output_size",
-    "avg_pool",
-    "max_pool",
-    "pool_geometry",
-    "pool_window",
-    "reduce_windows",
-    "window_counts",
+  "adaptive_avg_pool",
+  "adaptive_cells",
+  "adaptive_max_pool",
+  "adaptive_output_size",
+  "avg_pool",
+  "max_pool",
+  "pool_geometry",
+  "pool_window",
+  "reduce_windows",
+  "window_counts",
 ]

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv import pooling
-from jaxconv.geometry import Pair, Padding, normalize_ints, resolve_window
+from jaxconv.geometry import Padding, Pair, normalize_ints, resolve_window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +95,8 @@ def adaptive_window(spatial: Sequence[int], output_size: int | Sequence[int | No
   uneven = [(n, o) for n, o in zip(spatial, out) if n % o]
   if uneven:
     raise ValueError(
-        f"{name}: output_size {out} does not divide the input {tuple(spatial)} ({uneven[0][0]} into {uneven[0][1]}): "
-        "its cells have unequal sizes and spacing, so no receptive field recurrence describes them"
+      f"{name}: output_size {out} does not divide the input {tuple(spatial)} ({uneven[0][0]} into {uneven[0][1]}): "
+      "its cells have unequal sizes and spacing, so no receptive field recurrence describes them"
     )
   kernel = tuple(n // o for n, o in zip(spatial, out))
   return Window(kernel, kernel, "valid", 1, name)
@@ -114,15 +114,17 @@ def window_of(layer: Any, spatial: Sequence[int] | None = None) -> Window | None
   name = layer_name(layer)
   if hasattr(layer, "output_padding"):
     raise ValueError(
-        f"{name}: a transposed convolution has no sliding-window receptive field; "
-        "jc.output_shape(..., transpose=True, output_padding=...) gives its output shape"
+      f"{name}: a transposed convolution has no sliding-window receptive field; "
+      "jc.output_shape(..., transpose=True, output_padding=...) gives its output shape"
     )
   if hasattr(layer, "kernel_size"):
     return Window(layer.kernel_size, layer.stride, layer.padding, layer.dilation, name)
   if hasattr(layer, "window"):
     # Pooling strides default to the window, as in jc.max_pool / jc.avg_pool.
     stride = layer.window if layer.stride is None else layer.stride
-    return Window(layer.window, stride, layer.padding, getattr(layer, "dilation", 1), name, getattr(layer, "ceil_mode", False))
+    return Window(
+      layer.window, stride, layer.padding, getattr(layer, "dilation", 1), name, getattr(layer, "ceil_mode", False)
+    )
   if hasattr(layer, "output_size"):
     if spatial is None:
       raise ValueError(f"{name}: an adaptive pool's window depends on its input, so window_of needs spatial")
@@ -137,9 +139,14 @@ def layers_of(stack: Any) -> list:
 
 
 def describe(
-    name: str, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[Pair], dilations: Sequence[int], ceil_mode: bool = False
+  name: str,
+  kernel: Sequence[int],
+  strides: Sequence[int],
+  pads: Sequence[Pair],
+  dilations: Sequence[int],
+  ceil_mode: bool = False,
 ) -> str:
-  """A window layer's name with its geometry, e.g. ``"Conv 5x5 pad 2"``; unit strides, zero pads and floor mode omitted."""
+  """A window layer's name and geometry, e.g. ``"Conv 5x5 pad 2"``; unit strides, zero pads, floor mode omitted."""
   text = f"{name} {'x'.join(map(str, kernel))}"
   if any(s > 1 for s in strides):
     text += f" stride {'x'.join(map(str, strides))}"
@@ -159,15 +166,21 @@ def step(field: Field, layer: Any) -> Field:
   if window is None:
     return dataclasses.replace(field, name=layer_name(layer))
   g = resolve_window(
-      field.shape, window.kernel, window.padding, window.stride, window.dilation, ceil_mode=window.ceil_mode, kernel_name=window.name
+    field.shape,
+    window.kernel,
+    window.padding,
+    window.stride,
+    window.dilation,
+    ceil_mode=window.ceil_mode,
+    kernel_name=window.name,
   )
   extents = g.kernel_extent
   return Field(
-      name=describe(window.name, g.kernel, g.stride, g.padding, g.dilation, g.ceil_mode),
-      shape=g.out_spatial,
-      size=tuple(r + (e - 1) * j for r, e, j in zip(field.size, extents, field.jump)),
-      jump=tuple(j * s for j, s in zip(field.jump, g.stride)),
-      start=tuple(st + ((e - 1) / 2 - lo) * j for st, e, (lo, _), j in zip(field.start, extents, g.padding, field.jump)),
+    name=describe(window.name, g.kernel, g.stride, g.padding, g.dilation, g.ceil_mode),
+    shape=g.out_spatial,
+    size=tuple(r + (e - 1) * j for r, e, j in zip(field.size, extents, field.jump)),
+    jump=tuple(j * s for j, s in zip(field.jump, g.stride)),
+    start=tuple(st + ((e - 1) / 2 - lo) * j for st, e, (lo, _), j in zip(field.start, extents, g.padding, field.jump)),
   )
 
 
@@ -201,7 +214,10 @@ def clip_span(span: Sequence[Pair], spatial: Sequence[int]) -> tuple[Pair, ...]:
 
 
 def input_gradients(fn: Callable[[jax.Array], jax.Array], x: jax.Array, indices: Sequence[Sequence[int]]) -> np.ndarray:
-  """``|d y[0, *index, :].sum() / dx|`` summed over channels, per index: x ``(1, *spatial, C)`` -> ``(len(indices), *spatial)``."""
+  """``|d y[0, *index, :].sum() / dx|`` summed over channels, per index.
+
+  x ``(1, *spatial, C)`` -> ``(len(indices), *spatial)``.
+  """
   y, pullback = jax.vjp(fn, x)
   # One forward pass; the pullback is vmapped over one one-hot cotangent per output unit.
   cotangents = np.zeros((len(indices), *y.shape), y.dtype)
@@ -220,15 +236,15 @@ def support_span(grad: np.ndarray) -> tuple[Pair, ...]:
 
 
 __all__ = [
-    "Adaptive",
-    "Field",
-    "Window",
-    "adaptive_window",
-    "clip_span",
-    "format_table",
-    "input_gradients",
-    "layers_of",
-    "support_span",
-    "walk",
-    "window_of",
+  "Adaptive",
+  "Field",
+  "Window",
+  "adaptive_window",
+  "clip_span",
+  "format_table",
+  "input_gradients",
+  "layers_of",
+  "support_span",
+  "walk",
+  "window_of",
 ]

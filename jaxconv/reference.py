@@ -22,7 +22,15 @@ from jaxconv.geometry import Convention, Padding, normalize_ints, resolve_window
 PoolMode = Literal["max", "avg"]
 
 
-def pad(x: np.ndarray, padding: Padding, kernel: Sequence[int], stride: int | Sequence[int] = 1, *, value: float = 0.0, convention: Convention = "scipy") -> np.ndarray:
+def pad(
+  x: np.ndarray,
+  padding: Padding,
+  kernel: Sequence[int],
+  stride: int | Sequence[int] = 1,
+  *,
+  value: float = 0.0,
+  convention: Convention = "scipy",
+) -> np.ndarray:
   """x ``(*spatial)`` padded with ``value`` as ``padding`` prescribes for a ``kernel``-sized window."""
   x = np.asarray(x, np.float64)
   window = resolve_window(x.shape, tuple(kernel), padding, stride, convention=convention)
@@ -73,19 +81,31 @@ def convolve2d(x: np.ndarray, w: np.ndarray, padding: Padding = 0, stride: int |
   return correlate2d(x, np.flip(np.asarray(w, np.float64)), padding, stride)
 
 
-def correlate2d_channels(x: np.ndarray, w: np.ndarray, padding: Padding = 0, stride: int | Sequence[int] = 1) -> np.ndarray:
+def correlate2d_channels(
+  x: np.ndarray, w: np.ndarray, padding: Padding = 0, stride: int | Sequence[int] = 1
+) -> np.ndarray:
   """Multi-channel correlation of x ``(H, W, C_in)`` and w ``(kh, kw, C_in, C_out)`` -> ``(H', W', C_out)``.
 
   Output channel ``o`` is the sum over input channels ``c`` of ``correlate2d(x[..., c], w[..., c, o])``.
   """
   x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
   if x.ndim != 3 or w.ndim != 4 or w.shape[2] != x.shape[2]:
-    raise ValueError(f"x must be (H, W, C_in) and w (kh, kw, C_in, C_out) with the same C_in; got x {x.shape}, w {w.shape}")
-  outputs = [sum(correlate2d(x[..., c], w[..., c, o], padding, stride) for c in range(x.shape[2])) for o in range(w.shape[3])]
+    raise ValueError(
+      f"x must be (H, W, C_in) and w (kh, kw, C_in, C_out) with the same C_in; got x {x.shape}, w {w.shape}"
+    )
+  outputs = [
+    sum(correlate2d(x[..., c], w[..., c, o], padding, stride) for c in range(x.shape[2])) for o in range(w.shape[3])
+  ]
   return np.stack(outputs, axis=-1)
 
 
-def pool2d(x: np.ndarray, window: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: Padding = 0, mode: PoolMode = "max") -> np.ndarray:
+def pool2d(
+  x: np.ndarray,
+  window: int | Sequence[int],
+  stride: int | Sequence[int] | None = None,
+  padding: Padding = 0,
+  mode: PoolMode = "max",
+) -> np.ndarray:
   """Max or mean of every window of x ``(H, W)``; pads count as -inf (max) or 0 (avg); stride defaults to the window.
 
   String paddings follow ``jc.max_pool``/``jc.avg_pool`` (lax's ``"same"``).
@@ -104,7 +124,9 @@ def pool2d(x: np.ndarray, window: int | Sequence[int], stride: int | Sequence[in
   return y
 
 
-def input_usage(shape: Sequence[int], kernel: Sequence[int], padding: Padding = 0, stride: int | Sequence[int] = 1) -> np.ndarray:
+def input_usage(
+  shape: Sequence[int], kernel: Sequence[int], padding: Padding = 0, stride: int | Sequence[int] = 1
+) -> np.ndarray:
   """How many windows cover each input cell, shape ``shape`` (1-D or 2-D): where boundary cells count less."""
   shape, kernel = tuple(shape), tuple(kernel)
   window = resolve_window(shape, kernel, padding, stride, convention="scipy")
@@ -118,13 +140,13 @@ def input_usage(shape: Sequence[int], kernel: Sequence[int], padding: Padding = 
 
 
 __all__ = [
-    "convolve1d",
-    "convolve2d",
-    "correlate1d",
-    "correlate2d",
-    "correlate2d_channels",
-    "input_usage",
-    "pad",
-    "pool2d",
-    "window_starts",
+  "convolve1d",
+  "convolve2d",
+  "correlate1d",
+  "correlate2d",
+  "correlate2d_channels",
+  "input_usage",
+  "pad",
+  "pool2d",
+  "window_starts",
 ]

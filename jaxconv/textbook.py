@@ -69,14 +69,14 @@ def layer_outputs(stack: Any, x: jax.Array) -> list[jax.Array]:
 
 
 def learn_kernel(
-    x: jax.Array,
-    y: jax.Array,
-    shape: tuple[int, ...],
-    op: SignalOp,
-    *,
-    steps: int = 30,
-    learning_rate: float = 3e-2,
-    seed: int = 0,
+  x: jax.Array,
+  y: jax.Array,
+  shape: tuple[int, ...],
+  op: SignalOp,
+  *,
+  steps: int = 30,
+  learning_rate: float = 3e-2,
+  seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Fit ``k`` of ``shape`` so that ``op(x, k) ~ y`` by gradient descent on the summed squared error.
 
@@ -107,4 +107,14 @@ def learn_kernel(
   return np.concatenate([np.asarray(history), np.asarray(k)[None]]), np.asarray(losses)
 
 
-__all__ = ["EDGE_KERNEL", "SOBEL_X", "SOBEL_Y", "edge_image", "edge_maps", "layer_outputs", "learn_kernel", "pool_image", "retained"]
+__all__ = [
+  "EDGE_KERNEL",
+  "SOBEL_X",
+  "SOBEL_Y",
+  "edge_image",
+  "edge_maps",
+  "layer_outputs",
+  "learn_kernel",
+  "pool_image",
+  "retained",
+]

@@ -18,12 +18,12 @@ __all__ = ["train_and_evaluate"]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict]:
-  """``experiments.lenet.train_and_evaluate(config, workdir)``: train, resuming from ``workdir``; the metrics of every epoch."""
+  """``experiments.lenet.train_and_evaluate(config, workdir)``: train, resuming from ``workdir``."""
   try:
     from experiments.lenet import train_and_evaluate as program  # the program beside the library, not in it
   except ImportError as e:
     raise ImportError(
-        "jaxconv.train.train_and_evaluate runs the LeNet program of the repository's experiments/lenet/; "
-        "run from a checkout of jaxconv (its root on sys.path), or build your own loop on jaxconv.training"
+      "jaxconv.train.train_and_evaluate runs the LeNet program of the repository's experiments/lenet/; "
+      "run from a checkout of jaxconv (its root on sys.path), or build your own loop on jaxconv.training"
     ) from e
   return program(config, workdir)

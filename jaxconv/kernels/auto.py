@@ -24,7 +24,8 @@ on a 32x32x3 -> 32 5x5 conv (``cifar_5x5``) im2col's GEMM has enough columns of 
 ``"hybrid"`` keeps XLA's forward convolution (and its input gradient at stride 1) and replaces
 its kernel gradient. FFT would also win on some 5x5 layers, but it spreads rounding noise over the whole
 output, so that the gradient of one output unit is no longer exactly zero outside its receptive
-field; ``"auto"`` takes that trade only from 7x7 kernels on, where the win is large. The choice never depends on values or timing, so it is the same under jit, grad and
+field; ``"auto"`` takes that trade only from 7x7 kernels on, where the win is large. The choice never
+depends on values or timing, so it is the same under jit, grad and
 vmap, and every chosen kernel supports the call (``tests/test_kernels.py`` checks both).
 """
 

@@ -19,7 +19,17 @@ from jax import lax
 
 from jaxconv.geometry import ConvGeometry
 from jaxconv.kernels.registry import accumulation_dtype, register
-from jaxconv.kernels.taps import batch_chunk, dy_padding, image_bytes, pad_spatial, sum_batch, tap_slice, taps, transposed_kernel, unit_stride
+from jaxconv.kernels.taps import (
+  batch_chunk,
+  dy_padding,
+  image_bytes,
+  pad_spatial,
+  sum_batch,
+  tap_slice,
+  taps,
+  transposed_kernel,
+  unit_stride,
+)
 
 # The widest group (C_in / groups) served: the work per output grows with it, and past a few
 # channels a GEMM-based kernel wins.
@@ -55,7 +65,9 @@ def shift_multiply_add(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array
   """The conv as a sum of ``K * C_in / G`` broadcast products: ``(N, *out, C_out)`` in x's dtype."""
   acc = accumulation_dtype(x.dtype)
   wk = w.reshape(-1, *w.shape[-2:]).astype(acc)  # (K, C_in / G, C_out)
-  terms = (column.astype(acc) * wk[t, c] for t, columns in enumerate(tap_windows(x, g)) for c, column in enumerate(columns))
+  terms = (
+    column.astype(acc) * wk[t, c] for t, columns in enumerate(tap_windows(x, g)) for c, column in enumerate(columns)
+  )
   return functools.reduce(jnp.add, terms).astype(x.dtype)
 
 
@@ -70,12 +82,19 @@ def kernel_grad_chunk(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array
   acc = accumulation_dtype(x.dtype)
   dy = dy.astype(acc)
   reduce_axes = tuple(range(dy.ndim - 1))
-  return jnp.stack([jnp.stack([jnp.sum(column.astype(acc) * dy, axis=reduce_axes) for column in columns]) for columns in tap_windows(x, g)])
+  return jnp.stack(
+    [
+      jnp.stack([jnp.sum(column.astype(acc) * dy, axis=reduce_axes) for column in columns])
+      for columns in tap_windows(x, g)
+    ]
+  )
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
   """dW ``(*kernel, C_in / G, C_out)`` by reductions over cache-sized batch chunks."""
-  chunk = batch_chunk(x.shape[0], image_bytes(x.shape, x.dtype.itemsize) + image_bytes(dy.shape, dy.dtype.itemsize), REDUCE_BUDGET_BYTES)
+  chunk = batch_chunk(
+    x.shape[0], image_bytes(x.shape, x.dtype.itemsize) + image_bytes(dy.shape, dy.dtype.itemsize), REDUCE_BUDGET_BYTES
+  )
   dw = sum_batch(lambda xc, dyc: kernel_grad_chunk(xc, dyc, g), chunk, x, dy)
   return dw.reshape(g.w_shape).astype(x.dtype)
 

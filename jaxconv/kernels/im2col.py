@@ -43,8 +43,8 @@ def tap_columns(x: jax.Array, g: ConvGeometry) -> list[jax.Array]:
   xp = pad_spatial(x, g.padding)
   c = x.shape[-1]
   return [
-      jnp.moveaxis(tap_slice(xp, tap, g.stride, g.dilation, g.out_spatial).reshape(-1, g.groups, c // g.groups), 1, 0)
-      for tap in taps(g.kernel)
+    jnp.moveaxis(tap_slice(xp, tap, g.stride, g.dilation, g.out_spatial).reshape(-1, g.groups, c // g.groups), 1, 0)
+    for tap in taps(g.kernel)
   ]
 
 
@@ -111,7 +111,13 @@ def forward_chunk(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   dims = (((2,), (1,)), ((0,), (0,)))
   if tap_by_tap(g):
     cg = g.group_in
-    y = functools.reduce(jnp.add, [lax.dot_general(col, wm[:, t * cg : (t + 1) * cg], dims, preferred_element_type=acc) for t, col in enumerate(cols)])
+    y = functools.reduce(
+      jnp.add,
+      [
+        lax.dot_general(col, wm[:, t * cg : (t + 1) * cg], dims, preferred_element_type=acc)
+        for t, col in enumerate(cols)
+      ],
+    )
   else:
     y = lax.dot_general(jnp.concatenate(cols, axis=-1), wm, dims, preferred_element_type=acc)
   return jnp.moveaxis(y, 0, 1).reshape(x.shape[0], *g.out_spatial, g.out_channels).astype(x.dtype)
@@ -120,7 +126,9 @@ def forward_chunk(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
 def input_grad_chunk(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """dx of one batch chunk: col2im of ``dy @ W^T``, ``(B, *out, C_out)`` -> ``(B, *spatial, C_in)`` in dy's dtype."""
   dims = (((2,), (2,)), ((0,), (0,)))
-  dp = lax.dot_general(grouped_columns(dy, g.groups), kernel_matrix(w, g.groups), dims, preferred_element_type=accumulation_dtype(dy.dtype))
+  dp = lax.dot_general(
+    grouped_columns(dy, g.groups), kernel_matrix(w, g.groups), dims, preferred_element_type=accumulation_dtype(dy.dtype)
+  )
   return scatter_patches(dp, dy.shape[0], g).astype(dy.dtype)
 
 
@@ -164,10 +172,20 @@ def kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
     return kernel_grad_rows(x, dy, g)
   patches = jnp.concatenate(tap_columns(x, g), axis=-1)
   dims = (((1,), (1,)), ((0,), (0,)))
-  dwm = lax.dot_general(patches, grouped_columns(dy, g.groups), dims, preferred_element_type=accumulation_dtype(x.dtype))
+  dwm = lax.dot_general(
+    patches, grouped_columns(dy, g.groups), dims, preferred_element_type=accumulation_dtype(x.dtype)
+  )
   return kernel_from_matrix(dwm, g.w_shape).astype(x.dtype)
 
 
 register("im2col", input_grad=input_grad, kernel_grad=kernel_grad)(forward)
 
-__all__ = ["PATCH_BUDGET_BYTES", "TAP_GEMM_MIN_DEPTH", "chunk_size", "forward", "input_grad", "kernel_grad", "kernel_grad_rows"]
+__all__ = [
+  "PATCH_BUDGET_BYTES",
+  "TAP_GEMM_MIN_DEPTH",
+  "chunk_size",
+  "forward",
+  "input_grad",
+  "kernel_grad",
+  "kernel_grad_rows",
+]

@@ -13,9 +13,9 @@ def dimension_numbers(rank: int) -> lax.ConvDimensionNumbers:
   """Channels-last numbers for ``rank`` spatial axes: x ``(N, *S, C)``, w ``(*K, I, O)``, y ``(N, *S, O)``."""
   spatial = tuple(range(1, rank + 1))
   return lax.ConvDimensionNumbers(
-      lhs_spec=(0, rank + 1, *spatial),
-      rhs_spec=(rank + 1, rank, *range(rank)),
-      out_spec=(0, rank + 1, *spatial),
+    lhs_spec=(0, rank + 1, *spatial),
+    rhs_spec=(rank + 1, rank, *range(rank)),
+    out_spec=(0, rank + 1, *spatial),
   )
 
 
@@ -23,14 +23,14 @@ def dimension_numbers(rank: int) -> lax.ConvDimensionNumbers:
 def conv_lax(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """XLA's convolution, ``jax.lax.conv_general_dilated``."""
   y = lax.conv_general_dilated(
-      x,
-      w,
-      window_strides=g.stride,
-      padding=g.padding,
-      rhs_dilation=g.dilation,
-      dimension_numbers=dimension_numbers(g.rank),
-      feature_group_count=g.groups,
-      preferred_element_type=accumulation_dtype(x.dtype),
+    x,
+    w,
+    window_strides=g.stride,
+    padding=g.padding,
+    rhs_dilation=g.dilation,
+    dimension_numbers=dimension_numbers(g.rank),
+    feature_group_count=g.groups,
+    preferred_element_type=accumulation_dtype(x.dtype),
   )
   return y.astype(x.dtype)
 

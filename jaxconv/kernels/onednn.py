@@ -45,7 +45,11 @@ WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 LIBRARY_NAME = "libdnnl.so.3"
 # dtype -> the C side's code (jaxconv_onednn_probe); oneDNN refuses what the CPU cannot run.
 _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(jax.numpy.bfloat16): 1, np.dtype(np.float16): 2}
-_TARGETS = {"forward": "jaxconv_onednn_forward", "input_grad": "jaxconv_onednn_backward_data", "kernel_grad": "jaxconv_onednn_backward_weights"}
+_TARGETS = {
+  "forward": "jaxconv_onednn_forward",
+  "input_grad": "jaxconv_onednn_backward_data",
+  "kernel_grad": "jaxconv_onednn_backward_weights",
+}
 _OPS = {"forward": 0, "input_grad": 1, "kernel_grad": 2}
 
 
@@ -89,13 +93,18 @@ def _load() -> ctypes.CDLL | str:
     # RTLD_GLOBAL: the extension's dependency on libdnnl.so.3 resolves to this already-loaded copy.
     ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
   except OSError as e:
-    return f"{LIBRARY_NAME} could not be loaded from {library!r} ({e}): pip install {DISTRIBUTION}, or set ${LIBRARY_ENV}"
+    return (
+      f"{LIBRARY_NAME} could not be loaded from {library!r} ({e}): pip install {DISTRIBUTION}, or set ${LIBRARY_ENV}"
+    )
   finally:
     if policy is None:
       del os.environ[WAIT_POLICY_ENV]
   extension = _extension_path()
   if extension is None:
-    return "the oneDNN extension jaxconv/_onednn*.so is not built (reinstall jaxconv with g++ and onednn-devel-cpu-gomp present)"
+    return (
+      "the oneDNN extension jaxconv/_onednn*.so is not built "
+      "(reinstall jaxconv with g++ and onednn-devel-cpu-gomp present)"
+    )
   try:
     lib = ctypes.CDLL(extension)
   except OSError as e:
@@ -104,8 +113,8 @@ def _load() -> ctypes.CDLL | str:
   info = lib.jaxconv_onednn_info().decode()
   if info.startswith("error:"):
     return (
-        f"oneDNN from {library!r} cannot run on this CPU: {info[len('error: '):]} (a SYCL build, such as PyPI's "
-        f"'onednn' 2026.x, has no CPU engine without a SYCL CPU device): pip install {DISTRIBUTION}"
+      f"oneDNN from {library!r} cannot run on this CPU: {info[len('error: ') :]} (a SYCL build, such as PyPI's "
+      f"'onednn' 2026.x, has no CPU engine without a SYCL CPU device): pip install {DISTRIBUTION}"
     )
   lib.jaxconv_onednn_probe.restype = ctypes.c_char_p
   lib.jaxconv_onednn_probe.argtypes = [ctypes.c_int64] * 3 + [ctypes.POINTER(ctypes.c_int64)] * 6 + [ctypes.c_int64]
@@ -140,8 +149,16 @@ def _probe(g: ConvGeometry) -> str | None:
   lo, hi = zip(*g.padding)
   for name, op in _OPS.items():
     reason = lib.jaxconv_onednn_probe(
-        op, _DTYPE_CODES[np.dtype(g.dtype)], g.rank, _ints(g.x_shape), _ints(g.w_shape), _ints(g.stride), _ints(g.dilation),
-        _ints(lo), _ints(hi), g.groups,
+      op,
+      _DTYPE_CODES[np.dtype(g.dtype)],
+      g.rank,
+      _ints(g.x_shape),
+      _ints(g.w_shape),
+      _ints(g.stride),
+      _ints(g.dilation),
+      _ints(lo),
+      _ints(hi),
+      g.groups,
     )
     if reason is not None:
       return f"{name} in {np.dtype(g.dtype)}: {reason.decode()}"
@@ -177,10 +194,14 @@ def _call(name: str, a: jax.Array, b: jax.Array, g: ConvGeometry, shape: tuple[i
   lo, hi = zip(*g.padding)
   call = jax.ffi.ffi_call(_TARGETS[name], jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="expand_dims")
   return call(
-      a, b,
-      stride=np.asarray(g.stride, np.int64), dilation=np.asarray(g.dilation, np.int64),
-      pad_lo=np.asarray(lo, np.int64), pad_hi=np.asarray(hi, np.int64),
-      groups=np.int64(g.groups), threads=np.int64(_threads()),
+    a,
+    b,
+    stride=np.asarray(g.stride, np.int64),
+    dilation=np.asarray(g.dilation, np.int64),
+    pad_lo=np.asarray(lo, np.int64),
+    pad_hi=np.asarray(hi, np.int64),
+    groups=np.int64(g.groups),
+    threads=np.int64(_threads()),
   )
 
 

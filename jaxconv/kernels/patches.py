@@ -39,7 +39,7 @@ def conv_patches(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
 
   fn = at
   for axis in reversed(range(rank)):  # innermost vmap maps the last spatial axis
-    in_axes = [None] * (rank + 1)
+    in_axes: list[int | None] = [None] * (rank + 1)
     in_axes[1 + axis] = 0
     fn = jax.vmap(fn, in_axes=tuple(in_axes))
   fn = jax.vmap(fn, in_axes=(0,) + (None,) * rank)  # the batch

@@ -65,7 +65,9 @@ def _kernel_grad(kernel: registry.Kernel) -> Raw:
   return derived
 
 
-def _primitive(name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Callable[[ConvGeometry], tuple[int, ...]]):
+def _primitive(
+  name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Callable[[ConvGeometry], tuple[int, ...]]
+):
   """A primitive ``p(a, b; impl, geometry)`` lowered to ``raw_of(kernel)(a, b, geometry)``.
 
   ``shape_of`` gives the result shape; its batch axis (all but the kernel gradient's) is the

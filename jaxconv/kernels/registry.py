@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -55,14 +56,14 @@ _REGISTRY: dict[str, Kernel] = {}
 
 
 def register(
-    name: str,
-    *,
-    input_grad: Forward | None = None,
-    kernel_grad: Forward | None = None,
-    supports: Supports | None = None,
-    local: bool = True,
-    dispatch: Callable[[ConvGeometry], str] | None = None,
-    description: str = "",
+  name: str,
+  *,
+  input_grad: Forward | None = None,
+  kernel_grad: Forward | None = None,
+  supports: Supports | None = None,
+  local: bool = True,
+  dispatch: Callable[[ConvGeometry], str] | None = None,
+  description: str = "",
 ) -> Callable[[Forward], Forward]:
   """Decorator: register ``forward`` under ``name`` with its optional transposes and refusals.
 
@@ -109,8 +110,8 @@ def resolve(name: str, g: ConvGeometry) -> Kernel:
 
 def accumulation_dtype(dtype: object) -> np.dtype:
   """The dtype a kernel accumulates in: float32 for 16-bit floats, else the dtype itself."""
-  dtype = np.dtype(dtype)  # type: ignore[call-overload]
-  return np.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
+  np_dtype = np.dtype(cast(Any, dtype))
+  return np.dtype(jnp.float32) if np_dtype.itemsize < 4 else np_dtype
 
 
 __all__ = ["Forward", "Kernel", "Supports", "accumulation_dtype", "available", "get", "register", "resolve"]

@@ -29,14 +29,23 @@ def pad_spatial(x: jax.Array, padding: Sequence[Pair]) -> jax.Array:
   return jnp.pad(x, ((0, 0), *padding, (0, 0)))
 
 
-def tap_slice(xp: jax.Array, tap: Sequence[int], stride: Sequence[int], dilation: Sequence[int], out: Sequence[int]) -> jax.Array:
+def tap_slice(
+  xp: jax.Array, tap: Sequence[int], stride: Sequence[int], dilation: Sequence[int], out: Sequence[int]
+) -> jax.Array:
   """What tap ``tap`` reads for every output: padded x ``(N, *padded, C)`` -> ``(N, *out, C)``."""
   start = (0, *(t * d for t, d in zip(tap, dilation)), 0)
   limit = (xp.shape[0], *(t * d + (o - 1) * s + 1 for t, d, o, s in zip(tap, dilation, out, stride)), xp.shape[-1])
   return lax.slice(xp, start, limit, (1, *stride, 1))
 
 
-def tap_pad_config(tap: Sequence[int], spatial: Sequence[int], stride: Sequence[int], padding: Sequence[Pair], dilation: Sequence[int], out: Sequence[int]) -> list[tuple[int, int, int]]:
+def tap_pad_config(
+  tap: Sequence[int],
+  spatial: Sequence[int],
+  stride: Sequence[int],
+  padding: Sequence[Pair],
+  dilation: Sequence[int],
+  out: Sequence[int],
+) -> list[tuple[int, int, int]]:
   """``lax.pad`` config that places a tap's ``(N, *out, C)`` values where they were read in unpadded x.
 
   The transpose of ``tap_slice`` composed with the padding: summed over all taps it is col2im.
@@ -61,11 +70,18 @@ def swap_channels(w: jax.Array, groups: int) -> jax.Array:
 
 
 def transposed_kernel(w: jax.Array, groups: int) -> jax.Array:
-  """The kernel of the input gradient: w ``(*K, C_in/G, C_out)`` flipped, channels swapped -> ``(*K, C_out/G, C_in)``."""
+  """The input gradient's kernel: w ``(*K, C_in/G, C_out)`` flipped, channels swapped -> ``(*K, C_out/G, C_in)``."""
   return swap_channels(jnp.flip(w, axis=tuple(range(w.ndim - 2))), groups)
 
 
-def input_grad_pads(spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[Pair], dilation: Sequence[int], out: Sequence[int]) -> list[tuple[int, int, int]]:
+def input_grad_pads(
+  spatial: Sequence[int],
+  kernel: Sequence[int],
+  stride: Sequence[int],
+  padding: Sequence[Pair],
+  dilation: Sequence[int],
+  out: Sequence[int],
+) -> list[tuple[int, int, int]]:
   """``lax.pad`` config for dy ``(N, *out, C_out)`` so that dx is its stride-1 correlation with ``transposed_kernel``.
 
   dy is dilated by the stride and padded so that output ``i`` of the correlation lines up with
@@ -123,7 +139,12 @@ def unit_stride(g: ConvGeometry, spatial: Sequence[int]) -> ConvGeometry:
   """
   rank = g.rank
   return dataclasses.replace(
-      g, spatial=tuple(spatial), stride=(1,) * rank, padding=((0, 0),) * rank, in_channels=g.out_channels, out_channels=g.in_channels
+    g,
+    spatial=tuple(spatial),
+    stride=(1,) * rank,
+    padding=((0, 0),) * rank,
+    in_channels=g.out_channels,
+    out_channels=g.in_channels,
   )
 
 

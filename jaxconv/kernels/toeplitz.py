@@ -53,7 +53,10 @@ def supports_toeplitz(spec: ConvGeometry) -> str | None:
   rows, cols = matrix_shape(spec)
   size = rows * cols * spec.dtype.itemsize
   if size > MAX_MATRIX_BYTES:
-    return f"its banded matrix would take {size / 2**20:.0f} MiB (> {MAX_MATRIX_BYTES // 2**20} MiB): the image is too wide or has too many channels"
+    return (
+      f"its banded matrix would take {size / 2**20:.0f} MiB (> {MAX_MATRIX_BYTES // 2**20} MiB): "
+      "the image is too wide or has too many channels"
+    )
   return None
 
 
@@ -63,7 +66,7 @@ def dense_kernel(w: jax.Array, groups: int) -> jax.Array:
     return w
   *kernel, cg, c_out = w.shape
   w = w.reshape(*kernel, 1, cg, groups, c_out // groups)
-  same_group = (np.arange(groups)[:, None, None, None] == np.arange(groups)[None, None, :, None])  # (G, 1, G, 1)
+  same_group = np.arange(groups)[:, None, None, None] == np.arange(groups)[None, None, :, None]  # (G, 1, G, 1)
   return jnp.where(same_group, w, jnp.zeros((), w.dtype)).reshape(*kernel, groups * cg, c_out)
 
 
@@ -74,7 +77,10 @@ def banded_matrix(w: jax.Array, width: int, out_width: int, stride: int, dilatio
   rows, cols = np.arange(width)[:, None], np.arange(out_width)[None, :]
   zero = jnp.zeros((), w.dtype)
   # For each (row, column) at most one tap j matches, so the sum adds only zeros to it: exact.
-  bands = [jnp.where((rows == cols * stride + j * dilation)[None, :, None, :, None], w[:, None, j, :, None, :], zero) for j in range(k)]
+  bands = [
+    jnp.where((rows == cols * stride + j * dilation)[None, :, None, :, None], w[:, None, j, :, None, :], zero)
+    for j in range(k)
+  ]
   t = sum(bands[1:], bands[0])  # (K', W_p, C_in, W_o, C_out)
   return t.reshape(-1, out_width * c_out)
 

@@ -36,19 +36,36 @@ TILE_BUDGET_BYTES = 4 * 2**20
 # (B^T, G, A^T) per output tile size m, for correlation with 3 taps (Lavin & Gray, "Fast
 # Algorithms for Convolutional Neural Networks", 2015).
 TRANSFORMS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
-    2: (
-        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
-        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
-        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+  2: (
+    np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+    np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+    np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+  ),
+  4: (
+    np.array(
+      [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+      ],
+      np.float64,
     ),
-    4: (
-        np.array(
-            [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
-            np.float64,
-        ),
-        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
-        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64),
+    np.array(
+      [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+      ],
+      np.float64,
     ),
+    np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64),
+  ),
 }
 
 
@@ -84,7 +101,7 @@ def tile_transform(v: jax.Array, tiles, m: int, matrix: np.ndarray) -> jax.Array
 
 
 def untile_transform(mt: jax.Array, tiles, m: int, matrix: np.ndarray) -> jax.Array:
-  """Apply ``matrix`` (``m x alpha``) per axis and lay the tiles side by side: ``(alpha^r, N, *t, C)`` -> ``(N, *(t m), C)``."""
+  """Apply ``matrix`` (``m x alpha``) per axis, tiles side by side: ``(alpha^r, N, *t, C)`` -> ``(N, *(t m), C)``."""
   alpha = matrix.shape[1]
   rank = len(tiles)
   y = mt.reshape(*(alpha,) * rank, *mt.shape[1:])
@@ -133,7 +150,9 @@ def kernel_grad_chunk(x: jax.Array, dy: jax.Array, padding, groups: int, m: int)
   whole = pad_spatial(dy, [(0, t * m - o) for t, o in zip(tiles, dy.shape[1:-1])])
   dm = tile_transform(whole, tiles, m, TRANSFORMS[m][2].T)  # (A, B, *t, C_out)
   a, c_in, c_out = v.shape[0], x.shape[-1], dy.shape[-1]
-  du = jnp.einsum("amgc,amgo->acgo", v.reshape(a, -1, groups, c_in // groups), dm.reshape(a, -1, groups, c_out // groups))
+  du = jnp.einsum(
+    "amgc,amgo->acgo", v.reshape(a, -1, groups, c_in // groups), dm.reshape(a, -1, groups, c_out // groups)
+  )
   return du.reshape(a, c_in // groups, c_out)
 
 
@@ -159,7 +178,9 @@ def input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """dx: the Winograd conv of the padded dy with the flipped kernel."""
   acc = accumulation_dtype(dy.dtype)
   dyp = lax.pad(dy.astype(acc), jnp.zeros((), acc), dy_padding(g))
-  return tiled_conv(dyp, transposed_kernel(w.astype(acc), g.groups), ((0, 0),) * g.rank, g.groups, TILE).astype(dy.dtype)
+  return tiled_conv(dyp, transposed_kernel(w.astype(acc), g.groups), ((0, 0),) * g.rank, g.groups, TILE).astype(
+    dy.dtype
+  )
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:

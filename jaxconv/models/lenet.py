@@ -14,7 +14,7 @@ from jaxconv.geometry import check_int
 VARIANTS = ("modern", "classic")
 
 
-def variant_layers(variant: str) -> tuple[Callable[[jax.Array], jax.Array], type[nnx.Module], nn.Initializer]:
+def variant_layers(variant: str) -> tuple[Callable[[jax.Array], jax.Array], Callable[..., nnx.Module], nn.Initializer]:
   """The activation, pooling layer and kernel initialiser of a LeNet variant."""
   if variant == "modern":
     return nnx.relu, nn.MaxPool, nnx.initializers.he_normal()
@@ -34,13 +34,13 @@ class LeNet(nnx.Module):
   """
 
   def __init__(
-      self,
-      num_classes: int = 10,
-      *,
-      variant: str = "modern",
-      impl: str | None = None,
-      input_shape: Sequence[int] = (28, 28, 1),
-      rngs: nnx.Rngs,
+    self,
+    num_classes: int = 10,
+    *,
+    variant: str = "modern",
+    impl: str | None = None,
+    input_shape: Sequence[int] = (28, 28, 1),
+    rngs: nnx.Rngs,
   ):
     num_classes = check_int(num_classes, "num_classes", minimum=1)
     if len(input_shape) != 3:
@@ -48,16 +48,16 @@ class LeNet(nnx.Module):
     act, pool, init = variant_layers(variant)
     self.variant = variant
     self.features = nnx.Sequential(
-        nn.Conv(input_shape[-1], 6, (5, 5), padding=2, impl=impl, kernel_init=init, rngs=rngs),
-        act,
-        pool((2, 2)),
-        nn.Conv(6, 16, (5, 5), impl=impl, kernel_init=init, rngs=rngs),
-        act,
-        pool((2, 2)),
+      nn.Conv(input_shape[-1], 6, (5, 5), padding=2, impl=impl, kernel_init=init, rngs=rngs),
+      act,
+      pool((2, 2)),
+      nn.Conv(6, 16, (5, 5), impl=impl, kernel_init=init, rngs=rngs),
+      act,
+      pool((2, 2)),
     )
     probe = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     flat = jax.eval_shape(lambda x: nn.flatten(self.features(x)), probe).shape[-1]
-    dense = lambda i, o, init=init: nnx.Linear(i, o, kernel_init=init, rngs=rngs)  # noqa: E731
+    dense = lambda i, o, init=init: nnx.Linear(i, o, kernel_init=init, rngs=rngs)
     # Each layer's init suits the activation after it: the logits feed softmax, not ReLU.
     logits = dense(84, num_classes, nnx.initializers.lecun_normal())
     self.classifier = nnx.Sequential(nn.flatten, dense(flat, 120), act, dense(120, 84), act, logits)

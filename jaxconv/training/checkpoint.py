@@ -26,13 +26,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = [
-    "Checkpoints",
-    "ConfigMismatchError",
-    "NoIntactCheckpointError",
-    "abstract",
-    "config_differences",
-    "quiet_writer_threads",
-    "tree_digest",
+  "Checkpoints",
+  "ConfigMismatchError",
+  "NoIntactCheckpointError",
+  "abstract",
+  "config_differences",
+  "quiet_writer_threads",
+  "tree_digest",
 ]
 
 META = "meta"  # the JSON item of every step
@@ -71,7 +71,11 @@ def _host_array(leaf: Any) -> np.ndarray:
 def abstract(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
   """Shape-and-dtype stand-ins for the arrays of ``tree``, a restore target; ``sharding`` overrides their layout."""
   structs = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-  return structs if sharding is None else jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), structs)
+  return (
+    structs
+    if sharding is None
+    else jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), structs)
+  )
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -86,7 +90,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], safe: Iterable[str] = ()) -> list[str]:
-  """``"field: saved -> current"`` for every dotted field that differs, except ``safe`` ones and those under a ``safe`` prefix.
+  """``"field: saved -> current"`` for every dotted field that differs, but ``safe`` fields and prefixes.
 
   Both are JSON-like nested dicts; a field that one of them lacks shows as ``<absent>``.
   """

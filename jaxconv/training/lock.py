@@ -9,6 +9,7 @@ with a process that has just opened it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -63,11 +64,15 @@ class WorkdirLock:
     except BlockingIOError:
       holder = _describe(os.pread(fd, 4096, 0))
       os.close(fd)
-      raise WorkdirLockedError(f"{self.path.parent} is in use by another run ({holder}); wait for it to finish or use another workdir") from None
+      raise WorkdirLockedError(
+        f"{self.path.parent} is in use by another run ({holder}); wait for it to finish or use another workdir"
+      ) from None
     previous = os.pread(fd, 4096, 0)
     if previous.strip():
       log.warning("taking over the stale lock of %s (that process is gone)", _describe(previous))
-    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    record = json.dumps(
+      {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    )
     os.ftruncate(fd, 0)
     os.pwrite(fd, record.encode(), 0)
     self._fd = fd
@@ -76,10 +81,9 @@ class WorkdirLock:
     """Clear the holder record and drop the lock."""
     if self._fd is None:
       return
-    try:
+    # A full disk cannot stop a truncation, but a vanished workdir can.
+    with contextlib.suppress(OSError):
       os.ftruncate(self._fd, 0)
-    except OSError:  # a full disk cannot stop a truncation, but a vanished workdir can
-      pass
     fcntl.flock(self._fd, fcntl.LOCK_UN)
     os.close(self._fd)
     self._fd = None

@@ -22,15 +22,15 @@ from jaxconv.training.state import Batch, TrainState
 from jaxconv.training.steps import Metrics, make_evaluate, make_train_step, make_train_steps, mean_loss, zero_metrics
 
 __all__ = [
-    "NonFiniteLossError",
-    "check_finite_loss",
-    "check_labels",
-    "compile_steps",
-    "epoch_batches",
-    "place_eval",
-    "place_train",
-    "run_epoch",
-    "steps_per_epoch",
+  "NonFiniteLossError",
+  "check_finite_loss",
+  "check_labels",
+  "compile_steps",
+  "epoch_batches",
+  "place_eval",
+  "place_train",
+  "run_epoch",
+  "steps_per_epoch",
 ]
 
 PAD_LABEL = -1  # the label of the rows that place_eval adds; user labels are checked to be >= 0
@@ -42,8 +42,8 @@ class NonFiniteLossError(FloatingPointError):
   def __init__(self, epoch: int, loss: float):
     self.epoch, self.loss = epoch, loss
     super().__init__(
-        f"training loss is {loss} in epoch {epoch}: the optimisation diverged (learning rate too high?) "
-        "or the inputs hold NaN/inf values; nothing of this epoch was saved"
+      f"training loss is {loss} in epoch {epoch}: the optimisation diverged (learning rate too high?) "
+      "or the inputs hold NaN/inf values; nothing of this epoch was saved"
     )
 
 
@@ -61,7 +61,9 @@ def check_labels(labels: np.ndarray, num_classes: int, split: str) -> None:
   if bad.any():
     values = np.unique(labels[bad])
     shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
-    raise ValueError(f"{int(bad.sum())} of the {len(labels)} {split} labels are outside [0, {num_classes}) (values {shown})")
+    raise ValueError(
+      f"{int(bad.sum())} of the {len(labels)} {split} labels are outside [0, {num_classes}) (values {shown})"
+    )
 
 
 def place_train(images: np.ndarray, labels: np.ndarray, mesh: Mesh) -> Batch:
@@ -102,7 +104,11 @@ def epoch_batches(seed: int, epoch: int, num_examples: int, batch_size: int, mes
   rng = np.random.default_rng((seed, epoch))
   blocks = [rng.permutation(num_examples // shards)[: steps * size].reshape(steps, size) for _ in range(shards)]
   rows = np.concatenate(blocks, axis=1).astype(np.int32)
-  return jnp.asarray(rows) if mesh is None else parallel.global_array(rows, parallel.sharding(mesh, None, parallel.DATA_AXIS))
+  return (
+    jnp.asarray(rows)
+    if mesh is None
+    else parallel.global_array(rows, parallel.sharding(mesh, None, parallel.DATA_AXIS))
+  )
 
 
 def compile_steps(
@@ -117,11 +123,25 @@ def compile_steps(
   replicated, examples = parallel.sharding(mesh), parallel.sharding(mesh, parallel.DATA_AXIS)
   steps = steps_per_epoch(train.labels.shape[0], batch_size, parallel.num_shards(mesh))
   idx = jax.ShapeDtypeStruct((steps, batch_size), jnp.int32)
-  in_shardings = (replicated, replicated, examples, parallel.sharding(mesh, None, parallel.DATA_AXIS), replicated, replicated)
+  in_shardings = (
+    replicated,
+    replicated,
+    examples,
+    parallel.sharding(mesh, None, parallel.DATA_AXIS),
+    replicated,
+    replicated,
+  )
   # The state is donated: each call updates the parameters and Adam moments in place.
-  jitted = jax.jit(make_train_steps(make_train_step(graphdef, tx, mesh), mesh), in_shardings=in_shardings, out_shardings=replicated, donate_argnums=0)
+  jitted = jax.jit(
+    make_train_steps(make_train_step(graphdef, tx, mesh), mesh),
+    in_shardings=in_shardings,
+    out_shardings=replicated,
+    donate_argnums=0,
+  )
   train_steps = jitted.lower(state, zero_metrics(), train, idx, 0, 0).compile()
-  evaluate = jax.jit(make_evaluate(graphdef, eval_batch_size, mesh), in_shardings=(replicated, examples), out_shardings=replicated)
+  evaluate = jax.jit(
+    make_evaluate(graphdef, eval_batch_size, mesh), in_shardings=(replicated, examples), out_shardings=replicated
+  )
   return train_steps, evaluate.lower(state.params, test).compile()
 
 

@@ -21,16 +21,16 @@ from jaxconv import parallel
 from jaxconv.training.state import Batch, TrainState
 
 __all__ = [
-    "Metrics",
-    "add_metrics",
-    "batch_metrics",
-    "make_apply",
-    "make_evaluate",
-    "make_train_step",
-    "make_train_steps",
-    "mean_loss",
-    "summarize",
-    "zero_metrics",
+  "Metrics",
+  "add_metrics",
+  "batch_metrics",
+  "make_apply",
+  "make_evaluate",
+  "make_train_step",
+  "make_train_steps",
+  "mean_loss",
+  "summarize",
+  "zero_metrics",
 ]
 
 Metrics = dict[str, jax.Array]  # per-batch sums: "loss", "correct", "count"
@@ -41,9 +41,9 @@ def batch_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
   """Summed cross-entropy, number correct and count of logits ``(B, K)`` against labels ``(B,)``."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return {
-      "loss": losses.sum(),
-      "correct": (logits.argmax(-1) == labels).sum(),
-      "count": jnp.asarray(labels.shape[0], jnp.int32),
+    "loss": losses.sum(),
+    "correct": (logits.argmax(-1) == labels).sum(),
+    "count": jnp.asarray(labels.shape[0], jnp.int32),
   }
 
 
@@ -92,7 +92,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
 
 
 def make_train_steps(train_step: TrainStep, mesh: Mesh | None = None):
-  """``train_steps(state, metrics, data, idx, start, stop)``: steps ``start..stop-1`` of ``idx (S, B)`` (``loop.epoch_batches``)."""
+  """``train_steps(state, metrics, data, idx, start, stop)``: steps ``start..stop-1`` of ``idx (S, B)``."""
 
   def train_steps(state: TrainState, metrics: Metrics, data: Batch, idx: jax.Array, start: jax.Array, stop: jax.Array):
     """Run ``train_step`` on the batches of rows ``idx[i]`` for ``start <= i < stop``, summing metrics."""
@@ -126,9 +126,9 @@ def make_evaluate(graphdef: nnx.GraphDef, batch_size: int, mesh: Mesh | None = N
       valid = jnp.tile(in_range, shards) & (batch.labels >= 0)  # label < 0: the padding of loop.place
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
       metrics = {
-          "loss": jnp.where(valid, losses, 0.0).sum(),
-          "correct": (valid & (logits.argmax(-1) == batch.labels)).sum(),
-          "count": valid.sum(dtype=jnp.int32),
+        "loss": jnp.where(valid, losses, 0.0).sum(),
+        "correct": (valid & (logits.argmax(-1) == batch.labels)).sum(),
+        "count": valid.sum(dtype=jnp.int32),
       }
       return add_metrics(totals, metrics), None
 
