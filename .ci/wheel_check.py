@@ -52,7 +52,7 @@ def main(workdir: Path) -> None:
   from jaxconv.models import LeNet
 
   train_x, train_y = data.load_mnist(split="train")
-  scale = lambda a: (a[:2048].astype(np.float32) / 255.0 - 0.13) / 0.31  # noqa: E731
+  scale = lambda a: (a[:2048].astype(np.float32) / 255.0 - 0.13) / 0.31
   mesh = parallel.make_mesh(1)
   train_data = training.place_train(scale(train_x), train_y[:2048], mesh)
   test_data = training.place_eval(scale(images), labels[:2048], mesh)
@@ -61,9 +61,18 @@ def main(workdir: Path) -> None:
   steps, evaluate = training.compile_steps(graphdef, tx, state, train_data, test_data, 64, 256, mesh)
   idx = training.epoch_batches(0, 1, 2048, 64, mesh)
   state, metrics = training.run_epoch(steps, state, train_data, idx, 8)
-  train_row, test_row = training.summarize(metrics, "train"), training.summarize(evaluate(state.params, test_data), "test")
-  assert np.isfinite(train_row["train_loss"]) and test_row["test_accuracy"] > 0.5, (train_row, test_row)  # chance is 0.1
-  print(f"training: 1 epoch of 2048 images, test accuracy {test_row['test_accuracy']:.3f}, train loss {train_row['train_loss']:.3f}")
+  train_row, test_row = (
+    training.summarize(metrics, "train"),
+    training.summarize(evaluate(state.params, test_data), "test"),
+  )
+  assert np.isfinite(train_row["train_loss"]) and test_row["test_accuracy"] > 0.5, (
+    train_row,
+    test_row,
+  )  # chance is 0.1
+  print(
+    f"training: 1 epoch of 2048 images, test accuracy {test_row['test_accuracy']:.3f}, "
+    f"train loss {train_row['train_loss']:.3f}"
+  )
   print(f"wheel check passed in {time.perf_counter() - start:.1f} s")
 
 

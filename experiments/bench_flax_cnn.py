@@ -52,7 +52,9 @@ flags.DEFINE_integer("test_size", None, "Evaluate on the first N test images onl
 flags.DEFINE_integer("batch_size", 128, "Batch size (Flax's MNIST example: 128).")
 flags.DEFINE_float("learning_rate", 0.1, "SGD learning rate (Flax's MNIST example: 0.1).")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (Flax's MNIST example: 0.9).")
-flags.DEFINE_integer("steps_per_call", 1, "At most this many training steps per compiled call (> 1: a lax.scan; see above).")
+flags.DEFINE_integer(
+  "steps_per_call", 1, "At most this many training steps per compiled call (> 1: a lax.scan; see above)."
+)
 flags.DEFINE_integer("seed", 0, "Parameter and shuffling seed (the same for every trainer).")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
@@ -140,7 +142,9 @@ class Trainer:
   def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
     model = nnx.merge(self.graphdef, self.state[0])
     predict = nnx.jit(lambda m, x: jnp.argmax(m(x.astype(jnp.float32) / 255.0), -1))
-    hits = sum(int(jnp.sum(predict(model, images[i : i + 1000]) == labels[i : i + 1000])) for i in range(0, len(labels), 1000))
+    hits = sum(
+      int(jnp.sum(predict(model, images[i : i + 1000]) == labels[i : i + 1000])) for i in range(0, len(labels), 1000)
+    )
     return hits / len(labels)
 
 
@@ -158,17 +162,25 @@ def main(argv: list[str]) -> None:
   device_images, device_labels = jax.device_put(images), jax.device_put(labels)  # uint8 on device, scaled per batch
 
   results = {
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__, "backend": jax.default_backend(),
-      "images_per_epoch": images_per_epoch, "batch_size": FLAGS.batch_size, "steps_per_call": per_call,
-      "load_average_before": os.getloadavg(), "trainers": {},
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "images_per_epoch": images_per_epoch,
+    "batch_size": FLAGS.batch_size,
+    "steps_per_call": per_call,
+    "load_average_before": os.getloadavg(),
+    "trainers": {},
   }
   trainers = {DEFAULT_NAME: Trainer(None, device_images, device_labels, per_call)}
   for impl in FLAGS.impl or ["auto"]:
     trainers[f"jaxconv impl={impl}"] = Trainer(impl, device_images, device_labels, per_call)
   rng = np.random.default_rng(FLAGS.seed)
-  orders = [rng.permutation(len(labels))[:images_per_epoch].reshape(steps, FLAGS.batch_size).astype(np.int32) for _ in range(FLAGS.rounds + 1)]
+  orders = [
+    rng.permutation(len(labels))[:images_per_epoch].reshape(steps, FLAGS.batch_size).astype(np.int32)
+    for _ in range(FLAGS.rounds + 1)
+  ]
   seconds: dict[str, list[float]] = {name: [] for name in trainers}
-  for name, trainer in trainers.items():  # warm-up epoch (not timed): first-run allocations
+  for trainer in trainers.values():  # warm-up epoch (not timed): first-run allocations
     trainer.epoch(orders[0])
   for order in orders[1:]:
     for name, trainer in trainers.items():
@@ -176,32 +188,36 @@ def main(argv: list[str]) -> None:
   results["load_average_after"] = os.getloadavg()
 
   print(
-      f"\nFlax MNIST-example CNN, SGD(lr={FLAGS.learning_rate}, momentum={FLAGS.momentum}), batch {FLAGS.batch_size}, "
-      f"{FLAGS.rounds} interleaved epochs of {images_per_epoch} images, {per_call} steps per call; "
-      f"{jax.default_backend()}, XLA_FLAGS={results['xla_flags']!r}, "
-      f"load average {results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}"
+    f"\nFlax MNIST-example CNN, SGD(lr={FLAGS.learning_rate}, momentum={FLAGS.momentum}), batch {FLAGS.batch_size}, "
+    f"{FLAGS.rounds} interleaved epochs of {images_per_epoch} images, {per_call} steps per call; "
+    f"{jax.default_backend()}, XLA_FLAGS={results['xla_flags']!r}, "
+    f"load average {results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}"
   )
-  print(f"{'trainer':<26} {'images/s':>9} {'best':>8} {'ms/step':>8} {'compile s':>9} {'vs flax':>8} {'best/best':>9} {'loss':>7} {'test acc':>8}")
+  print(
+    f"{'trainer':<26} {'images/s':>9} {'best':>8} {'ms/step':>8} {'compile s':>9} "
+    f"{'vs flax':>8} {'best/best':>9} {'loss':>7} {'test acc':>8}"
+  )
   base = seconds[DEFAULT_NAME]
   for name, trainer in trainers.items():
     secs = seconds[name]
     rates = [images_per_epoch / s for s in secs]
     row = {
-        "impl": trainer.impl,
-        "images_per_second": rates,
-        "median_images_per_second": statistics.median(rates),
-        "best_images_per_second": max(rates),
-        "median_ratio_vs_flax": statistics.median(b / s for s, b in zip(secs, base)),
-        "best_ratio_vs_flax": min(base) / min(secs),
-        "compile_seconds": trainer.compile_seconds,
-        "train_loss_per_epoch": trainer.losses,
-        "test_accuracy": trainer.accuracy(test_images, test_labels),
+      "impl": trainer.impl,
+      "images_per_second": rates,
+      "median_images_per_second": statistics.median(rates),
+      "best_images_per_second": max(rates),
+      "median_ratio_vs_flax": statistics.median(b / s for s, b in zip(secs, base)),
+      "best_ratio_vs_flax": min(base) / min(secs),
+      "compile_seconds": trainer.compile_seconds,
+      "train_loss_per_epoch": trainer.losses,
+      "test_accuracy": trainer.accuracy(test_images, test_labels),
     }
     results["trainers"][name] = row
     print(
-        f"{name:<26} {row['median_images_per_second']:>9.0f} {row['best_images_per_second']:>8.0f} "
-        f"{1e3 * FLAGS.batch_size / row['median_images_per_second']:>8.2f} {row['compile_seconds']:>9.2f} "
-        f"{row['median_ratio_vs_flax']:>7.2f}x {row['best_ratio_vs_flax']:>8.2f}x {trainer.losses[-1]:>7.4f} {row['test_accuracy']:>8.4f}"
+      f"{name:<26} {row['median_images_per_second']:>9.0f} {row['best_images_per_second']:>8.0f} "
+      f"{1e3 * FLAGS.batch_size / row['median_images_per_second']:>8.2f} {row['compile_seconds']:>9.2f} "
+      f"{row['median_ratio_vs_flax']:>7.2f}x {row['best_ratio_vs_flax']:>8.2f}x "
+      f"{trainer.losses[-1]:>7.4f} {row['test_accuracy']:>8.4f}"
     )
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:

@@ -25,7 +25,7 @@ from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's benchmarks/
 
-import benchmarks as bench  # noqa: E402
+import benchmarks as bench
 from jaxconv.geometry import conv_geometry
 from jaxconv.kernels import onednn
 from jaxconv.kernels.lax import dimension_numbers
@@ -33,19 +33,36 @@ from jaxconv.kernels.lax import dimension_numbers
 
 def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shapes", nargs="+", default=[], metavar="NAME", help=f"shapes (default: all): {', '.join(bench.SHAPES_BY_NAME)}")
+  parser.add_argument(
+    "--shapes", nargs="+", default=[], metavar="NAME", help=f"shapes (default: all): {', '.join(bench.SHAPES_BY_NAME)}"
+  )
   parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (fastest reported)")
   return parser.parse_args()
 
 
 def _geometry(shape: bench.Shape):
-  return conv_geometry(shape.x, shape.w, "float32", stride=shape.stride, padding=shape.padding, dilation=shape.dilation, groups=shape.groups)
+  return conv_geometry(
+    shape.x,
+    shape.w,
+    "float32",
+    stride=shape.stride,
+    padding=shape.padding,
+    dilation=shape.dilation,
+    groups=shape.groups,
+  )
 
 
 def _lax_fb(g):
   def loss(x, w):
-    y = lax.conv_general_dilated(x, w, g.stride, g.padding, rhs_dilation=g.dilation, dimension_numbers=dimension_numbers(g.rank),
-                                 feature_group_count=g.groups)
+    y = lax.conv_general_dilated(
+      x,
+      w,
+      g.stride,
+      g.padding,
+      rhs_dilation=g.dilation,
+      dimension_numbers=dimension_numbers(g.rank),
+      feature_group_count=g.groups,
+    )
     return 0.5 * jnp.sum(y * y)
 
   return jax.jit(jax.grad(loss, argnums=(0, 1)))
@@ -69,7 +86,9 @@ def _interference(x, w, g, repeats: int) -> dict[str, float]:
   xla = jax.jit(lambda a: jnp.tanh(a @ a) @ a)
   conv = _onednn_fb(g, 0)
   both = jax.jit(lambda x, w, a: (conv(x, w), xla(a)))
-  times = bench.time_interleaved({"xla": lambda: xla(a), "onednn": lambda: conv(x, w), "both": lambda: both(x, w, a)}, repeats)
+  times = bench.time_interleaved(
+    {"xla": lambda: xla(a), "onednn": lambda: conv(x, w), "both": lambda: both(x, w, a)}, repeats
+  )
   best = {k: min(v) for k, v in times.items()}
   best["cost"] = best["both"] - best["onednn"] - best["xla"]
   return best
@@ -78,8 +97,10 @@ def _interference(x, w, g, repeats: int) -> dict[str, float]:
 def main() -> None:
   args = parse_args()
   shapes = bench.select_shapes(args.shapes)
-  print(f"{onednn.info()}; cpus {os.cpu_count()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}; "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(default)')}; load average {os.getloadavg()}")
+  print(
+    f"{onednn.info()}; cpus {os.cpu_count()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}; "
+    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(default)')}; load average {os.getloadavg()}"
+  )
   print(f"{'shape':16} {'lax':>9} {'onednn':>9} {'1 thread':>9} {'torch':>9} {'lax/onednn':>11} {'onednn/torch':>13}")
   for shape in shapes:
     g = _geometry(shape)
@@ -97,14 +118,18 @@ def main() -> None:
       jax.block_until_ready(thunk())
     best = {name: min(t) for name, t in bench.time_interleaved(thunks, args.repeats).items()}
     t = best.get("torch", float("nan"))
-    print(f"{shape.name:16} {best['lax']:9.2f} {best['onednn']:9.2f} {best['onednn1']:9.2f} {t:9.2f} "
-          f"{best['lax'] / best['onednn']:11.2f} {best['onednn'] / t:13.2f}")
+    print(
+      f"{shape.name:16} {best['lax']:9.2f} {best['onednn']:9.2f} {best['onednn1']:9.2f} {t:9.2f} "
+      f"{best['lax'] / best['onednn']:11.2f} {best['onednn'] / t:13.2f}"
+    )
   os.environ[onednn.THREADS_ENV] = "0"
   shape = bench.SHAPES_BY_NAME["lenet_conv2"]
   x, w, _ = bench.random_inputs(shape)
   r = _interference(x, w, _geometry(shape), max(args.repeats, 10))
-  print(f"interference (lenet_conv2 fwd+bwd, then a 768^3 XLA matmul step), ms: xla alone {r['xla']:.2f}, "
-        f"onednn alone {r['onednn']:.2f}, both in one jit {r['both']:.2f}, extra {r['cost']:+.2f}")
+  print(
+    f"interference (lenet_conv2 fwd+bwd, then a 768^3 XLA matmul step), ms: xla alone {r['xla']:.2f}, "
+    f"onednn alone {r['onednn']:.2f}, both in one jit {r['both']:.2f}, extra {r['cost']:+.2f}"
+  )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,13 @@ def run(devices: int) -> list[dict]:
   """The ``metrics.jsonl`` records of one training run on ``devices`` devices."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-  overrides = [f"--config.mesh.data={devices}", f"--config.num_epochs={FLAGS.epochs}", f"--config.data.train_size={FLAGS.train_size}",
-               f"--config.data.test_size={FLAGS.test_size}", "--config.warmup_epochs=0"]  # fmt: skip
+  overrides = [
+    f"--config.mesh.data={devices}",
+    f"--config.num_epochs={FLAGS.epochs}",
+    f"--config.data.train_size={FLAGS.train_size}",
+    f"--config.data.test_size={FLAGS.test_size}",
+    "--config.warmup_epochs=0",
+  ]
   if FLAGS.batch_size:
     overrides.append(f"--config.batch_size={FLAGS.batch_size}")
   with tempfile.TemporaryDirectory() as workdir:
@@ -64,15 +69,25 @@ def main(argv: list[str]) -> None:
       speeds[devices] += [r["images_per_second"] for r in records[1:]]
       compile_seconds[devices].append(records[0]["compile_seconds"])
   base = statistics.median(speeds[counts[0]])
-  print(f"\nXLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {FLAGS.config}, {FLAGS.train_size} images/epoch, "
-        f"batch {FLAGS.batch_size or 'of the config'}, {FLAGS.rounds} x {FLAGS.epochs - 1} timed epochs per device count")  # fmt: skip
+  print(
+    f"\nXLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {FLAGS.config}, {FLAGS.train_size} images/epoch, "
+    f"batch {FLAGS.batch_size or 'of the config'}, {FLAGS.rounds} x {FLAGS.epochs - 1} timed epochs per device count"
+  )
   print(f"{'devices':>7} {'images/s':>10} {'min..max':>15} {f'vs {counts[0]}':>7} {'compile s':>9}")
   for devices in counts:
     median = statistics.median(speeds[devices])
     spread = f"{min(speeds[devices]):.0f}..{max(speeds[devices]):.0f}"
-    print(f"{devices:>7} {median:>10.0f} {spread:>15} {median / base:>6.2f}x {statistics.median(compile_seconds[devices]):>9.2f}")
+    print(
+      f"{devices:>7} {median:>10.0f} {spread:>15} {median / base:>6.2f}x "
+      f"{statistics.median(compile_seconds[devices]):>9.2f}"
+    )
   if FLAGS.out:
-    Path(FLAGS.out).write_text(json.dumps({"xla_flags": os.environ.get("XLA_FLAGS", ""), "images_per_second": speeds, "compile_seconds": compile_seconds}, indent=2))
+    Path(FLAGS.out).write_text(
+      json.dumps(
+        {"xla_flags": os.environ.get("XLA_FLAGS", ""), "images_per_second": speeds, "compile_seconds": compile_seconds},
+        indent=2,
+      )
+    )
 
 
 if __name__ == "__main__":

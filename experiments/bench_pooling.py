@@ -41,7 +41,9 @@ def seconds(fn, x) -> float:
 
 def reduce_window_max(window: int, stride: int, pads) -> callable:
   """The baseline: lax.reduce_window max with explicit pads (ceil_mode's overhang as extra high pads)."""
-  return lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), ((0, 0), pads, pads, (0, 0)))
+  return lambda x: lax.reduce_window(
+    x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), ((0, 0), pads, pads, (0, 0))
+  )
 
 
 def main(argv: list[str]) -> None:
@@ -51,12 +53,28 @@ def main(argv: list[str]) -> None:
   overhang = (-(n - 2) // -2) * 2 + 2 - n  # extra high pad that ceil_mode adds for a 2x2 window at stride 2
   uneven = max(n // 3 + 1, 2)
   rows = [
-      ("max 2x2 stride 2 (reshape)", lambda x: jc.max_pool(x, 2), reduce_window_max(2, 2, (0, 0))),
-      ("max 2x2 stride 2 ceil_mode (reshape)", lambda x: jc.max_pool(x, 2, ceil_mode=True), reduce_window_max(2, 2, (0, overhang))),
-      ("max 3x3 stride 2 (reduce_window)", lambda x: jc.max_pool(x, 3, 2), reduce_window_max(3, 2, (0, 0))),
-      ("max 3x3 dilation 2 stride 2 (blocks) vs 5x5", lambda x: jc.max_pool(x, 3, 2, dilation=2), reduce_window_max(5, 2, (0, 0))),
-      (f"adaptive max {uneven}x{uneven} (gathers) vs 3x3 stride 3", lambda x: jc.adaptive_max_pool(x, uneven), reduce_window_max(3, 3, (0, 0))),
-      ("adaptive avg 1x1 (reshape) vs mean", lambda x: jc.adaptive_avg_pool(x, 1), lambda x: jnp.mean(x, axis=(1, 2), keepdims=True)),
+    ("max 2x2 stride 2 (reshape)", lambda x: jc.max_pool(x, 2), reduce_window_max(2, 2, (0, 0))),
+    (
+      "max 2x2 stride 2 ceil_mode (reshape)",
+      lambda x: jc.max_pool(x, 2, ceil_mode=True),
+      reduce_window_max(2, 2, (0, overhang)),
+    ),
+    ("max 3x3 stride 2 (reduce_window)", lambda x: jc.max_pool(x, 3, 2), reduce_window_max(3, 2, (0, 0))),
+    (
+      "max 3x3 dilation 2 stride 2 (blocks) vs 5x5",
+      lambda x: jc.max_pool(x, 3, 2, dilation=2),
+      reduce_window_max(5, 2, (0, 0)),
+    ),
+    (
+      f"adaptive max {uneven}x{uneven} (gathers) vs 3x3 stride 3",
+      lambda x: jc.adaptive_max_pool(x, uneven),
+      reduce_window_max(3, 3, (0, 0)),
+    ),
+    (
+      "adaptive avg 1x1 (reshape) vs mean",
+      lambda x: jc.adaptive_avg_pool(x, 1),
+      lambda x: jnp.mean(x, axis=(1, 2), keepdims=True),
+    ),
   ]
   print(f"x {tuple(x.shape)}, value_and_grad under jit, median of {FLAGS.repeats}")
   print(f"{'path':52s} {'jaxconv ms':>11s} {'baseline ms':>12s} {'ratio':>6s}")

@@ -30,10 +30,10 @@ OLD_COMMIT = "8e1d691"
 REPO = Path(__file__).resolve().parent.parent
 # name -> (x shape, w shape, conv keywords). LeNet's two convs as in compare_kernels; ResNet's 3x3 at batch 8.
 SHAPES: dict[str, tuple[tuple[int, ...], tuple[int, ...], dict]] = {
-    "lenet_conv1": ((128, 28, 28, 1), (5, 5, 1, 6), dict(padding=2)),
-    "lenet_conv2": ((128, 14, 14, 6), (5, 5, 6, 16), {}),
-    "resnet_3x3_b8": ((8, 56, 56, 64), (3, 3, 64, 64), dict(padding="same")),
-    "tiny": ((2, 8, 8, 2), (3, 3, 2, 4), dict(padding=1)),
+  "lenet_conv1": ((128, 28, 28, 1), (5, 5, 1, 6), dict(padding=2)),
+  "lenet_conv2": ((128, 14, 14, 6), (5, 5, 6, 16), {}),
+  "resnet_3x3_b8": ((8, 56, 56, 64), (3, 3, 64, 64), dict(padding="same")),
+  "tiny": ((2, 8, 8, 2), (3, 3, 2, 4), dict(padding=1)),
 }
 DEFAULT_SHAPES = ("lenet_conv1", "lenet_conv2", "resnet_3x3_b8")
 
@@ -84,7 +84,7 @@ def worker(tree: str) -> None:
       # A fingerprint of the gradients: the parent compares the two trees' values.
       fingerprint = [float(out[0])] + [float(jnp.sum(g * g)) for g in out[1]]
       reply = {"seconds": times, "compile_s": compile_s, "fingerprint": fingerprint}
-    except Exception as e:  # noqa: BLE001  (a kernel that refuses a shape, or fails: reported, not fatal)
+    except Exception as e:
       reply = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     print(json.dumps(reply), flush=True)
 
@@ -96,7 +96,12 @@ class Worker:
     self.label = label
     env = {**os.environ, "PYTHONPATH": ""}
     self.proc = subprocess.Popen(
-        [sys.executable, __file__, "--worker", str(tree)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd="/"
+      [sys.executable, __file__, "--worker", str(tree)],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+      env=env,
+      cwd="/",
     )
     hello = self._read()
     self.impls = hello["impls"]
@@ -141,7 +146,9 @@ def relative_difference(a: list[float], b: list[float]) -> float:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--old-tree", default=None, help=f"checkout of the old code (default: a git worktree of {OLD_COMMIT} in /tmp)")
+  parser.add_argument(
+    "--old-tree", default=None, help=f"checkout of the old code (default: a git worktree of {OLD_COMMIT} in /tmp)"
+  )
   parser.add_argument("--impl", nargs="+", default=[], help="kernels (default: every kernel both trees register)")
   parser.add_argument("--shapes", nargs="+", default=list(DEFAULT_SHAPES), choices=list(SHAPES))
   parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (order new/old alternates)")
@@ -171,7 +178,10 @@ def main() -> None:
     w.close()
 
   rows = []
-  print("\n| shape | impl | new ms | old ms | new / old | grad rel. diff | compile new / old s |\n|---|---|---:|---:|---:|---:|---|")
+  print(
+    "\n| shape | impl | new ms | old ms | new / old | grad rel. diff | compile new / old s |"
+    "\n|---|---|---:|---:|---:|---:|---|"
+  )
   for shape in args.shapes:
     for impl in impls:
       new, old = replies[("new", shape, impl)], replies[("old", shape, impl)]
@@ -182,7 +192,10 @@ def main() -> None:
       old_ms = 1e3 * statistics.median(per_round[("old", shape, impl)])
       diff = relative_difference(new["fingerprint"], old["fingerprint"])
       rows.append(dict(shape=shape, impl=impl, new_ms=new_ms, old_ms=old_ms, ratio=new_ms / old_ms, grad_rel_diff=diff))
-      print(f"| {shape} | {impl} | {new_ms:.2f} | {old_ms:.2f} | {new_ms / old_ms:.3f} | {diff:.1e} | {new['compile_s']:.1f} / {old['compile_s']:.1f} |")
+      print(
+        f"| {shape} | {impl} | {new_ms:.2f} | {old_ms:.2f} | {new_ms / old_ms:.3f} | {diff:.1e} "
+        f"| {new['compile_s']:.1f} / {old['compile_s']:.1f} |"
+      )
   print("\ngeometric mean new / old per kernel:")
   for impl in impls:
     ratios = [row["ratio"] for row in rows if row["impl"] == impl]

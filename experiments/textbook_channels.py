@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 from absl import app
+from textbook_common import define_outdir, heatmap, plt, save
 
 import jaxconv as jc
 from jaxconv import reference
-from textbook_common import define_outdir, heatmap, plt, save
 
 OUTDIR = define_outdir("channels")
 
@@ -46,7 +46,10 @@ def main(argv: list[str]) -> None:
   x, w = rng.normal(size=(4, 5, 3)), rng.normal(size=(3, 2))
   by_conv = conv_one(x, w[None, None])
   by_dense = (x.reshape(-1, 3) @ w).reshape(4, 5, 2)
-  print(f"1x1 conv (4, 5, 3) -> (4, 5, 2) vs the dense layer x @ w at every pixel: max difference {np.abs(by_conv - by_dense).max():.1e}")
+  print(
+    "1x1 conv (4, 5, 3) -> (4, 5, 2) vs the dense layer x @ w at every pixel: "
+    f"max difference {np.abs(by_conv - by_dense).max():.1e}"
+  )
 
   fig, axes = plt.subplots(2, 4, figsize=(12, 6), layout="constrained")
   for c, row in enumerate(axes):

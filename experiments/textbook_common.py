@@ -8,9 +8,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # the scripts only write files; no display needed
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from absl import flags
 
 
 def define_outdir(name: str) -> flags.FlagHolder:
@@ -19,7 +19,10 @@ def define_outdir(name: str) -> flags.FlagHolder:
 
 
 def heatmap(ax, array, title: str = "", *, annotate: bool = True, cmap: str = "viridis", vmin=None, vmax=None) -> None:
-  """Draw a 2-D ``array`` as coloured cells on ``ax``, each value written in its cell when ``annotate``; NaN is blank."""
+  """Draw a 2-D ``array`` as coloured cells on ``ax``, each value written in its cell when ``annotate``.
+
+  NaN is blank.
+  """
   array = np.asarray(array, np.float64)
   image = ax.imshow(array, cmap=cmap, vmin=vmin, vmax=vmax)
   if annotate:

@@ -10,16 +10,27 @@ import matplotlib.patches as mpatches
 import numpy as np
 import scipy.signal
 from absl import app
+from textbook_common import define_outdir, heatmap, plt, save
 
 import jaxconv as jc
 from jaxconv import reference
 from jaxconv.geometry import output_size
-from textbook_common import define_outdir, heatmap, plt, save
 
 OUTDIR = define_outdir("convolution")
 
 # (n, m, p, s): input length, kernel length, padding on each side, stride.
-SIZE_TABLE = [(5, 3, 0, 1), (5, 3, 1, 1), (5, 3, 2, 1), (5, 3, 0, 2), (5, 3, 1, 2), (8, 3, 1, 3), (7, 4, 0, 1), (7, 4, 1, 2), (6, 2, 0, 2), (4, 4, 3, 1)]
+SIZE_TABLE = [
+  (5, 3, 0, 1),
+  (5, 3, 1, 1),
+  (5, 3, 2, 1),
+  (5, 3, 0, 2),
+  (5, 3, 1, 2),
+  (8, 3, 1, 3),
+  (7, 4, 0, 1),
+  (7, 4, 1, 2),
+  (6, 2, 0, 2),
+  (4, 4, 3, 1),
+]
 
 
 def compare_1d() -> None:
@@ -27,7 +38,10 @@ def compare_1d() -> None:
   x, w = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([1.0, 0.5, -1.0])
   for mode in ("full", "same", "valid"):
     loop = reference.convolve1d(x, w, mode)
-    print(f"1-D {mode:5s} loop {loop}  np.convolve {np.convolve(x, w, mode)}  jc.convolve {np.asarray(jc.convolve(x, w, mode))}")
+    print(
+      f"1-D {mode:5s} loop {loop}  np.convolve {np.convolve(x, w, mode)}  "
+      f"jc.convolve {np.asarray(jc.convolve(x, w, mode))}"
+    )
 
 
 def compare_2d() -> None:
@@ -39,7 +53,10 @@ def compare_2d() -> None:
     loop = reference.convolve2d(image, kernel, mode)
     err_scipy = np.abs(loop - scipy.signal.convolve2d(image, kernel, mode)).max()
     err_jc = np.abs(loop - np.asarray(jc.convolve(image, kernel, mode))).max()
-    print(f"2-D {mode:5s} {loop.shape}: max |loop - scipy.convolve2d| = {err_scipy:.1e}, max |loop - jc.convolve| = {err_jc:.1e}")
+    print(
+      f"2-D {mode:5s} {loop.shape}: max |loop - scipy.convolve2d| = {err_scipy:.1e}, "
+      f"max |loop - jc.convolve| = {err_jc:.1e}"
+    )
 
 
 def size_table() -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 from absl import app, flags
+from textbook_common import define_outdir, heatmap, plt, save
 
 import jaxconv as jc
 from jaxconv.data import MNIST_DIR, load_mnist
 from jaxconv.textbook import EDGE_KERNEL, SOBEL_X, SOBEL_Y, edge_image
-from textbook_common import define_outdir, heatmap, plt, save
 
 OUTDIR = define_outdir("edges")
 DIGIT = flags.DEFINE_integer("digit", 0, "Index of the MNIST test image to filter.")
@@ -32,7 +32,11 @@ def main(argv: list[str]) -> None:
   digit = images[DIGIT.value, ..., 0] / 255.0
   gx, gy = (np.asarray(jc.correlate(digit, k, "same")) for k in (SOBEL_X, SOBEL_Y))
   magnitude = np.hypot(gx, gy)
-  print(f"MNIST test digit {DIGIT.value} (label {labels[DIGIT.value]}): |Sobel x| mean {np.abs(gx).mean():.3f}, |Sobel y| mean {np.abs(gy).mean():.3f}, gradient magnitude max {magnitude.max():.2f}")
+  print(
+    f"MNIST test digit {DIGIT.value} (label {labels[DIGIT.value]}): "
+    f"|Sobel x| mean {np.abs(gx).mean():.3f}, |Sobel y| mean {np.abs(gy).mean():.3f}, "
+    f"gradient magnitude max {magnitude.max():.2f}"
+  )
 
   fig, axes = plt.subplots(2, 4, figsize=(15, 7), layout="constrained")
   heatmap(axes[0, 0], x, "X: 6x8, black columns 2-5", cmap="gray")

@@ -17,17 +17,25 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+from textbook_common import define_outdir, heatmap, plt, save
 
 from experiments import lenet
 from jaxconv import receptive_field as rf
 from jaxconv.models import LeNet
 from jaxconv.textbook import layer_outputs
-from textbook_common import define_outdir, heatmap, plt, save
 
 OUTDIR = define_outdir("feature_maps")
-WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoint folder of a LeNet trained with --config; default: <outdir>/lenet, trained there if empty.")
+WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "Checkpoint folder of a LeNet trained with --config; default: <outdir>/lenet, trained there if empty.",
+)
 DIGIT = flags.DEFINE_integer("digit", 0, "Index of the test image whose feature maps are drawn.")
-CONFIG = config_flags.DEFINE_config_file("config", str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "smoke.py"), "Training configuration of the checkpoint.")
+CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "smoke.py"),
+  "Training configuration of the checkpoint.",
+)
 
 COLUMNS = 8
 
@@ -55,7 +63,10 @@ def main(argv: list[str]) -> None:
   workdir = WORKDIR.value or str(pathlib.Path(OUTDIR.value) / "lenet")
   model = trained_model(config, workdir)
   history = [json.loads(line) for line in (pathlib.Path(workdir) / lenet.METRICS_FILE).read_text().splitlines()]
-  print(f"checkpoint {workdir}: {config.model.variant} LeNet after {history[-1]['epoch']} epoch(s), test accuracy {history[-1]['test_accuracy']:.4f}")
+  print(
+    f"checkpoint {workdir}: {config.model.variant} LeNet after {history[-1]['epoch']} epoch(s), "
+    f"test accuracy {history[-1]['test_accuracy']:.4f}"
+  )
 
   _, test = lenet.device_data(config)
   digit = test.images[DIGIT.value : DIGIT.value + 1]
@@ -76,10 +87,15 @@ def main(argv: list[str]) -> None:
   heatmap(axes[0, 0], digit[0, ..., 0], f"digit (label {int(test.labels[DIGIT.value])})", cmap="gray", annotate=False)
   limit = np.abs(kernels).max()
   for c in range(kernels.shape[-1]):
-    heatmap(axes[0, c + 1], kernels[..., c], f"conv1 kernel {c}", cmap="RdBu_r", annotate=False, vmin=-limit, vmax=limit)
+    heatmap(
+      axes[0, c + 1], kernels[..., c], f"conv1 kernel {c}", cmap="RdBu_r", annotate=False, vmin=-limit, vmax=limit
+    )
   draw_maps(axes[1], act1, "conv1 map")
   draw_maps(axes[2:].ravel(), act2, "conv2 map")
-  fig.suptitle(f"{config.model.variant} LeNet, test accuracy {history[-1]['test_accuracy']:.1%}: conv1 kernels (red +, blue -) and the feature maps of one digit after each conv + activation")
+  fig.suptitle(
+    f"{config.model.variant} LeNet, test accuracy {history[-1]['test_accuracy']:.1%}: conv1 kernels (red +, blue -) "
+    "and the feature maps of one digit after each conv + activation"
+  )
   save(fig, OUTDIR.value, "feature_maps")
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 from absl import app, flags
+from textbook_common import define_outdir, plt, save
 
 import jaxconv as jc
 from jaxconv.textbook import EDGE_KERNEL, edge_image, learn_kernel
-from textbook_common import define_outdir, plt, save
 
 OUTDIR = define_outdir("learn_kernel")
 STEPS = flags.DEFINE_integer("steps", 30, "Gradient-descent steps.")
@@ -30,7 +30,9 @@ def main(argv: list[str]) -> None:
   fig, axes = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
   learned = {}
   for (name, op), ax, style in zip(LAYERS.items(), axes[1:], ("-", "--")):
-    kernels, losses = learn_kernel(x, y, EDGE_KERNEL.shape, op, steps=STEPS.value, learning_rate=LEARNING_RATE.value, seed=SEED.value)
+    kernels, losses = learn_kernel(
+      x, y, EDGE_KERNEL.shape, op, steps=STEPS.value, learning_rate=LEARNING_RATE.value, seed=SEED.value
+    )
     learned[name] = kernels[-1]
     print(f"{name} layer: loss per step")
     for i, loss in enumerate(losses):
@@ -41,13 +43,23 @@ def main(argv: list[str]) -> None:
       ax.plot(kernels[:, 0, tap], label=f"k[{tap}] -> {kernels[-1, 0, tap]:+.3f}")
     for target in (1, -1):
       ax.axhline(target, color="gray", linewidth=0.8, linestyle=":")
-    ax.set(xlabel="step", ylabel="kernel tap", ylim=(-2.2, 2.2), title=f"{name} layer learns [{', '.join(f'{v:+.2f}' for v in kernels[-1].ravel())}]")
+    ax.set(
+      xlabel="step",
+      ylabel="kernel tap",
+      ylim=(-2.2, 2.2),
+      title=f"{name} layer learns [{', '.join(f'{v:+.2f}' for v in kernels[-1].ravel())}]",
+    )
     ax.legend()
-  gap = np.abs(np.asarray(jc.correlate(x, learned["cross-correlation"])) - np.asarray(jc.convolve(x, learned["convolution"]))).max()
+  gap = np.abs(
+    np.asarray(jc.correlate(x, learned["cross-correlation"])) - np.asarray(jc.convolve(x, learned["convolution"]))
+  ).max()
   print(f"max |correlation layer output - convolution layer output| = {gap:.2e}")
   axes[0].set(xlabel="step", ylabel="summed squared error", title="loss (the two curves coincide)")
   axes[0].legend()
-  fig.suptitle(f"Learning the edge kernel [1, -1] from X and Y: the convolution layer learns it flipped; the two layers' outputs differ by {gap:.1e}")
+  fig.suptitle(
+    "Learning the edge kernel [1, -1] from X and Y: the convolution layer learns it flipped; "
+    f"the two layers' outputs differ by {gap:.1e}"
+  )
   save(fig, OUTDIR.value, "learn_kernel")
 
 

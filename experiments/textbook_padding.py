@@ -11,11 +11,11 @@ from __future__ import annotations
 import matplotlib.patches as mpatches
 import numpy as np
 from absl import app
+from textbook_common import define_outdir, heatmap, plt, save
 
 import jaxconv as jc
-from jaxconv.geometry import PADDING_MODES
 from jaxconv import reference
-from textbook_common import define_outdir, heatmap, plt, save
+from jaxconv.geometry import PADDING_MODES
 
 OUTDIR = define_outdir("padding")
 
@@ -45,13 +45,29 @@ def main(argv: list[str]) -> None:
     usage = reference.input_usage(SHAPE, KERNEL, mode)
     print(f"{mode}: output {y.shape}, input cells used {usage.min():g} (corner) to {usage.max():g} (centre) times")
     print(usage.astype(int))
-    heatmap(column[0], centred(y), f'"{mode}": output {y.shape[0]}x{y.shape[1]}\n(real input cells per window)', cmap="Greens", vmin=0, vmax=9)
-    heatmap(column[1], centred(usage), f'"{mode}": windows using each input cell\ncorner {usage[0, 0]:g} vs centre {usage[2, 2]:g}', cmap="Blues", vmin=0, vmax=9)
+    heatmap(
+      column[0],
+      centred(y),
+      f'"{mode}": output {y.shape[0]}x{y.shape[1]}\n(real input cells per window)',
+      cmap="Greens",
+      vmin=0,
+      vmax=9,
+    )
+    heatmap(
+      column[1],
+      centred(usage),
+      f'"{mode}": windows using each input cell\ncorner {usage[0, 0]:g} vs centre {usage[2, 2]:g}',
+      cmap="Blues",
+      vmin=0,
+      vmax=9,
+    )
     for ax in column:
       # Where the 5x5 input lies; each output cell sits at the centre of its window.
       offset = (CANVAS - SHAPE[0]) / 2 - 0.5
       ax.add_patch(mpatches.Rectangle((offset, offset), *SHAPE, fill=False, edgecolor="black", linestyle="--"))
-  fig.suptitle("5x5 input (dashed), 3x3 kernel, stride 1: zero padding lets boundary cells count as often as the centre")
+  fig.suptitle(
+    "5x5 input (dashed), 3x3 kernel, stride 1: zero padding lets boundary cells count as often as the centre"
+  )
   save(fig, OUTDIR.value, "padding")
   draw_modes()
 
@@ -65,7 +81,10 @@ def mode_image() -> np.ndarray:
 
 
 def padded(image: np.ndarray, mode: str) -> np.ndarray:
-  """``image`` padded by ``MODE_PAD`` on every side as ``padding_mode=mode`` fills it: a 1x1 identity kernel's output."""
+  """``image`` padded by ``MODE_PAD`` on every side as ``padding_mode=mode`` fills it.
+
+  That is, the output of a 1x1 identity kernel.
+  """
   return np.asarray(jc.correlate(image, np.ones((1, 1)), padding=MODE_PAD, padding_mode=mode))
 
 
@@ -77,9 +96,29 @@ def draw_modes() -> None:
     filled = padded(image, mode)
     blurred = np.asarray(jc.convolve(image, np.full((BLUR, BLUR), 1 / BLUR**2), "same", padding_mode=mode))
     print(f"{mode}: padded {filled.shape}, blurred corner {blurred[0, 0]:.3f} (image corner {image[0, 0]:.3f})")
-    heatmap(column[0], filled, f'padding_mode="{mode}"\n(numpy.pad "{PADDING_MODES[mode]}"), pad {MODE_PAD}', annotate=False, cmap="magma", vmin=0, vmax=1)
-    column[0].add_patch(mpatches.Rectangle((MODE_PAD - 0.5, MODE_PAD - 0.5), *image.shape, fill=False, edgecolor="cyan", linestyle="--", linewidth=2))
-    heatmap(column[1], blurred, f'{BLUR}x{BLUR} box blur, "same"\ncorner {blurred[0, 0]:.2f}', annotate=False, cmap="magma", vmin=0, vmax=1)
+    heatmap(
+      column[0],
+      filled,
+      f'padding_mode="{mode}"\n(numpy.pad "{PADDING_MODES[mode]}"), pad {MODE_PAD}',
+      annotate=False,
+      cmap="magma",
+      vmin=0,
+      vmax=1,
+    )
+    column[0].add_patch(
+      mpatches.Rectangle(
+        (MODE_PAD - 0.5, MODE_PAD - 0.5), *image.shape, fill=False, edgecolor="cyan", linestyle="--", linewidth=2
+      )
+    )
+    heatmap(
+      column[1],
+      blurred,
+      f'{BLUR}x{BLUR} box blur, "same"\ncorner {blurred[0, 0]:.2f}',
+      annotate=False,
+      cmap="magma",
+      vmin=0,
+      vmax=1,
+    )
   fig.suptitle("One 8x8 image (dashed) in the five padding modes, and what each does to a blur at the border")
   save(fig, OUTDIR.value, "padding_modes")
 

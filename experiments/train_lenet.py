@@ -26,11 +26,11 @@ from ml_collections import config_flags  # noqa: E402
 from experiments.lenet import train_and_evaluate  # noqa: E402
 from jaxconv import parallel  # noqa: E402
 from jaxconv.training import (  # noqa: E402
-    ConfigMismatchError,
-    NoIntactCheckpointError,
-    NonFiniteLossError,
-    WorkdirLockedError,
-    quiet_writer_threads,
+  ConfigMismatchError,
+  NoIntactCheckpointError,
+  NonFiniteLossError,
+  WorkdirLockedError,
+  quiet_writer_threads,
 )
 
 FLAGS = flags.FLAGS

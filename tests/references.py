@@ -38,8 +38,13 @@ def assert_close(actual, expected, rtol: float, what: str = "") -> None:
   assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} * {scale:.3g}"
 
 
-def refusal(impl: str, x_shape: Sequence[int], w_shape: Sequence[int], *, convention: str = "lax", dtype=np.float32, **geometry) -> str | None:
-  """Why ``impl`` refuses a conv (float32 unless ``dtype``) of x ``(N, *S, C_in)`` with w ``(*K, C_in // g, C_out)``, or None."""
+def refusal(
+  impl: str, x_shape: Sequence[int], w_shape: Sequence[int], *, convention: str = "lax", dtype=np.float32, **geometry
+) -> str | None:
+  """Why ``impl`` refuses a conv of x ``(N, *S, C_in)`` with w ``(*K, C_in // g, C_out)``, or None.
+
+  The conv is float32 unless ``dtype``.
+  """
   geometry = {"stride": 1, "padding": "valid", "dilation": 1, "groups": 1, **geometry}
   g = conv_geometry(x_shape, w_shape, dtype, convention=convention, **geometry)  # type: ignore[arg-type]
   try:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from jax import lax
 from jax.test_util import check_grads
+from references import IMPLS, LAX_DIMS, assert_close, explicit_pairs, per_axis, random, refusal, rtol_for, with_vjp
 
 import jaxconv as jc
-from references import IMPLS, LAX_DIMS, assert_close, explicit_pairs, per_axis, random, refusal, rtol_for, with_vjp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,16 +35,16 @@ class Case:
 
 
 CASES = {
-    "lenet-conv1": Case((2, 28, 28, 1), (5, 5, 1, 6), padding=2, bias=True),
-    "lenet-conv2": Case((2, 14, 14, 6), (5, 5, 6, 16), bias=True),
-    "3x3-same": Case((2, 8, 8, 4), (3, 3, 4, 8), padding="same", bias=True),
-    "depthwise": Case((2, 9, 9, 4), (3, 3, 1, 4), padding="same", groups=4),
-    "grouped": Case((2, 8, 8, 6), (3, 3, 2, 9), padding=1, groups=3, bias=True),
-    "1x1-pairs": Case((2, 7, 7, 8), (1, 1, 8, 5), padding=[(1, 0), (0, 2)]),
-    "1d-even-strided-same": Case((3, 17, 3), (4, 3, 5), stride=2, padding="same", bias=True),
-    "3d-dilated-same": Case((1, 6, 7, 5, 2), (3, 2, 3, 2, 3), padding="same", dilation=(1, 2, 1)),
-    "strided-same-even": Case((2, 9, 8, 2), (4, 2, 2, 3), stride=(2, 3), padding="same"),
-    "dilated-strided-full": Case((1, 7, 6, 2), (3, 2, 2, 2), stride=(1, 2), dilation=(2, 1), padding="full"),
+  "lenet-conv1": Case((2, 28, 28, 1), (5, 5, 1, 6), padding=2, bias=True),
+  "lenet-conv2": Case((2, 14, 14, 6), (5, 5, 6, 16), bias=True),
+  "3x3-same": Case((2, 8, 8, 4), (3, 3, 4, 8), padding="same", bias=True),
+  "depthwise": Case((2, 9, 9, 4), (3, 3, 1, 4), padding="same", groups=4),
+  "grouped": Case((2, 8, 8, 6), (3, 3, 2, 9), padding=1, groups=3, bias=True),
+  "1x1-pairs": Case((2, 7, 7, 8), (1, 1, 8, 5), padding=[(1, 0), (0, 2)]),
+  "1d-even-strided-same": Case((3, 17, 3), (4, 3, 5), stride=2, padding="same", bias=True),
+  "3d-dilated-same": Case((1, 6, 7, 5, 2), (3, 2, 3, 2, 3), padding="same", dilation=(1, 2, 1)),
+  "strided-same-even": Case((2, 9, 8, 2), (4, 2, 2, 3), stride=(2, 3), padding="same"),
+  "dilated-strided-full": Case((1, 7, 6, 2), (3, 2, 2, 2), stride=(1, 2), dilation=(2, 1), padding="full"),
 }
 
 
@@ -62,8 +62,14 @@ def lax_conv(case: Case):
 
   def conv(x, w, b):
     y = lax.conv_general_dilated(
-        x, w, stride, lax_padding(case.padding, case.w[:rank], dilation), rhs_dilation=dilation,
-        dimension_numbers=LAX_DIMS[rank], feature_group_count=case.groups, precision=lax.Precision.HIGHEST,
+      x,
+      w,
+      stride,
+      lax_padding(case.padding, case.w[:rank], dilation),
+      rhs_dilation=dilation,
+      dimension_numbers=LAX_DIMS[rank],
+      feature_group_count=case.groups,
+      precision=lax.Precision.HIGHEST,
     )
     return y if b is None else y + b
 
@@ -167,4 +173,3 @@ def test_default_impl_is_lax(rng: np.random.Generator):
   x, w = random(rng, (1, 5, 5, 2), (3, 3, 2, 2))
   assert str(jax.make_jaxpr(jc.conv)(x, w)) == str(jax.make_jaxpr(functools.partial(jc.conv, impl="lax"))(x, w))
   assert {"lax", "patches"} <= set(jc.available_impls())
-

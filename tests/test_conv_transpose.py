@@ -8,13 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
-
 from flax import nnx
+from jax import lax
+from references import IMPLS, LAX_DIMS, assert_close, random, rtol_for, with_vjp
 
 import jaxconv as jc
 from jaxconv import nn
-from references import IMPLS, LAX_DIMS, assert_close, random, rtol_for, with_vjp
 
 
 def scatter_add(x: np.ndarray, w: np.ndarray, stride, pads, dilation, groups: int) -> np.ndarray:
@@ -38,11 +37,11 @@ def scatter_add(x: np.ndarray, w: np.ndarray, stride, pads, dilation, groups: in
 
 # (x shape, w shape, stride, padding, dilation, groups, the padding as explicit pairs)
 LOOP_CASES = {
-    "1d-grouped": ((2, 5, 4), (3, 2, 6), (2,), [(1, 0)], (1,), 2, [(1, 0)]),
-    "2d-valid-dilated": ((1, 4, 3, 2), (3, 2, 2, 3), (2, 3), "valid", (1, 2), 1, [(0, 0), (0, 0)]),
-    "2d-upsample-x2": ((2, 3, 4, 2), (4, 4, 2, 1), (2, 2), 1, (1, 1), 1, [(1, 1), (1, 1)]),
-    "2d-full": ((1, 5, 6, 1), (2, 3, 1, 2), (1, 1), "full", (1, 1), 1, [(1, 1), (2, 2)]),
-    "3d-grouped": ((1, 2, 3, 2, 4), (2, 2, 1, 2, 4), (2, 1, 2), "valid", (1, 1, 1), 2, [(0, 0)] * 3),
+  "1d-grouped": ((2, 5, 4), (3, 2, 6), (2,), [(1, 0)], (1,), 2, [(1, 0)]),
+  "2d-valid-dilated": ((1, 4, 3, 2), (3, 2, 2, 3), (2, 3), "valid", (1, 2), 1, [(0, 0), (0, 0)]),
+  "2d-upsample-x2": ((2, 3, 4, 2), (4, 4, 2, 1), (2, 2), 1, (1, 1), 1, [(1, 1), (1, 1)]),
+  "2d-full": ((1, 5, 6, 1), (2, 3, 1, 2), (1, 1), "full", (1, 1), 1, [(1, 1), (2, 2)]),
+  "3d-grouped": ((1, 2, 3, 2, 4), (2, 2, 1, 2, 4), (2, 1, 2), "valid", (1, 1, 1), 2, [(0, 0)] * 3),
 }
 
 
@@ -61,9 +60,14 @@ def lax_transpose(stride, padding, dilation):
 
   def transpose(x, w):
     return lax.conv_transpose(
-        x, jnp.swapaxes(w, -1, -2), stride, padding,
-        rhs_dilation=dilation, dimension_numbers=LAX_DIMS[rank], transpose_kernel=True,
-        precision=lax.Precision.HIGHEST,
+      x,
+      jnp.swapaxes(w, -1, -2),
+      stride,
+      padding,
+      rhs_dilation=dilation,
+      dimension_numbers=LAX_DIMS[rank],
+      transpose_kernel=True,
+      precision=lax.Precision.HIGHEST,
     )
 
   return transpose
@@ -72,11 +76,11 @@ def lax_transpose(stride, padding, dilation):
 # (x shape, w shape, stride, jc padding, dilation, lax.conv_transpose padding): lax's "SAME" is
 # ours; its "VALID" is ours while stride <= kernel; explicit (lo, hi) is lax's (k_eff-1-lo, k_eff-1-hi).
 LAX_CASES = {
-    "same-3x3": ((2, 5, 4, 2), (3, 3, 2, 2), (1, 1), "same", (1, 1), "SAME"),
-    "same-odd-strided": ((2, 5, 4, 3), (3, 3, 3, 2), (2, 2), "same", (1, 1), "SAME"),
-    "same-even-stride-gt-kernel": ((1, 4, 5, 2), (4, 2, 2, 3), (2, 3), "same", (1, 1), "SAME"),
-    "valid": ((2, 4, 4, 2), (3, 2, 2, 2), (2, 2), "valid", (1, 1), "VALID"),
-    "explicit-dilated": ((1, 5, 4, 2), (3, 3, 2, 2), (2, 1), [(1, 2), (0, 3)], (2, 2), [(3, 2), (4, 1)]),
+  "same-3x3": ((2, 5, 4, 2), (3, 3, 2, 2), (1, 1), "same", (1, 1), "SAME"),
+  "same-odd-strided": ((2, 5, 4, 3), (3, 3, 3, 2), (2, 2), "same", (1, 1), "SAME"),
+  "same-even-stride-gt-kernel": ((1, 4, 5, 2), (4, 2, 2, 3), (2, 3), "same", (1, 1), "SAME"),
+  "valid": ((2, 4, 4, 2), (3, 2, 2, 2), (2, 2), "valid", (1, 1), "VALID"),
+  "explicit-dilated": ((1, 5, 4, 2), (3, 3, 2, 2), (2, 1), [(1, 2), (0, 3)], (2, 2), [(3, 2), (4, 1)]),
 }
 
 
@@ -106,17 +110,17 @@ def test_matches_lax_conv_transpose(name: str, impl: str | None, rng: np.random.
 
 
 @pytest.mark.parametrize(
-    "n, k, stride, padding, dilation, expected",
-    [
-        (5, 3, 1, "valid", 1, 7),  # (n - 1) s + d (k - 1) + 1 - lo - hi
-        (5, 3, 2, "valid", 1, 11),
-        (5, 3, 2, "valid", 2, 13),
-        (5, 4, 2, 1, 1, 10),  # the classic 2x upsampling: k = 4, s = 2, pad 1
-        (5, 4, 3, [(2, 0)], 1, 14),
-        (5, 3, 1, "full", 1, 3),
-        (5, 3, 2, "same", 1, 10),  # "same": n * s
-        (5, 2, 3, "same", 2, 15),
-    ],
+  "n, k, stride, padding, dilation, expected",
+  [
+    (5, 3, 1, "valid", 1, 7),  # (n - 1) s + d (k - 1) + 1 - lo - hi
+    (5, 3, 2, "valid", 1, 11),
+    (5, 3, 2, "valid", 2, 13),
+    (5, 4, 2, 1, 1, 10),  # the classic 2x upsampling: k = 4, s = 2, pad 1
+    (5, 4, 3, [(2, 0)], 1, 14),
+    (5, 3, 1, "full", 1, 3),
+    (5, 3, 2, "same", 1, 10),  # "same": n * s
+    (5, 2, 3, "same", 2, 15),
+  ],
 )
 def test_output_size(n: int, k: int, stride: int, padding, dilation: int, expected: int):
   """The transposed size, and the forward conv of the same geometry maps it back to n."""
@@ -133,13 +137,13 @@ def test_output_size(n: int, k: int, stride: int, padding, dilation: int, expect
 
 # (x spatial of the forward conv, kernel, stride, padding, dilation); op = (n + lo + hi - k_eff) % s per axis.
 IDENTITY_CASES = {
-    "1d-op-0": ((7,), (3,), (2,), [(1, 1)], (1,)),
-    "1d-op-1": ((8,), (3,), (2,), [(1, 1)], (1,)),
-    "1d-op-2-stride-3": ((12,), (2,), (3,), [(0, 1)], (1,)),
-    "2d-mixed-op": ((9, 8), (3, 4), (3, 2), [(1, 2), (0, 1)], (1, 1)),
-    "2d-valid-dilated": ((10, 7), (2, 3), (3, 2), "valid", (2, 1)),
-    "2d-same-stride-gt-kernel": ((8, 11), (3, 1), (2, 4), "same", (1, 1)),
-    "3d": ((5, 6, 4), (2, 3, 2), (2, 2, 3), [(0, 1), (1, 1), (0, 0)], (1, 1, 1)),
+  "1d-op-0": ((7,), (3,), (2,), [(1, 1)], (1,)),
+  "1d-op-1": ((8,), (3,), (2,), [(1, 1)], (1,)),
+  "1d-op-2-stride-3": ((12,), (2,), (3,), [(0, 1)], (1,)),
+  "2d-mixed-op": ((9, 8), (3, 4), (3, 2), [(1, 2), (0, 1)], (1, 1)),
+  "2d-valid-dilated": ((10, 7), (2, 3), (3, 2), "valid", (2, 1)),
+  "2d-same-stride-gt-kernel": ((8, 11), (3, 1), (2, 4), "same", (1, 1)),
+  "3d": ((5, 6, 4), (2, 3, 2), (2, 2, 3), [(0, 1), (1, 1), (0, 0)], (1, 1, 1)),
 }
 IDENTITY_CALLS = [(name, None) for name in IDENTITY_CASES] + [("2d-mixed-op", impl) for impl in IMPLS]
 
@@ -150,24 +154,47 @@ def test_output_padding_gives_the_input_gradient_of_conv(name: str, impl: str | 
   spatial, kernel, stride, padding, dilation = IDENTITY_CASES[name]
   rank = len(spatial)
   extent = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
-  pads = lax.padtype_to_pads(spatial, extent, stride, "SAME") if padding == "same" else [(0, 0)] * rank if padding == "valid" else padding
+  pads = (
+    lax.padtype_to_pads(spatial, extent, stride, "SAME")
+    if padding == "same"
+    else [(0, 0)] * rank
+    if padding == "valid"
+    else padding
+  )
   op = tuple((n + lo + hi - e) % s for n, (lo, hi), e, s in zip(spatial, pads, extent, stride))
   assert any(op) == (name != "1d-op-0"), op  # the cases exercise op = 0 and op != 0
   x, w = random(rng, (2, *spatial, 3), (*kernel, 3, 2))
-  conv = functools.partial(lax.conv_general_dilated, window_strides=stride, padding=[tuple(p) for p in pads], rhs_dilation=dilation,
-                           dimension_numbers=LAX_DIMS[rank], precision=lax.Precision.HIGHEST)  # fmt: skip
+  conv = functools.partial(
+    lax.conv_general_dilated,
+    window_strides=stride,
+    padding=[tuple(p) for p in pads],
+    rhs_dilation=dilation,
+    dimension_numbers=LAX_DIMS[rank],
+    precision=lax.Precision.HIGHEST,
+  )
   y, pullback = jax.vjp(lambda x: conv(x, w), x)
   (g,) = random(rng, y.shape)
   (dx_ref,) = pullback(g)
-  transpose = functools.partial(jc.conv_transpose, stride=stride, padding=padding if padding != "same" else [tuple(p) for p in pads],
-                                dilation=dilation, output_padding=op, impl=impl)  # fmt: skip
+  transpose = functools.partial(
+    jc.conv_transpose,
+    stride=stride,
+    padding=padding if padding != "same" else [tuple(p) for p in pads],
+    dilation=dilation,
+    output_padding=op,
+    impl=impl,
+  )
   try:
     dx = jax.jit(transpose)(g, np.swapaxes(w, -1, -2))
   except ValueError as e:  # a kernel may refuse the forward conv being transposed
     assert f"impl={impl!r}" in str(e)
     pytest.skip(str(e))
   assert_close(dx, dx_ref, rtol_for(impl), "dx")
-  assert jc.output_shape(y.shape[1:-1], kernel, transpose.keywords["padding"], stride, dilation, transpose=True, output_padding=op) == spatial
+  assert (
+    jc.output_shape(
+      y.shape[1:-1], kernel, transpose.keywords["padding"], stride, dilation, transpose=True, output_padding=op
+    )
+    == spatial
+  )
 
 
 def test_output_padding_beyond_the_stride_adds_zero_outputs(rng: np.random.Generator):
@@ -178,23 +205,27 @@ def test_output_padding_beyond_the_stride_adds_zero_outputs(rng: np.random.Gener
   assert y.shape == (1, 3 + 7 + 2, 1)
   assert_close(y, np.pad(full, ((0, 0), (0, 2), (0, 0))), rtol_for(None), "y")
   # with a high pad, op first gives back the cropped outputs
-  assert_close(jc.conv_transpose(x, w, dilation=3, padding=[(1, 2)], output_padding=2), full[:, 1:], rtol_for(None), "cropped")
+  assert_close(
+    jc.conv_transpose(x, w, dilation=3, padding=[(1, 2)], output_padding=2), full[:, 1:], rtol_for(None), "cropped"
+  )
 
 
 @pytest.mark.parametrize(
-    "n, k, stride, padding, dilation, output_padding, expected",
-    [
-        (7, 3, 2, 1, 1, 1, 14),  # (n - 1) s - 2 p + d (k - 1) + op + 1
-        (5, 4, 3, [(2, 0)], 1, 2, 16),
-        (5, 3, 1, "valid", 3, 2, 13),  # op < max(s, d) = 3
-        (5, 3, 2, "same", 1, 1, 11),  # "same": n s + op
-        (4, 2, 2, "full", 1, 1, 7),
-    ],
+  "n, k, stride, padding, dilation, output_padding, expected",
+  [
+    (7, 3, 2, 1, 1, 1, 14),  # (n - 1) s - 2 p + d (k - 1) + op + 1
+    (5, 4, 3, [(2, 0)], 1, 2, 16),
+    (5, 3, 1, "valid", 3, 2, 13),  # op < max(s, d) = 3
+    (5, 3, 2, "same", 1, 1, 11),  # "same": n s + op
+    (4, 2, 2, "full", 1, 1, 7),
+  ],
 )
 def test_output_padding_sizes(n, k, stride, padding, dilation, output_padding, expected):
   x, w = jax.ShapeDtypeStruct((1, n, 1), np.float32), jax.ShapeDtypeStruct((k, 1, 1), np.float32)
   geometry = dict(stride=stride, padding=padding, dilation=dilation)
-  assert jax.eval_shape(functools.partial(jc.conv_transpose, output_padding=output_padding, **geometry), x, w).shape == (1, expected, 1)
+  assert jax.eval_shape(
+    functools.partial(jc.conv_transpose, output_padding=output_padding, **geometry), x, w
+  ).shape == (1, expected, 1)
   assert jc.output_shape(n, k, **geometry, transpose=True, output_padding=output_padding) == (expected,)
   layer = nn.ConvTranspose(1, 1, (k,), output_padding=output_padding, rngs=nnx.Rngs(0), **geometry)
   assert layer(jnp.ones((1, n, 1))).shape == (1, expected, 1)
@@ -204,19 +235,19 @@ X2, W2 = np.ones((1, 4, 4, 2), np.float32), np.ones((3, 3, 2, 1), np.float32)
 
 
 @pytest.mark.parametrize(
-    "call, exc",
-    [
-        (lambda: jc.conv_transpose(X2, W2, stride=2, output_padding=-1), ValueError),
-        (lambda: jc.conv_transpose(X2, W2, stride=2, output_padding=2), ValueError),  # >= max(stride, dilation)
-        (lambda: jc.conv_transpose(X2, W2, stride=(2, 1), output_padding=(1, 1)), ValueError),
-        (lambda: jc.conv_transpose(X2, W2, stride=2, dilation=3, output_padding=3), ValueError),
-        (lambda: jc.conv_transpose(X2, W2, stride=2, output_padding=(1, 1, 1)), ValueError),
-        (lambda: jc.conv_transpose(X2, W2, stride=2, output_padding=0.5), TypeError),
-        (lambda: jax.jit(functools.partial(jc.conv_transpose, stride=2, output_padding=2))(X2, W2), ValueError),
-        (lambda: nn.ConvTranspose(2, 1, (3, 3), stride=2, output_padding=2, rngs=nnx.Rngs(0)), ValueError),
-        (lambda: jc.output_shape(4, 3, stride=2, transpose=True, output_padding=2), ValueError),
-        (lambda: jc.output_shape(4, 3, stride=2, output_padding=1), ValueError),  # only with transpose=True
-    ],
+  "call, exc",
+  [
+    (lambda: jc.conv_transpose(X2, W2, stride=2, output_padding=-1), ValueError),
+    (lambda: jc.conv_transpose(X2, W2, stride=2, output_padding=2), ValueError),  # >= max(stride, dilation)
+    (lambda: jc.conv_transpose(X2, W2, stride=(2, 1), output_padding=(1, 1)), ValueError),
+    (lambda: jc.conv_transpose(X2, W2, stride=2, dilation=3, output_padding=3), ValueError),
+    (lambda: jc.conv_transpose(X2, W2, stride=2, output_padding=(1, 1, 1)), ValueError),
+    (lambda: jc.conv_transpose(X2, W2, stride=2, output_padding=0.5), TypeError),
+    (lambda: jax.jit(functools.partial(jc.conv_transpose, stride=2, output_padding=2))(X2, W2), ValueError),
+    (lambda: nn.ConvTranspose(2, 1, (3, 3), stride=2, output_padding=2, rngs=nnx.Rngs(0)), ValueError),
+    (lambda: jc.output_shape(4, 3, stride=2, transpose=True, output_padding=2), ValueError),
+    (lambda: jc.output_shape(4, 3, stride=2, output_padding=1), ValueError),  # only with transpose=True
+  ],
 )
 def test_bad_output_padding_is_refused_naming_it(call, exc):
   with pytest.raises(exc, match="^output_padding"):

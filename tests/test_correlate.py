@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import IMPLS, assert_close, dilate_kernel, explicit_pairs, per_axis, random, refusal, rtol_for
 from scipy import signal
 
 import jaxconv as jc
-from references import IMPLS, assert_close, dilate_kernel, explicit_pairs, per_axis, random, refusal, rtol_for
 
 OPS = {"correlate": jc.correlate, "convolve": jc.convolve}
 SCIPY = {"correlate": signal.correlate, "convolve": signal.convolve}
@@ -59,33 +59,33 @@ def make_calls(specs: list[tuple], seed: int) -> list[Call]:
 # Ranks 1-3; odd, even and mixed kernels; kernels longer than x ("valid" then is an error).
 # Compiled once per impl, so it holds few, small calls.
 MODES_BATCH = make_calls(
-    [
-        ("1d-even", (12,), (4,), MODES, 1, 1),
-        ("1d-long-kernel", (4,), (6,), ("same", "full"), 1, 1),
-        ("2d-odd", (7, 8), (3, 3), MODES, 1, 1),
-        ("2d-mixed", (6, 9), (2, 3), MODES, 1, 1),
-        ("3d-even", (4, 5, 6), (2, 1, 4), MODES, 1, 1),
-    ],
-    seed=1,
+  [
+    ("1d-even", (12,), (4,), MODES, 1, 1),
+    ("1d-long-kernel", (4,), (6,), ("same", "full"), 1, 1),
+    ("2d-odd", (7, 8), (3, 3), MODES, 1, 1),
+    ("2d-mixed", (6, 9), (2, 3), MODES, 1, 1),
+    ("3d-even", (4, 5, 6), (2, 1, 4), MODES, 1, 1),
+  ],
+  seed=1,
 )
 
 # Stride s == the stride-1 result sampled [::s] on every axis; explicit pads == np.pad then
 # "valid"; dilation d == the kernel with d - 1 zeros between taps; all three together.
 GEOMETRY_BATCH = make_calls(
-    [
-        ("1d-even-strided", (13,), (4,), MODES, 3, 1),
-        ("2d-strided", (9, 8), (3, 2), MODES, (2, 3), 1),
-        ("3d-strided", (5, 6, 4), (2, 3, 1), ("same", "full"), (2, 1, 3), 1),
-        ("1d-padded", (9,), (4,), (2, [(3, 0)], [(0, 5)]), 1, 1),
-        ("2d-padded", (6, 7), (3, 2), (0, (1, 3), [(0, 2), (3, 1)]), 1, 1),
-        ("3d-padded", (4, 5, 3), (2, 2, 3), ([(1, 0), (0, 0), (2, 1)],), 1, 1),
-        ("1d-dilated", (14,), (3,), MODES, 1, 2),
-        ("1d-even-dilated-strided", (15,), (2,), ("same",), 2, 3),
-        ("2d-dilated", (9, 8), (2, 3), MODES, 1, (2, 1)),
-        ("2d-all", (9, 10), (2, 3), ([(2, 1), (0, 3)],), (2, 1), (1, 2)),
-        ("3d-dilated", (7, 5, 6), (2, 1, 2), ("same", "full"), 1, 2),
-    ],
-    seed=2,
+  [
+    ("1d-even-strided", (13,), (4,), MODES, 3, 1),
+    ("2d-strided", (9, 8), (3, 2), MODES, (2, 3), 1),
+    ("3d-strided", (5, 6, 4), (2, 3, 1), ("same", "full"), (2, 1, 3), 1),
+    ("1d-padded", (9,), (4,), (2, [(3, 0)], [(0, 5)]), 1, 1),
+    ("2d-padded", (6, 7), (3, 2), (0, (1, 3), [(0, 2), (3, 1)]), 1, 1),
+    ("3d-padded", (4, 5, 3), (2, 2, 3), ([(1, 0), (0, 0), (2, 1)],), 1, 1),
+    ("1d-dilated", (14,), (3,), MODES, 1, 2),
+    ("1d-even-dilated-strided", (15,), (2,), ("same",), 2, 3),
+    ("2d-dilated", (9, 8), (2, 3), MODES, 1, (2, 1)),
+    ("2d-all", (9, 10), (2, 3), ([(2, 1), (0, 3)],), (2, 1), (1, 2)),
+    ("3d-dilated", (7, 5, 6), (2, 1, 2), ("same", "full"), 1, 2),
+  ],
+  seed=2,
 )
 
 
@@ -113,7 +113,7 @@ def check_batch(calls: list[Call], impl: str | None) -> None:
 
 
 def test_modes_match_scipy():
-  """"valid", "same", "full" of correlate and convolve with the default kernel are scipy.signal's."""
+  """ "valid", "same", "full" of correlate and convolve with the default kernel are scipy.signal's."""
   check_batch(MODES_BATCH, None)
 
 

@@ -30,7 +30,17 @@ def write(path: Path, payload: bytes, compress: bool = False) -> Path:
   return path
 
 
-@pytest.mark.parametrize("dtype, shape", [(np.uint8, (5, 4, 3)), (np.int8, (7,)), (np.int16, (2, 3)), (np.int32, (3, 1)), (np.float32, (2, 2, 2, 2)), (np.float64, (4,))])
+@pytest.mark.parametrize(
+  "dtype, shape",
+  [
+    (np.uint8, (5, 4, 3)),
+    (np.int8, (7,)),
+    (np.int16, (2, 3)),
+    (np.int32, (3, 1)),
+    (np.float32, (2, 2, 2, 2)),
+    (np.float64, (4,)),
+  ],
+)
 @pytest.mark.parametrize("compress", [False, True])
 def test_read_idx_round_trip(tmp_path, rng, dtype, shape, compress):
   array = (rng.standard_normal(shape) * 100).astype(dtype)
@@ -43,16 +53,16 @@ GOOD = idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
 
 
 @pytest.mark.parametrize(
-    "payload, message",
-    [
-        (GOOD[:-5], r"truncated: shape \(2, 3, 4\) of uint8 needs 24 bytes of data, found 19"),
-        (GOOD[:10], r"truncated header: rank 3 needs 16 bytes, the file has 10"),
-        (GOOD[:3], "too short for an IDX header"),
-        (GOOD + b"\0\0", "2 unexpected bytes after the 24 bytes"),
-        (b"\x89PNG" + GOOD[4:], "not an IDX file"),
-        (bytes([0, 0, 0x07, 3]) + GOOD[4:], "not an IDX file"),
-        (bytes([0, 0, 0x08, 0]), "rank 0"),
-    ],
+  "payload, message",
+  [
+    (GOOD[:-5], r"truncated: shape \(2, 3, 4\) of uint8 needs 24 bytes of data, found 19"),
+    (GOOD[:10], r"truncated header: rank 3 needs 16 bytes, the file has 10"),
+    (GOOD[:3], "too short for an IDX header"),
+    (GOOD + b"\0\0", "2 unexpected bytes after the 24 bytes"),
+    (b"\x89PNG" + GOOD[4:], "not an IDX file"),
+    (bytes([0, 0, 0x07, 3]) + GOOD[4:], "not an IDX file"),
+    (bytes([0, 0, 0x08, 0]), "rank 0"),
+  ],
 )
 def test_read_idx_explains_bad_files(tmp_path, payload, message):
   path = write(tmp_path / "bad.idx", payload)
@@ -75,7 +85,10 @@ def mnist() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def test_bundled_mnist(mnist):
-  for split, n, first in [("train", 60_000, [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]), ("test", 10_000, [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])]:
+  for split, n, first in [
+    ("train", 60_000, [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]),
+    ("test", 10_000, [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]),
+  ]:
     images, labels = mnist[split]
     assert images.shape == (n, 28, 28, 1) and images.dtype == np.uint8
     assert labels.shape == (n,) and labels.dtype == np.int32

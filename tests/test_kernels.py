@@ -15,13 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from references import LAX_DIMS, assert_close, random
 
 import benchmarks as bench
 import jaxconv as jc
 from jaxconv import kernels
 from jaxconv.geometry import ConvGeometry, conv_geometry
 from jaxconv.kernels import auto, depthwise, fft, im2col, taps, toeplitz, winograd
-from references import LAX_DIMS, assert_close, random
 
 
 def lax_reference(x, w, *, stride, pads, dilation=1, groups=1):
@@ -29,7 +29,16 @@ def lax_reference(x, w, *, stride, pads, dilation=1, groups=1):
   rank = x.ndim - 2
   stride = (stride,) * rank if isinstance(stride, int) else stride
   dilation = (dilation,) * rank if isinstance(dilation, int) else dilation
-  return lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation, dimension_numbers=LAX_DIMS[rank], feature_group_count=groups, precision=lax.Precision.HIGHEST)
+  return lax.conv_general_dilated(
+    x,
+    w,
+    stride,
+    pads,
+    rhs_dilation=dilation,
+    dimension_numbers=LAX_DIMS[rank],
+    feature_group_count=groups,
+    precision=lax.Precision.HIGHEST,
+  )
 
 
 def value_and_grads(conv, x, w, ct):
@@ -45,7 +54,13 @@ def value_and_grads(conv, x, w, ct):
 def assert_matches_lax(impl: str, x, w, rtol: float = 1e-5, **geometry):
   """``impl``'s value and gradients equal lax's for explicit-pad ``geometry`` (pads as pairs)."""
   pads = geometry.pop("pads")
-  reference = functools.partial(lax_reference, stride=geometry.get("stride", 1), pads=pads, dilation=geometry.get("dilation", 1), groups=geometry.get("groups", 1))
+  reference = functools.partial(
+    lax_reference,
+    stride=geometry.get("stride", 1),
+    pads=pads,
+    dilation=geometry.get("dilation", 1),
+    groups=geometry.get("groups", 1),
+  )
   (ct,) = random(np.random.default_rng(1), jax.eval_shape(reference, x, w).shape)
   mine = functools.partial(jc.conv, padding=pads, impl=impl, **geometry)
   y, (dx, dw) = value_and_grads(mine, x, w, ct)
@@ -58,7 +73,10 @@ def assert_matches_lax(impl: str, x, w, rtol: float = 1e-5, **geometry):
 # chunking and memory
 
 
-@pytest.mark.parametrize(("batch", "per_image", "budget", "expected"), [(32, 7, 30, 4), (32, 10, 1, 1), (12, 1, 100, 12), (7, 3, 10, 1), (6, 2, 7, 3)])
+@pytest.mark.parametrize(
+  ("batch", "per_image", "budget", "expected"),
+  [(32, 7, 30, 4), (32, 10, 1, 1), (12, 1, 100, 12), (7, 3, 10, 1), (6, 2, 7, 3)],
+)
 def test_batch_chunk_is_the_largest_fitting_divisor(batch, per_image, budget, expected):
   """Chunks divide the batch and fit the budget; at least one image per chunk."""
   assert taps.batch_chunk(batch, per_image, budget) == expected
@@ -103,19 +121,19 @@ def test_depthwise_chunked_kernel_gradient(monkeypatch, rng):
 
 
 AUTO_CHOICES = {
-    "lenet_conv1": "toeplitz",
-    "lenet_conv2": "toeplitz",
-    "resnet_3x3": "hybrid",
-    "resnet_3x3_s2": "hybrid",
-    "bottleneck_1x1": "im2col",
-    "depthwise_3x3": "depthwise",
-    "large_15x15": "fft",
-    "conv1d_k5": "lax",
-    "conv3d_3x3x3": "winograd",
-    "grouped_3x3_g4": "im2col",
-    "dilated_3x3_d2": "lax",
-    "stem_7x7_s2": "lax",
-    "cifar_5x5": "im2col",
+  "lenet_conv1": "toeplitz",
+  "lenet_conv2": "toeplitz",
+  "resnet_3x3": "hybrid",
+  "resnet_3x3_s2": "hybrid",
+  "bottleneck_1x1": "im2col",
+  "depthwise_3x3": "depthwise",
+  "large_15x15": "fft",
+  "conv1d_k5": "lax",
+  "conv3d_3x3x3": "winograd",
+  "grouped_3x3_g4": "im2col",
+  "dilated_3x3_d2": "lax",
+  "stem_7x7_s2": "lax",
+  "cifar_5x5": "im2col",
 }
 
 
@@ -187,7 +205,9 @@ def test_fft_error_is_within_its_stated_bound(rng):
   y = jc.conv(x, w, padding=pads, impl="fft")
   exact = numpy_correlate(x, w, pads)
   err = np.max(np.abs(np.asarray(y, np.float64) - exact)) / np.max(np.abs(exact))
-  lax_err = np.max(np.abs(np.asarray(lax_reference(x, w, stride=1, pads=pads), np.float64) - exact)) / np.max(np.abs(exact))
+  lax_err = np.max(np.abs(np.asarray(lax_reference(x, w, stride=1, pads=pads), np.float64) - exact)) / np.max(
+    np.abs(exact)
+  )
   assert err <= fft.FFT_RTOL
   assert err <= 100 * max(lax_err, np.finfo(np.float32).eps)  # the same order as lax's own rounding
 
@@ -197,18 +217,20 @@ def test_fft_error_is_within_its_stated_bound(rng):
 
 
 @pytest.mark.parametrize(
-    ("w_shape", "geometry", "reason"),
-    [
-        ((5, 5, 2, 2), {}, "3-tap"),
-        ((3, 1, 2, 2), {}, "3-tap"),
-        ((3, 3, 2, 2), {"stride": 2}, "stride 1"),
-        ((3, 3, 2, 2), {"dilation": (1, 2)}, "dilation 1"),
-    ],
+  ("w_shape", "geometry", "reason"),
+  [
+    ((5, 5, 2, 2), {}, "3-tap"),
+    ((3, 1, 2, 2), {}, "3-tap"),
+    ((3, 3, 2, 2), {"stride": 2}, "stride 1"),
+    ((3, 3, 2, 2), {"dilation": (1, 2)}, "dilation 1"),
+  ],
 )
 def test_winograd_refuses_what_it_cannot_do(w_shape, geometry, reason):
   """supports() names the reason, and jc.conv turns it into a ValueError naming the impl."""
   x = np.ones((1, 9, 9, 2), np.float32)
-  spec = conv_geometry(x.shape, w_shape, np.float32, padding="valid", **{"stride": 1, "dilation": 1, "groups": 1, **geometry})
+  spec = conv_geometry(
+    x.shape, w_shape, np.float32, padding="valid", **{"stride": 1, "dilation": 1, "groups": 1, **geometry}
+  )
   assert reason in winograd.supports_winograd(spec)
   with pytest.raises(ValueError, match="impl='winograd'"):
     jc.conv(x, np.ones(w_shape, np.float32), impl="winograd", **geometry)
@@ -216,9 +238,13 @@ def test_winograd_refuses_what_it_cannot_do(w_shape, geometry, reason):
 
 @pytest.mark.parametrize("tile", [2, 4], ids=["F(2,3)", "F(4,3)"])
 @pytest.mark.parametrize(
-    ("x_shape", "w_shape", "pads"),
-    [((2, 9, 10, 4), (3, 3, 2, 6), ((3, 1), (2, 0))), ((3, 13, 5), (3, 5, 7), ((1, 1),)), ((1, 5, 6, 7, 3), (3, 3, 3, 3, 4), ((1, 1),) * 3)],
-    ids=["2d-grouped", "1d", "3d"],
+  ("x_shape", "w_shape", "pads"),
+  [
+    ((2, 9, 10, 4), (3, 3, 2, 6), ((3, 1), (2, 0))),
+    ((3, 13, 5), (3, 5, 7), ((1, 1),)),
+    ((1, 5, 6, 7, 3), (3, 3, 3, 3, 4), ((1, 1),) * 3),
+  ],
+  ids=["2d-grouped", "1d", "3d"],
 )
 def test_winograd_tiles_match_lax(monkeypatch, rng, tile, x_shape, w_shape, pads):
   """F(2,3) and F(4,3), any rank, ragged last tiles, groups: values and gradients equal lax's."""
@@ -253,7 +279,7 @@ def test_toeplitz_grouped_strided_dilated_and_forward_mode(rng):
   x, w = random(rng, (2, 9, 11, 4), (3, 2, 2, 6))
   geometry = dict(stride=(2, 3), dilation=(1, 2), groups=2)
   assert_matches_lax("toeplitz", x, w, pads=((1, 2), (0, 3)), **geometry)
-  conv = lambda impl: functools.partial(jc.conv, padding=((1, 2), (0, 3)), impl=impl, **geometry)  # noqa: E731
+  conv = lambda impl: functools.partial(jc.conv, padding=((1, 2), (0, 3)), impl=impl, **geometry)
   tangents = tuple(random(np.random.default_rng(2), x.shape, w.shape))
   assert_close(jax.jvp(conv("toeplitz"), (x, w), tangents)[1], jax.jvp(conv("lax"), (x, w), tangents)[1], 1e-5, "jvp")
 
@@ -288,17 +314,24 @@ def test_bench_rows_and_report():
   by_impl = {r["impl"]: r for r in rows}
   assert by_impl["lax"]["fb_speedup"] == 1.0
   assert max(by_impl["im2col"][k] for k in ("err_y", "err_dx", "err_dw")) < 1e-5
-  assert by_impl["im2col"]["fwd_ms"] > 0 and math.isclose(by_impl["im2col"]["fb_gflops"], 3 * shape.spec().flops / by_impl["im2col"]["fb_ms"] / 1e6)
+  assert by_impl["im2col"]["fwd_ms"] > 0 and math.isclose(
+    by_impl["im2col"]["fb_gflops"], 3 * shape.spec().flops / by_impl["im2col"]["fb_ms"] / 1e6
+  )
   assert by_impl["depthwise"]["skipped"].startswith("refused")
   summary = bench.summarize(rows, {})
   assert summary["per_shape"]["tiny"]["fastest"] in {"lax", "im2col"}
   table = bench.markdown(rows, summary, bench.environment())
-  assert "| tiny | im2col |" in table and "| tiny | " in "\n".join(bench.summary_table(summary)) and "XLA_FLAGS" in table
+  assert (
+    "| tiny | im2col |" in table and "| tiny | " in "\n".join(bench.summary_table(summary)) and "XLA_FLAGS" in table
+  )
 
 
 def test_bench_geomean_of_auto_over_target_shapes():
   """The summary's geometric mean is over the target shapes' lax / auto forward+backward ratios."""
-  rows = [{"shape": name, "impl": "auto", "fb_ms": 1.0, "fb_speedup": s} for name, s in zip(bench.TARGET_SHAPES, (2, 8, 1, 1, 1, 1, 0.5))]
+  rows = [
+    {"shape": name, "impl": "auto", "fb_ms": 1.0, "fb_speedup": s}
+    for name, s in zip(bench.TARGET_SHAPES, (2, 8, 1, 1, 1, 1, 0.5))
+  ]
   summary = bench.summarize(rows + [{"shape": "conv1d_k5", "impl": "auto", "fb_ms": 1.0, "fb_speedup": 100.0}], {})
   assert math.isclose(summary["target_geomean_auto_speedup"], 8 ** (1 / 7))
   assert summary["shapes_where_auto_is_slower_than_lax"] == [bench.TARGET_SHAPES[-1]]

@@ -26,15 +26,15 @@ from jaxconv.lax_compat import conv_general_dilated
 
 # (dimension_numbers as passed to lax, number of spatial axes)
 LAYOUTS = [
-    (None, 2),  # lax's default: NCHW / OIHW / NCHW
-    (("NHWC", "HWIO", "NHWC"), 2),
-    (("NWC", "WIO", "NWC"), 1),
-    (("NDHWC", "DHWIO", "NDHWC"), 3),
-    (lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)), 2),
-    (("HNCW", "WHOI", "CWHN"), 2),  # odd permutations everywhere
-    (("NWHC", "HWIO", "NCHW"), 2),  # lhs lists its spatial axes in another order than rhs
-    (None, 1),  # NCW / OIW / NCW
-    (("CWN", "IWO", "WNC"), 1),
+  (None, 2),  # lax's default: NCHW / OIHW / NCHW
+  (("NHWC", "HWIO", "NHWC"), 2),
+  (("NWC", "WIO", "NWC"), 1),
+  (("NDHWC", "DHWIO", "NDHWC"), 3),
+  (lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)), 2),
+  (("HNCW", "WHOI", "CWHN"), 2),  # odd permutations everywhere
+  (("NWHC", "HWIO", "NCHW"), 2),  # lhs lists its spatial axes in another order than rhs
+  (None, 1),  # NCW / OIW / NCW
+  (("CWN", "IWO", "WNC"), 1),
 ]
 PADDINGS = ["SAME", "VALID", "SAME_LOWER", "pairs", "negative"]
 
@@ -54,15 +54,21 @@ class Case:
 
   def kwargs(self) -> dict:
     return {
-        "window_strides": self.window_strides, "padding": self.padding, "lhs_dilation": self.lhs_dilation,
-        "rhs_dilation": self.rhs_dilation, "dimension_numbers": self.dimension_numbers,
-        "feature_group_count": self.feature_group_count,
+      "window_strides": self.window_strides,
+      "padding": self.padding,
+      "lhs_dilation": self.lhs_dilation,
+      "rhs_dilation": self.rhs_dilation,
+      "dimension_numbers": self.dimension_numbers,
+      "feature_group_count": self.feature_group_count,
     }
 
   def __str__(self) -> str:
     dn = self.dimension_numbers
     dn = "default" if dn is None else ("cdn" if isinstance(dn, lax.ConvDimensionNumbers) else "/".join(dn))
-    return f"{dn}-{self.lhs_shape}-{self.rhs_shape}-s{self.window_strides}-p{self.padding}-ld{self.lhs_dilation}-rd{self.rhs_dilation}-g{self.feature_group_count}"
+    return (
+      f"{dn}-{self.lhs_shape}-{self.rhs_shape}-s{self.window_strides}-p{self.padding}"
+      f"-ld{self.lhs_dilation}-rd{self.rhs_dilation}-g{self.feature_group_count}"
+    )
 
 
 def _place(canonical: tuple[int, ...], spec: tuple[int, ...]) -> tuple[int, ...]:
@@ -104,7 +110,11 @@ def _grid(n: int, seed: int = 0) -> list[Case]:
   while len(cases) < n:
     dn, rank = LAYOUTS[i % len(LAYOUTS)]
     case = _draw_case(r, dn, rank, PADDINGS[i % len(PADDINGS)])
-    shape = jax.eval_shape(functools.partial(lax.conv_general_dilated, **case.kwargs()), jax.ShapeDtypeStruct(case.lhs_shape, jnp.float32), jax.ShapeDtypeStruct(case.rhs_shape, jnp.float32)).shape
+    shape = jax.eval_shape(
+      functools.partial(lax.conv_general_dilated, **case.kwargs()),
+      jax.ShapeDtypeStruct(case.lhs_shape, jnp.float32),
+      jax.ShapeDtypeStruct(case.rhs_shape, jnp.float32),
+    ).shape
     if 0 not in shape:  # empty outputs have their own test
       cases.append(case)
       i += 1
@@ -114,7 +124,12 @@ def _grid(n: int, seed: int = 0) -> list[Case]:
 GRID = _grid(45)
 SMALL_GRID = GRID[:5]  # every impl on these; the whole grid with "auto"
 # Forward mode: a few grid cases, and a 3x3 stride-1 one that winograd serves (it refuses the others).
-FWD_GRID = [GRID[0], GRID[2], GRID[4], Case((2, 6, 6, 2), (3, 3, 2, 3), (1, 1), "SAME", None, None, ("NHWC", "HWIO", "NHWC"), 1)]
+FWD_GRID = [
+  GRID[0],
+  GRID[2],
+  GRID[4],
+  Case((2, 6, 6, 2), (3, 3, 2, 3), (1, 1), "SAME", None, None, ("NHWC", "HWIO", "NHWC"), 1),
+]
 
 
 def _arrays(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,13 +166,24 @@ def test_signature_is_laxs_plus_impl():
   """Same parameter names, kinds, order and defaults as this jax's lax.conv_general_dilated."""
   ours = inspect.signature(jc.conv_general_dilated).parameters
   theirs = inspect.signature(lax.conv_general_dilated).parameters
-  assert [(p.name, p.kind, p.default) for p in theirs.values()] == [(p.name, p.kind, p.default) for p in ours.values()][:-1]
+  assert [(p.name, p.kind, p.default) for p in theirs.values()] == [(p.name, p.kind, p.default) for p in ours.values()][
+    :-1
+  ]
   assert ours["impl"].kind is inspect.Parameter.KEYWORD_ONLY and ours["impl"].default == "auto"
   assert "auto" in jc.available_impls()
 
 
 def test_grid_covers_every_layout_and_padding_pair():
-  seen = {(repr(c.dimension_numbers), len(c.lhs_shape), "negative" if not isinstance(c.padding, str) and min(min(p) for p in c.padding) < 0 else (c.padding if isinstance(c.padding, str) else "pairs")) for c in GRID}
+  seen = {
+    (
+      repr(c.dimension_numbers),
+      len(c.lhs_shape),
+      "negative"
+      if not isinstance(c.padding, str) and min(min(p) for p in c.padding) < 0
+      else (c.padding if isinstance(c.padding, str) else "pairs"),
+    )
+    for c in GRID
+  }
   assert len(seen) == len(LAYOUTS) * len(PADDINGS)
   assert any(c.lhs_dilation and max(c.lhs_dilation) > 1 for c in GRID)
   assert any(c.rhs_dilation and max(c.rhs_dilation) > 1 for c in GRID)
@@ -213,7 +239,20 @@ def test_partial_picks_an_impl():
   case = GRID[0]
   lhs, rhs, _ = _arrays(case)
   conv = functools.partial(jc.conv_general_dilated, impl="patches")
-  assert_close(jax.jit(lambda a, b: conv(a, b, case.window_strides, case.padding, dimension_numbers=case.dimension_numbers, feature_group_count=case.feature_group_count))(lhs, rhs), _lax_result(case)[0], 1e-5)
+  assert_close(
+    jax.jit(
+      lambda a, b: conv(
+        a,
+        b,
+        case.window_strides,
+        case.padding,
+        dimension_numbers=case.dimension_numbers,
+        feature_group_count=case.feature_group_count,
+      )
+    )(lhs, rhs),
+    _lax_result(case)[0],
+    1e-5,
+  )
 
 
 def test_numpy_int_vectors_as_arguments():
@@ -281,15 +320,20 @@ def test_bfloat16_with_float32_accumulation(impl):
 @pytest.mark.parametrize("precision", [lax.Precision.HIGHEST, "highest", (lax.Precision.DEFAULT, lax.Precision.HIGH)])
 def test_explicit_precision_goes_to_lax(precision):
   lhs, rhs = random(np.random.default_rng(0), (2, 3, 6, 6), (4, 3, 3, 3))
-  f = functools.partial(jc.conv_general_dilated, window_strides=(1, 1), padding="SAME", precision=precision, impl="im2col")
+  f = functools.partial(
+    jc.conv_general_dilated, window_strides=(1, 1), padding="SAME", precision=precision, impl="im2col"
+  )
   assert "convolution" in jax.jit(f).lower(lhs, rhs).as_text()
   _same_as_lax(lhs, rhs, ((1, 1), "SAME"), {"precision": precision})
 
 
-@pytest.mark.parametrize(("lhs_shape", "rhs_shape", "args"), [
+@pytest.mark.parametrize(
+  ("lhs_shape", "rhs_shape", "args"),
+  [
     ((2, 3), (4, 3), ((), "VALID")),  # no spatial axis
     ((1, 2, 3, 3, 3, 3), (2, 2, 2, 2, 2, 2), ((1, 1, 1, 1), "SAME")),  # four
-])
+  ],
+)
 def test_other_spatial_ranks_go_to_lax(lhs_shape, rhs_shape, args):
   lhs, rhs = random(np.random.default_rng(0), lhs_shape, rhs_shape)
   _same_as_lax(lhs, rhs, args, {})
@@ -309,13 +353,16 @@ def test_out_sharding_none_is_accepted():
 
 
 @pytest.mark.parametrize("impl", ["auto", "im2col"])  # answered before any kernel runs
-@pytest.mark.parametrize(("lhs_shape", "rhs_shape", "padding"), [
+@pytest.mark.parametrize(
+  ("lhs_shape", "rhs_shape", "padding"),
+  [
     ((0, 3, 6, 6), (4, 3, 3, 3), "SAME"),  # N = 0
     ((2, 0, 6, 6), (4, 0, 3, 3), "SAME"),  # C_in = 0: zeros
     ((2, 3, 6, 6), (0, 3, 3, 3), "SAME"),  # C_out = 0
     ((2, 3, 6, 6), (4, 3, 9, 3), "VALID"),  # kernel larger than the input: empty output in lax
     ((2, 3, 6, 6), (4, 3, 3, 3), ((-3, -2), (0, 0))),  # cropped below the kernel size
-])
+  ],
+)
 def test_empty_inputs_and_outputs(impl, lhs_shape, rhs_shape, padding):
   lhs, rhs = random(np.random.default_rng(0), lhs_shape, rhs_shape)
   _same_as_lax(lhs, rhs, ((1, 1), padding), {}, impl=impl)
@@ -329,39 +376,51 @@ X, W = np.ones((2, 4, 8, 8), np.float32), np.ones((6, 4, 3, 3), np.float32)
 P = ((0, 0), (0, 0))
 
 BAD_CALLS = {
-    # name: (args, kwargs, the argument our message names, or None for lax's own message)
-    "rank mismatch": ((X, W[0], (1, 1), "VALID"), {}, "ndim"),
-    "stride 0": ((X, W, (0, 1), "SAME"), {}, "window_strides"),
-    "stride -1": ((X, W, (-1, 1), "VALID"), {}, "window_strides"),
-    "stride length": ((X, W, (1,), "VALID"), {}, "window_strides"),
-    "stride int": ((X, W, 1, "VALID"), {}, "window_strides"),
-    "stride float": ((X, W, (1.5, 1), "VALID"), {}, "window_strides"),
-    "padding unknown string": ((X, W, (1, 1), "FULL"), {}, "padding"),
-    "padding count": ((X, W, (1, 1), [(1, 1)]), {}, "padding"),
-    "padding triple": ((X, W, (1, 1), [(1, 1, 1), (1, 1, 1)]), {}, "padding"),
-    "padding float": ((X, W, (1, 1), [(1.0, 1), (1, 1)]), {}, "padding"),
-    "padding int": ((X, W, (1, 1), 1), {}, "padding"),
-    "padding too negative": ((X, W, (1, 1), [(-5, -5), (0, 0)]), {}, None),
-    "string padding with lhs_dilation": ((X, W, (1, 1), "SAME"), {"lhs_dilation": (2, 1)}, "padding"),
-    "lhs_dilation 0": ((X, W, (1, 1), P), {"lhs_dilation": (0, 1)}, "lhs_dilation"),
-    "lhs_dilation length": ((X, W, (1, 1), P), {"lhs_dilation": (2,)}, "lhs_dilation"),
-    "lhs_dilation int": ((X, W, (1, 1), P), {"lhs_dilation": 2}, "lhs_dilation"),
-    "rhs_dilation 0": ((X, W, (1, 1), P), {"rhs_dilation": (0, 1)}, "rhs_dilation"),
-    "rhs_dilation length": ((X, W, (1, 1), P), {"rhs_dilation": (2,)}, "rhs_dilation"),
-    "rhs_dilation float": ((X, W, (1, 1), P), {"rhs_dilation": (2.0, 1)}, "rhs_dilation"),
-    "feature_group_count 0": ((X, W, (1, 1), P), {"feature_group_count": 0}, "feature_group_count"),
-    "feature_group_count 3": ((X, W, (1, 1), P), {"feature_group_count": 3}, "feature_group_count"),
-    "feature_group_count channel mismatch": ((X, W, (1, 1), P), {"feature_group_count": 2}, "feature_group_count"),
-    "channel mismatch": ((X, W[:, :3], (1, 1), P), {}, "feature"),
-    "batch_group_count 0": ((X, W, (1, 1), P), {"batch_group_count": 0}, "batch_group_count"),
-    "batch_group_count 3": ((X, W, (1, 1), P), {"batch_group_count": 3}, "batch_group_count"),
-    "dtype mismatch": ((X, W.astype(jnp.bfloat16), (1, 1), P), {}, "dtype"),
-    "dimension_numbers length": ((X, W, (1, 1), P), {"dimension_numbers": ("NCHW", "OIHW")}, "dimension_numbers"),
-    "dimension_numbers letters": ((X, W, (1, 1), P), {"dimension_numbers": ("NCHW", "OIHW", "NCXW")}, "dimension_numbers"),
-    "dimension_numbers string": ((X, W, (1, 1), P), {"dimension_numbers": "NCHW"}, "dimension_numbers"),
-    "preferred_element_type narrower": ((X, W, (1, 1), P), {"preferred_element_type": jnp.float16}, "preferred_element_type"),
-    "preferred_element_type int for floats": ((X, W, (1, 1), P), {"preferred_element_type": jnp.int32}, "preferred_element_type"),
-    "precision unknown": ((X, W, (1, 1), P), {"precision": "foo"}, "recision"),
+  # name: (args, kwargs, the argument our message names, or None for lax's own message)
+  "rank mismatch": ((X, W[0], (1, 1), "VALID"), {}, "ndim"),
+  "stride 0": ((X, W, (0, 1), "SAME"), {}, "window_strides"),
+  "stride -1": ((X, W, (-1, 1), "VALID"), {}, "window_strides"),
+  "stride length": ((X, W, (1,), "VALID"), {}, "window_strides"),
+  "stride int": ((X, W, 1, "VALID"), {}, "window_strides"),
+  "stride float": ((X, W, (1.5, 1), "VALID"), {}, "window_strides"),
+  "padding unknown string": ((X, W, (1, 1), "FULL"), {}, "padding"),
+  "padding count": ((X, W, (1, 1), [(1, 1)]), {}, "padding"),
+  "padding triple": ((X, W, (1, 1), [(1, 1, 1), (1, 1, 1)]), {}, "padding"),
+  "padding float": ((X, W, (1, 1), [(1.0, 1), (1, 1)]), {}, "padding"),
+  "padding int": ((X, W, (1, 1), 1), {}, "padding"),
+  "padding too negative": ((X, W, (1, 1), [(-5, -5), (0, 0)]), {}, None),
+  "string padding with lhs_dilation": ((X, W, (1, 1), "SAME"), {"lhs_dilation": (2, 1)}, "padding"),
+  "lhs_dilation 0": ((X, W, (1, 1), P), {"lhs_dilation": (0, 1)}, "lhs_dilation"),
+  "lhs_dilation length": ((X, W, (1, 1), P), {"lhs_dilation": (2,)}, "lhs_dilation"),
+  "lhs_dilation int": ((X, W, (1, 1), P), {"lhs_dilation": 2}, "lhs_dilation"),
+  "rhs_dilation 0": ((X, W, (1, 1), P), {"rhs_dilation": (0, 1)}, "rhs_dilation"),
+  "rhs_dilation length": ((X, W, (1, 1), P), {"rhs_dilation": (2,)}, "rhs_dilation"),
+  "rhs_dilation float": ((X, W, (1, 1), P), {"rhs_dilation": (2.0, 1)}, "rhs_dilation"),
+  "feature_group_count 0": ((X, W, (1, 1), P), {"feature_group_count": 0}, "feature_group_count"),
+  "feature_group_count 3": ((X, W, (1, 1), P), {"feature_group_count": 3}, "feature_group_count"),
+  "feature_group_count channel mismatch": ((X, W, (1, 1), P), {"feature_group_count": 2}, "feature_group_count"),
+  "channel mismatch": ((X, W[:, :3], (1, 1), P), {}, "feature"),
+  "batch_group_count 0": ((X, W, (1, 1), P), {"batch_group_count": 0}, "batch_group_count"),
+  "batch_group_count 3": ((X, W, (1, 1), P), {"batch_group_count": 3}, "batch_group_count"),
+  "dtype mismatch": ((X, W.astype(jnp.bfloat16), (1, 1), P), {}, "dtype"),
+  "dimension_numbers length": ((X, W, (1, 1), P), {"dimension_numbers": ("NCHW", "OIHW")}, "dimension_numbers"),
+  "dimension_numbers letters": (
+    (X, W, (1, 1), P),
+    {"dimension_numbers": ("NCHW", "OIHW", "NCXW")},
+    "dimension_numbers",
+  ),
+  "dimension_numbers string": ((X, W, (1, 1), P), {"dimension_numbers": "NCHW"}, "dimension_numbers"),
+  "preferred_element_type narrower": (
+    (X, W, (1, 1), P),
+    {"preferred_element_type": jnp.float16},
+    "preferred_element_type",
+  ),
+  "preferred_element_type int for floats": (
+    (X, W, (1, 1), P),
+    {"preferred_element_type": jnp.int32},
+    "preferred_element_type",
+  ),
+  "precision unknown": ((X, W, (1, 1), P), {"precision": "foo"}, "recision"),
 }
 
 
@@ -373,7 +432,10 @@ def test_bad_arguments_raise_laxs_kind(name):
   kind = type(lax_error.value)
   assert kind in (TypeError, ValueError, RuntimeError), lax_error.value
   # Raised in Python, before XLA: also when only tracing with abstract shapes.
-  for call in (lambda: jc.conv_general_dilated(*args, **kwargs), lambda: jax.jit(lambda a, b: jc.conv_general_dilated(a, b, *args[2:], **kwargs))(*args[:2])):
+  for call in (
+    lambda: jc.conv_general_dilated(*args, **kwargs),
+    lambda: jax.jit(lambda a, b: jc.conv_general_dilated(a, b, *args[2:], **kwargs))(*args[:2]),
+  ):
     with pytest.raises(kind) as ours:
       call()
     assert names is None or names in str(ours.value), ours.value
@@ -396,13 +458,13 @@ def test_non_array_input_is_a_type_error():
 
 
 FLAX_CONFIGS = [
-    # (kernel_size, strides, padding, feature_group_count, kernel_dilation, input_dilation, in, out)
-    ((3, 3), 1, "SAME", 1, 1, 1, 3, 8),
-    ((3, 3), 2, "VALID", 1, 1, 1, 3, 8),
-    ((3, 3), 1, "CIRCULAR", 1, 1, 1, 4, 6),
-    ((5, 5), (2, 1), "SAME", 2, 1, 1, 4, 6),
-    ((3, 3), 1, "SAME", 4, (2, 1), 1, 4, 8),  # depthwise-like, dilated
-    ((3,), 2, ((1, 2),), 1, 1, 2, 3, 5),  # 1-D, transposed: input dilation needs explicit pads
+  # (kernel_size, strides, padding, feature_group_count, kernel_dilation, input_dilation, in, out)
+  ((3, 3), 1, "SAME", 1, 1, 1, 3, 8),
+  ((3, 3), 2, "VALID", 1, 1, 1, 3, 8),
+  ((3, 3), 1, "CIRCULAR", 1, 1, 1, 4, 6),
+  ((5, 5), (2, 1), "SAME", 2, 1, 1, 4, 6),
+  ((3, 3), 1, "SAME", 4, (2, 1), 1, 4, 8),  # depthwise-like, dilated
+  ((3,), 2, ((1, 2),), 1, 1, 2, 3, 5),  # 1-D, transposed: input dilation needs explicit pads
 ]
 
 
@@ -428,7 +490,9 @@ def _assert_same_results(mine, ref) -> None:
     assert_close(a, b, 1e-4, jax.tree_util.keystr(path))
 
 
-NNX_PARAMS = [pytest.param(c, "auto", id=f"auto-{c}") for c in FLAX_CONFIGS] + [pytest.param(c, "im2col", id=f"im2col-{c}") for c in FLAX_CONFIGS[2:3]]
+NNX_PARAMS = [pytest.param(c, "auto", id=f"auto-{c}") for c in FLAX_CONFIGS] + [
+  pytest.param(c, "im2col", id=f"im2col-{c}") for c in FLAX_CONFIGS[2:3]
+]
 
 
 @pytest.mark.parametrize(("config", "impl"), NNX_PARAMS)
@@ -437,8 +501,17 @@ def test_nnx_conv(config, impl):
 
   kernel_size, strides, padding, groups, kernel_dilation, input_dilation, c_in, c_out = config
   make = lambda seed, **conv: nnx.Conv(
-      c_in, c_out, kernel_size, strides, padding=padding, feature_group_count=groups, kernel_dilation=kernel_dilation,
-      input_dilation=input_dilation, bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(seed), **conv,
+    c_in,
+    c_out,
+    kernel_size,
+    strides,
+    padding=padding,
+    feature_group_count=groups,
+    kernel_dilation=kernel_dilation,
+    input_dilation=input_dilation,
+    bias_init=nnx.initializers.normal(1.0),
+    rngs=nnx.Rngs(seed),
+    **conv,
   )
   ref, mine = make(0), make(1, conv_general_dilated=functools.partial(jc.conv_general_dilated, impl=impl))
   graphdef_ref, params = nnx.split(ref, nnx.Param)
@@ -453,7 +526,16 @@ def test_linen_conv(config):
   from flax import linen
 
   kernel_size, strides, padding, groups, kernel_dilation, input_dilation, c_in, c_out = config
-  kw = {"features": c_out, "kernel_size": kernel_size, "strides": strides, "padding": padding, "feature_group_count": groups, "kernel_dilation": kernel_dilation, "input_dilation": input_dilation, "bias_init": jax.nn.initializers.normal(1.0)}
+  kw = {
+    "features": c_out,
+    "kernel_size": kernel_size,
+    "strides": strides,
+    "padding": padding,
+    "feature_group_count": groups,
+    "kernel_dilation": kernel_dilation,
+    "input_dilation": input_dilation,
+    "bias_init": jax.nn.initializers.normal(1.0),
+  }
   ref, mine = linen.Conv(**kw), linen.Conv(**kw, conv_general_dilated=jc.conv_general_dilated)
   x = _flax_input(kernel_size, c_in)
   params = ref.init(jax.random.key(0), x)  # one set of parameters for both

@@ -32,7 +32,9 @@ def test_structure_and_parameter_count(variant, act, pool):
   assert (conv2.kernel_size, conv2.padding, conv2.in_features, conv2.out_features) == ((5, 5), "valid", 6, 16)
   assert act1 is act2 is act
   assert isinstance(pool1, pool) and isinstance(pool2, pool) and pool1.window == (2, 2)
-  widths = [(layer.in_features, layer.out_features) for layer in model.classifier.layers if isinstance(layer, nnx.Linear)]
+  widths = [
+    (layer.in_features, layer.out_features) for layer in model.classifier.layers if isinstance(layer, nnx.Linear)
+  ]
   assert widths == [(400, 120), (120, 84), (84, 10)]
   assert output_shape(model, (3, 28, 28, 1)) == (3, 10)
 
@@ -43,7 +45,14 @@ def test_other_input_sizes_and_classes():
   assert model.classifier.layers[1].in_features == 16 * 6 * 6
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(variant="vintage"), "variant must be one of"), (dict(num_classes=0), "num_classes"), (dict(impl="nope"), "impl='nope'")])
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    (dict(variant="vintage"), "variant must be one of"),
+    (dict(num_classes=0), "num_classes"),
+    (dict(impl="nope"), "impl='nope'"),
+  ],
+)
 def test_rejects_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):
     LeNet(rngs=nnx.Rngs(0), **kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,12 +14,12 @@ from jaxconv import nn
 
 
 @pytest.mark.parametrize(
-    "rank, kwargs",
-    [
-        (1, dict(stride=2, padding="same")),
-        (2, dict(padding=((1, 2), (0, 1)), dilation=(1, 2), groups=2)),
-        (3, dict(stride=(1, 2, 1), padding=1, use_bias=False)),
-    ],
+  "rank, kwargs",
+  [
+    (1, dict(stride=2, padding="same")),
+    (2, dict(padding=((1, 2), (0, 1)), dilation=(1, 2), groups=2)),
+    (3, dict(stride=(1, 2, 1), padding=1, use_bias=False)),
+  ],
 )
 def test_conv_matches_lax(rng, rank, kwargs):
   layer = nn.Conv(4, 6, (3,) * rank, impl="lax", rngs=nnx.Rngs(0), **kwargs)
@@ -63,15 +62,15 @@ def test_kernel_init_scale(init, gain):
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(groups=3), "groups=3 must divide in_features"),
-        (dict(padding="middle"), "padding must be one of"),
-        (dict(stride=0), "stride must be >= 1"),
-        (dict(impl="nope"), "impl='nope' is not a registered kernel"),
-        (dict(kernel_size=(3, 3, 3, 3)), "kernel_size must give 1-3 spatial axes"),
-        (dict(dilation=(1, 2, 3)), "dilation must be an int or a sequence of 2 ints"),
-    ],
+  "kwargs, message",
+  [
+    (dict(groups=3), "groups=3 must divide in_features"),
+    (dict(padding="middle"), "padding must be one of"),
+    (dict(stride=0), "stride must be >= 1"),
+    (dict(impl="nope"), "impl='nope' is not a registered kernel"),
+    (dict(kernel_size=(3, 3, 3, 3)), "kernel_size must give 1-3 spatial axes"),
+    (dict(dilation=(1, 2, 3)), "dilation must be an int or a sequence of 2 ints"),
+  ],
 )
 def test_conv_rejects_bad_arguments(kwargs, message):
   kwargs = {"kernel_size": (3, 3), **kwargs}
@@ -93,8 +92,12 @@ def test_pools_match_reduce_window(rng):
 
 
 @pytest.mark.parametrize(
-    "args, message",
-    [(((2, 0),), "window must be >= 1"), (((2, 2), (1, 1, 1)), "stride must be an int or a sequence of 2 ints"), ((2, 1, "edge"), "padding must be one of")],
+  "args, message",
+  [
+    (((2, 0),), "window must be >= 1"),
+    (((2, 2), (1, 1, 1)), "stride must be an int or a sequence of 2 ints"),
+    ((2, 1, "edge"), "padding must be one of"),
+  ],
 )
 def test_pools_reject_bad_arguments(args, message):
   for pool in (nn.MaxPool, nn.AvgPool):
@@ -118,7 +121,13 @@ def test_pool_layers_take_pytorch_arguments(rng):
   dilated = nn.MaxPool(2, 1, dilation=3)
   expected = np.maximum.reduce([x[:, i : i + 4, j : j + 4] for i in (0, 3) for j in (0, 3)])
   assert_close(dilated(x), expected, 0, "dilated")
-  assert (dilated.window, dilated.stride, dilated.padding, dilated.dilation, dilated.ceil_mode) == (2, 1, "valid", 3, False)
+  assert (dilated.window, dilated.stride, dilated.padding, dilated.dilation, dilated.ceil_mode) == (
+    2,
+    1,
+    "valid",
+    3,
+    False,
+  )
   pool = nn.AvgPool(3, 2, 1, count_include_pad=False, ceil_mode=True)
   assert (pool.count_include_pad, pool.ceil_mode) == (False, True)
 
@@ -132,20 +141,20 @@ def test_adaptive_pool_layers(rng):
 
 
 @pytest.mark.parametrize(
-    "make, exc, message",
-    [
-        (lambda: nn.MaxPool(2, dilation=0), ValueError, "^dilation"),
-        (lambda: nn.MaxPool((2, 2), dilation=(1, 1, 1)), ValueError, "^dilation"),
-        (lambda: nn.MaxPool(2, ceil_mode=1), TypeError, "^ceil_mode"),
-        (lambda: nn.AvgPool(2, ceil_mode=None), TypeError, "^ceil_mode"),
-        (lambda: nn.AvgPool(2, count_include_pad="no"), TypeError, "^count_include_pad"),
-        (lambda: nn.MaxPool(2, padding=2), ValueError, "^padding"),  # pad as wide as the window
-        (lambda: nn.AdaptiveAvgPool(0), ValueError, "^output_size"),
-        (lambda: nn.AdaptiveMaxPool((2, -1)), ValueError, "^output_size"),
-        (lambda: nn.AdaptiveAvgPool((1, 2, 3, 4)), ValueError, "^output_size"),
-        (lambda: nn.AdaptiveMaxPool(2.0), TypeError, "^output_size"),
-        (lambda: nn.AdaptiveMaxPool(3)(jnp.ones((1, 4, 4, 4, 4, 1))), ValueError, "^x"),
-    ],
+  "make, exc, message",
+  [
+    (lambda: nn.MaxPool(2, dilation=0), ValueError, "^dilation"),
+    (lambda: nn.MaxPool((2, 2), dilation=(1, 1, 1)), ValueError, "^dilation"),
+    (lambda: nn.MaxPool(2, ceil_mode=1), TypeError, "^ceil_mode"),
+    (lambda: nn.AvgPool(2, ceil_mode=None), TypeError, "^ceil_mode"),
+    (lambda: nn.AvgPool(2, count_include_pad="no"), TypeError, "^count_include_pad"),
+    (lambda: nn.MaxPool(2, padding=2), ValueError, "^padding"),  # pad as wide as the window
+    (lambda: nn.AdaptiveAvgPool(0), ValueError, "^output_size"),
+    (lambda: nn.AdaptiveMaxPool((2, -1)), ValueError, "^output_size"),
+    (lambda: nn.AdaptiveAvgPool((1, 2, 3, 4)), ValueError, "^output_size"),
+    (lambda: nn.AdaptiveMaxPool(2.0), TypeError, "^output_size"),
+    (lambda: nn.AdaptiveMaxPool(3)(jnp.ones((1, 4, 4, 4, 4, 1))), ValueError, "^x"),
+  ],
 )
 def test_pool_layers_check_arguments_at_construction(make, exc, message):
   with pytest.raises(exc, match=message):

@@ -31,17 +31,17 @@ needs_onednn = pytest.mark.skipif(_REASON is not None, reason=f"onednn unavailab
 
 # (x shape, w shape, conv_geometry keywords): 1-3 spatial axes, stride, dilation, pads, groups.
 CASES = [
-    ((2, 9, 4), (3, 4, 6), {}),
-    ((3, 11, 5), (4, 5, 7), {"stride": 3, "padding": "same", "dilation": 2}),
-    ((1, 10, 2), (3, 1, 4), {"padding": ((2, 0),), "groups": 2}),
-    ((2, 7, 8, 3), (3, 3, 3, 5), {"padding": 1}),
-    ((2, 9, 10, 4), (3, 3, 2, 6), {"stride": 2, "padding": ((1, 2), (0, 1)), "dilation": (1, 2), "groups": 2}),
-    ((2, 8, 8, 4), (3, 3, 1, 4), {"padding": "same", "groups": 4}),  # depthwise
-    ((1, 12, 9, 2), (5, 2, 2, 3), {"stride": (3, 1), "padding": ((0, 4), (1, 1))}),  # unused input rows
-    # oneDNN has only reference code for this backward-weights channels-last: blocked activations.
-    ((1, 17, 16, 2), (15, 15, 2, 3), {"padding": "same"}),
-    ((2, 5, 6, 7, 3), (2, 3, 2, 3, 4), {"stride": (1, 2, 1), "padding": 1}),
-    ((1, 6, 5, 6, 4), (3, 3, 3, 2, 4), {"dilation": (2, 1, 1), "padding": ((2, 2), (1, 1), (0, 1)), "groups": 2}),
+  ((2, 9, 4), (3, 4, 6), {}),
+  ((3, 11, 5), (4, 5, 7), {"stride": 3, "padding": "same", "dilation": 2}),
+  ((1, 10, 2), (3, 1, 4), {"padding": ((2, 0),), "groups": 2}),
+  ((2, 7, 8, 3), (3, 3, 3, 5), {"padding": 1}),
+  ((2, 9, 10, 4), (3, 3, 2, 6), {"stride": 2, "padding": ((1, 2), (0, 1)), "dilation": (1, 2), "groups": 2}),
+  ((2, 8, 8, 4), (3, 3, 1, 4), {"padding": "same", "groups": 4}),  # depthwise
+  ((1, 12, 9, 2), (5, 2, 2, 3), {"stride": (3, 1), "padding": ((0, 4), (1, 1))}),  # unused input rows
+  # oneDNN has only reference code for this backward-weights channels-last: blocked activations.
+  ((1, 17, 16, 2), (15, 15, 2, 3), {"padding": "same"}),
+  ((2, 5, 6, 7, 3), (2, 3, 2, 3, 4), {"stride": (1, 2, 1), "padding": 1}),
+  ((1, 6, 5, 6, 4), (3, 3, 3, 2, 4), {"dilation": (2, 1, 1), "padding": ((2, 2), (1, 1), (0, 1)), "groups": 2}),
 ]
 
 
@@ -52,8 +52,14 @@ def _geometry(case) -> ConvGeometry:
 
 def _lax(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   return lax.conv_general_dilated(
-      x, w, g.stride, g.padding, rhs_dilation=g.dilation, dimension_numbers=dimension_numbers(g.rank),
-      feature_group_count=g.groups, precision=lax.Precision.HIGHEST,
+    x,
+    w,
+    g.stride,
+    g.padding,
+    rhs_dilation=g.dilation,
+    dimension_numbers=dimension_numbers(g.rank),
+    feature_group_count=g.groups,
+    precision=lax.Precision.HIGHEST,
   )
 
 
@@ -90,9 +96,9 @@ def test_vmap_matches_lax(rng, which, in_axes):
   g = _geometry({"forward": CASES[4], "input_grad": CASES[8], "kernel_grad": CASES[1]}[which])
   x, w, dy = _operands(rng, g)
   fn, ref, (a, b) = {
-      "forward": (onednn.forward, _lax, (x, w)),
-      "input_grad": (onednn.input_grad, _lax_input_grad, (dy, w)),
-      "kernel_grad": (onednn.kernel_grad, _lax_kernel_grad, (x, dy)),
+    "forward": (onednn.forward, _lax, (x, w)),
+    "input_grad": (onednn.input_grad, _lax_input_grad, (dy, w)),
+    "kernel_grad": (onednn.kernel_grad, _lax_kernel_grad, (x, dy)),
   }[which]
   # Three different members per batched operand.
   a = jnp.stack([a, -2 * a, a + 1]) if in_axes[0] == 0 else a
@@ -195,8 +201,8 @@ def test_unavailable_kernel_refuses_every_call(monkeypatch):
 
 def test_import_succeeds_without_the_library():
   code = (
-      "import jaxconv, jaxconv.kernels.onednn as k; from jaxconv.geometry import conv_geometry; "
-      "print(k.supports_onednn(conv_geometry((1, 4, 1), (2, 1, 1), 'float32')))"
+    "import jaxconv, jaxconv.kernels.onednn as k; from jaxconv.geometry import conv_geometry; "
+    "print(k.supports_onednn(conv_geometry((1, 4, 1), (2, 1, 1), 'float32')))"
   )
   env = dict(os.environ, **{onednn.LIBRARY_ENV: "/nonexistent/libdnnl.so.3"})
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)

@@ -10,25 +10,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
+from references import IMPLS, refusal
 
 import jaxconv as jc
 from jaxconv.geometry import normalize_ints, output_size, resolve_padding
-from references import IMPLS, refusal
 
 
 @pytest.mark.parametrize(
-    "padding, n, k, stride, dilation, scipy_pads, lax_pads",
-    [
-        ("valid", 10, 4, 1, 1, (0, 0), (0, 0)),
-        ("full", 10, 4, 1, 1, (3, 3), (3, 3)),
-        ("full", 10, 2, 1, 3, (3, 3), (3, 3)),  # dilated extent 4
-        ("same", 10, 3, 1, 1, (1, 1), (1, 1)),
-        ("same", 10, 4, 1, 1, (2, 1), (1, 2)),  # even kernel: the extra pad goes low (scipy), high (lax)
-        ("same", 10, 2, 1, 2, (1, 1), (1, 1)),  # dilated extent 3 is odd again
-        ("same", 10, 3, 3, 1, (1, 1), (1, 1)),  # lax: ceil(10 / 3) = 4 outputs need 2 pads in all
-        ("same", 10, 3, 4, 1, (1, 1), (0, 1)),  # lax: 3 outputs need 1 pad; scipy ignores the stride
-        ("same", 9, 1, 2, 1, (0, 0), (0, 0)),
-    ],
+  "padding, n, k, stride, dilation, scipy_pads, lax_pads",
+  [
+    ("valid", 10, 4, 1, 1, (0, 0), (0, 0)),
+    ("full", 10, 4, 1, 1, (3, 3), (3, 3)),
+    ("full", 10, 2, 1, 3, (3, 3), (3, 3)),  # dilated extent 4
+    ("same", 10, 3, 1, 1, (1, 1), (1, 1)),
+    ("same", 10, 4, 1, 1, (2, 1), (1, 2)),  # even kernel: the extra pad goes low (scipy), high (lax)
+    ("same", 10, 2, 1, 2, (1, 1), (1, 1)),  # dilated extent 3 is odd again
+    ("same", 10, 3, 3, 1, (1, 1), (1, 1)),  # lax: ceil(10 / 3) = 4 outputs need 2 pads in all
+    ("same", 10, 3, 4, 1, (1, 1), (0, 1)),  # lax: 3 outputs need 1 pad; scipy ignores the stride
+    ("same", 9, 1, 2, 1, (0, 0), (0, 0)),
+  ],
 )
 def test_mode_strings(padding: str, n: int, k: int, stride: int, dilation: int, scipy_pads, lax_pads):
   """The table in jaxconv.geometry's docstring, for one axis."""
@@ -37,14 +37,14 @@ def test_mode_strings(padding: str, n: int, k: int, stride: int, dilation: int, 
 
 
 @pytest.mark.parametrize(
-    "padding, expected",
-    [
-        (2, ((2, 2), (2, 2))),
-        (np.int64(1), ((1, 1), (1, 1))),
-        ((1, 3), ((1, 1), (3, 3))),  # per-axis ints pad both sides of their axis
-        ([(0, 2), (3, 1)], ((0, 2), (3, 1))),
-        ("SAME", ((1, 1), (1, 1))),
-    ],
+  "padding, expected",
+  [
+    (2, ((2, 2), (2, 2))),
+    (np.int64(1), ((1, 1), (1, 1))),
+    ((1, 3), ((1, 1), (3, 3))),  # per-axis ints pad both sides of their axis
+    ([(0, 2), (3, 1)], ((0, 2), (3, 1))),
+    ("SAME", ((1, 1), (1, 1))),
+  ],
 )
 def test_explicit_forms(padding, expected):
   """Ints, per-axis ints and (lo, hi) pairs mean the same in both conventions."""
@@ -72,12 +72,12 @@ def geometries(draw) -> tuple:
   spatial = tuple(draw(per_axis(st.integers(1, 9))))
   kernel = tuple(draw(per_axis(st.integers(1, 4))))
   padding = draw(
-      st.one_of(
-          st.sampled_from(("valid", "same", "full")),
-          st.integers(0, 3),
-          per_axis(st.integers(0, 3)),
-          per_axis(st.tuples(st.integers(0, 3), st.integers(0, 3))),
-      )
+    st.one_of(
+      st.sampled_from(("valid", "same", "full")),
+      st.integers(0, 3),
+      per_axis(st.integers(0, 3)),
+      per_axis(st.tuples(st.integers(0, 3), st.integers(0, 3))),
+    )
   )
   stride = draw(st.one_of(axis_ints, per_axis(axis_ints)))
   dilation = draw(st.one_of(axis_ints, per_axis(axis_ints)))

@@ -18,13 +18,19 @@ import pytest
 import scipy.signal
 from flax import nnx
 from jax import lax
+from references import IMPLS, LAX_DIMS, assert_close, per_axis, random, rtol_for, with_vjp
 
 import jaxconv as jc
 from jaxconv import nn
-from references import IMPLS, LAX_DIMS, assert_close, per_axis, random, rtol_for, with_vjp
 
 # padding_mode -> numpy.pad's mode (the contract's table, written out here independently).
-NUMPY_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap", "symmetric": "symmetric"}
+NUMPY_MODES = {
+  "zeros": "constant",
+  "reflect": "reflect",
+  "replicate": "edge",
+  "circular": "wrap",
+  "symmetric": "symmetric",
+}
 HIGHEST = lax.Precision.HIGHEST
 
 
@@ -49,7 +55,10 @@ def pad_matrix(n: int, lo: int, hi: int, mode: str) -> np.ndarray:
 
 
 def numpy_pad_then_lax(pads, mode: str, stride, dilation):
-  """The reference ``(x, w) -> y`` for channels-last x ``(N, *S, C)``: numpy.pad's fill (as matrices), then lax, unpadded."""
+  """The reference ``(x, w) -> y`` for channels-last x ``(N, *S, C)``.
+
+  numpy.pad's fill (as matrices), then lax, unpadded.
+  """
 
   def conv(x, w):
     rank = x.ndim - 2
@@ -57,7 +66,13 @@ def numpy_pad_then_lax(pads, mode: str, stride, dilation):
       padded = jnp.tensordot(pad_matrix(x.shape[1 + axis], lo, hi, mode), x, axes=[[1], [1 + axis]], precision=HIGHEST)
       x = jnp.moveaxis(padded, 0, 1 + axis)
     return lax.conv_general_dilated(
-        x, w, per_axis(stride, rank), "VALID", rhs_dilation=per_axis(dilation, rank), dimension_numbers=LAX_DIMS[rank], precision=HIGHEST
+      x,
+      w,
+      per_axis(stride, rank),
+      "VALID",
+      rhs_dilation=per_axis(dilation, rank),
+      dimension_numbers=LAX_DIMS[rank],
+      precision=HIGHEST,
     )
 
   return conv
@@ -104,18 +119,20 @@ def test_every_impl_every_mode(impl: str, mode: str, rng: np.random.Generator):
 # The default kernel on every mode x padding form, and 1-D / 3-D, strided and dilated cases.
 FORMS = {"same": "same", "full": "full", "int": 1, "ints": (2, 1), "pairs": [(0, 2), (3, 1)]}
 CASES = [((1, 5, 6, 1), (3, 2, 1, 2), dict(padding=form), mode) for form in FORMS.values() for mode in NUMPY_MODES] + [
-    ((2, 7, 2), (3, 2, 3), dict(padding="same", stride=2), "reflect"),
-    ((1, 6, 1), (2, 1, 1), dict(padding="causal", dilation=3), "replicate"),
-    ((1, 5, 2), (4, 2, 1), dict(padding=[(3, 5)]), "circular"),
-    ((1, 5, 1), (3, 1, 1), dict(padding="full", dilation=2), "symmetric"),
-    ((1, 4, 5, 3, 1), (3, 2, 2, 1, 2), dict(padding="same"), "reflect"),
-    ((1, 4, 3, 5, 2), (2, 3, 2, 2, 1), dict(padding=[(1, 1), (3, 0), (2, 2)], stride=(1, 2, 2)), "circular"),
-    ((1, 3, 4, 4, 1), (2, 2, 3, 1, 1), dict(padding="full", dilation=(1, 2, 1)), "symmetric"),
-    ((1, 4, 4, 4, 1), (3, 3, 3, 1, 1), dict(padding=2), "replicate"),
+  ((2, 7, 2), (3, 2, 3), dict(padding="same", stride=2), "reflect"),
+  ((1, 6, 1), (2, 1, 1), dict(padding="causal", dilation=3), "replicate"),
+  ((1, 5, 2), (4, 2, 1), dict(padding=[(3, 5)]), "circular"),
+  ((1, 5, 1), (3, 1, 1), dict(padding="full", dilation=2), "symmetric"),
+  ((1, 4, 5, 3, 1), (3, 2, 2, 1, 2), dict(padding="same"), "reflect"),
+  ((1, 4, 3, 5, 2), (2, 3, 2, 2, 1), dict(padding=[(1, 1), (3, 0), (2, 2)], stride=(1, 2, 2)), "circular"),
+  ((1, 3, 4, 4, 1), (2, 2, 3, 1, 1), dict(padding="full", dilation=(1, 2, 1)), "symmetric"),
+  ((1, 4, 4, 4, 1), (3, 3, 3, 1, 1), dict(padding=2), "replicate"),
 ]
 
 
-@pytest.mark.parametrize("x_shape, w_shape, geometry, mode", CASES, ids=[f"{len(c[0]) - 2}d-{c[3]}-{c[2]}" for c in CASES])
+@pytest.mark.parametrize(
+  "x_shape, w_shape, geometry, mode", CASES, ids=[f"{len(c[0]) - 2}d-{c[3]}-{c[2]}" for c in CASES]
+)
 def test_modes_forms_and_ranks(x_shape, w_shape, geometry, mode, rng: np.random.Generator):
   check_against_reference(rng, x_shape, w_shape, geometry.pop("padding"), mode, **geometry)
 
@@ -129,7 +146,9 @@ def test_correlate_and_convolve_follow_scipy_convention(padding, mode: str, rng:
   xp = np.pad(x.astype(np.float64), pads, mode=NUMPY_MODES[mode])
   expected = scipy.signal.correlate(xp, w.astype(np.float64), mode="valid")
   assert_close(jc.correlate(x, w, padding, padding_mode=mode), expected, 1e-5, "correlate")
-  assert_close(jc.convolve(x, w, padding, padding_mode=mode), scipy.signal.convolve(xp, w, mode="valid"), 1e-5, "convolve")
+  assert_close(
+    jc.convolve(x, w, padding, padding_mode=mode), scipy.signal.convolve(xp, w, mode="valid"), 1e-5, "convolve"
+  )
 
 
 @pytest.mark.parametrize("boundary, mode", [("fill", "zeros"), ("wrap", "circular"), ("symm", "symmetric")])
@@ -145,32 +164,47 @@ def test_mode_gradients_pass_numerical_checks(rng: np.random.Generator):
   """check_grads through the fill of every mode (forward and reverse, two orders)."""
   from jax.test_util import check_grads
 
-  x, w = (jnp.asarray(a, jnp.float64) if jax.config.jax_enable_x64 else jnp.asarray(a) for a in random(rng, (4, 5), (3, 2)))
+  x, w = (
+    jnp.asarray(a, jnp.float64) if jax.config.jax_enable_x64 else jnp.asarray(a) for a in random(rng, (4, 5), (3, 2))
+  )
   for mode in NUMPY_MODES:
-    check_grads(lambda x, w, mode=mode: jc.correlate(x, w, "full", padding_mode=mode), (x, w), order=2, modes=("fwd", "rev"), eps=1e-2, atol=2e-2, rtol=2e-2)
+    check_grads(
+      lambda x, w, mode=mode: jc.correlate(x, w, "full", padding_mode=mode),
+      (x, w),
+      order=2,
+      modes=("fwd", "rev"),
+      eps=1e-2,
+      atol=2e-2,
+      rtol=2e-2,
+    )
 
 
-X1, X2, W1, W2 = np.ones((1, 4, 1), np.float32), np.ones((1, 4, 5, 1), np.float32), np.ones((3, 1, 1), np.float32), np.ones((3, 3, 1, 1), np.float32)
+X1, X2, W1, W2 = (
+  np.ones((1, 4, 1), np.float32),
+  np.ones((1, 4, 5, 1), np.float32),
+  np.ones((3, 1, 1), np.float32),
+  np.ones((3, 3, 1, 1), np.float32),
+)
 
 
 @pytest.mark.parametrize(
-    "mode, padding, ok",
-    [
-        ("reflect", 3, True),  # reflect needs pads < n = 4
-        ("reflect", [(0, 4)], False),
-        ("circular", [(4, 0)], True),  # circular and symmetric need pads <= n
-        ("circular", 5, False),
-        ("symmetric", [(1, 4)], True),
-        ("symmetric", [(5, 0)], False),
-        ("replicate", 9, True),  # replicate and zeros fill any width
-        ("zeros", 9, True),
-    ],
+  "mode, padding, ok",
+  [
+    ("reflect", 3, True),  # reflect needs pads < n = 4
+    ("reflect", [(0, 4)], False),
+    ("circular", [(4, 0)], True),  # circular and symmetric need pads <= n
+    ("circular", 5, False),
+    ("symmetric", [(1, 4)], True),
+    ("symmetric", [(5, 0)], False),
+    ("replicate", 9, True),  # replicate and zeros fill any width
+    ("zeros", 9, True),
+  ],
 )
 def test_pads_a_mode_cannot_fill_are_refused(mode: str, padding, ok: bool):
   conv = functools.partial(jc.conv, padding=padding, padding_mode=mode)
   correlate = functools.partial(jc.correlate, padding=padding, padding_mode=mode)
   if ok:
-    (lo, hi), = explicit_pads(padding, (4,), (3,), 1, 1, "lax")
+    ((lo, hi),) = explicit_pads(padding, (4,), (3,), 1, 1, "lax")
     assert jax.jit(conv)(X1, W1).shape == (1, 4 + lo + hi - 2, 1)
     return
   for fn, args in ((conv, (X1, W1)), (jax.jit(conv), (X1, W1)), (correlate, (X1[0, :, 0], W1[:, 0, 0]))):
@@ -179,16 +213,16 @@ def test_pads_a_mode_cannot_fill_are_refused(mode: str, padding, ok: bool):
 
 
 @pytest.mark.parametrize(
-    "call, match",
-    [
-        (lambda: jc.conv(X2, W2, padding="same", padding_mode="mirror"), "^padding_mode"),
-        (lambda: jc.correlate(X2[0, ..., 0], W2[..., 0, 0], padding_mode="zero"), "^padding_mode"),
-        (lambda: jc.convolve(X2[0, ..., 0], W2[..., 0, 0], padding_mode=None), "^padding_mode"),
-        (lambda: jc.conv(X2, W2, padding="causal"), "^padding"),  # causal: one spatial axis only
-        (lambda: jc.correlate(X2[0, ..., 0], W2[..., 0, 0], padding="causal"), "^padding"),
-        (lambda: jc.conv_transpose(X2, W2, padding_mode="reflect"), "^padding_mode"),
-        (lambda: nn.Conv(1, 1, (3, 3), padding_mode="wrap", rngs=nnx.Rngs(0)), "^padding_mode"),
-    ],
+  "call, match",
+  [
+    (lambda: jc.conv(X2, W2, padding="same", padding_mode="mirror"), "^padding_mode"),
+    (lambda: jc.correlate(X2[0, ..., 0], W2[..., 0, 0], padding_mode="zero"), "^padding_mode"),
+    (lambda: jc.convolve(X2[0, ..., 0], W2[..., 0, 0], padding_mode=None), "^padding_mode"),
+    (lambda: jc.conv(X2, W2, padding="causal"), "^padding"),  # causal: one spatial axis only
+    (lambda: jc.correlate(X2[0, ..., 0], W2[..., 0, 0], padding="causal"), "^padding"),
+    (lambda: jc.conv_transpose(X2, W2, padding_mode="reflect"), "^padding_mode"),
+    (lambda: nn.Conv(1, 1, (3, 3), padding_mode="wrap", rngs=nnx.Rngs(0)), "^padding_mode"),
+  ],
 )
 def test_bad_modes_are_refused_naming_the_argument(call, match: str):
   with pytest.raises(ValueError, match=match):
@@ -212,5 +246,7 @@ def test_nn_conv_padding_mode(mode: str, rng: np.random.Generator):
   layer = nn.Conv(2, 3, (3, 3), padding="same", padding_mode=mode, impl="lax", rngs=nnx.Rngs(0))
   assert layer.padding_mode == mode
   (x,) = random(rng, (2, 5, 6, 2))
-  expected = numpy_pad_then_lax([(1, 1), (1, 1)], mode, 1, 1)(x, np.asarray(layer.kernel[...])) + np.asarray(layer.bias[...])
+  expected = numpy_pad_then_lax([(1, 1), (1, 1)], mode, 1, 1)(x, np.asarray(layer.kernel[...])) + np.asarray(
+    layer.bias[...]
+  )
   assert_close(layer(x), expected, 1e-5, mode)

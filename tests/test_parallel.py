@@ -69,12 +69,16 @@ graphdef, single = training.create_state(lenet.create_model(config, (28, 28, 1))
 sharded = parallel.replicate(single, mesh)
 batch = parallel.shard_examples(training.Batch(images, labels), mesh, 32)
 single_step = jax.jit(training.make_train_step(graphdef, tx))
-sharded_step = jax.jit(training.make_train_step(graphdef, tx, mesh), in_shardings=(replicated, examples), out_shardings=replicated)
+sharded_step = jax.jit(
+  training.make_train_step(graphdef, tx, mesh), in_shardings=(replicated, examples), out_shardings=replicated
+)
 sharded_step = sharded_step.lower(sharded, batch).compile()
 for _ in range(3):
   single, single_metrics = single_step(single, training.Batch(jnp.asarray(images), jnp.asarray(labels)))
   sharded, sharded_metrics = sharded_step(sharded, batch)
-out["param_max_abs_diff"] = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)))
+out["param_max_abs_diff"] = max(
+  float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded))
+)
 out["param_max_abs"] = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(single.params))
 out["metrics"] = [{k: float(v) for k, v in m.items()} for m in (single_metrics, sharded_metrics)]
 out["batch_shards"] = [list(s.data.shape) for s in batch.images.addressable_shards]
@@ -101,7 +105,10 @@ params = nnx.split(lenet.restore_model(config, workdir), nnx.Param)[1]
 train_data, test_data = lenet.device_data(config, mesh)
 out["train_rows"], out["test_rows"] = train_data.labels.shape[0], test_data.labels.shape[0]
 one_device = lenet.device_data(config, parallel.make_mesh(1))[1]
-evaluated = compiled[0][1](parallel.replicate(params, mesh), test_data), jax.jit(training.make_evaluate(graphdef, 256))(jax.device_get(params), one_device)
+evaluated = (
+  compiled[0][1](parallel.replicate(params, mesh), test_data),
+  jax.jit(training.make_evaluate(graphdef, 256))(jax.device_get(params), one_device),
+)
 out["evaluate"] = [{k: float(v) for k, v in m.items()} for m in evaluated]
 
 # 4. Errors naming the config field, before any data is loaded.
@@ -181,12 +188,12 @@ def test_short_run_on_four_devices_trains_and_writes_metrics(four):
 
 
 @pytest.mark.parametrize(
-    "field, message",
-    [
-        ("batch_size", r"config.batch_size=66 must be a multiple of the 4 devices of the mesh"),
-        ("eval_batch_size", r"config.eval_batch_size=250 must be a multiple of the 4 devices"),
-        ("mesh.data", r"config.mesh.data=8 is more than the 4 cpu devices available"),
-    ],
+  "field, message",
+  [
+    ("batch_size", r"config.batch_size=66 must be a multiple of the 4 devices of the mesh"),
+    ("eval_batch_size", r"config.eval_batch_size=250 must be a multiple of the 4 devices"),
+    ("mesh.data", r"config.mesh.data=8 is more than the 4 cpu devices available"),
+  ],
 )
 def test_errors_name_the_config_field(four, field, message):
   assert re.match(message, four["errors"][field])
@@ -202,7 +209,9 @@ def test_checkpoint_of_four_devices_restores_on_one(four):
   model = lenet.restore_model(config, four["workdir"])
   _, test = lenet.device_data(config)
   logits = nnx.jit(lambda model, x: model(x))(model, test.images)
-  assert float((logits.argmax(-1) == test.labels).mean()) == pytest.approx(four["history"][-1]["test_accuracy"], abs=1.5 / TEST_SIZE)
+  assert float((logits.argmax(-1) == test.labels).mean()) == pytest.approx(
+    four["history"][-1]["test_accuracy"], abs=1.5 / TEST_SIZE
+  )
 
 
 def test_one_device_mesh_is_the_plain_shuffle():
@@ -217,13 +226,17 @@ def test_mesh_larger_than_the_devices_names_the_field():
 
 
 @pytest.mark.parametrize(
-    "field, value, message",
-    [
-        ("mesh.data", -1, r"config.mesh.data must be an int >= 0"),
-        ("distributed.coordinator_address", "localhost", r"config.distributed.coordinator_address must be None or 'host:port'"),
-        ("distributed.num_processes", 0, r"config.distributed.num_processes must be None or a positive int"),
-        ("distributed.process_id", -1, r"config.distributed.process_id must be None or an int >= 0"),
-    ],
+  "field, value, message",
+  [
+    ("mesh.data", -1, r"config.mesh.data must be an int >= 0"),
+    (
+      "distributed.coordinator_address",
+      "localhost",
+      r"config.distributed.coordinator_address must be None or 'host:port'",
+    ),
+    ("distributed.num_processes", 0, r"config.distributed.num_processes must be None or a positive int"),
+    ("distributed.process_id", -1, r"config.distributed.process_id must be None or an int >= 0"),
+  ],
 )
 def test_validate_config_checks_the_parallel_fields(field, value, message):
   config = default.get_config()
@@ -255,13 +268,25 @@ def test_two_processes_train_like_four_local_devices(four, tmp_path):
   workdir = tmp_path / "run"
   address = f"127.0.0.1:{free_port()}"
   procs = [
-      subprocess.Popen(
-          [sys.executable, "experiments/train_lenet.py", f"--config={SMOKE}", f"--config.data.test_size={TEST_SIZE}", f"--workdir={workdir}",
-           "--config.distributed.enabled=True", f"--config.distributed.coordinator_address={address}",
-           "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
-          cwd=ROOT, env=forced_devices_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      )  # fmt: skip
-      for i in range(2)
+    subprocess.Popen(
+      [
+        sys.executable,
+        "experiments/train_lenet.py",
+        f"--config={SMOKE}",
+        f"--config.data.test_size={TEST_SIZE}",
+        f"--workdir={workdir}",
+        "--config.distributed.enabled=True",
+        f"--config.distributed.coordinator_address={address}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={i}",
+      ],
+      cwd=ROOT,
+      env=forced_devices_env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )  # fmt: skip
+    for i in range(2)
   ]
   try:
     logs = [proc.communicate(timeout=300)[1] for proc in procs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import jax
@@ -10,30 +11,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-
-import itertools
+from references import assert_close, explicit_pairs, per_axis, random, rtol_for, with_vjp
 
 import jaxconv as jc
 from jaxconv.geometry import resolve_padding
-from references import assert_close, explicit_pairs, per_axis, random, rtol_for, with_vjp
 
 # (x shape, window, stride, padding); stride == window takes ops' reshape path, others reduce_window.
 CASES = {
-    "2x2": ((2, 6, 6, 3), 2, None, "valid"),
-    "2x2-odd-input": ((1, 7, 5, 2), 2, None, "valid"),
-    "2x2-same-odd-input": ((1, 7, 5, 2), 2, 2, "same"),
-    "pairs-non-overlapping": ((1, 5, 6, 2), (2, 3), (2, 3), [(1, 0), (0, 2)]),
-    "3x3-stride-2-pad-1": ((2, 7, 7, 2), 3, 2, 1),
-    "3x2-stride-1-same": ((1, 6, 5, 2), (3, 2), 1, "same"),
-    "gaps-stride-gt-window": ((1, 8, 9, 1), 2, 3, "valid"),
-    "1d-same": ((2, 9, 3), 3, 2, "same"),
-    "3d-non-overlapping": ((1, 4, 6, 4, 2), 2, None, "valid"),
-    "3d-pairs": ((1, 5, 4, 4, 1), (3, 2, 2), (2, 1, 2), [(1, 1), (0, 1), (1, 0)]),
+  "2x2": ((2, 6, 6, 3), 2, None, "valid"),
+  "2x2-odd-input": ((1, 7, 5, 2), 2, None, "valid"),
+  "2x2-same-odd-input": ((1, 7, 5, 2), 2, 2, "same"),
+  "pairs-non-overlapping": ((1, 5, 6, 2), (2, 3), (2, 3), [(1, 0), (0, 2)]),
+  "3x3-stride-2-pad-1": ((2, 7, 7, 2), 3, 2, 1),
+  "3x2-stride-1-same": ((1, 6, 5, 2), (3, 2), 1, "same"),
+  "gaps-stride-gt-window": ((1, 8, 9, 1), 2, 3, "valid"),
+  "1d-same": ((2, 9, 3), 3, 2, "same"),
+  "3d-non-overlapping": ((1, 4, 6, 4, 2), 2, None, "valid"),
+  "3d-pairs": ((1, 5, 4, 4, 1), (3, 2, 2), (2, 1, 2), [(1, 1), (0, 1), (1, 0)]),
 }
 KINDS = {
-    "max": jc.max_pool,
-    "avg": functools.partial(jc.avg_pool, count_include_pad=True),
-    "avg-exclude-pad": functools.partial(jc.avg_pool, count_include_pad=False),
+  "max": jc.max_pool,
+  "avg": functools.partial(jc.avg_pool, count_include_pad=True),
+  "avg-exclude-pad": functools.partial(jc.avg_pool, count_include_pad=False),
 }
 
 
@@ -57,9 +56,9 @@ def pool_loop(kind: str, x: np.ndarray, window, stride, pads) -> np.ndarray:
     cells = padded[(slice(None), *(slice(p * s, p * s + k) for p, s, k in zip(pos, stride, window)), slice(None))]
     cells = cells.reshape(x.shape[0], -1, x.shape[-1])
     reduce = {
-        "max": lambda c: np.nanmax(c, axis=1),
-        "avg": lambda c: np.nansum(c, axis=1) / math.prod(window),
-        "avg-exclude-pad": lambda c: np.nanmean(c, axis=1),
+      "max": lambda c: np.nanmax(c, axis=1),
+      "avg": lambda c: np.nansum(c, axis=1) / math.prod(window),
+      "avg-exclude-pad": lambda c: np.nanmean(c, axis=1),
     }[kind]
     y[(slice(None), *pos, slice(None))] = reduce(cells)
   return y
@@ -206,19 +205,19 @@ def loop_pool(kind: str, x: np.ndarray, ct: np.ndarray, axes) -> tuple[np.ndarra
 
 # name: (x shape, window, stride, padding as (lo, hi) pairs or an int, dilation, ceil_mode)
 TORCH_CASES = {
-    "1d-ceil-overhang": ((2, 7, 2), 2, None, 0, 1, True),
-    "1d-ceil-dilated-pad": ((1, 10, 2), 3, 2, 1, 2, True),
-    "2d-ceil-pad-stride": ((1, 7, 6, 2), 3, 2, 1, 1, True),
-    "2d-ceil-no-overhang": ((1, 6, 6, 1), 2, None, 0, 1, True),
-    "2d-ceil-drops-window-in-right-pad": ((1, 5, 5, 1), 2, 2, 1, 1, True),
-    "2d-ceil-stride-gt-window": ((1, 8, 7, 1), 2, 3, 0, 1, True),
-    "2d-ceil-input-smaller-than-window": ((1, 1, 3, 1), 2, 2, 0, 1, True),
-    "2d-ceil-asymmetric-pads": ((1, 6, 7, 1), (3, 2), (2, 2), [(1, 2), (0, 1)], 1, True),
-    "2d-dilated": ((1, 7, 8, 2), 3, 1, 0, (2, 3), False),
-    "2d-dilated-non-overlapping": ((1, 8, 8, 1), 2, 2, 0, 2, False),
-    "2d-dilated-pad-ceil": ((1, 7, 8, 1), 3, 2, 1, 2, True),
-    "3d-ceil": ((1, 5, 4, 3, 1), (2, 3, 2), (2, 2, 2), [(1, 1), (1, 1), (0, 0)], 1, True),
-    "3d-dilated": ((1, 5, 5, 4, 1), 2, (1, 2, 1), 0, (2, 1, 2), False),
+  "1d-ceil-overhang": ((2, 7, 2), 2, None, 0, 1, True),
+  "1d-ceil-dilated-pad": ((1, 10, 2), 3, 2, 1, 2, True),
+  "2d-ceil-pad-stride": ((1, 7, 6, 2), 3, 2, 1, 1, True),
+  "2d-ceil-no-overhang": ((1, 6, 6, 1), 2, None, 0, 1, True),
+  "2d-ceil-drops-window-in-right-pad": ((1, 5, 5, 1), 2, 2, 1, 1, True),
+  "2d-ceil-stride-gt-window": ((1, 8, 7, 1), 2, 3, 0, 1, True),
+  "2d-ceil-input-smaller-than-window": ((1, 1, 3, 1), 2, 2, 0, 1, True),
+  "2d-ceil-asymmetric-pads": ((1, 6, 7, 1), (3, 2), (2, 2), [(1, 2), (0, 1)], 1, True),
+  "2d-dilated": ((1, 7, 8, 2), 3, 1, 0, (2, 3), False),
+  "2d-dilated-non-overlapping": ((1, 8, 8, 1), 2, 2, 0, 2, False),
+  "2d-dilated-pad-ceil": ((1, 7, 8, 1), 3, 2, 1, 2, True),
+  "3d-ceil": ((1, 5, 4, 3, 1), (2, 3, 2), (2, 2, 2), [(1, 1), (1, 1), (0, 0)], 1, True),
+  "3d-dilated": ((1, 5, 5, 4, 1), 2, (1, 2, 1), 0, (2, 1, 2), False),
 }
 TORCH_KINDS = ("max", "avg", "avg-exclude-pad")
 
@@ -231,11 +230,18 @@ def torch_case(name: str, kind: str):
   ss = ks if stride is None else per_axis(stride, rank)
   ds = per_axis(dilation, rank)
   pads = explicit_pairs(padding, rank)
-  axes = [window_cells(n, k, s, lo, hi, d, ceil_mode, kind != "avg-exclude-pad") for n, k, s, (lo, hi), d in zip(x_shape[1:-1], ks, ss, pads, ds)]
+  axes = [
+    window_cells(n, k, s, lo, hi, d, ceil_mode, kind != "avg-exclude-pad")
+    for n, k, s, (lo, hi), d in zip(x_shape[1:-1], ks, ss, pads, ds)
+  ]
   if kind == "max":
-    pool = functools.partial(jc.max_pool, window=window, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    pool = functools.partial(
+      jc.max_pool, window=window, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode
+    )
   else:
-    pool = functools.partial(jc.avg_pool, window=window, stride=stride, padding=padding, count_include_pad=kind == "avg", ceil_mode=ceil_mode)
+    pool = functools.partial(
+      jc.avg_pool, window=window, stride=stride, padding=padding, count_include_pad=kind == "avg", ceil_mode=ceil_mode
+    )
   return pool, axes
 
 
@@ -263,23 +269,23 @@ def test_pool_gradients_pass_numerical_checks(rng: np.random.Generator):
 
   x = jnp.asarray(rng.permutation(7 * 6).reshape(1, 7, 6, 1) / 7.0)  # distinct values: no ties
   for f in (
-      lambda x: jc.max_pool(x, 2, ceil_mode=True),
-      lambda x: jc.max_pool(x, 3, 2, 1, dilation=2, ceil_mode=True),
-      lambda x: jc.avg_pool(x, 3, 2, 1, count_include_pad=False, ceil_mode=True),
-      lambda x: jc.adaptive_max_pool(x, (3, 4)),
-      lambda x: jc.adaptive_avg_pool(x, (4, 5)),
+    lambda x: jc.max_pool(x, 2, ceil_mode=True),
+    lambda x: jc.max_pool(x, 3, 2, 1, dilation=2, ceil_mode=True),
+    lambda x: jc.avg_pool(x, 3, 2, 1, count_include_pad=False, ceil_mode=True),
+    lambda x: jc.adaptive_max_pool(x, (3, 4)),
+    lambda x: jc.adaptive_avg_pool(x, (4, 5)),
   ):
     check_grads(f, (x,), order=2, modes=("fwd", "rev"), eps=1e-3, atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize(
-    "name, window, stride, dilation, ceil_mode, uses_reduce_window",
-    [
-        ("ceil-overhang-reshape", 2, None, 1, True, False),
-        ("dilated-blocks", 2, 2, 2, False, False),
-        ("dilated-overlapping-blocks", 3, 1, 2, True, False),
-        ("overlapping", 3, 2, 1, True, True),
-    ],
+  "name, window, stride, dilation, ceil_mode, uses_reduce_window",
+  [
+    ("ceil-overhang-reshape", 2, None, 1, True, False),
+    ("dilated-blocks", 2, 2, 2, False, False),
+    ("dilated-overlapping-blocks", 3, 1, 2, True, False),
+    ("overlapping", 3, 2, 1, True, True),
+  ],
 )
 def test_ceil_and_dilation_code_paths(name, window, stride, dilation, ceil_mode, uses_reduce_window):
   """stride == window keeps the reshape path with ceil_mode's overhang; dilated windows never use reduce_window."""
@@ -297,14 +303,14 @@ def test_ceil_overhang_and_dilation_pad_with_minus_infinity():
 
 # name: (x shape, output_size)
 ADAPTIVE_CASES = {
-    "1d-uneven": ((2, 7, 2), 3),
-    "1d-more-outputs-than-inputs": ((1, 3, 1), 5),
-    "1d-one-input": ((1, 1, 2), 3),
-    "2d-uneven": ((1, 7, 5, 2), (3, 4)),
-    "2d-even": ((1, 6, 8, 1), (3, 2)),
-    "2d-global": ((2, 5, 6, 1), 1),
-    "2d-none-keeps-axis": ((1, 5, 6, 1), (2, None)),
-    "3d-uneven": ((1, 5, 4, 3, 1), (2, 3, 2)),
+  "1d-uneven": ((2, 7, 2), 3),
+  "1d-more-outputs-than-inputs": ((1, 3, 1), 5),
+  "1d-one-input": ((1, 1, 2), 3),
+  "2d-uneven": ((1, 7, 5, 2), (3, 4)),
+  "2d-even": ((1, 6, 8, 1), (3, 2)),
+  "2d-global": ((2, 5, 6, 1), 1),
+  "2d-none-keeps-axis": ((1, 5, 6, 1), (2, None)),
+  "3d-uneven": ((1, 5, 4, 3, 1), (2, 3, 2)),
 }
 
 
@@ -314,7 +320,10 @@ def test_adaptive_pools_match_pytorch_cells(name: str, kind: str, rng: np.random
   """Values and vjp under jit equal loops over PyTorch's cells [floor(i n / o), ceil((i + 1) n / o))."""
   x_shape, output_size = ADAPTIVE_CASES[name]
   spatial = x_shape[1:-1]
-  out = [n if o is None else o for n, o in zip(spatial, per_axis(output_size, len(spatial)) if output_size is not None else ())]
+  out = [
+    n if o is None else o
+    for n, o in zip(spatial, per_axis(output_size, len(spatial)) if output_size is not None else ())
+  ]
   axes = [adaptive_cells_ref(n, o) for n, o in zip(spatial, out)]
   x = np.round(2 * rng.standard_normal(x_shape)).astype(np.float32)
   (ct,) = random(rng, (x_shape[0], *out, x_shape[-1]))
@@ -337,23 +346,23 @@ X = np.ones((1, 6, 6, 2), np.float32)
 
 
 @pytest.mark.parametrize(
-    "fn, kwargs, exc, match",
-    [
-        (jc.adaptive_avg_pool, dict(output_size=0), ValueError, "output_size"),
-        (jc.adaptive_max_pool, dict(output_size=-1), ValueError, "output_size"),
-        (jc.adaptive_avg_pool, dict(output_size=(2, 0)), ValueError, "output_size"),
-        (jc.adaptive_max_pool, dict(output_size=(2, 2, 2)), ValueError, "output_size"),
-        (jc.adaptive_avg_pool, dict(output_size=2.5), TypeError, "output_size"),
-        (jc.adaptive_max_pool, dict(output_size=True), TypeError, "output_size"),
-        (jc.max_pool, dict(window=2, ceil_mode=1), TypeError, "ceil_mode"),
-        (jc.avg_pool, dict(window=2, ceil_mode="yes"), TypeError, "ceil_mode"),
-        (jc.avg_pool, dict(window=2, count_include_pad=None), TypeError, "count_include_pad"),
-        (jc.max_pool, dict(window=2, dilation=0), ValueError, "dilation"),
-        (jc.max_pool, dict(window=2, dilation=(1, 1, 1)), ValueError, "dilation"),
-        (jc.max_pool, dict(window=3, dilation=3), ValueError, "window"),  # extent 7 > 6
-        (jc.max_pool, dict(window=2, padding=4, dilation=3), ValueError, "padding"),  # pad >= extent 4
-        (jc.max_pool, dict(window=4, stride=4, ceil_mode=True, padding=[(0, 0), (0, 0)]), None, None),
-    ],
+  "fn, kwargs, exc, match",
+  [
+    (jc.adaptive_avg_pool, dict(output_size=0), ValueError, "output_size"),
+    (jc.adaptive_max_pool, dict(output_size=-1), ValueError, "output_size"),
+    (jc.adaptive_avg_pool, dict(output_size=(2, 0)), ValueError, "output_size"),
+    (jc.adaptive_max_pool, dict(output_size=(2, 2, 2)), ValueError, "output_size"),
+    (jc.adaptive_avg_pool, dict(output_size=2.5), TypeError, "output_size"),
+    (jc.adaptive_max_pool, dict(output_size=True), TypeError, "output_size"),
+    (jc.max_pool, dict(window=2, ceil_mode=1), TypeError, "ceil_mode"),
+    (jc.avg_pool, dict(window=2, ceil_mode="yes"), TypeError, "ceil_mode"),
+    (jc.avg_pool, dict(window=2, count_include_pad=None), TypeError, "count_include_pad"),
+    (jc.max_pool, dict(window=2, dilation=0), ValueError, "dilation"),
+    (jc.max_pool, dict(window=2, dilation=(1, 1, 1)), ValueError, "dilation"),
+    (jc.max_pool, dict(window=3, dilation=3), ValueError, "window"),  # extent 7 > 6
+    (jc.max_pool, dict(window=2, padding=4, dilation=3), ValueError, "padding"),  # pad >= extent 4
+    (jc.max_pool, dict(window=4, stride=4, ceil_mode=True, padding=[(0, 0), (0, 0)]), None, None),
+  ],
 )
 def test_pool_arguments_are_checked(fn, kwargs, exc, match):
   """Bad arguments raise before tracing, naming the argument (also under jit); a valid edge case passes."""

@@ -15,21 +15,40 @@ from flax import nnx
 import jaxconv as jc
 from jaxconv import nn
 from jaxconv import receptive_field as rf
-from jaxconv.models import LeNet
 from jaxconv.geometry import normalize_ints
+from jaxconv.models import LeNet
 
 W = rf.Window
 
-LENET = [W(5, padding=2, name="conv1"), "sigmoid", W(2, 2, name="pool1"), W(5, name="conv2"), "sigmoid", W(2, 2, name="pool2")]
+LENET = [
+  W(5, padding=2, name="conv1"),
+  "sigmoid",
+  W(2, 2, name="pool1"),
+  W(5, name="conv2"),
+  "sigmoid",
+  W(2, 2, name="pool2"),
+]
 
 # name: (layers, input shape, whether only the first layer pads, so the field is exact at the border too)
 STACKS = {
-    "strided": ([W(3, 2, padding=1), W(3, 2), W(2, 2)], (23, 19), True),
-    "dilated": ([W(3, dilation=2), W(3, dilation=3), W(2, 1)], (20, 21), True),
-    "padded": ([W(4, padding="same"), W(3, 2, padding="same"), W((2, 3), (1, 2), padding=((2, 0), (1, 3)))], (13, 12), False),
-    "mixed": ([W(5, 2, padding=2), W(3, dilation=2, padding="same"), W(1, 3), W(3, 2, padding=1, dilation=2)], (47, 44), False),
-    # ceil_mode windows overhang the input like padding; an evenly dividing adaptive pool is a window.
-    "ceil-dilated-adaptive": ([W(3, 2, ceil_mode=True), rf.Adaptive((None, 6)), W(3, dilation=2, padding=1), W(2, 1)], (24, 25), False),
+  "strided": ([W(3, 2, padding=1), W(3, 2), W(2, 2)], (23, 19), True),
+  "dilated": ([W(3, dilation=2), W(3, dilation=3), W(2, 1)], (20, 21), True),
+  "padded": (
+    [W(4, padding="same"), W(3, 2, padding="same"), W((2, 3), (1, 2), padding=((2, 0), (1, 3)))],
+    (13, 12),
+    False,
+  ),
+  "mixed": (
+    [W(5, 2, padding=2), W(3, dilation=2, padding="same"), W(1, 3), W(3, 2, padding=1, dilation=2)],
+    (47, 44),
+    False,
+  ),
+  # ceil_mode windows overhang the input like padding; an evenly dividing adaptive pool is a window.
+  "ceil-dilated-adaptive": (
+    [W(3, 2, ceil_mode=True), rf.Adaptive((None, 6)), W(3, dilation=2, padding=1), W(2, 1)],
+    (24, 25),
+    False,
+  ),
 }
 
 
@@ -46,7 +65,9 @@ def ones_net(stack: list) -> Callable[[jax.Array], jax.Array]:
         x = jc.avg_pool(x, window.kernel, window.stride, window.padding, ceil_mode=True)
       elif window is not None:
         kernel = normalize_ints(window.kernel, x.ndim - 2, "kernel")
-        x = jc.conv(x, jnp.ones((*kernel, 1, 1)), stride=window.stride, padding=window.padding, dilation=window.dilation)
+        x = jc.conv(
+          x, jnp.ones((*kernel, 1, 1)), stride=window.stride, padding=window.padding, dilation=window.dilation
+        )
     return x
 
   return apply
@@ -56,10 +77,14 @@ def probe_indices(field: rf.Field, spatial: tuple[int, ...]) -> list[tuple[int, 
   """Output units to probe: the corners, the middle and the first unit whose field lies inside the input."""
   shape = field.shape
   inside = [i for i in np.ndindex(*shape) if rf.clip_span(field.span(i), spatial) == field.span(i)]
-  return sorted({(0,) * len(shape), tuple(n - 1 for n in shape), tuple(n // 2 for n in shape), (0, shape[1] - 1), *inside[:1]})
+  return sorted(
+    {(0,) * len(shape), tuple(n - 1 for n in shape), tuple(n // 2 for n in shape), (0, shape[1] - 1), *inside[:1]}
+  )
 
 
-def assert_support_matches(fn, fields: list[rf.Field], spatial: tuple[int, ...], x: jax.Array, *, exact_at_border: bool) -> None:
+def assert_support_matches(
+  fn, fields: list[rf.Field], spatial: tuple[int, ...], x: jax.Array, *, exact_at_border: bool
+) -> None:
   """For the last field: shape as run, and each probed unit's gradient support as predicted.
 
   A unit whose field lies inside the input depends on exactly that field. At the border the
@@ -82,7 +107,9 @@ def assert_support_matches(fn, fields: list[rf.Field], spatial: tuple[int, ...],
       interior += span == predicted
       assert support == predicted, f"{field.name} unit {index}"
     else:
-      assert all(p_lo <= lo <= hi <= p_hi for (lo, hi), (p_lo, p_hi) in zip(support, predicted)), f"{field.name} unit {index}"
+      assert all(p_lo <= lo <= hi <= p_hi for (lo, hi), (p_lo, p_hi) in zip(support, predicted)), (
+        f"{field.name} unit {index}"
+      )
   assert interior or exact_at_border, f"{field.name}: no probed unit lies inside the input"
 
 
@@ -100,7 +127,9 @@ def test_stack_matches_gradient_support(name):
   stack, spatial, exact = STACKS[name]
   fields = rf.walk(stack, spatial)
   for k in range(len(stack)):
-    assert_support_matches(ones_net(stack[: k + 1]), fields[: k + 1], spatial, jnp.ones((1, *spatial, 1)), exact_at_border=exact or k == 0)
+    assert_support_matches(
+      ones_net(stack[: k + 1]), fields[: k + 1], spatial, jnp.ones((1, *spatial, 1)), exact_at_border=exact or k == 0
+    )
 
 
 def positive_lenet(variant: str) -> LeNet:
@@ -127,9 +156,12 @@ def test_modules_read_like_windows():
   conv = nn.Conv(1, 2, (3, 3), stride=2, padding="same", dilation=2, rngs=nnx.Rngs(0))
   modules = [conv, nnx.relu, nn.MaxPool(2), nn.AvgPool(3, 1, padding=1)]
   plain = [W(3, 2, "same", 2), "relu", W(2, 2), W(3, 1, 1)]
-  strip = lambda fields: [(f.shape, f.size, f.jump, f.start) for f in fields]  # noqa: E731
+  strip = lambda fields: [(f.shape, f.size, f.jump, f.start) for f in fields]
   assert strip(rf.walk(modules, (17, 16))) == strip(rf.walk(plain, (17, 16)))
-  assert [f.name for f in rf.walk(modules, (17, 16))][:2] == ["Conv 3x3 stride 2x2 dilation 2x2 pad ((2, 2), (1, 2))", "relu"]
+  assert [f.name for f in rf.walk(modules, (17, 16))][:2] == [
+    "Conv 3x3 stride 2x2 dilation 2x2 pad ((2, 2), (1, 2))",
+    "relu",
+  ]
 
 
 def test_table_lists_every_layer():
@@ -151,7 +183,9 @@ def test_ceil_mode_dilation_and_adaptive_by_hand():
   ceil, floor = rf.walk([W(2, 2, ceil_mode=True)], (5,)), rf.walk([W(2, 2)], (5,))  # ceil(3 / 2) + 1 vs floor + 1
   assert (ceil[0].shape, floor[0].shape, ceil[0].size, ceil[0].jump) == ((3,), (2,), (2,), (2,))
   assert ceil[0].name == "window 2 stride 2 ceil"
-  fields = rf.walk([nn.MaxPool(3, 2, dilation=2, ceil_mode=True), nn.AdaptiveAvgPool((2, None)), rf.Adaptive(1)], (11, 9))
+  fields = rf.walk(
+    [nn.MaxPool(3, 2, dilation=2, ceil_mode=True), nn.AdaptiveAvgPool((2, None)), rf.Adaptive(1)], (11, 9)
+  )
   assert [f.shape for f in fields] == [(4, 3), (2, 3), (1, 1)]  # ceil((11 - 5) / 2) + 1 = 4, ceil((9 - 5) / 2) + 1 = 3
   assert [f.size for f in fields] == [(5, 5), (7, 5), (11, 9)]  # r + (k_eff - 1) j
   assert [f.jump for f in fields] == [(2, 2), (4, 2), (8, 6)]

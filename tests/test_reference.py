@@ -84,7 +84,10 @@ def test_pooling_textbook_example():
   np.testing.assert_array_equal(reference.pool2d(x, 2, 1, mode="avg"), [[2.0, 3.0], [5.0, 6.0]])
 
 
-@pytest.mark.parametrize("window, stride, padding", [(2, None, 0), (3, 2, 1), ((2, 3), (2, 3), (0, 1)), (3, 1, "same"), (2, 3, ((1, 0), (0, 1)))])
+@pytest.mark.parametrize(
+  "window, stride, padding",
+  [(2, None, 0), (3, 2, 1), ((2, 3), (2, 3), (0, 1)), (3, 1, "same"), (2, 3, ((1, 0), (0, 1)))],
+)
 @pytest.mark.parametrize("mode", ["max", "avg"])
 def test_pool_loop_equals_jaxconv_per_channel(rng, window, stride, padding, mode):
   x = rng.normal(size=(7, 6, 2))
@@ -99,7 +102,16 @@ def test_pool_rejects_unknown_mode():
     reference.pool2d(np.ones((3, 3)), 2, mode="min")
 
 
-@pytest.mark.parametrize("shape, kernel, padding, stride", [((5, 5), (3, 3), "valid", 1), ((5, 5), (3, 3), "same", 1), ((5, 5), (3, 3), "full", 1), ((7, 6), (3, 2), 1, 2), ((9,), (4,), "same", 3)])
+@pytest.mark.parametrize(
+  "shape, kernel, padding, stride",
+  [
+    ((5, 5), (3, 3), "valid", 1),
+    ((5, 5), (3, 3), "same", 1),
+    ((5, 5), (3, 3), "full", 1),
+    ((7, 6), (3, 2), 1, 2),
+    ((9,), (4,), "same", 3),
+  ],
+)
 def test_input_usage_is_the_gradient_of_the_summed_output(shape, kernel, padding, stride):
   """d sum(correlate(x, ones)) / dx counts how many windows use each input cell."""
   grad = jax.grad(lambda x: jc.correlate(x, jnp.ones(kernel), padding, stride).sum())(jnp.zeros(shape))

@@ -11,10 +11,20 @@ import pytest
 from flax import nnx
 
 import jaxconv as jc
-from jaxconv import reference
 from jaxconv import receptive_field as rf
+from jaxconv import reference
 from jaxconv.models import LeNet
-from jaxconv.textbook import EDGE_KERNEL, SOBEL_X, SOBEL_Y, edge_image, edge_maps, layer_outputs, learn_kernel, pool_image, retained
+from jaxconv.textbook import (
+  EDGE_KERNEL,
+  SOBEL_X,
+  SOBEL_Y,
+  edge_image,
+  edge_maps,
+  layer_outputs,
+  learn_kernel,
+  pool_image,
+  retained,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -135,8 +145,12 @@ def test_layer_outputs_walk_the_feature_stack(rng):
 def test_pooling_script_smoke(tmp_path):
   """One script end to end: it prints its result and writes its figure where --outdir says."""
   out = subprocess.run(
-      [sys.executable, str(ROOT / "experiments" / "textbook_pooling.py"), f"--outdir={tmp_path}"],
-      capture_output=True, text=True, timeout=300, cwd=ROOT, check=True,
+    [sys.executable, str(ROOT / "experiments" / "textbook_pooling.py"), f"--outdir={tmp_path}"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+    check=True,
   ).stdout
   assert "[[4.0, 5.0], [7.0, 8.0]]" in out
   assert (tmp_path / "pooling.png").stat().st_size > 10_000

@@ -17,7 +17,6 @@ import pytest
 from flax import nnx
 
 import jaxconv.train as jaxconv_train
-
 from configs import default
 from experiments import lenet
 from jaxconv import training
@@ -50,25 +49,25 @@ def test_shipped_configs_are_valid(name):
 
 
 @pytest.mark.parametrize(
-    "field, value, message",
-    [
-        ("data.source", "csv", r"config.data.source must be one of \('idx', 'tfds'\); got 'csv'"),
-        ("data.dir", "/nonexistent", "config.data.dir must be a directory"),
-        ("model.variant", "vintage", "config.model.variant must be one of"),
-        ("model.impl", "nope", "config.model.impl must be None or one of"),
-        ("num_epochs", 0, "config.num_epochs must be a positive int; got 0"),
-        ("eval_batch_size", 0, "config.eval_batch_size must be a positive int; got 0"),
-        ("learning_rate", -1.0, "config.learning_rate must be a positive finite number; got -1.0"),
-        ("learning_rate", float("inf"), "config.learning_rate must be a positive finite number; got inf"),
-        ("learning_rate", float("nan"), "config.learning_rate must be a positive finite number; got nan"),
-        ("weight_decay", float("inf"), "config.weight_decay must be a finite number >= 0; got inf"),
-        ("seed", -1, r"config.seed must be an int in \[0, 2\*\*63\); got -1"),
-        ("optimizer", "rmsprop", "config.optimizer must be one of"),
-        ("schedule", "step", "config.schedule must be one of"),
-        ("warmup_epochs", 11.0, r"config.warmup_epochs must be a number in \[0, num_epochs\]"),
-        ("momentum", 1.0, r"config.momentum must be a number in \[0, 1\)"),
-        ("data.train_size", -1, "config.data.train_size must be an int >= 0"),
-    ],
+  "field, value, message",
+  [
+    ("data.source", "csv", r"config.data.source must be one of \('idx', 'tfds'\); got 'csv'"),
+    ("data.dir", "/nonexistent", "config.data.dir must be a directory"),
+    ("model.variant", "vintage", "config.model.variant must be one of"),
+    ("model.impl", "nope", "config.model.impl must be None or one of"),
+    ("num_epochs", 0, "config.num_epochs must be a positive int; got 0"),
+    ("eval_batch_size", 0, "config.eval_batch_size must be a positive int; got 0"),
+    ("learning_rate", -1.0, "config.learning_rate must be a positive finite number; got -1.0"),
+    ("learning_rate", float("inf"), "config.learning_rate must be a positive finite number; got inf"),
+    ("learning_rate", float("nan"), "config.learning_rate must be a positive finite number; got nan"),
+    ("weight_decay", float("inf"), "config.weight_decay must be a finite number >= 0; got inf"),
+    ("seed", -1, r"config.seed must be an int in \[0, 2\*\*63\); got -1"),
+    ("optimizer", "rmsprop", "config.optimizer must be one of"),
+    ("schedule", "step", "config.schedule must be one of"),
+    ("warmup_epochs", 11.0, r"config.warmup_epochs must be a number in \[0, num_epochs\]"),
+    ("momentum", 1.0, r"config.momentum must be a number in \[0, 1\)"),
+    ("data.train_size", -1, "config.data.train_size must be an int >= 0"),
+  ],
 )
 def test_validate_config_names_the_field(field, value, message):
   config = default.get_config()
@@ -130,7 +129,16 @@ def check_smoke_run(workdir: Path, history: list[dict]) -> None:
   assert read_metrics(workdir) == history
   assert [r["epoch"] for r in history] == [1, 2]
   for record in history:
-    assert set(record) >= {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds", "images_per_second", "elapsed_seconds"}
+    assert set(record) >= {
+      "epoch",
+      "train_loss",
+      "train_accuracy",
+      "test_loss",
+      "test_accuracy",
+      "epoch_seconds",
+      "images_per_second",
+      "elapsed_seconds",
+    }
   # Wall-clock since the call: compiling and both epochs of training and evaluation included.
   first, second = history
   assert first["elapsed_seconds"] > first["compile_seconds"] + first["epoch_seconds"] + first["eval_seconds"]
@@ -189,7 +197,9 @@ train.train_and_evaluate(namespace["get_config"](), workdir)
 
 def run_killed(workdir: Path, point: str) -> None:
   """Run the smoke config in a subprocess that kills itself at ``point``."""
-  proc = subprocess.run([sys.executable, "-c", KILLER, str(SMOKE), str(workdir), point], capture_output=True, text=True, cwd=ROOT)
+  proc = subprocess.run(
+    [sys.executable, "-c", KILLER, str(SMOKE), str(workdir), point], capture_output=True, text=True, cwd=ROOT
+  )
   assert proc.returncode == -9, f"expected SIGKILL, got {proc.returncode}:\n{proc.stderr[-3000:]}"
 
 
@@ -201,7 +211,13 @@ def check_resume_after_kills(workdir: Path, reference: list[dict]) -> None:
   assert [r["epoch"] for r in read_metrics(workdir)] == [1]
   assert not (workdir / lenet.CHECKPOINT_DIR / "2").exists()
   # The command line, with an override, finishes the run.
-  cli = [sys.executable, "experiments/train_lenet.py", f"--config={SMOKE}", "--config.num_epochs=2", f"--workdir={workdir}"]
+  cli = [
+    sys.executable,
+    "experiments/train_lenet.py",
+    f"--config={SMOKE}",
+    "--config.num_epochs=2",
+    f"--workdir={workdir}",
+  ]
   proc = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resuming" in proc.stderr
@@ -237,6 +253,14 @@ def test_library_does_not_import_the_program():
 
   for path in sorted((ROOT / "jaxconv").rglob("*.py")):
     for node in ast.walk(ast.parse(path.read_text())):
-      names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+      names = (
+        [a.name for a in node.names]
+        if isinstance(node, ast.Import)
+        else [node.module or ""]
+        if isinstance(node, ast.ImportFrom)
+        else []
+      )
       higher = [n for n in names if n.split(".")[0] in ("experiments", "configs")]
-      assert not higher or path.name == "train.py" and path.parent.name == "jaxconv" and node.col_offset > 0, f"{path} imports {higher}"
+      assert not higher or path.name == "train.py" and path.parent.name == "jaxconv" and node.col_offset > 0, (
+        f"{path} imports {higher}"
+      )

@@ -90,7 +90,9 @@ def all_files(directory: Path) -> list[str]:
 # bad values and data, refused before training
 
 
-@pytest.mark.parametrize("override, field", [("--config.seed=-1", "config.seed"), ("--config.learning_rate=inf", "config.learning_rate")])
+@pytest.mark.parametrize(
+  "override, field", [("--config.seed=-1", "config.seed"), ("--config.learning_rate=inf", "config.learning_rate")]
+)
 def test_cli_refuses_bad_config_values(tmp_path, override, field):
   line = error_line(cli(tmp_path / "run", override))
   assert f"{field} must be" in line
@@ -100,16 +102,25 @@ def write_mnist(directory: Path, train: tuple[np.ndarray, np.ndarray], test: tup
   """The four (uncompressed) MNIST IDX files of these splits."""
 
   def idx(array: np.ndarray, code: int) -> bytes:
-    return bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    return (
+      bytes([0, 0, code, array.ndim])
+      + struct.pack(f">{array.ndim}I", *array.shape)
+      + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    )
 
   directory.mkdir()
-  for (images, labels), (image_file, label_file) in zip((train, test), (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))):
+  for (images, labels), (image_file, label_file) in zip(
+    (train, test),
+    (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
+  ):
     (directory / image_file).write_bytes(idx(images.astype(np.uint8), 0x08))
     (directory / label_file).write_bytes(idx(labels.astype(np.uint8), 0x08))
   return directory
 
 
-def split(rng: np.random.Generator, n: int, size: int = 28, bad: dict[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split(
+  rng: np.random.Generator, n: int, size: int = 28, bad: dict[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """``n`` random images ``(n, size, size)`` and labels in [0, 10), with ``bad`` {row: label} put in."""
   labels = rng.integers(0, 10, n)
   for row, label in (bad or {}).items():
@@ -118,19 +129,23 @@ def split(rng: np.random.Generator, n: int, size: int = 28, bad: dict[int, int] 
 
 
 @pytest.mark.parametrize(
-    "case, message",
-    [
-        ("train_labels", r"3 of the 128 train labels are outside [0, 10) (values 10, 12)"),
-        ("test_minus_one", r"2 of the 64 test labels are outside [0, 10) (values 255)"),
-        ("sizes", r"the train and test images differ in size: train (28, 28, 1), test (32, 32, 1)"),
-    ],
+  "case, message",
+  [
+    ("train_labels", r"3 of the 128 train labels are outside [0, 10) (values 10, 12)"),
+    ("test_minus_one", r"2 of the 64 test labels are outside [0, 10) (values 255)"),
+    ("sizes", r"the train and test images differ in size: train (28, 28, 1), test (32, 32, 1)"),
+  ],
 )
 def test_cli_refuses_bad_data_before_training(tmp_path, rng, case, message):
   train = split(rng, 128, bad={0: 10, 5: 12, 7: 10} if case == "train_labels" else None)
   # IDX labels are unsigned bytes: a -1 written by a careless converter reads back as 255.
-  test = split(rng, 64, size=32 if case == "sizes" else 28, bad={1: -1 % 256, 2: -1 % 256} if case == "test_minus_one" else None)
+  test = split(
+    rng, 64, size=32 if case == "sizes" else 28, bad={1: -1 % 256, 2: -1 % 256} if case == "test_minus_one" else None
+  )
   data_dir = write_mnist(tmp_path / "mnist", train, test)
-  proc = cli(tmp_path / "run", f"--config.data.dir={data_dir}", "--config.data.train_size=0", "--config.data.test_size=0")
+  proc = cli(
+    tmp_path / "run", f"--config.data.dir={data_dir}", "--config.data.train_size=0", "--config.data.test_size=0"
+  )
   assert message in error_line(proc)
   assert "compile" not in proc.stderr and not (tmp_path / "run" / lenet.CHECKPOINT_DIR).exists()
 
@@ -155,11 +170,13 @@ def test_cli_stops_a_diverging_run_naming_the_epoch(tmp_path):
 
 def test_metrics_file_is_strict_json(tmp_path):
   path = tmp_path / lenet.METRICS_FILE
-  report.write_metrics(path, [{"epoch": 1, "train_loss": float("nan"), "test_loss": float("inf"), "test_accuracy": 0.5}])
+  report.write_metrics(
+    path, [{"epoch": 1, "train_loss": float("nan"), "test_loss": float("inf"), "test_accuracy": 0.5}]
+  )
   report.append_metrics(path, {"epoch": 2, "train_loss": -float("inf"), "test_loss": 1.0, "test_accuracy": 0.5})
   assert strict_json_lines(path) == [
-      {"epoch": 1, "train_loss": None, "test_loss": None, "test_accuracy": 0.5},
-      {"epoch": 2, "train_loss": None, "test_loss": 1.0, "test_accuracy": 0.5},
+    {"epoch": 1, "train_loss": None, "test_loss": None, "test_accuracy": 0.5},
+    {"epoch": 2, "train_loss": None, "test_loss": 1.0, "test_accuracy": 0.5},
   ]
 
 
@@ -176,7 +193,10 @@ def test_non_finite_loss_names_the_epoch():
 def small_state(seed: int) -> dict:
   """Items of a checkpoint: random ``params`` (large enough for a data file of its own) and ``opt_state``."""
   rng = np.random.default_rng(seed)
-  return {"params": {"w": jnp.asarray(rng.standard_normal((64, 64)), jnp.float32), "b": jnp.zeros(64)}, "opt_state": {"count": jnp.asarray(seed)}}
+  return {
+    "params": {"w": jnp.asarray(rng.standard_normal((64, 64)), jnp.float32), "b": jnp.zeros(64)},
+    "opt_state": {"count": jnp.asarray(seed)},
+  }
 
 
 def largest_file(directory: Path) -> Path:
@@ -209,7 +229,12 @@ def no_manifest(step: Path) -> None:
   (step / "params" / "manifest.ocdbt").unlink()
 
 
-DAMAGE = {"flipped_bytes": flip_bytes, "truncated_file": truncate, "bad_meta_json": bad_meta, "missing_manifest": no_manifest}
+DAMAGE = {
+  "flipped_bytes": flip_bytes,
+  "truncated_file": truncate,
+  "bad_meta_json": bad_meta,
+  "missing_manifest": no_manifest,
+}
 
 
 def saved(directory: Path, steps: int = 2) -> list[dict]:
@@ -243,7 +268,9 @@ def jax_leaves(tree):
 
 
 @pytest.mark.parametrize("damage", [*DAMAGE, "empty_step_dir"])
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's read coroutines of a truncated file
+@pytest.mark.filterwarnings(
+  "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # orbax's read coroutines of a truncated file
 def test_damaged_latest_checkpoint_is_set_aside(tmp_path, caplog, damage):
   directory = tmp_path / "checkpoints"
   items = saved(directory)
@@ -283,15 +310,35 @@ def test_no_intact_checkpoint_is_a_clear_error(tmp_path):
   saved(directory)
   flip_bytes(directory / "1")
   bad_meta(directory / "2")
-  with pytest.raises(training.NoIntactCheckpointError, match=r"no intact checkpoint under .*checkpoint step 2 is damaged: unreadable metadata.*checkpoint step 1 is damaged"):
+  with pytest.raises(
+    training.NoIntactCheckpointError,
+    match=(
+      r"no intact checkpoint under .*checkpoint step 2 is damaged: unreadable metadata"
+      r".*checkpoint step 1 is damaged"
+    ),
+  ):
     restore(directory)
   assert sorted(p.name for p in (tmp_path / "checkpoints.damaged").iterdir()) == ["1", "2"]
 
 
 def test_config_differences_name_fields_and_values():
-  saved_config = {"model": {"variant": "modern", "impl": None}, "num_epochs": 2, "optimizer": "adamw", "mesh": {"data": 4}}
-  current = {"model": {"variant": "classic", "impl": "lax"}, "num_epochs": 5, "optimizer": "adamw", "mesh": {"data": 1}, "new": 1}
-  assert training.config_differences(saved_config, current, lenet.RESUME_SAFE) == ["model.variant: 'modern' -> 'classic'", "new: '<absent>' -> 1"]
+  saved_config = {
+    "model": {"variant": "modern", "impl": None},
+    "num_epochs": 2,
+    "optimizer": "adamw",
+    "mesh": {"data": 4},
+  }
+  current = {
+    "model": {"variant": "classic", "impl": "lax"},
+    "num_epochs": 5,
+    "optimizer": "adamw",
+    "mesh": {"data": 1},
+    "new": 1,
+  }
+  assert training.config_differences(saved_config, current, lenet.RESUME_SAFE) == [
+    "model.variant: 'modern' -> 'classic'",
+    "new: '<absent>' -> 1",
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +360,11 @@ def test_resume_with_another_config_is_refused_naming_the_fields(trained, tmp_pa
   with pytest.raises(training.ConfigMismatchError) as refused:
     lenet.train_and_evaluate(bad, workdir)
   message = str(refused.value)
-  for difference in ("model.variant: 'modern' -> 'classic'", "optimizer: 'adamw' -> 'sgd'", "data.train_size: 256 -> 128"):
+  for difference in (
+    "model.variant: 'modern' -> 'classic'",
+    "optimizer: 'adamw' -> 'sgd'",
+    "data.train_size: 256 -> 128",
+  ):
     assert difference in message
   assert "num_epochs" not in message and all_files(workdir) == before  # refused, nothing set aside
   # Safe fields may change: a finished run with other steps_per_call, eval_batch_size, kernel.
@@ -368,7 +419,9 @@ def test_a_held_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog)
   holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(training.WorkdirLockedError, match=rf"in use by another run \(pid {holder.pid} on {socket.gethostname()} since"):
+    with pytest.raises(
+      training.WorkdirLockedError, match=rf"in use by another run \(pid {holder.pid} on {socket.gethostname()} since"
+    ):
       training.WorkdirLock(workdir).acquire()
   finally:
     os.kill(holder.pid, signal.SIGKILL)  # dies holding it: the kernel drops the flock, the record stays
@@ -418,7 +471,10 @@ def tiny_disk(tmp_path) -> Path:
   """A 200 KiB tmpfs (root only): too small for the first checkpoint."""
   disk = tmp_path / "disk"
   disk.mkdir()
-  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], capture_output=True).returncode:
+  if (
+    os.geteuid() != 0
+    or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], capture_output=True).returncode
+  ):
     pytest.skip("mounting a tmpfs needs root")
   yield disk
   subprocess.run(["umount", str(disk)], check=True)

@@ -41,7 +41,7 @@ Fn = Callable[[jax.Array, jax.Array], jax.Array]
 def _lax_conv(x, w, *, stride=1, padding="valid", dilation=1, groups=1):
   pad = padding.upper() if isinstance(padding, str) else [(padding, padding)] * 2
   return lax.conv_general_dilated(
-      x, w, _pair(stride), pad, rhs_dilation=_pair(dilation), dimension_numbers=DIMS, feature_group_count=groups
+    x, w, _pair(stride), pad, rhs_dilation=_pair(dilation), dimension_numbers=DIMS, feature_group_count=groups
   )
 
 
@@ -49,14 +49,14 @@ def _lax_conv_transpose(x, w, *, stride=1, padding=0, dilation=1, groups=1, outp
   """The transpose of a conv with int pads: x dilated by the stride, correlated with the flipped kernel."""
   pads = [(d * (k - 1) - padding, d * (k - 1) - padding + output_padding) for k, d in zip(w.shape[:2], _pair(dilation))]
   return lax.conv_general_dilated(
-      x,
-      jnp.flip(w, (0, 1)),
-      (1, 1),
-      pads,
-      lhs_dilation=_pair(stride),
-      rhs_dilation=_pair(dilation),
-      dimension_numbers=DIMS,
-      feature_group_count=groups,
+    x,
+    jnp.flip(w, (0, 1)),
+    (1, 1),
+    pads,
+    lhs_dilation=_pair(stride),
+    rhs_dilation=_pair(dilation),
+    dimension_numbers=DIMS,
+    feature_group_count=groups,
   )
 
 
@@ -64,15 +64,19 @@ def _lax_correlate(x, w, *, padding="valid", stride=1, dilation=1):
   """scipy's mode strings: "same" keeps the centre of "full" (extra pad on the low side); any rank."""
   rank = w.ndim
   extents = [dilation * (k - 1) + 1 for k in w.shape]
-  pads = {"valid": [(0, 0)] * rank, "full": [(e - 1, e - 1) for e in extents], "same": [(e // 2, (e - 1) // 2) for e in extents]}
+  pads = {
+    "valid": [(0, 0)] * rank,
+    "full": [(e - 1, e - 1) for e in extents],
+    "same": [(e // 2, (e - 1) // 2) for e in extents],
+  }
   spatial = "DHW"[3 - rank :]
   y = lax.conv_general_dilated(
-      x[None, ..., None],
-      w[..., None, None],
-      (stride,) * rank,
-      pads[padding],
-      rhs_dilation=(dilation,) * rank,
-      dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+    x[None, ..., None],
+    w[..., None, None],
+    (stride,) * rank,
+    pads[padding],
+    rhs_dilation=(dilation,) * rank,
+    dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
   )
   return y[0, ..., 0]
 
@@ -102,7 +106,14 @@ class Function:
 
 def _conv_geometry(x_shape, w_shape, kw) -> ConvGeometry:
   x, w = jnp.zeros(x_shape), jnp.zeros(w_shape)
-  return ops.geometry_of(x, w, stride=kw.get("stride", 1), padding=kw.get("padding", "valid"), dilation=kw.get("dilation", 1), groups=kw.get("groups", 1))
+  return ops.geometry_of(
+    x,
+    w,
+    stride=kw.get("stride", 1),
+    padding=kw.get("padding", "valid"),
+    dilation=kw.get("dilation", 1),
+    groups=kw.get("groups", 1),
+  )
 
 
 def _transpose_geometry(x_shape, w_shape, kw) -> ConvGeometry:
@@ -113,34 +124,58 @@ def _transpose_geometry(x_shape, w_shape, kw) -> ConvGeometry:
 
 def _signal_geometry(x_shape, w_shape, kw) -> ConvGeometry:
   x, w = jnp.zeros((1, *x_shape, 1)), jnp.zeros((*w_shape, 1, 1))
-  return ops.geometry_of(x, w, stride=kw.get("stride", 1), padding=kw.get("padding", "valid"), dilation=kw.get("dilation", 1), groups=1, convention="scipy")
+  return ops.geometry_of(
+    x,
+    w,
+    stride=kw.get("stride", 1),
+    padding=kw.get("padding", "valid"),
+    dilation=kw.get("dilation", 1),
+    groups=1,
+    convention="scipy",
+  )
 
 
 FUNCTIONS = {
-    f.name: f
-    for f in [
-        Function(
-            "conv",
-            jc.conv,
-            _lax_conv,
-            (2, 5, 5, 2),
-            (3, 3, 1, 2),
-            (dict(stride=2, padding="same", dilation=(1, 2), groups=2), dict(padding="same", groups=2)),
-            _conv_geometry,
-        ),
-        Function(
-            "conv_transpose",
-            jc.conv_transpose,
-            _lax_conv_transpose,
-            (2, 3, 3, 2),
-            (3, 3, 1, 2),
-            (dict(stride=2, padding=1, output_padding=1, groups=2), dict(padding=1, groups=2)),
-            _transpose_geometry,
-        ),
-        # 1-D: the signal functions bind the same primitive as conv, and a 1-D program compiles faster.
-        Function("correlate", jc.correlate, _lax_correlate, (7,), (3,), (dict(padding="full", stride=2), dict(padding="same")), _signal_geometry),
-        Function("convolve", jc.convolve, _lax_convolve, (7,), (3,), (dict(padding="full", stride=2), dict(padding="same")), _signal_geometry),
-    ]
+  f.name: f
+  for f in [
+    Function(
+      "conv",
+      jc.conv,
+      _lax_conv,
+      (2, 5, 5, 2),
+      (3, 3, 1, 2),
+      (dict(stride=2, padding="same", dilation=(1, 2), groups=2), dict(padding="same", groups=2)),
+      _conv_geometry,
+    ),
+    Function(
+      "conv_transpose",
+      jc.conv_transpose,
+      _lax_conv_transpose,
+      (2, 3, 3, 2),
+      (3, 3, 1, 2),
+      (dict(stride=2, padding=1, output_padding=1, groups=2), dict(padding=1, groups=2)),
+      _transpose_geometry,
+    ),
+    # 1-D: the signal functions bind the same primitive as conv, and a 1-D program compiles faster.
+    Function(
+      "correlate",
+      jc.correlate,
+      _lax_correlate,
+      (7,),
+      (3,),
+      (dict(padding="full", stride=2), dict(padding="same")),
+      _signal_geometry,
+    ),
+    Function(
+      "convolve",
+      jc.convolve,
+      _lax_convolve,
+      (7,),
+      (3,),
+      (dict(padding="full", stride=2), dict(padding="same")),
+      _signal_geometry,
+    ),
+  ]
 }
 
 
@@ -164,7 +199,14 @@ def _operands(fn_name: str) -> dict[str, np.ndarray]:
   def normal(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
-  return dict(x=normal(*fn.x_shape), w=normal(*fn.w_shape), xs=normal(2, *fn.x_shape), ws=normal(2, *fn.w_shape), tx=normal(*fn.x_shape), tw=normal(*fn.w_shape))
+  return dict(
+    x=normal(*fn.x_shape),
+    w=normal(*fn.w_shape),
+    xs=normal(2, *fn.x_shape),
+    ws=normal(2, *fn.w_shape),
+    tx=normal(*fn.x_shape),
+    tw=normal(*fn.w_shape),
+  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,23 +236,23 @@ def _linear_transpose(f: Fn, o):
 
 
 TRANSFORMS: dict[str, Callable] = {
-    "eager": lambda f, o: f(o["x"], o["w"]),
-    "jit": lambda f, o: jax.jit(f)(o["x"], o["w"]),
-    "grad": lambda f, o: jax.jit(jax.grad(_loss(f), (0, 1)))(o["x"], o["w"]),
-    "grad-eager": lambda f, o: jax.grad(_loss(f), (0, 1))(o["x"], o["w"]),
-    "grad2": lambda f, o: jax.jit(_grad2(f))(o["x"], o["w"]),
-    "vjp": lambda f, o: jax.jit(lambda x, w: _vjp(f, dict(x=x, w=w)))(o["x"], o["w"]),
-    "jvp": lambda f, o: jax.jit(lambda *a: jax.jvp(f, a[:2], a[2:]))(o["x"], o["w"], o["tx"], o["tw"]),
-    "linear_transpose": lambda f, o: jax.jit(lambda x, w: _linear_transpose(f, dict(x=x, w=w)))(o["x"], o["w"]),
-    "jacfwd": lambda f, o: jax.jit(jax.jacfwd(f, (0, 1)))(o["x"], o["w"]),
-    "jacrev": lambda f, o: jax.jit(jax.jacrev(f, (0, 1)))(o["x"], o["w"]),
-    "hessian": lambda f, o: jax.jit(jax.hessian(_loss(f), (0, 1)))(o["x"], o["w"]),
-    "vmap-x": lambda f, o: jax.jit(jax.vmap(f, (0, None)))(o["xs"], o["w"]),
-    "vmap-w": lambda f, o: jax.jit(jax.vmap(f, (None, 0)))(o["x"], o["ws"]),
-    "vmap-both": lambda f, o: jax.jit(jax.vmap(f))(o["xs"], o["ws"]),
-    # Per-example gradients: one gradient of the shared w per stacked x.
-    "vmap-of-grad": lambda f, o: jax.jit(jax.vmap(jax.grad(_loss(f), (0, 1)), (0, None)))(o["xs"], o["w"]),
-    "grad-of-vmap": lambda f, o: jax.jit(jax.grad(_loss(jax.vmap(f)), (0, 1)))(o["xs"], o["ws"]),
+  "eager": lambda f, o: f(o["x"], o["w"]),
+  "jit": lambda f, o: jax.jit(f)(o["x"], o["w"]),
+  "grad": lambda f, o: jax.jit(jax.grad(_loss(f), (0, 1)))(o["x"], o["w"]),
+  "grad-eager": lambda f, o: jax.grad(_loss(f), (0, 1))(o["x"], o["w"]),
+  "grad2": lambda f, o: jax.jit(_grad2(f))(o["x"], o["w"]),
+  "vjp": lambda f, o: jax.jit(lambda x, w: _vjp(f, dict(x=x, w=w)))(o["x"], o["w"]),
+  "jvp": lambda f, o: jax.jit(lambda *a: jax.jvp(f, a[:2], a[2:]))(o["x"], o["w"], o["tx"], o["tw"]),
+  "linear_transpose": lambda f, o: jax.jit(lambda x, w: _linear_transpose(f, dict(x=x, w=w)))(o["x"], o["w"]),
+  "jacfwd": lambda f, o: jax.jit(jax.jacfwd(f, (0, 1)))(o["x"], o["w"]),
+  "jacrev": lambda f, o: jax.jit(jax.jacrev(f, (0, 1)))(o["x"], o["w"]),
+  "hessian": lambda f, o: jax.jit(jax.hessian(_loss(f), (0, 1)))(o["x"], o["w"]),
+  "vmap-x": lambda f, o: jax.jit(jax.vmap(f, (0, None)))(o["xs"], o["w"]),
+  "vmap-w": lambda f, o: jax.jit(jax.vmap(f, (None, 0)))(o["x"], o["ws"]),
+  "vmap-both": lambda f, o: jax.jit(jax.vmap(f))(o["xs"], o["ws"]),
+  # Per-example gradients: one gradient of the shared w per stacked x.
+  "vmap-of-grad": lambda f, o: jax.jit(jax.vmap(jax.grad(_loss(f), (0, 1)), (0, None)))(o["xs"], o["w"]),
+  "grad-of-vmap": lambda f, o: jax.jit(jax.grad(_loss(jax.vmap(f)), (0, 1)))(o["xs"], o["ws"]),
 }
 
 
@@ -221,10 +263,10 @@ TRANSFORMS: dict[str, Callable] = {
 # vmap-both), correlate and convolve are conv on one channel (convolve: with the kernel flipped).
 EAGER = ("eager", "grad-eager")
 GRID = {
-    "conv": tuple(TRANSFORMS),
-    "conv_transpose": ("jit", "grad", "jvp", "vmap-x", "vmap-both", "hessian"),
-    "correlate": ("jit", "grad", "jvp", "vmap-both"),
-    "convolve": ("jit", "grad", "jvp"),
+  "conv": tuple(TRANSFORMS),
+  "conv_transpose": ("jit", "grad", "jvp", "vmap-x", "vmap-both", "hessian"),
+  "correlate": ("jit", "grad", "jvp", "vmap-both"),
+  "convolve": ("jit", "grad", "jvp"),
 }
 
 
@@ -238,18 +280,18 @@ def _run_all(f: Fn, o: dict, names: tuple[str, ...]) -> dict:
   try:
     program = jax.jit(lambda o: {n: TRANSFORMS[n](f, o) for n in jittable}).lower(o)
     results = program.compile(compiler_options=FAST_COMPILE)(o)
-  except Exception:  # noqa: BLE001  (find which transform fails, one at a time: only on the failure path)
+  except Exception:
     results = {}
     for n in jittable:
       try:
         results[n] = TRANSFORMS[n](f, o)
-      except Exception as e:  # noqa: BLE001  (reported per transform)
+      except Exception as e:
         results[n] = e
   for n in names:
     if n in EAGER:
       try:
         results[n] = TRANSFORMS[n](f, o)
-      except Exception as e:  # noqa: BLE001  (reported per transform)
+      except Exception as e:
         results[n] = e
   return results
 
@@ -315,14 +357,18 @@ def test_check_grads_order_2(impl: str):
 # zero-size inputs
 
 ZERO_SIZE = {
-    "N=0": ((0, 4, 4, 2), (3, 3, 2, 3)),
-    "C_in=0": ((2, 4, 4, 0), (3, 3, 0, 3)),
-    "C_out=0": ((2, 4, 4, 2), (3, 3, 2, 0)),
+  "N=0": ((0, 4, 4, 2), (3, 3, 2, 3)),
+  "C_in=0": ((2, 4, 4, 0), (3, 3, 0, 3)),
+  "C_out=0": ((2, 4, 4, 2), (3, 3, 2, 0)),
 }
 
 
 def _zero_size_reference(fn_name: str, x, w, b):
-  y = _lax_conv(x, w, padding="same") if fn_name == "conv" else _lax_conv_transpose(x, w, stride=2, padding=1, output_padding=1)
+  y = (
+    _lax_conv(x, w, padding="same")
+    if fn_name == "conv"
+    else _lax_conv_transpose(x, w, stride=2, padding=1, output_padding=1)
+  )
   return y + b
 
 
@@ -389,7 +435,9 @@ def test_non_finite_locality_matches_the_registry(impl: str, value: float):
   assert not np.isfinite(y[0][seen]).any(), "the outputs that see the bad pixel must be non-finite, as in lax"
   outside_finite = np.isfinite(y[0][~seen]).all()
   local = kernels.get(impl).local
-  ran = kernels.resolve(impl, ops.geometry_of(jnp.zeros(LOCAL_X), jnp.zeros(LOCAL_W), stride=1, padding="valid", dilation=1, groups=1)).name
+  ran = kernels.resolve(
+    impl, ops.geometry_of(jnp.zeros(LOCAL_X), jnp.zeros(LOCAL_W), stride=1, padding="valid", dilation=1, groups=1)
+  ).name
   if local:
     assert outside_finite, f"impl={impl!r} is registered local=True but spreads a {value} outside its windows"
   else:

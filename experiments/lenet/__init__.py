@@ -10,16 +10,16 @@ from experiments.lenet.report import CURVES_FILE, METRICS_FILE, Progress
 from experiments.lenet.train import CHECKPOINT_DIR, restore_model, train_and_evaluate
 
 __all__ = [
-    "CHECKPOINT_DIR",
-    "CURVES_FILE",
-    "METRICS_FILE",
-    "RESUME_SAFE",
-    "Progress",
-    "create_model",
-    "create_optimizer",
-    "device_data",
-    "learning_rate_schedule",
-    "restore_model",
-    "train_and_evaluate",
-    "validate_config",
+  "CHECKPOINT_DIR",
+  "CURVES_FILE",
+  "METRICS_FILE",
+  "RESUME_SAFE",
+  "Progress",
+  "create_model",
+  "create_optimizer",
+  "device_data",
+  "learning_rate_schedule",
+  "restore_model",
+  "train_and_evaluate",
+  "validate_config",
 ]

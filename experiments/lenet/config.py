@@ -13,7 +13,16 @@ import ml_collections
 from jaxconv import ops
 from jaxconv.models import VARIANTS
 
-__all__ = ["DATA_SOURCES", "OPTIMIZERS", "RESUME_SAFE", "SCHEDULES", "check_field", "config_record", "get_field", "validate_config"]
+__all__ = [
+  "DATA_SOURCES",
+  "OPTIMIZERS",
+  "RESUME_SAFE",
+  "SCHEDULES",
+  "check_field",
+  "config_record",
+  "get_field",
+  "validate_config",
+]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "warmup_cosine", "one_cycle")
@@ -39,7 +48,9 @@ def get_field(config: ml_collections.ConfigDict, name: str) -> Any:
   return value
 
 
-def check_field(config: ml_collections.ConfigDict, name: str, kind: type | tuple[type, ...], ok: Callable[[Any], bool], must: str) -> None:
+def check_field(
+  config: ml_collections.ConfigDict, name: str, kind: type | tuple[type, ...], ok: Callable[[Any], bool], must: str
+) -> None:
   """Raise ``ValueError`` naming ``config.<name>`` unless its value has type ``kind`` and ``ok(value)``."""
   value = get_field(config, name)
   if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool) or not ok(value):
@@ -53,8 +64,8 @@ def _finite(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Check every field ``train_and_evaluate`` reads before anything is loaded or compiled."""
-  anything = lambda v: True  # noqa: E731
-  positive = lambda v: v > 0  # noqa: E731
+  anything = lambda v: True
+  positive = lambda v: v > 0
   check_field(config, "data.source", str, lambda v: v in DATA_SOURCES, f"one of {DATA_SOURCES}")
   check_field(config, "data.dir", (str, type(None)), anything, "a directory path or None")
   check_field(config, "data.name", str, bool, "a TFDS dataset name")
@@ -74,14 +85,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check_field(config, "momentum", (float, int), _finite(lambda v: 0 <= v < 1), "a number in [0, 1)")
   check_field(config, "weight_decay", (float, int), _finite(lambda v: v >= 0), "a finite number >= 0")
   check_field(config, "schedule", str, lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
-  check_field(config, "warmup_epochs", (float, int), _finite(lambda v: 0 <= v <= config.num_epochs), "a number in [0, num_epochs]")
+  check_field(
+    config, "warmup_epochs", (float, int), _finite(lambda v: 0 <= v <= config.num_epochs), "a number in [0, num_epochs]"
+  )
   check_field(config, "mesh.data", int, lambda v: v >= 0, "an int >= 0 (0: every device)")
   check_field(config, "distributed.enabled", bool, anything, "a bool")
-  check_field(config, "distributed.coordinator_address", (str, type(None)), lambda v: v is None or ":" in v, "None or 'host:port'")
-  check_field(config, "distributed.num_processes", (int, type(None)), lambda v: v is None or v > 0, "None or a positive int")
+  check_field(
+    config, "distributed.coordinator_address", (str, type(None)), lambda v: v is None or ":" in v, "None or 'host:port'"
+  )
+  check_field(
+    config, "distributed.num_processes", (int, type(None)), lambda v: v is None or v > 0, "None or a positive int"
+  )
   check_field(config, "distributed.process_id", (int, type(None)), lambda v: v is None or v >= 0, "None or an int >= 0")
   if config.data.source == "idx" and config.data.dir is not None and not Path(config.data.dir).is_dir():
-    raise ValueError(f"config.data.dir must be a directory holding the four IDX files; {config.data.dir!r} is not a directory")
+    raise ValueError(
+      f"config.data.dir must be a directory holding the four IDX files; {config.data.dir!r} is not a directory"
+    )
 
 
 def config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:

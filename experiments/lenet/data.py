@@ -18,7 +18,9 @@ NUM_CLASSES = 10  # MNIST's digits; the labels are checked against it
 def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
   """One split from ``config.data``, cut to ``train_size``/``test_size`` examples when those are > 0."""
   if config.data.source == "idx":
-    images, labels = datasets.load_mnist(config.data.dir, split) if config.data.dir else datasets.load_mnist(split=split)
+    images, labels = (
+      datasets.load_mnist(config.data.dir, split) if config.data.dir else datasets.load_mnist(split=split)
+    )
   else:
     images, labels = datasets.load_tfds(config.data.name, split, config.data.dir)
   limit = config.data.train_size if split == "train" else config.data.test_size
@@ -44,10 +46,14 @@ def device_data(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> 
   if config.batch_size > len(train_x):
     raise ValueError(f"config.batch_size={config.batch_size} is larger than the training set ({len(train_x)} examples)")
   if train_x.shape[1:] != test_x.shape[1:]:
-    raise ValueError(f"the train and test images differ in size: train {train_x.shape[1:]}, test {test_x.shape[1:]} (H, W, C)")
+    raise ValueError(
+      f"the train and test images differ in size: train {train_x.shape[1:]}, test {test_x.shape[1:]} (H, W, C)"
+    )
   check_labels(train_y, NUM_CLASSES, "train")
   check_labels(test_y, NUM_CLASSES, "test")
   # Statistics of the whole split on every process, so that every host normalises alike.
   scaled = train_x.astype(np.float64) / 255.0
   mean, std = float(scaled.mean()), float(scaled.std())
-  return place_train(normalize(train_x, mean, std), train_y, mesh), place_eval(normalize(test_x, mean, std), test_y, mesh)
+  return place_train(normalize(train_x, mean, std), train_y, mesh), place_eval(
+    normalize(test_x, mean, std), test_y, mesh
+  )

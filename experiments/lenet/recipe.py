@@ -13,7 +13,13 @@ __all__ = ["create_model", "create_optimizer", "learning_rate_schedule"]
 
 def create_model(config: ml_collections.ConfigDict, input_shape: tuple[int, ...], num_classes: int = 10) -> LeNet:
   """The LeNet of ``config.model`` initialised from ``config.seed``."""
-  return LeNet(num_classes, variant=config.model.variant, impl=config.model.impl, input_shape=input_shape, rngs=nnx.Rngs(config.seed))
+  return LeNet(
+    num_classes,
+    variant=config.model.variant,
+    impl=config.model.impl,
+    input_shape=input_shape,
+    rngs=nnx.Rngs(config.seed),
+  )
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:

@@ -11,7 +11,16 @@ from typing import Any
 
 from jaxconv import parallel
 
-__all__ = ["CURVES_FILE", "METRICS_FILE", "Progress", "append_metrics", "metrics_current", "plot_curves", "strict_record", "write_metrics"]
+__all__ = [
+  "CURVES_FILE",
+  "METRICS_FILE",
+  "Progress",
+  "append_metrics",
+  "metrics_current",
+  "plot_curves",
+  "strict_record",
+  "write_metrics",
+]
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -31,7 +40,9 @@ class Progress:
     width = 30
     filled = int(width * done / max(self.total, 1))
     elapsed = time.perf_counter() - self.start
-    sys.stderr.write(f"\r{self.label} |{'#' * filled}{'.' * (width - filled)}| {done}/{self.total} {elapsed:5.1f}s {note}\x1b[K")
+    sys.stderr.write(
+      f"\r{self.label} |{'#' * filled}{'.' * (width - filled)}| {done}/{self.total} {elapsed:5.1f}s {note}\x1b[K"
+    )
     sys.stderr.flush()
 
   def close(self) -> None:
@@ -89,7 +100,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
     ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], "o-", label=split)
     ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in history], "o-", label=split)
   ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
-  ax_acc.set(xlabel="epoch", ylabel="%", title=f"accuracy (test: {100 * history[-1]['test_accuracy']:.2f}% at epoch {epochs[-1]})")
+  ax_acc.set(
+    xlabel="epoch",
+    ylabel="%",
+    title=f"accuracy (test: {100 * history[-1]['test_accuracy']:.2f}% at epoch {epochs[-1]})",
+  )
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
     ax.legend()

@@ -25,32 +25,32 @@ from experiments.lenet.config import RESUME_SAFE, config_record, validate_config
 from experiments.lenet.data import NUM_CLASSES, device_data
 from experiments.lenet.recipe import create_model, create_optimizer, learning_rate_schedule
 from experiments.lenet.report import (
-    CURVES_FILE,
-    METRICS_FILE,
-    Progress,
-    append_metrics,
-    metrics_current,
-    plot_curves,
-    strict_record,
-    write_metrics,
+  CURVES_FILE,
+  METRICS_FILE,
+  Progress,
+  append_metrics,
+  metrics_current,
+  plot_curves,
+  strict_record,
+  write_metrics,
 )
 from jaxconv import parallel
 from jaxconv.training import (
-    Batch,
-    Checkpoints,
-    ConfigMismatchError,
-    TrainState,
-    WorkdirLock,
-    abstract,
-    check_finite_loss,
-    compile_steps,
-    config_differences,
-    create_state,
-    epoch_batches,
-    mean_loss,
-    run_epoch,
-    steps_per_epoch,
-    summarize,
+  Batch,
+  Checkpoints,
+  ConfigMismatchError,
+  TrainState,
+  WorkdirLock,
+  abstract,
+  check_finite_loss,
+  compile_steps,
+  config_differences,
+  create_state,
+  epoch_batches,
+  mean_loss,
+  run_epoch,
+  steps_per_epoch,
+  summarize,
 )
 
 __all__ = ["CHECKPOINT_DIR", "restore_model", "train_and_evaluate", "train_epoch"]
@@ -75,8 +75,8 @@ def _check_resume(config: ml_collections.ConfigDict, directory: Path, input_shap
       differences.append(f"image size (H, W, C): {tuple(meta.get('input_shape', ()))} -> {input_shape}")
     if differences:
       raise ConfigMismatchError(
-          f"the checkpoints under {directory} were written with another config; resuming would change "
-          f"{', '.join(differences)} (checkpoint -> now). Use another workdir, or the checkpoint's values"
+        f"the checkpoints under {directory} were written with another config; resuming would change "
+        f"{', '.join(differences)} (checkpoint -> now). Use another workdir, or the checkpoint's values"
       )
 
   return check
@@ -91,8 +91,9 @@ def train_epoch(train_steps, state: TrainState, data: Batch, idx: jax.Array, ste
   return state, metrics
 
 
-def _disk_full(error: BaseException) -> bool:
-  """Whether ``error`` or one of its causes is ENOSPC (orbax and tensorstore wrap it, or only keep its text)."""
+def _disk_full(raised: BaseException) -> bool:
+  """Whether ``raised`` or one of its causes is ENOSPC (orbax and tensorstore wrap it, or only keep its text)."""
+  error: BaseException | None = raised
   while error is not None:
     if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error):
       return True
@@ -107,11 +108,16 @@ def _writing(what: str, workdir: Path, epoch: int, call, *args):
   except Exception as e:
     if not _disk_full(e):
       raise
-    raise OSError(errno.ENOSPC, f"no space left on device writing {what} of epoch {epoch} under {workdir}; "
-                  f"free some space and rerun the same command: it resumes after the last saved epoch") from None  # fmt: skip
+    raise OSError(
+      errno.ENOSPC,
+      f"no space left on device writing {what} of epoch {epoch} under {workdir}; "
+      f"free some space and rerun the same command: it resumes after the last saved epoch",
+    ) from None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *, start_time: float | None = None) -> list[dict]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | Path, *, start_time: float | None = None
+) -> list[dict]:
   """Train ``config``'s LeNet, resuming from ``workdir``'s checkpoints; returns the metrics of every epoch.
 
   Data parallel over ``config.mesh.data`` devices (of every process when ``config.distributed``
@@ -133,7 +139,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     return _run(config, workdir, mesh, main, read_only, start_time)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, main: bool, read_only: bool, start_time: float) -> list[dict]:
+def _run(
+  config: ml_collections.ConfigDict, workdir: Path, mesh, main: bool, read_only: bool, start_time: float
+) -> list[dict]:
   """The body of ``train_and_evaluate`` once the workdir is held."""
   train_data, test_data = device_data(config, mesh)
   num_train = train_data.labels.shape[0]
@@ -147,7 +155,9 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, main: bool, rea
 
   with Checkpoints(directory, KEEP_CHECKPOINTS, create=not read_only) as checkpoints:
     targets = {"params": abstract(state.params), "opt_state": abstract(state.opt_state)}
-    restored = checkpoints.restore(targets, _check_resume(config, directory, input_shape), set_aside=main and not read_only)
+    restored = checkpoints.restore(
+      targets, _check_resume(config, directory, input_shape), set_aside=main and not read_only
+    )
     done, history = 0, []
     if restored is not None:
       done, items, meta = restored
@@ -157,19 +167,28 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, main: bool, rea
     if main and not read_only:
       write_metrics(workdir / METRICS_FILE, history)
     elif main and not metrics_current(workdir / METRICS_FILE, history):
-      log.warning("%s is read-only: its %s does not match the checkpoint's %d epochs and stays so", workdir, METRICS_FILE, len(history))
+      log.warning(
+        "%s is read-only: its %s does not match the checkpoint's %d epochs and stays so",
+        workdir,
+        METRICS_FILE,
+        len(history),
+      )
     if done and main:
       log.info("resuming from %s after epoch %d", workdir, done)
     if done < config.num_epochs:
       if read_only:
         raise OSError(errno.EROFS, f"{workdir} is read-only: cannot train epochs {done + 1}..{config.num_epochs} there")
       start = time.perf_counter()
-      train_steps, evaluate = compile_steps(graphdef, tx, state, train_data, test_data, config.batch_size, config.eval_batch_size, mesh)
+      train_steps, evaluate = compile_steps(
+        graphdef, tx, state, train_data, test_data, config.batch_size, config.eval_batch_size, mesh
+      )
       compile_seconds = time.perf_counter() - start
     for epoch in range(done + 1, config.num_epochs + 1):
       t0 = time.perf_counter()
       idx = epoch_batches(config.seed, epoch, num_train, config.batch_size, mesh)
-      state, train_metrics = train_epoch(train_steps, state, train_data, idx, config.steps_per_call, f"epoch {epoch}/{config.num_epochs}")
+      state, train_metrics = train_epoch(
+        train_steps, state, train_data, idx, config.steps_per_call, f"epoch {epoch}/{config.num_epochs}"
+      )
       check_finite_loss(train_metrics, epoch)  # before anything of the epoch is saved
       t1 = time.perf_counter()
       test_metrics = jax.device_get(evaluate(state.params, test_data))
