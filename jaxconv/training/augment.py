@@ -85,7 +85,7 @@ def shift(images: jax.Array, shifts: jax.Array, fill: float | None = None) -> ja
   _check_per_image("shifts", shifts, (2,), images)
   if not jnp.issubdtype(shifts.dtype, jnp.integer):
     raise TypeError(f"shifts must have an integer dtype; got {shifts.dtype}")
-  n, h, w, c = images.shape
+  _, h, w, c = images.shape
   pad = ((0, 0), (h, h), (w, w), (0, 0))
   # Padding by a whole image on each side lets every shift up to the image size be one slice.
   padded = jnp.pad(images, pad, mode="edge") if fill is None else jnp.pad(images, pad, constant_values=fill)
@@ -115,7 +115,7 @@ def affine(images: jax.Array, matrices: jax.Array, offsets: jax.Array, fill: flo
 
   def one(image: jax.Array, matrix: jax.Array, offset: jax.Array) -> jax.Array:
     source = centre + (grid - centre) @ matrix.T.astype(images.dtype) + offset.astype(images.dtype)  # (H, W, 2)
-    resample = lambda channel: ndimage.map_coordinates(channel, [source[..., 0], source[..., 1]], order=1, mode=mode, cval=cval)  # noqa: E731
+    resample = lambda channel: ndimage.map_coordinates(channel, [source[..., 0], source[..., 1]], order=1, mode=mode, cval=cval)
     return jax.vmap(resample, in_axes=-1, out_axes=-1)(image)
 
   return jax.vmap(one)(images, matrices, offsets)
@@ -133,7 +133,7 @@ def sample_affine(key: jax.Array, n: int, config: AugmentConfig) -> jax.Array:
   samples through its inverse, so content is rotated by the drawn angle and zoomed by the drawn factor.
   """
   k_rot, k_scale, k_shear = jax.random.split(key, 3)
-  uniform = lambda k, limit: jax.random.uniform(k, (n,), minval=-limit, maxval=limit)  # noqa: E731
+  uniform = lambda k, limit: jax.random.uniform(k, (n,), minval=-limit, maxval=limit)
   angle = uniform(k_rot, math.radians(config.max_rotation))
   scale = 1.0 + uniform(k_scale, config.max_scale)
   shear = jnp.tan(uniform(k_shear, math.radians(config.max_shear)))
