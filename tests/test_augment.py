@@ -158,3 +158,16 @@ def test_image_and_argument_errors():
     augment.shift(jnp.zeros((2, 8, 8, 1)), jnp.zeros((2, 2)))
   with pytest.raises(ValueError, match=r"matrices must have shape \(2, 2, 2\)"):
     augment.affine(jnp.zeros((2, 8, 8, 1)), jnp.zeros((2, 2)), jnp.zeros((2, 2)))
+
+
+def test_config_fields_round_trip():
+  block = augment.config_fields(max_shift=2, max_rotation=10.0)
+  assert block.fill is None and block.max_scale == 0.0
+  assert augment.from_config(block) == AugmentConfig(max_shift=2, max_rotation=10.0)
+  assert augment.from_config({"max_shift": 1}) == AugmentConfig(max_shift=1)
+  block.fill = -0.4  # the placeholder takes a float later, as --config.augment.fill does
+  assert augment.from_config(block).fill == -0.4
+  with pytest.raises(ValueError, match=r"unknown augment fields \['rotation'\]"):
+    augment.config_fields(rotation=10.0)
+  with pytest.raises(ValueError, match="max_shift must be an int >= 0; got -2"):
+    augment.config_fields(max_shift=-2)

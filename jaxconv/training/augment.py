@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax import lax
 from jax.scipy import ndimage
+from ml_collections import config_dict
 
-__all__ = ["AugmentConfig", "affine", "augment", "sample_affine", "sample_shifts", "shift"]
+__all__ = ["AugmentConfig", "affine", "augment", "config_fields", "from_config", "sample_affine", "sample_shifts", "shift"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,29 @@ class AugmentConfig:
   def enabled(self) -> bool:
     """Whether ``augment`` changes anything."""
     return bool(self.max_shift) or self.warps
+
+
+def config_fields(**values: Any) -> ml_collections.ConfigDict:
+  """The ``config.augment`` block of a training config: every ``AugmentConfig`` field, zero unless given.
+
+  ``fill`` is a float placeholder, so ``--config.augment.fill=0.0`` works from the command line.
+  """
+  fields = {f.name: f.default for f in dataclasses.fields(AugmentConfig)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ValueError(f"unknown augment fields {unknown}; expected some of {sorted(fields)}")
+  block = ml_collections.ConfigDict({k: v for k, v in fields.items() if k != "fill"})
+  block.fill = config_dict.placeholder(float)
+  for name, value in values.items():
+    block[name] = value
+  AugmentConfig(**block.to_dict())  # the same errors as the dataclass, now rather than in the step
+  return block
+
+
+def from_config(block: Mapping[str, Any]) -> AugmentConfig:
+  """The ``AugmentConfig`` of a ``config.augment`` block (a ``ConfigDict`` or a dict)."""
+  values = block.to_dict() if isinstance(block, ml_collections.ConfigDict) else dict(block)
+  return AugmentConfig(**values)
 
 
 def _check_images(images: jax.Array) -> None:
