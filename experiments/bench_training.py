@@ -34,6 +34,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from jaxconv import parallel, train
+from jaxconv.training import augment
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/lenet_mnist.py", "Training configuration (run from the repository root).")
@@ -51,6 +52,11 @@ def bench_config(impl: str | None) -> ml_collections.ConfigDict:
   config.model.impl = impl
   config.steps_per_call = FLAGS.steps_per_call
   config.optimizer, config.schedule = "adam", "constant"
+  # torch's throughput loop trains without these: keep both sides doing the same work.
+  if "label_smoothing" in config:
+    config.label_smoothing = 0.0
+  if "augment" in config:
+    config.augment = augment.config_fields()
   return config
 
 
@@ -232,7 +238,7 @@ def torch_params(params: nnx.State) -> dict[str, np.ndarray]:
   return {k: np.array(v, np.float32, order="C") for k, v in out.items()}  # writable copies
 
 
-def torch_augment(x, augment: dict, generator):
+def torch_augment(x, fields: dict, generator):
   """PyTorch twin of ``jaxconv.training.augment.augment`` on x ``(N, C, H, W)``: the same distribution.
 
   Integer shifts, rotation, zoom and shear drawn as there, applied by one bilinear ``grid_sample``
@@ -240,13 +246,13 @@ def torch_augment(x, augment: dict, generator):
   """
   import torch
 
-  n, _, h, w = x.shape
+  n = x.shape[0]
   uniform = lambda limit: (torch.rand(n, generator=generator) * 2 - 1) * limit
-  shift = float(augment.get("max_shift", 0))
+  shift = float(fields.get("max_shift", 0))
   shifts = torch.randint(-int(shift), int(shift) + 1, (n, 2), generator=generator).float()  # (dy, dx)
-  angle = uniform(np.radians(augment.get("max_rotation", 0.0)))
-  scale = 1 + uniform(augment.get("max_scale", 0.0))
-  shear = torch.tan(uniform(np.radians(augment.get("max_shear", 0.0))))
+  angle = uniform(np.radians(fields.get("max_rotation", 0.0)))
+  scale = 1 + uniform(fields.get("max_scale", 0.0))
+  shear = torch.tan(uniform(np.radians(fields.get("max_shear", 0.0))))
   cos, sin = torch.cos(angle), torch.sin(angle)
   # The (row, col) sampling matrix of sample_affine, then the shift as an offset after it.
   rc = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin - shear * cos, cos - shear * sin], -1)], -2) / scale[:, None, None]
@@ -292,7 +298,7 @@ def torch_speedrun(config: ml_collections.ConfigDict, params: nnx.State, train_d
   else:
     opt = torch.optim.SGD(model.parameters(), rates[0], momentum=config.momentum)
   smoothing = float(config.get("label_smoothing", 0.0))
-  augment = dict(config.get("augment", {})) if "augment" in recipe_fields(config) else None
+  fields = dict(config.get("augment", {})) if "augment" in recipe_fields(config) else None
   yield 0, float("nan"), clock.stop()
   for epoch in range(1, config.num_epochs + 1):
     clock.start()
@@ -302,8 +308,8 @@ def torch_speedrun(config: ml_collections.ConfigDict, params: nnx.State, train_d
       for group in opt.param_groups:
         group["lr"] = rates[(epoch - 1) * steps + i]
       images = x[idx[i]]
-      if augment:
-        images = torch_augment(images, augment, generator)
+      if fields:
+        images = torch_augment(images, fields, generator)
       opt.zero_grad(set_to_none=True)
       nn.functional.cross_entropy(model(images), y[idx[i]], label_smoothing=smoothing).backward()
       opt.step()
