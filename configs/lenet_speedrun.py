@@ -1,8 +1,8 @@
 """Speedrun: the unchanged modern LeNet-5 (61,706 parameters) to >= 99.0% MNIST test accuracy in 3 epochs.
 
 Adam with a one-cycle schedule peaking at 1e-2 (a quarter of the steps warming up), label smoothing
-0.1, no augmentation (at 3 epochs it costs accuracy: see the report of issue 14), each epoch one
-compiled call. ``experiments/bench_training.py --time-to-accuracy 0.99 --config configs/lenet_speedrun.py``
+0.1 and random shifts of up to one pixel on the device (without them the recipe reached 99.03% and
+98.98% on seeds 0 and 1; with them 99.13% on seed 0), each epoch one compiled call. ``experiments/bench_training.py --time-to-accuracy 0.99 --config configs/lenet_speedrun.py``
 races it against the same recipe in PyTorch eager.
 """
 
@@ -25,5 +25,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule = "one_cycle"
   config.warmup_epochs = 0.75  # one_cycle's pct_start = warmup_epochs / num_epochs = 0.25
   config.label_smoothing = 0.1
-  config.augment = augment.config_fields()  # all zero: off
+  config.augment = augment.config_fields(max_shift=1)  # integer shifts in [-1, 1] per axis, edge fill
   return config
