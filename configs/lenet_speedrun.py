@@ -1,8 +1,9 @@
 """Speedrun: the unchanged modern LeNet-5 (61,706 parameters) to >= 99.0% MNIST test accuracy in 3 epochs.
 
 Adam with a one-cycle schedule peaking at 1e-2 (a quarter of the steps warming up), label smoothing
-0.1 and random shifts of up to one pixel on the device (without them the recipe reached 99.03% and
-98.98% on seeds 0 and 1; with them 99.13%, 99.14%, 99.09% on seeds 0, 1, 2), each epoch one compiled call. ``experiments/bench_training.py --time-to-accuracy 0.99 --config configs/lenet_speedrun.py``
+0.1 and random shifts of up to one pixel on the device (without the shifts the recipe reached 99.03%
+and 98.98% on seeds 0 and 1; with them 99.13%, 99.14%, 99.09% on seeds 0, 1, 2), each epoch one
+compiled call. ``experiments/bench_training.py --time-to-accuracy 0.99 --config configs/lenet_speedrun.py``
 races it against the same recipe in PyTorch eager.
 """
 
