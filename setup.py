@@ -26,7 +26,7 @@ ONEDNN_RUNTIME = "onednn-cpu-gomp"
 
 
 def _installed_dir(distribution: str, suffix: str) -> str | None:
-  """The directory that holds ``suffix`` (a relative path, e.g. ``oneapi/dnnl/dnnl.hpp``) in ``distribution``'s files."""
+  """The directory holding ``suffix`` (a relative path, e.g. ``oneapi/dnnl/dnnl.hpp``) in ``distribution``'s files."""
   try:
     files = importlib.metadata.files(distribution) or []
   except importlib.metadata.PackageNotFoundError:
@@ -61,8 +61,12 @@ class BuildExtension(build_ext):
   def build_extension(self, ext: Extension) -> None:
     ffi_include = _ffi_include()
     dnnl_include, dnnl_lib = _onednn_dirs()
-    missing = [name for name, path in (("XLA FFI headers (jaxlib)", ffi_include), (f"oneDNN headers ({ONEDNN_DEVEL})", dnnl_include),
-                                       (f"libdnnl.so ({ONEDNN_RUNTIME})", dnnl_lib)) if path is None]
+    required = (
+      ("XLA FFI headers (jaxlib)", ffi_include),
+      (f"oneDNN headers ({ONEDNN_DEVEL})", dnnl_include),
+      (f"libdnnl.so ({ONEDNN_RUNTIME})", dnnl_lib),
+    )
+    missing = [name for name, path in required if path is None]
     if missing:
       self.warn(f"not building {ext.name}: missing {', '.join(missing)}; impl='onednn' will be unavailable")
       return
@@ -72,15 +76,15 @@ class BuildExtension(build_ext):
 
 
 setup(
-    ext_modules=[
-        Extension(
-            "jaxconv._onednn",
-            sources=["csrc/onednn_conv.cc"],
-            language="c++",
-            libraries=["dnnl", "dl"],
-            extra_compile_args=["-std=c++17", "-O2", "-g0", "-fvisibility=hidden"],
-            optional=True,
-        )
-    ],
-    cmdclass={"build_ext": BuildExtension},
+  ext_modules=[
+    Extension(
+      "jaxconv._onednn",
+      sources=["csrc/onednn_conv.cc"],
+      language="c++",
+      libraries=["dnnl", "dl"],
+      extra_compile_args=["-std=c++17", "-O2", "-g0", "-fvisibility=hidden"],
+      optional=True,
+    )
+  ],
+  cmdclass={"build_ext": BuildExtension},
 )

@@ -7,6 +7,8 @@ The other configs start from ``get_config()`` here and change what they need
 import ml_collections
 from ml_collections import config_dict
 
+from jaxconv.training import augment
+
 
 def get_config() -> ml_collections.ConfigDict:
   """Every field ``experiments.lenet.train_and_evaluate`` reads."""
@@ -31,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 0.05  # adamw only (decoupled: each step shrinks weights by lr * weight_decay)
   config.schedule = "warmup_cosine"
   config.warmup_epochs = 1.0
+  config.label_smoothing = 0.0  # the training loss's targets: (1 - a) * one_hot + a / num_classes
+  # On-device augmentation of each training batch (jaxconv.training.augment); zeros: none.
+  config.augment = augment.config_fields()
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = 0  # devices the batch is split over (data parallelism); 0: every device
   config.distributed = ml_collections.ConfigDict()

@@ -2,11 +2,20 @@
 
   python experiments/bench_training.py [--impl NAME ...] [--rounds 3] [--out bench.json]
       [--config configs/lenet_mnist.py]
+  python experiments/bench_training.py --time-to-accuracy 0.99 --config configs/lenet_speedrun.py
+      [--impl NAME ...] [--out tta.json]
 
-Both train the same modern LeNet-5 with Adam on full MNIST epochs (batch 128, shuffled,
-remainder dropped), alternating round by round so that both see the same machine load; the
-table reports the median images/s of each and their ratio per round. jaxconv's one-off
-compile time is reported separately. PyTorch is optional (``pip install torch``).
+Throughput (the default): both train the same modern LeNet-5 with Adam on full MNIST epochs
+(batch 128, shuffled, remainder dropped), alternating round by round so that both see the same
+machine load; the table reports the median images/s of each and their ratio per round. jaxconv's
+one-off compile time is reported separately. PyTorch is optional (``pip install torch``).
+
+Time to accuracy (``--time-to-accuracy A``): the config's whole recipe (optimiser, schedule, batch
+size, label smoothing, augmentation, epochs) in jaxconv and in PyTorch eager from the same initial
+weights and the same batches, epochs interleaved; each side's clock runs only while it works and
+includes model set-up and compilation (the shared data loading is reported apart). Each stops at
+the first epoch whose test accuracy reaches A. ``--out`` gets ``speedup_vs_torch``: per jaxconv
+impl, torch's seconds over jaxconv's (in the throughput mode: the median images/s ratio).
 """
 
 from __future__ import annotations
@@ -21,22 +30,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: experiments.lenet, configs
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app, flags
-
-import ml_collections
+from flax import nnx
 from ml_collections import config_flags
 
 from experiments import lenet
 from jaxconv import parallel, training
+from jaxconv.training import augment
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/lenet_mnist.py", "Training configuration (run from the repository root).")
+config_flags.DEFINE_config_file(
+  "config", "configs/lenet_mnist.py", "Training configuration (run from the repository root)."
+)
 flags.DEFINE_multi_string("impl", None, "Kernels to train with (default: the config's model.impl).")
 flags.DEFINE_integer("rounds", 3, "Epochs timed per framework, interleaved.")
 flags.DEFINE_integer("steps_per_call", 50, "Training steps per compiled call.")
 flags.DEFINE_boolean("torch", True, "Also time PyTorch eager (skipped if torch is not installed).")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_float(
+  "time_to_accuracy", None, "Instead of throughput: seconds until this test accuracy, jaxconv vs torch."
+)
+flags.DEFINE_alias("time-to-accuracy", "time_to_accuracy")
 
 
 def bench_config(impl: str | None) -> ml_collections.ConfigDict:
@@ -45,6 +61,11 @@ def bench_config(impl: str | None) -> ml_collections.ConfigDict:
   config.model.impl = impl
   config.steps_per_call = FLAGS.steps_per_call
   config.optimizer, config.schedule = "adam", "constant"
+  # torch's throughput loop trains without these: keep both sides doing the same work.
+  if "label_smoothing" in config:
+    config.label_smoothing = 0.0
+  if "augment" in config:
+    config.augment = augment.config_fields()
   return config
 
 
@@ -55,7 +76,9 @@ def jax_trainer(config: ml_collections.ConfigDict, mesh, train_data: training.Ba
   graphdef, state = training.create_state(lenet.create_model(config, tuple(train_data.images.shape[1:])), tx)
   state = [parallel.replicate(state, mesh)]
   start = time.perf_counter()
-  train_steps, _ = training.compile_steps(graphdef, tx, state[0], train_data, test_data, config.batch_size, config.eval_batch_size, mesh)
+  train_steps, _ = training.compile_steps(
+    graphdef, tx, state[0], train_data, test_data, config.batch_size, config.eval_batch_size, mesh
+  )
   compile_seconds = time.perf_counter() - start
   epoch = [0]
 
@@ -70,17 +93,24 @@ def jax_trainer(config: ml_collections.ConfigDict, mesh, train_data: training.Ba
   return run, compile_seconds
 
 
+def torch_lenet():
+  """The modern LeNet-5 as a PyTorch ``nn.Sequential`` (NCHW)."""
+  from torch import nn
+
+  return nn.Sequential(
+      nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+      nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+  )  # fmt: skip
+
+
 def torch_trainer(images: np.ndarray, labels: np.ndarray, batch_size: int = 128, lr: float = 1e-3):
   """A function running one PyTorch eager epoch of the same LeNet with Adam (returns its seconds)."""
   import torch
   from torch import nn
 
   torch.manual_seed(0)
-  model = nn.Sequential(
-      nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-      nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-      nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
-  )  # fmt: skip
+  model = torch_lenet()
   opt = torch.optim.Adam(model.parameters(), lr)
   x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
   y = torch.from_numpy(labels.astype(np.int64))
@@ -103,12 +133,22 @@ def torch_trainer(images: np.ndarray, labels: np.ndarray, batch_size: int = 128,
 def main(argv: list[str]) -> None:
   """Time the epochs and print the table."""
   del argv
+  if FLAGS.time_to_accuracy is not None:
+    return time_to_accuracy_main(FLAGS.time_to_accuracy)
   config = bench_config(FLAGS.config.model.impl)
   mesh = parallel.make_mesh(config.mesh.data)
   train_data, test_data = lenet.device_data(config, mesh)
   steps = training.steps_per_epoch(train_data.labels.shape[0], config.batch_size, parallel.num_shards(mesh))
   images_per_epoch = steps * config.batch_size
-  runners, results = {}, {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__, "devices": len(mesh.devices.flat), "load_average_before": os.getloadavg()}
+  runners, results = (
+    {},
+    {
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "jax": jax.__version__,
+      "devices": len(mesh.devices.flat),
+      "load_average_before": os.getloadavg(),
+    },
+  )
   for impl in FLAGS.impl or [config.model.impl]:
     name = f"jaxconv impl={impl}"
     runners[name], compile_seconds = jax_trainer(bench_config(impl), mesh, train_data, test_data)
@@ -129,11 +169,16 @@ def main(argv: list[str]) -> None:
       seconds[name].append(run())
   results["load_average_after"] = os.getloadavg()
   torch_name = next((n for n in runners if n.startswith("torch")), None)
-  print(f"\nXLA_FLAGS={results['xla_flags']!r}, {results['devices']} {jax.devices()[0].platform} device(s), "
-        f"{FLAGS.rounds} interleaved epochs of {images_per_epoch} images, load average {results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}")
+  print(
+    f"\nXLA_FLAGS={results['xla_flags']!r}, {results['devices']} {jax.devices()[0].platform} device(s), "
+    f"{FLAGS.rounds} interleaved epochs of {images_per_epoch} images, "
+    f"load average {results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}"
+  )
   # Medians, and the best epoch of each: on a shared machine the fastest epoch is the one least
   # disturbed by other work, so best-vs-best is the steadier comparison.
-  print(f"{'trainer':<28} {'images/s':>10} {'best':>8} {'ms/step':>8} {'compile s':>9} {'vs torch':>9} {'best vs best':>12}")
+  print(
+    f"{'trainer':<28} {'images/s':>10} {'best':>8} {'ms/step':>8} {'compile s':>9} {'vs torch':>9} {'best vs best':>12}"
+  )
   for name, secs in seconds.items():
     row = results.setdefault(name, {})
     row["images_per_second"] = [images_per_epoch / s for s in secs]
@@ -143,7 +188,246 @@ def main(argv: list[str]) -> None:
     row["median_ratio_vs_torch"], row["best_ratio_vs_torch"] = ratio, best_ratio
     compile_s = row.get("compile_seconds")
     compile_text = "" if compile_s is None else f"{compile_s:.2f}"
-    print(f"{name:<28} {median:>10.0f} {best:>8.0f} {1e3 * config.batch_size / median:>8.2f} {compile_text:>9} {ratio:>8.2f}x {best_ratio:>11.2f}x")
+    print(
+      f"{name:<28} {median:>10.0f} {best:>8.0f} {1e3 * config.batch_size / median:>8.2f} "
+      f"{compile_text:>9} {ratio:>8.2f}x {best_ratio:>11.2f}x"
+    )
+  if torch_name:
+    results["speedup_vs_torch"] = {
+      n.removeprefix("jaxconv impl="): results[n]["median_ratio_vs_torch"] for n in runners if n != torch_name
+    }
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump(results, f, indent=2)
+
+
+# --------------------------------------------------------------------------------------------
+# time to accuracy: the config's whole recipe, jaxconv against PyTorch eager
+
+
+class Clock:
+  """Seconds accumulated over the stretches between ``start()`` and ``stop()``."""
+
+  def __init__(self):
+    self.seconds, self._since = 0.0, None
+
+  def start(self) -> None:
+    self._since = time.perf_counter()
+
+  def stop(self) -> float:
+    self.seconds += time.perf_counter() - self._since
+    return self.seconds
+
+
+def recipe_fields(config: ml_collections.ConfigDict) -> list[str]:
+  """The recipe fields beyond the optimiser and schedule that ``config`` turns on."""
+  fields = []
+  if config.get("label_smoothing", 0.0):
+    fields.append("label_smoothing")
+  if any(v for k, v in config.get("augment", {}).items() if k != "fill"):
+    fields.append("augment")
+  return fields
+
+
+def jax_speedrun(config: ml_collections.ConfigDict, mesh, train_data: training.Batch, test_data: training.Batch):
+  """Yields ``(epoch, test_accuracy, seconds)`` of a jaxconv run of ``config``; seconds include set-up and compile."""
+  clock = Clock()
+  clock.start()
+  num_train = train_data.labels.shape[0]
+  steps = training.steps_per_epoch(num_train, config.batch_size, parallel.num_shards(mesh))
+  tx = lenet.create_optimizer(config, steps)
+  graphdef, state = training.create_state(lenet.create_model(config, tuple(train_data.images.shape[1:])), tx)
+  state = parallel.replicate(state, mesh)
+  train_steps, evaluate = training.compile_steps(
+    graphdef, tx, state, train_data, test_data, config.batch_size, config.eval_batch_size, mesh,
+    augmentation=augment.from_config(config.augment), label_smoothing=float(config.label_smoothing),
+  )  # fmt: skip
+  yield 0, float("nan"), clock.stop()
+  for epoch in range(1, config.num_epochs + 1):
+    clock.start()
+    idx = training.epoch_batches(config.seed, epoch, num_train, config.batch_size, mesh)
+    key = training.epoch_key(config.seed, epoch)
+    state, _ = training.run_epoch(train_steps, state, train_data, idx, config.steps_per_call, key=key)
+    accuracy = training.summarize(jax.device_get(evaluate(state.params, test_data)), "test")["test_accuracy"]
+    yield epoch, accuracy, clock.stop()
+
+
+def torch_params(params: nnx.State) -> dict[str, np.ndarray]:
+  """jaxconv LeNet parameters as the ``state_dict`` of ``torch_lenet()``: the same initial weights."""
+  plain = nnx.to_pure_dict(params)
+  convs, denses = plain["features"]["layers"], plain["classifier"]["layers"]
+  out = {}
+  for name, layer in (("0", convs[0]), ("3", convs[3])):
+    out[f"{name}.weight"] = np.asarray(layer["kernel"]).transpose(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+    out[f"{name}.bias"] = np.asarray(layer["bias"])
+  first = np.asarray(denses[1]["kernel"])  # rows in NHWC flatten order (h, w, c); torch flattens (c, h, w)
+  out["7.weight"] = first.reshape(5, 5, 16, -1).transpose(2, 0, 1, 3).reshape(400, -1).T
+  out["7.bias"] = np.asarray(denses[1]["bias"])
+  for name, layer in (("9", denses[3]), ("11", denses[5])):
+    out[f"{name}.weight"], out[f"{name}.bias"] = np.asarray(layer["kernel"]).T, np.asarray(layer["bias"])
+  return {k: np.array(v, np.float32, order="C") for k, v in out.items()}  # writable copies
+
+
+def torch_augment(x, fields: dict, generator):
+  """PyTorch twin of ``jaxconv.training.augment.augment`` on x ``(N, C, H, W)``: the same distribution.
+
+  Integer shifts, rotation, zoom and shear drawn as there, applied by one bilinear ``grid_sample``
+  with edge replication (``padding_mode="border"``) through the same sampling map.
+  """
+  import torch
+
+  n = x.shape[0]
+  uniform = lambda limit: (torch.rand(n, generator=generator) * 2 - 1) * limit
+  shift = float(fields.get("max_shift", 0))
+  shifts = torch.randint(-int(shift), int(shift) + 1, (n, 2), generator=generator).float()  # (dy, dx)
+  angle = uniform(np.radians(fields.get("max_rotation", 0.0)))
+  scale = 1 + uniform(fields.get("max_scale", 0.0))
+  shear = torch.tan(uniform(np.radians(fields.get("max_shear", 0.0))))
+  cos, sin = torch.cos(angle), torch.sin(angle)
+  # The (row, col) sampling matrix of sample_affine, then the shift as an offset after it.
+  rc = (
+    torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin - shear * cos, cos - shear * sin], -1)], -2)
+    / scale[:, None, None]
+  )
+  return torch_affine(x, rc, -(rc @ shifts[:, :, None])[..., 0])
+
+
+def torch_affine(x, rc, offset_rc):
+  """``jaxconv.training.augment.affine`` (edge fill) in PyTorch.
+
+  x is ``(N, C, H, W)``, rc ``(N, 2, 2)``, offset_rc ``(N, 2)``.
+  """
+  import torch
+
+  _, _, h, w = x.shape
+  # grid_sample works in (x, y) = (col, row), normalised so that -1 and 1 are the edge pixels' centres.
+  half = torch.tensor([(w - 1) / 2, (h - 1) / 2])
+  xy = rc.flip(1).flip(2) * half[None, None, :] / half[None, :, None]
+  theta = torch.cat([xy, (offset_rc.flip(1) / half)[:, :, None]], 2)
+  grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=True)
+  return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def torch_speedrun(
+  config: ml_collections.ConfigDict, params: nnx.State, train_data: training.Batch, test_data: training.Batch
+):
+  """Yields ``(epoch, test_accuracy, seconds)`` of the same recipe in PyTorch eager: weights, batches, schedule."""
+  import torch
+  from torch import nn
+
+  num_train, batch = train_data.labels.shape[0], config.batch_size
+  steps = training.steps_per_epoch(num_train, batch)
+  # optax's own rates, outside torch's clock: the schedule is the recipe, not torch's work.
+  rates = np.asarray(
+    jax.vmap(lenet.learning_rate_schedule(config, steps))(np.arange(config.num_epochs * steps))
+  ).tolist()
+  clock = Clock()
+  clock.start()
+  torch.manual_seed(config.seed)
+  generator = torch.Generator().manual_seed(config.seed)
+  model = torch_lenet()
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in torch_params(params).items()})
+  x = torch.from_numpy(np.array(np.asarray(train_data.images).transpose(0, 3, 1, 2), order="C"))  # writable copies
+  y = torch.from_numpy(np.asarray(train_data.labels).astype(np.int64))
+  test_x = torch.from_numpy(np.array(np.asarray(test_data.images).transpose(0, 3, 1, 2), order="C"))
+  test_y = torch.from_numpy(np.asarray(test_data.labels).astype(np.int64))
+  if config.optimizer == "adam":
+    opt = torch.optim.Adam(model.parameters(), rates[0])
+  elif config.optimizer == "adamw":
+    opt = torch.optim.AdamW(model.parameters(), rates[0], weight_decay=config.weight_decay)
+  else:
+    opt = torch.optim.SGD(model.parameters(), rates[0], momentum=config.momentum)
+  smoothing = float(config.get("label_smoothing", 0.0))
+  fields = dict(config.get("augment", {})) if "augment" in recipe_fields(config) else None
+  yield 0, float("nan"), clock.stop()
+  for epoch in range(1, config.num_epochs + 1):
+    clock.start()
+    model.train()
+    idx = torch.from_numpy(np.asarray(training.epoch_batches(config.seed, epoch, num_train, batch)).astype(np.int64))
+    for i in range(steps):
+      for group in opt.param_groups:
+        group["lr"] = rates[(epoch - 1) * steps + i]
+      images = x[idx[i]]
+      if fields:
+        images = torch_augment(images, fields, generator)
+      opt.zero_grad(set_to_none=True)
+      nn.functional.cross_entropy(model(images), y[idx[i]], label_smoothing=smoothing).backward()
+      opt.step()
+    model.eval()
+    with torch.no_grad():
+      keep = test_y >= 0  # device_data's padding rows have label -1
+      logits = torch.cat([model(test_x[i : i + 1000]) for i in range(0, len(test_y), 1000)])
+      accuracy = float((logits.argmax(1) == test_y)[keep].float().mean())
+    yield epoch, accuracy, clock.stop()
+
+
+def time_to_accuracy_main(target: float) -> None:
+  """Interleave epochs of every trainer until each reaches ``target`` test accuracy or runs out of epochs."""
+  config = FLAGS.config.copy_and_resolve_references()
+  mesh = parallel.make_mesh(config.mesh.data)
+  start = time.perf_counter()
+  train_data, test_data = lenet.device_data(config, mesh)
+  results = {
+      "target": target, "data_seconds": time.perf_counter() - start, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "jax": jax.__version__, "devices": len(mesh.devices.flat), "load_average_before": os.getloadavg(),
+  }  # fmt: skip
+  runs = {}
+  for impl in FLAGS.impl or [config.model.impl]:
+    impl_config = config.copy_and_resolve_references()
+    impl_config.model.impl = impl
+    runs[f"jaxconv impl={impl}"] = jax_speedrun(impl_config, mesh, train_data, test_data)
+  if FLAGS.torch:
+    try:
+      import torch
+
+      _, params = nnx.split(lenet.create_model(config, tuple(train_data.images.shape[1:])), nnx.Param)
+      runs[f"torch {torch.__version__} eager"] = torch_speedrun(config, params, train_data, test_data)
+      results["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+      print("torch is not installed: timing jaxconv only")
+  curves = {name: [] for name in runs}
+  active = dict(runs)
+  while active:
+    for name, run in list(active.items()):
+      epoch, accuracy, seconds = next(run, (None, None, None))
+      if epoch is None:
+        del active[name]
+        continue
+      curves[name].append({"epoch": epoch, "test_accuracy": accuracy, "seconds": seconds})
+      if epoch and accuracy >= target:
+        del active[name]
+  results["load_average_after"] = os.getloadavg()
+  print(
+    f"\ntime to {100 * target:.2f}% test accuracy, {config.num_epochs} epochs at most, batch {config.batch_size}; "
+    f"data loading {results['data_seconds']:.1f}s apart; "
+    f"load average {results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}"
+  )
+  print(f"{'trainer':<28} {'set-up s':>9} {'epochs':>6} {'seconds':>8} {'final acc':>9}  per-epoch accuracy")
+  summary = {}
+  for name, curve in curves.items():
+    last = curve[-1]
+    reached = last["epoch"] > 0 and last["test_accuracy"] >= target
+    summary[name] = {
+      "reached": reached,
+      "epochs": last["epoch"],
+      "seconds": last["seconds"],
+      "setup_seconds": curve[0]["seconds"],
+      "curve": curve[1:],
+    }
+    accs = " ".join(f"{100 * c['test_accuracy']:.2f}" for c in curve[1:])
+    print(
+      f"{name:<28} {curve[0]['seconds']:>9.2f} {last['epoch']:>6} {last['seconds']:>8.1f} "
+      f"{100 * last['test_accuracy']:>8.2f}%  {accs}{'' if reached else '  (not reached)'}"
+    )
+  results["runs"] = summary
+  torch_name = next((n for n in summary if n.startswith("torch")), None)
+  if torch_name:
+    t = summary[torch_name]
+    results["speedup_vs_torch"] = {
+        n.removeprefix("jaxconv impl="): (t["seconds"] / r["seconds"] if r["reached"] and t["reached"] else None)
+        for n, r in summary.items() if n != torch_name
+    }  # fmt: skip
+    print("speedup vs torch:", results["speedup_vs_torch"])
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
       json.dump(results, f, indent=2)

@@ -12,6 +12,7 @@ import ml_collections
 
 from jaxconv import ops
 from jaxconv.models import VARIANTS
+from jaxconv.training import augment
 
 __all__ = [
   "DATA_SOURCES",
@@ -88,6 +89,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check_field(
     config, "warmup_epochs", (float, int), _finite(lambda v: 0 <= v <= config.num_epochs), "a number in [0, num_epochs]"
   )
+  check_field(config, "label_smoothing", (float, int), _finite(lambda v: 0 <= v < 1), "a number in [0, 1)")
+  if "augment" not in config:
+    raise ValueError("config.augment is missing")
+  augment.from_config(config.augment)  # raises naming the field
   check_field(config, "mesh.data", int, lambda v: v >= 0, "an int >= 0 (0: every device)")
   check_field(config, "distributed.enabled", bool, anything, "a bool")
   check_field(

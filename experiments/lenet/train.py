@@ -42,11 +42,13 @@ from jaxconv.training import (
   TrainState,
   WorkdirLock,
   abstract,
+  augment,
   check_finite_loss,
   compile_steps,
   config_differences,
   create_state,
   epoch_batches,
+  epoch_key,
   mean_loss,
   run_epoch,
   steps_per_epoch,
@@ -82,11 +84,13 @@ def _check_resume(config: ml_collections.ConfigDict, directory: Path, input_shap
   return check
 
 
-def train_epoch(train_steps, state: TrainState, data: Batch, idx: jax.Array, steps_per_call: int, label: str):
+def train_epoch(
+  train_steps, state: TrainState, data: Batch, idx: jax.Array, steps_per_call: int, label: str, key: jax.Array
+):
   """One epoch of ``jaxconv.training.run_epoch`` with a progress bar labelled ``label``."""
   bar = Progress(idx.shape[0], label)
   progress = (lambda done, metrics: bar.update(done, f"loss {mean_loss(metrics):.4f}")) if bar.enabled else None
-  state, metrics = run_epoch(train_steps, state, data, idx, steps_per_call, progress)
+  state, metrics = run_epoch(train_steps, state, data, idx, steps_per_call, progress, key)
   bar.close()
   return state, metrics
 
@@ -180,15 +184,15 @@ def _run(
         raise OSError(errno.EROFS, f"{workdir} is read-only: cannot train epochs {done + 1}..{config.num_epochs} there")
       start = time.perf_counter()
       train_steps, evaluate = compile_steps(
-        graphdef, tx, state, train_data, test_data, config.batch_size, config.eval_batch_size, mesh
-      )
+        graphdef, tx, state, train_data, test_data, config.batch_size, config.eval_batch_size, mesh,
+        augmentation=augment.from_config(config.augment), label_smoothing=float(config.label_smoothing),
+      )  # fmt: skip
       compile_seconds = time.perf_counter() - start
     for epoch in range(done + 1, config.num_epochs + 1):
       t0 = time.perf_counter()
       idx = epoch_batches(config.seed, epoch, num_train, config.batch_size, mesh)
-      state, train_metrics = train_epoch(
-        train_steps, state, train_data, idx, config.steps_per_call, f"epoch {epoch}/{config.num_epochs}"
-      )
+      label, key = f"epoch {epoch}/{config.num_epochs}", epoch_key(config.seed, epoch)
+      state, train_metrics = train_epoch(train_steps, state, train_data, idx, config.steps_per_call, label, key)
       check_finite_loss(train_metrics, epoch)  # before anything of the epoch is saved
       t1 = time.perf_counter()
       test_metrics = jax.device_get(evaluate(state.params, test_data))

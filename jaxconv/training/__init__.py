@@ -5,12 +5,14 @@
 - ``loop``: placing splits on a data-parallel mesh, seeded shuffles, the compiled epoch runner, its checks.
 - ``checkpoint``: orbax checkpoints with SHA-256 digests, verified on restore; damaged steps set aside.
 - ``lock``: one live run per work directory.
+- ``augment``: on-device data augmentation (random shifts and affine warps) inside the compiled step.
 
 Data parallelism comes from shardings on the inputs (``jaxconv.parallel``): with one device the
 mesh is trivial and nothing else changes. The LeNet-on-MNIST program built on this lives in
 ``experiments/lenet/``.
 """
 
+from jaxconv.training.augment import AugmentConfig
 from jaxconv.training.checkpoint import (
   Checkpoints,
   ConfigMismatchError,
@@ -27,6 +29,7 @@ from jaxconv.training.loop import (
   check_labels,
   compile_steps,
   epoch_batches,
+  epoch_key,
   place_eval,
   place_train,
   run_epoch,
@@ -47,6 +50,7 @@ from jaxconv.training.steps import (
 )
 
 __all__ = [
+  "AugmentConfig",
   "Batch",
   "Checkpoints",
   "ConfigMismatchError",
@@ -65,6 +69,7 @@ __all__ = [
   "config_differences",
   "create_state",
   "epoch_batches",
+  "epoch_key",
   "make_apply",
   "make_evaluate",
   "make_train_step",

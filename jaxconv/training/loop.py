@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxconv import parallel
+from jaxconv.training import augment
 from jaxconv.training.state import Batch, TrainState
 from jaxconv.training.steps import Metrics, make_evaluate, make_train_step, make_train_steps, mean_loss, zero_metrics
 
@@ -27,6 +28,7 @@ __all__ = [
   "check_labels",
   "compile_steps",
   "epoch_batches",
+  "epoch_key",
   "place_eval",
   "place_train",
   "run_epoch",
@@ -111,10 +113,24 @@ def epoch_batches(seed: int, epoch: int, num_examples: int, batch_size: int, mes
   )
 
 
+def epoch_key(seed: int, epoch: int) -> jax.Array:
+  """The random key of epoch ``epoch``'s training steps (augmentation), from ``seed`` alone."""
+  return jax.random.fold_in(jax.random.key(seed), epoch)
+
+
 def compile_steps(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, state: TrainState, train: Batch, test: Batch,
-    batch_size: int, eval_batch_size: int, mesh: Mesh,
-):  # fmt: skip
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  state: TrainState,
+  train: Batch,
+  test: Batch,
+  batch_size: int,
+  eval_batch_size: int,
+  mesh: Mesh,
+  *,
+  augmentation: augment.AugmentConfig | None = None,
+  label_smoothing: float = 0.0,
+):
   """Ahead-of-time compiled ``train_steps`` and ``evaluate`` for these shapes, data parallel over ``mesh``.
 
   State and metrics are replicated, the data and each epoch's ``idx`` (``epoch_batches``) split
@@ -130,15 +146,18 @@ def compile_steps(
     parallel.sharding(mesh, None, parallel.DATA_AXIS),
     replicated,
     replicated,
+    replicated,
   )
   # The state is donated: each call updates the parameters and Adam moments in place.
   jitted = jax.jit(
-    make_train_steps(make_train_step(graphdef, tx, mesh), mesh),
+    make_train_steps(
+      make_train_step(graphdef, tx, mesh, augmentation=augmentation, label_smoothing=label_smoothing), mesh
+    ),
     in_shardings=in_shardings,
     out_shardings=replicated,
     donate_argnums=0,
   )
-  train_steps = jitted.lower(state, zero_metrics(), train, idx, 0, 0).compile()
+  train_steps = jitted.lower(state, zero_metrics(), train, idx, 0, 0, epoch_key(0, 0)).compile()
   evaluate = jax.jit(
     make_evaluate(graphdef, eval_batch_size, mesh), in_shardings=(replicated, examples), out_shardings=replicated
   )
@@ -146,18 +165,25 @@ def compile_steps(
 
 
 def run_epoch(
-    train_steps, state: TrainState, data: Batch, idx: jax.Array, steps_per_call: int,
-    progress: Callable[[int, Metrics], None] | None = None,
-) -> tuple[TrainState, Metrics]:  # fmt: skip
+  train_steps,
+  state: TrainState,
+  data: Batch,
+  idx: jax.Array,
+  steps_per_call: int,
+  progress: Callable[[int, Metrics], None] | None = None,
+  key: jax.Array | None = None,
+) -> tuple[TrainState, Metrics]:
   """All steps of one epoch in calls of ``steps_per_call`` steps; returns the state and summed metrics (on the host).
 
-  ``progress(done, metrics)``, if given, is called with the steps finished and their summed metrics.
+  ``progress(done, metrics)``, if given, is called with the steps finished and their summed metrics;
+  ``key`` (``epoch_key(seed, epoch)``; default ``epoch_key(0, 0)``) seeds the steps' augmentation.
   """
+  key = epoch_key(0, 0) if key is None else key
   steps = idx.shape[0]
   metrics = zero_metrics()
   for start in range(0, steps, steps_per_call):
     previous = metrics
-    state, metrics = train_steps(state, metrics, data, idx, start, min(start + steps_per_call, steps))
+    state, metrics = train_steps(state, metrics, data, idx, start, min(start + steps_per_call, steps), key)
     # Reading the previous call's sums waits for that call only: the next one is already queued.
     if progress is not None and start:
       progress(start, previous)

@@ -18,6 +18,7 @@ from jax import lax
 from jax.sharding import Mesh
 
 from jaxconv import parallel
+from jaxconv.training import augment
 from jaxconv.training.state import Batch, TrainState
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 Metrics = dict[str, jax.Array]  # per-batch sums: "loss", "correct", "count"
-TrainStep = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+TrainStep = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
 
 
 def batch_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
@@ -73,16 +74,33 @@ def make_apply(graphdef: nnx.GraphDef, mesh: Mesh | None = None) -> Callable[[nn
   return parallel.per_device(lambda params, images: nnx.merge(graphdef, params)(images), mesh)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh | None = None) -> TrainStep:
-  """``train_step(state, batch) -> (state, metrics)``: forward, mean cross-entropy, grad and Optax update."""
+def make_train_step(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  mesh: Mesh | None = None,
+  *,
+  augmentation: augment.AugmentConfig | None = None,
+  label_smoothing: float = 0.0,
+) -> TrainStep:
+  """``train_step(state, batch, key) -> (state, metrics)``: augment, forward, loss, grad and Optax update.
+
+  ``augmentation`` (``augment.AugmentConfig``) transforms the batch's images on the device with
+  ``key``; the loss is the cross-entropy against labels smoothed by ``label_smoothing``
+  (``optax.smooth_labels``). The metrics stay the plain cross-entropy of the (augmented) batch.
+  """
   apply = make_apply(graphdef, mesh)
 
-  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
     """One optimisation step on ``batch``; metrics are sums over its examples."""
+    images = batch.images if augmentation is None else augment.augment(key, batch.images, augmentation)
 
     def loss_fn(params: nnx.State) -> tuple[jax.Array, Metrics]:
-      metrics = batch_metrics(apply(params, batch.images), batch.labels)
-      return metrics["loss"] / batch.labels.shape[0], metrics
+      logits = apply(params, images)
+      metrics = batch_metrics(logits, batch.labels)
+      if not label_smoothing:
+        return metrics["loss"] / batch.labels.shape[0], metrics
+      targets = optax.smooth_labels(jax.nn.one_hot(batch.labels, logits.shape[-1]), label_smoothing)
+      return optax.softmax_cross_entropy(logits, targets).mean(), metrics
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -92,14 +110,21 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
 
 
 def make_train_steps(train_step: TrainStep, mesh: Mesh | None = None):
-  """``train_steps(state, metrics, data, idx, start, stop)``: steps ``start..stop-1`` of ``idx (S, B)``."""
+  """``train_steps(state, metrics, data, idx, start, stop, key)``: steps ``start..stop-1`` of ``idx (S, B)``.
 
-  def train_steps(state: TrainState, metrics: Metrics, data: Batch, idx: jax.Array, start: jax.Array, stop: jax.Array):
+  Step ``i`` draws its randomness from ``fold_in(key, i)``: it depends on the epoch's key and the
+  step only, so a resumed run replays it.
+  """
+
+  def train_steps(
+    state: TrainState, metrics: Metrics, data: Batch, idx: jax.Array, start: jax.Array, stop: jax.Array, key: jax.Array
+  ):
     """Run ``train_step`` on the batches of rows ``idx[i]`` for ``start <= i < stop``, summing metrics."""
 
     def body(i: jax.Array, carry: tuple[TrainState, Metrics]) -> tuple[TrainState, Metrics]:
       state, metrics = carry
-      state, step_metrics = train_step(state, parallel.gather_shards(data, idx[i], mesh))
+      batch = parallel.gather_shards(data, idx[i], mesh)
+      state, step_metrics = train_step(state, batch, jax.random.fold_in(key, i))
       return state, add_metrics(metrics, step_metrics)
 
     return lax.fori_loop(start, stop, body, (state, metrics))
