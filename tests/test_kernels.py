@@ -120,7 +120,8 @@ def test_depthwise_chunked_kernel_gradient(monkeypatch, rng):
 # auto
 
 
-AUTO_CHOICES = {
+# Without the oneDNN kernel (not built or not loadable): the rule's fallbacks.
+FALLBACK_CHOICES = {
   "lenet_conv1": "toeplitz",
   "lenet_conv2": "toeplitz",
   "resnet_3x3": "hybrid",
@@ -135,6 +136,11 @@ AUTO_CHOICES = {
   "stem_7x7_s2": "lax",
   "cifar_5x5": "im2col",
 }
+# With it: fft (large kernels) and lax (1-D) keep their shapes; oneDNN takes the rest.
+ONEDNN_CHOICES = {
+  name: choice if choice == "fft" or name == "conv1d_k5" else "onednn" for name, choice in FALLBACK_CHOICES.items()
+}
+AUTO_CHOICES = ONEDNN_CHOICES if auto.onednn_serves(bench.SHAPES_BY_NAME["resnet_3x3"].spec()) else FALLBACK_CHOICES
 
 
 def test_auto_rule_on_the_benchmark_shapes():
@@ -142,11 +148,18 @@ def test_auto_rule_on_the_benchmark_shapes():
   assert {s.name: auto.choose(s.spec()) for s in bench.SHAPES} == AUTO_CHOICES
 
 
+def test_auto_rule_without_onednn(monkeypatch):
+  """Where the oneDNN kernel cannot run, the rule falls back to jaxconv's own kernels."""
+  monkeypatch.setattr(auto, "onednn_serves", lambda spec: False)
+  assert {s.name: auto.choose(s.spec()) for s in bench.SHAPES} == FALLBACK_CHOICES
+
+
 def test_auto_leaves_dense_convs_to_lax_when_ynnpack_convolutions_are_off(monkeypatch):
-  """With XLA's own (non-YNNPACK) convolutions, the dense shapes go to lax; the others keep their kernel."""
+  """With XLA's own (non-YNNPACK) convolutions and no oneDNN, the dense shapes go to lax; the others keep theirs."""
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+  monkeypatch.setattr(auto, "onednn_serves", lambda spec: False)
   choices = {s.name: auto.choose(s.spec()) for s in bench.SHAPES}
-  assert choices == {**AUTO_CHOICES, "resnet_3x3": "lax", "resnet_3x3_s2": "lax", "bottleneck_1x1": "lax"}
+  assert choices == {**FALLBACK_CHOICES, "resnet_3x3": "lax", "resnet_3x3_s2": "lax", "bottleneck_1x1": "lax"}
 
 
 def specs_grid() -> list[ConvGeometry]:

@@ -5,28 +5,33 @@ backward, see ``docs/bench/kernels.md``); on other backends ``"auto"`` is lax. `
 of kernel taps, ``Cg = C_in / groups``, ``Og = C_out / groups``, ``|x|`` the input's bytes. First
 match wins:
 
-1. groups > 1 and Cg <= 4             -> "depthwise"  (XLA's grouped conv is 10-20x slower)
-2. stride 1, K >= 49, Cg * Og <= 64   -> "fft"        (large kernels over few channels)
-3. one spatial axis                   -> "lax"        (XLA is fast on 1-D)
-4. three spatial axes                 -> "winograd" for 3x3x3 stride 1 undilated, else "im2col"
-5. groups > 1                         -> "im2col"     (lax's grouped backward is 10x slower)
-6. Cg < 32, C_out <= 16, W_p <= 8 k_w, T fits -> "toeplitz" (LeNet-like: narrow images, few channels)
-7. Cg < 32: stride 1 -> "im2col", strided -> "lax" (narrow stems)
-8. |x| < 16 MiB, or XLA_FLAGS turn YNNPACK convolutions off -> "lax" (XLA's conv is at its best)
-9. K == 1 -> "im2col", else "hybrid"                  (lax's kernel gradient slows 2x on big x)
+1. stride 1, K >= 49, Cg * Og <= 64   -> "fft"        (large kernels over few channels)
+2. one spatial axis                   -> "lax"        (XLA is fast on 1-D)
+3. oneDNN serves the call             -> "onednn"     (PyTorch's own CPU convolutions)
 
-Rule 6 trades the banded GEMM's ``W_p / k_w`` redundant multiply-adds (``W_p`` the padded last
-axis, ``k_w`` the kernel's extent on it) for a GEMM that is wide even when C_out is not. On
-LeNet's conv1 (6 output channels) it runs 3x faster than im2col; on conv2 (16) it is even with
-im2col at top level and 2x faster inside the training loop (``experiments/bench_training.py``);
-on a 32x32x3 -> 32 5x5 conv (``cifar_5x5``) im2col's GEMM has enough columns of its own and wins.
+and where the oneDNN kernel is not available (not built, no library, another dtype):
+
+4. groups > 1 and Cg <= 4             -> "depthwise"  (XLA's grouped conv is 10-20x slower)
+5. three spatial axes                 -> "winograd" for 3x3x3 stride 1 undilated, else "im2col"
+6. groups > 1                         -> "im2col"     (lax's grouped backward is 10x slower)
+7. Cg < 32, C_out <= 16, W_p <= 8 k_w, T fits -> "toeplitz" (LeNet-like: narrow images, few channels)
+8. Cg < 32: stride 1 -> "im2col", strided -> "lax" (narrow stems)
+9. |x| < 16 MiB, or XLA_FLAGS turn YNNPACK convolutions off -> "lax" (XLA's conv is at its best)
+10. K == 1 -> "im2col", else "hybrid"                 (lax's kernel gradient slows 2x on big x)
+
+With oneDNN, rule 3 takes 11 of the 13 benchmark shapes: forward + backward it was the fastest
+kernel on 10 of them and within 7% of toeplitz on LeNet's conv1, and a LeNet training epoch runs
+1.36x faster with it than with toeplitz for both convolutions (``experiments/bench_training.py
+--impl auto --impl onednn``, before this rule). Rule 7 trades the banded GEMM's ``W_p / k_w``
+redundant multiply-adds (``W_p`` the padded last axis, ``k_w`` the kernel's extent on it) for a
+GEMM that is wide even when C_out is not.
 
 ``"hybrid"`` keeps XLA's forward convolution (and its input gradient at stride 1) and replaces
 its kernel gradient. FFT would also win on some 5x5 layers, but it spreads rounding noise over the whole
 output, so that the gradient of one output unit is no longer exactly zero outside its receptive
 field; ``"auto"`` takes that trade only from 7x7 kernels on, where the win is large. The choice never
-depends on values or timing, so it is the same under jit, grad and
-vmap, and every chosen kernel supports the call (``tests/test_kernels.py`` checks both).
+depends on values or timing, so it is the same under jit, grad and vmap, and every chosen kernel
+supports the call (``tests/test_kernels.py`` checks both).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import os
 import jax
 
 from jaxconv.geometry import ConvGeometry
-from jaxconv.kernels.registry import register
+from jaxconv.kernels.registry import available, get, register
 from jaxconv.kernels.toeplitz import padded_width, supports_toeplitz
 from jaxconv.kernels.winograd import supports_winograd
 
@@ -66,6 +71,11 @@ def banded_pays(spec: ConvGeometry) -> bool:
   return narrow and supports_toeplitz(spec) is None
 
 
+def onednn_serves(spec: ConvGeometry) -> bool:
+  """Whether the ``"onednn"`` kernel is registered, built, loadable and accepts ``spec``."""
+  return "onednn" in available() and get("onednn").refusal(spec) is None
+
+
 def choose(spec: ConvGeometry) -> str:
   """The kernel name ``"auto"`` runs for ``spec`` (a pure function of static shapes)."""
   if jax.default_backend() != "cpu":
@@ -73,12 +83,14 @@ def choose(spec: ConvGeometry) -> str:
   taps = spec.taps
   cg, og = spec.group_in, spec.group_out
   strided = any(s > 1 for s in spec.stride)
-  if spec.groups > 1 and cg <= NARROW_GROUP:
-    return "depthwise"
   if not strided and taps >= FFT_MIN_TAPS and cg * og <= FFT_MAX_CHANNEL_PRODUCT:
     return "fft"
   if spec.rank == 1:
     return "lax"
+  if onednn_serves(spec):
+    return "onednn"
+  if spec.groups > 1 and cg <= NARROW_GROUP:
+    return "depthwise"
   if spec.rank == 3:
     return "winograd" if supports_winograd(spec) is None else "im2col"
   if spec.groups > 1:
