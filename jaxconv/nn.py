@@ -48,7 +48,40 @@ def _check_features(name: str, value: int, groups: int) -> int:
   return value
 
 
-class Conv(nnx.Module):
+class _ConvLayer(nnx.Module):
+  """What ``Conv`` and ``ConvTranspose`` share: features, groups, kernel and bias parameters, impl."""
+
+  kernel_size: tuple[int, ...]
+  stride: int | Sequence[int]
+  padding: Padding
+  dilation: int | Sequence[int]
+
+  def _features_and_params(
+    self, in_features, out_features, kernel_size, groups, use_bias, impl, kernel_init, bias_init, rngs
+  ) -> tuple[int, ...]:
+    """Check and set the features, groups and impl; create the kernel and bias; return the kernel's shape."""
+    self.kernel_size = _kernel_tuple(kernel_size)
+    self.groups = check_int(groups, "groups", minimum=1)
+    self.in_features = _check_features("in_features", in_features, self.groups)
+    self.out_features = _check_features("out_features", out_features, self.groups)
+    self.use_bias = use_bias
+    self.impl = None if impl is None else ops.check_impl(impl)
+    shape = (*self.kernel_size, self.in_features // self.groups, self.out_features)
+    self.kernel = nnx.Param(kernel_init(rngs.params(), shape))
+    self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,))) if use_bias else None
+    return shape
+
+  def _arrays(self) -> tuple[jax.Array, jax.Array | None]:
+    """The kernel and the bias (None without one), as arrays."""
+    return self.kernel[...], None if self.bias is None else self.bias[...]
+
+  def _geometry_kwargs(self) -> dict:
+    """The keyword arguments ``jc.conv`` and ``jc.conv_transpose`` share."""
+    impl = self.impl if self.impl is not None else default_impl()
+    return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups, impl=impl)
+
+
+class Conv(_ConvLayer):
   """Channels-last convolution (cross-correlation) ``(N, *spatial, in_features) -> (N, *out, out_features)``.
 
   Arguments as ``jaxconv.conv`` (``padding_mode`` included); ``impl=None`` picks ``"auto"``.
@@ -75,36 +108,18 @@ class Conv(nnx.Module):
     bias_init: Initializer = nnx.initializers.zeros_init(),
     rngs: nnx.Rngs,
   ):
-    kernel = _kernel_tuple(kernel_size)
-    self.groups = check_int(groups, "groups", minimum=1)
-    self.in_features = _check_features("in_features", in_features, self.groups)
-    self.out_features = _check_features("out_features", out_features, self.groups)
-    shape = (*kernel, self.in_features // self.groups, self.out_features)
+    shape = self._features_and_params(in_features, out_features, kernel_size, groups, use_bias, impl,
+                                      kernel_init, bias_init, rngs)  # fmt: skip
     self.geometry = _smallest_input_geometry(shape, self.in_features, stride, padding, dilation, self.groups)
-    self.kernel_size, self.stride, self.dilation = kernel, self.geometry.stride, self.geometry.dilation
-    self.padding = padding
+    self.stride, self.dilation, self.padding = self.geometry.stride, self.geometry.dilation, padding
     self.padding_mode = check_padding_mode(padding_mode, (), ())
-    self.use_bias = use_bias
-    self.impl = None if impl is None else ops.check_impl(impl)
-    self.kernel = nnx.Param(kernel_init(rngs.params(), shape))
-    self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,))) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, in_features)`` -> ``(N, *out_spatial, out_features)``."""
-    return ops.conv(
-      x,
-      self.kernel[...],
-      None if self.bias is None else self.bias[...],
-      stride=self.stride,
-      padding=self.padding,
-      dilation=self.dilation,
-      groups=self.groups,
-      padding_mode=self.padding_mode,
-      impl=self.impl if self.impl is not None else default_impl(),
-    )
+    return ops.conv(x, *self._arrays(), padding_mode=self.padding_mode, **self._geometry_kwargs())
 
 
-class ConvTranspose(nnx.Module):
+class ConvTranspose(_ConvLayer):
   """Transposed convolution ``(N, *spatial, in_features) -> (N, *out, out_features)``, as ``jaxconv.conv_transpose``.
 
   The kernel is ``(*kernel_size, in_features // groups, out_features)``; each axis gives
@@ -132,35 +147,17 @@ class ConvTranspose(nnx.Module):
     bias_init: Initializer = nnx.initializers.zeros_init(),
     rngs: nnx.Rngs,
   ):
-    kernel = _kernel_tuple(kernel_size)
-    self.groups = check_int(groups, "groups", minimum=1)
-    self.in_features = _check_features("in_features", in_features, self.groups)
-    self.out_features = _check_features("out_features", out_features, self.groups)
-    shape = (*kernel, self.in_features // self.groups, self.out_features)
+    shape = self._features_and_params(in_features, out_features, kernel_size, groups, use_bias, impl,
+                                      kernel_init, bias_init, rngs)  # fmt: skip
     # Every argument checked once, on a one-pixel input (the transposed conv accepts any size).
-    probe = jax.ShapeDtypeStruct((1, *(1,) * len(kernel), self.in_features), jnp.float32)
+    probe = jax.ShapeDtypeStruct((1, *(1,) * len(self.kernel_size), self.in_features), jnp.float32)
     ops.transpose_geometry(probe, jax.ShapeDtypeStruct(shape, jnp.float32), stride=stride, padding=padding,
                            dilation=dilation, groups=self.groups, output_padding=output_padding)  # fmt: skip
-    self.kernel_size, self.stride, self.dilation = kernel, stride, dilation
-    self.padding, self.output_padding = padding, output_padding
-    self.use_bias = use_bias
-    self.impl = None if impl is None else ops.check_impl(impl)
-    self.kernel = nnx.Param(kernel_init(rngs.params(), shape))
-    self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,))) if use_bias else None
+    self.stride, self.dilation, self.padding, self.output_padding = stride, dilation, padding, output_padding
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, in_features)`` -> ``(N, *out_spatial, out_features)``."""
-    return ops.conv_transpose(
-      x,
-      self.kernel[...],
-      None if self.bias is None else self.bias[...],
-      stride=self.stride,
-      padding=self.padding,
-      dilation=self.dilation,
-      groups=self.groups,
-      output_padding=self.output_padding,
-      impl=self.impl if self.impl is not None else default_impl(),
-    )
+    return ops.conv_transpose(x, *self._arrays(), output_padding=self.output_padding, **self._geometry_kwargs())
 
 
 def _smallest_input_geometry(
