@@ -68,14 +68,17 @@ tx = lenet.create_optimizer(config, steps_per_epoch=10)
 graphdef, single = training.create_state(lenet.create_model(config, (28, 28, 1)), tx)
 sharded = parallel.replicate(single, mesh)
 batch = parallel.shard_examples(training.Batch(images, labels), mesh, 32)
+key = training.epoch_key(0, 1)
 single_step = jax.jit(training.make_train_step(graphdef, tx))
 sharded_step = jax.jit(
-  training.make_train_step(graphdef, tx, mesh), in_shardings=(replicated, examples), out_shardings=replicated
+  training.make_train_step(graphdef, tx, mesh),
+  in_shardings=(replicated, examples, replicated),
+  out_shardings=replicated,
 )
-sharded_step = sharded_step.lower(sharded, batch).compile()
+sharded_step = sharded_step.lower(sharded, batch, key).compile()
 for _ in range(3):
-  single, single_metrics = single_step(single, training.Batch(jnp.asarray(images), jnp.asarray(labels)))
-  sharded, sharded_metrics = sharded_step(sharded, batch)
+  single, single_metrics = single_step(single, training.Batch(jnp.asarray(images), jnp.asarray(labels)), key)
+  sharded, sharded_metrics = sharded_step(sharded, batch, key)
 out["param_max_abs_diff"] = max(
   float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded))
 )
@@ -96,7 +99,7 @@ out["idx"], out["idx_spec"] = np.asarray(idx).tolist(), list(idx.sharding.spec)
 # 3. The smoke run on 4 devices (capturing its compiled functions), then a resume that restores.
 compiled = []
 compile_steps = program.compile_steps
-program.compile_steps = lambda *args: compiled.append(compile_steps(*args)) or compiled[-1]
+program.compile_steps = lambda *args, **kwargs: compiled.append(compile_steps(*args, **kwargs)) or compiled[-1]
 out["history"] = lenet.train_and_evaluate(config, workdir)
 out["resumed"] = lenet.train_and_evaluate(config, workdir)
 out["train_steps_collectives"] = sorted(set(re.findall(collectives, compiled[0][0].as_text())))

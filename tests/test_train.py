@@ -188,7 +188,7 @@ elif point == "mid-epoch-2":  # the third compiled call of epoch 2
         kill()
       return train_steps(*a)
 
-    return train_epoch(steps if args[-1].startswith("epoch 2/") else train_steps, *args)
+    return train_epoch(steps if args[-2].startswith("epoch 2/") else train_steps, *args)  # args: ..., label, key
 
   train.train_epoch = killing_train_epoch
 train.train_and_evaluate(namespace["get_config"](), workdir)
