@@ -37,6 +37,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from experiments import lenet
+from experiments.lenet.torch_twin import torch_lenet, torch_params
 from jaxconv import parallel, training
 from jaxconv.training import augment
 
@@ -91,17 +92,6 @@ def jax_trainer(config: ml_collections.ConfigDict, mesh, train_data: training.Ba
     return time.perf_counter() - start
 
   return run, compile_seconds
-
-
-def torch_lenet():
-  """The modern LeNet-5 as a PyTorch ``nn.Sequential`` (NCHW)."""
-  from torch import nn
-
-  return nn.Sequential(
-      nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-      nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-      nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
-  )  # fmt: skip
 
 
 def torch_trainer(images: np.ndarray, labels: np.ndarray, batch_size: int = 128, lr: float = 1e-3):
@@ -250,22 +240,6 @@ def jax_speedrun(config: ml_collections.ConfigDict, mesh, train_data: training.B
     state, _ = training.run_epoch(train_steps, state, train_data, idx, config.steps_per_call, key=key)
     accuracy = training.summarize(jax.device_get(evaluate(state.params, test_data)), "test")["test_accuracy"]
     yield epoch, accuracy, clock.stop()
-
-
-def torch_params(params: nnx.State) -> dict[str, np.ndarray]:
-  """jaxconv LeNet parameters as the ``state_dict`` of ``torch_lenet()``: the same initial weights."""
-  plain = nnx.to_pure_dict(params)
-  convs, denses = plain["features"]["layers"], plain["classifier"]["layers"]
-  out = {}
-  for name, layer in (("0", convs[0]), ("3", convs[3])):
-    out[f"{name}.weight"] = np.asarray(layer["kernel"]).transpose(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
-    out[f"{name}.bias"] = np.asarray(layer["bias"])
-  first = np.asarray(denses[1]["kernel"])  # rows in NHWC flatten order (h, w, c); torch flattens (c, h, w)
-  out["7.weight"] = first.reshape(5, 5, 16, -1).transpose(2, 0, 1, 3).reshape(400, -1).T
-  out["7.bias"] = np.asarray(denses[1]["bias"])
-  for name, layer in (("9", denses[3]), ("11", denses[5])):
-    out[f"{name}.weight"], out[f"{name}.bias"] = np.asarray(layer["kernel"]).T, np.asarray(layer["bias"])
-  return {k: np.array(v, np.float32, order="C") for k, v in out.items()}  # writable copies
 
 
 def torch_augment(x, fields: dict, generator):

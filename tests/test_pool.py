@@ -133,6 +133,25 @@ def test_max_pool_ties_give_the_whole_gradient_to_the_first(padding):
   np.testing.assert_array_equal(jax.jacfwd(lambda x: jc.max_pool(x, 2, padding=padding).sum())(x), dx_ref)
 
 
+@pytest.mark.parametrize("window", [(2, 2), (3, 2), (1, 3), (2, 2, 2), (2, 1, 3)])
+def test_max_pool_ties_across_window_axes_go_to_the_row_major_first(window, rng: np.random.Generator):
+  """Values in {0, 1} tie in most windows: the gradient goes to the first maximum in row-major order, NaN wins."""
+  shape = (2, *(3 * k for k in window), 3)
+  x = rng.integers(0, 2, shape).astype(np.float32)
+  x[0, *(0,) * len(window), 0] = np.nan  # a NaN in the first window of the first channel
+  ct = rng.standard_normal((2, *(3,) * len(window), 3)).astype(np.float32)
+  y, (dx,) = with_vjp(lambda x: jc.max_pool(x, window))(x, ct)
+  y_ref, dx_ref = np.empty(ct.shape, np.float32), np.zeros_like(x)
+  for b, *out, c in np.ndindex(*ct.shape):
+    cells = [tuple(o * k + t for o, k, t in zip(out, window, tap)) for tap in np.ndindex(*window)]
+    values = np.array([x[(b, *cell, c)] for cell in cells])
+    first = int(np.argmax(np.isnan(values))) if np.isnan(values).any() else int(np.argmax(values == values.max()))
+    y_ref[(b, *out, c)] = values[first]
+    dx_ref[(b, *cells[first], c)] += ct[(b, *out, c)]
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(dx, dx_ref)
+
+
 # --------------------------------------------------------------------------------------------
 # PyTorch's pools: ceil_mode, dilation, adaptive cells. The references below are loops written
 # from PyTorch's documented formulas, not from jaxconv's code:

@@ -1,0 +1,219 @@
+"""Where a LeNet-5 training step's time goes: each part's forward + backward, jaxconv beside PyTorch eager.
+
+  python experiments/profile_step.py [--impl onednn --impl toeplitz ...] [--repeats 200] [--out FILE]
+
+The modern LeNet-5 at batch 128 on 28x28x1 images is cut into the parts of its training step:
+conv1 (gradients of its parameters only: the images need none), ReLU + 2x2 max-pool after it,
+conv2, ReLU + pool after it, the dense classifier, the cross-entropy, and the Adam update. Each part
+runs jitted on its real input shapes as forward then backward (``jax.vjp``), against a cotangent
+of ones, and the same part in PyTorch eager (autograd's forward + backward; ``optimizer.step`` for
+Adam). The whole step (``jaxconv.training.make_train_step``) is timed alone and as one of the 50
+steps of the compiled loop the training runs (``make_train_steps``), per step. Times are medians
+of ``--repeats`` calls, in ms; one jitted call's dispatch floor (a call on the same arguments that
+does nothing) is printed so that it can be told apart from work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from flax import nnx
+
+from jaxconv import training
+from jaxconv.models import LeNet
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("impl", None, "jaxconv kernels to profile (default: auto and toeplitz).")
+flags.DEFINE_integer("repeats", 200, "Timed calls per part.")
+flags.DEFINE_integer("batch_size", 128, "Images per step.")
+flags.DEFINE_boolean("torch", True, "Also profile PyTorch eager (skipped if torch is not installed).")
+flags.DEFINE_string("out", None, "Write the results as JSON here.")
+
+PARTS = ("conv1", "relu+pool1", "conv2", "relu+pool2", "classifier", "loss", "adam")
+LOOP_STEPS = 50
+
+
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+  """Median wall-clock ms of ``call()`` (which must block until its work is done), after two warm-up calls."""
+  call(), call()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+def blocking(fn: Callable, *args) -> Callable[[], object]:
+  """``fn(*args)`` jitted, as a call that waits for its result."""
+  jitted = jax.jit(fn)
+  return lambda: jax.block_until_ready(jitted(*args))
+
+
+def vjp_of(fn: Callable, *primals) -> Callable:
+  """``primals -> fn``'s forward and its vjp against a cotangent of ones: forward + backward of a part."""
+
+  def run(*primals):
+    out, pullback = jax.vjp(fn, *primals)
+    return pullback(jax.tree.map(jnp.ones_like, out))
+
+  return run
+
+
+def jax_parts(impl: str, repeats: int, batch: int) -> dict[str, float]:
+  """ms per part of the jaxconv LeNet with kernel ``impl``; also the whole step alone and in the loop."""
+  model = LeNet(impl=impl, rngs=nnx.Rngs(0))
+  conv1, act1, pool1, conv2, act2, pool2 = model.features.layers
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.standard_normal((batch, 28, 28, 1), np.float32))
+  labels = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
+
+  def layer(module: nnx.Module) -> tuple[Callable, nnx.State]:
+    graphdef, params = nnx.split(module, nnx.Param)
+    return (lambda p, x: nnx.merge(graphdef, p)(x)), params
+
+  f1, p1 = layer(conv1)
+  f2, p2 = layer(conv2)
+  fc, pc = layer(model.classifier)
+  h1 = f1(p1, images)
+  a1 = pool1(act1(h1))
+  h2 = f2(p2, a1)
+  a2 = pool2(act2(h2))
+  logits = fc(pc, a2)
+  tx = optax.adam(1e-3)
+  graphdef, state = training.create_state(model, tx)
+  grads = jax.tree.map(jnp.ones_like, state.params)
+
+  def adam(grads, opt_state, params):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  calls = {
+    "conv1": blocking(vjp_of(lambda p: f1(p, images), p1), p1),
+    "relu+pool1": blocking(vjp_of(lambda h: pool1(act1(h)), h1), h1),
+    "conv2": blocking(vjp_of(f2, p2, a1), p2, a1),
+    "relu+pool2": blocking(vjp_of(lambda h: pool2(act2(h)), h2), h2),
+    "classifier": blocking(vjp_of(fc, pc, a2), pc, a2),
+    "loss": blocking(
+      vjp_of(lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).mean(), logits), logits
+    ),
+    "adam": blocking(adam, grads, state.opt_state, state.params),
+  }
+  result = {name: median_ms(call, repeats) for name, call in calls.items()}
+  result["sum of parts"] = sum(result[name] for name in PARTS)
+  step = make_step(graphdef, tx)
+  key = jax.random.key(0)
+  data = training.Batch(images, labels)
+  result["step"] = median_ms(blocking(step, state, data, key), repeats)
+  steps = jax.jit(training.make_train_steps(step))
+  zero, idx = training.zero_metrics(), jnp.tile(jnp.arange(batch), (LOOP_STEPS, 1))
+  start, stop = jnp.asarray(0), jnp.asarray(LOOP_STEPS)
+  loop = lambda: jax.block_until_ready(steps(state, zero, data, idx, start, stop, key))
+  result[f"step in a {LOOP_STEPS}-step loop"] = median_ms(loop, max(repeats // LOOP_STEPS, 5)) / LOOP_STEPS
+  result["dispatch floor"] = median_ms(blocking(lambda *a: a[0], p2, a1), repeats)
+  return result
+
+
+def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
+  """The training step of the benchmarks: plain cross-entropy, no augmentation."""
+  return training.make_train_step(graphdef, tx)
+
+
+def torch_parts(repeats: int, batch: int) -> tuple[dict[str, float], str, int]:
+  """ms per part of the same LeNet in PyTorch eager, the whole step, torch's version and threads."""
+  import torch
+  from torch import nn
+
+  from experiments.lenet.torch_twin import torch_lenet
+
+  torch.manual_seed(0)
+  model = torch_lenet()
+  conv1, act1, pool1, conv2, act2, pool2 = model[:6]
+  classifier = model[6:]
+  opt = torch.optim.Adam(model.parameters(), 1e-3)
+  images = torch.randn(batch, 1, 28, 28)
+  labels = torch.randint(0, 10, (batch,))
+  with torch.no_grad():
+    h1 = conv1(images)
+    a1 = pool1(act1(h1))
+    h2 = conv2(a1)
+    a2 = pool2(act2(h2))
+    logits = classifier(a2)
+
+  def fwd_bwd(fn: Callable, x: torch.Tensor | None) -> Callable[[], None]:
+    def run() -> None:
+      model.zero_grad(set_to_none=True)
+      inp = x if x is None else x.detach().requires_grad_()
+      out = fn(inp)
+      out.backward(torch.ones_like(out))
+
+    return run
+
+  loss = lambda z: nn.functional.cross_entropy(z, labels)
+  calls = {
+    "conv1": fwd_bwd(lambda _: conv1(images), None),
+    "relu+pool1": fwd_bwd(lambda h: pool1(act1(h)), h1),
+    "conv2": fwd_bwd(conv2, a1),
+    "relu+pool2": fwd_bwd(lambda h: pool2(act2(h)), h2),
+    "classifier": fwd_bwd(classifier, a2),
+    "loss": fwd_bwd(loss, logits),
+  }
+  result = {name: median_ms(call, repeats) for name, call in calls.items()}
+  for p in model.parameters():
+    p.grad = torch.ones_like(p)
+  result["adam"] = median_ms(opt.step, repeats)
+  result["sum of parts"] = sum(result[name] for name in PARTS)
+
+  def step() -> None:
+    opt.zero_grad(set_to_none=True)
+    loss(model(images)).backward()
+    opt.step()
+
+  result["step"] = median_ms(step, repeats)
+  return result, torch.__version__, torch.get_num_threads()
+
+
+def main(argv: list[str]) -> None:
+  """Profile every impl (and torch) and print one table of ms per part."""
+  del argv
+  impls = FLAGS.impl or ["auto", "toeplitz"]
+  results: dict = {"load_average_before": os.getloadavg(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "ms": {}}
+  for impl in impls:
+    results["ms"][f"jaxconv {impl}"] = jax_parts(impl, FLAGS.repeats, FLAGS.batch_size)
+  if FLAGS.torch:
+    try:
+      ms, version, threads = torch_parts(FLAGS.repeats, FLAGS.batch_size)
+      results["ms"][f"torch {version}"], results["torch_threads"] = ms, threads
+    except ImportError:
+      print("torch is not installed: profiling jaxconv only")
+  results["load_average_after"] = os.getloadavg()
+  columns = list(results["ms"])
+  rows = dict.fromkeys(key for column in results["ms"].values() for key in column)
+  print(
+    f"\nbatch {FLAGS.batch_size}, ms per call (median of {FLAGS.repeats}), load average "
+    f"{results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}, "
+    f"XLA_FLAGS={results['xla_flags']!r}"
+  )
+  print(f"{'part':<24}" + "".join(f"{c:>18}" for c in columns))
+  for row in rows:
+    cells = (results["ms"][c].get(row) for c in columns)
+    print(f"{row:<24}" + "".join(f"{'-' if v is None else f'{v:.3f}':>18}" for v in cells))
+  if FLAGS.out:
+    Path(FLAGS.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
