@@ -11,14 +11,24 @@ Adam). The whole step (``jaxconv.training.make_train_step``) is timed alone and 
 steps of the compiled loop the training runs (``make_train_steps``), per step. Times are medians
 of ``--repeats`` calls, in ms; one jitted call's dispatch floor (a call on the same arguments that
 does nothing) is printed so that it can be told apart from work.
+
+Parts timed alone are not what they cost inside the step: there XLA fuses each layer's
+elementwise work with its neighbours' and recomputes cheap producers inside every consumer. So
+``--trace`` (the default) also profiles the compiled loop with ``jax.profiler`` and charges each
+XLA op to the layer whose ``jax.named_scope`` (``LeNet`` scopes each layer) its ``op_name`` holds,
+forward or backward: the indented rows, ms per step.
 """
 
 from __future__ import annotations
 
+import collections
+import gzip
 import json
 import os
+import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +44,7 @@ from flax import nnx
 
 from jaxconv import training
 from jaxconv.models import LeNet
+from jaxconv.models.lenet import FEATURE_NAMES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("impl", None, "jaxconv kernels to profile (default: auto and toeplitz).")
@@ -41,6 +52,7 @@ flags.DEFINE_integer("repeats", 200, "Timed calls per part.")
 flags.DEFINE_integer("batch_size", 128, "Images per step.")
 flags.DEFINE_boolean("torch", True, "Also profile PyTorch eager (skipped if torch is not installed).")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_boolean("trace", True, "Also break the compiled loop's steps down by layer from a jax.profiler trace.")
 
 PARTS = ("conv1", "relu+pool1", "conv2", "relu+pool2", "classifier", "loss", "adam")
 LOOP_STEPS = 50
@@ -124,6 +136,55 @@ def jax_parts(impl: str, repeats: int, batch: int) -> dict[str, float]:
   loop = lambda: jax.block_until_ready(steps(state, zero, data, idx, start, stop, key))
   result[f"step in a {LOOP_STEPS}-step loop"] = median_ms(loop, max(repeats // LOOP_STEPS, 5)) / LOOP_STEPS
   result["dispatch floor"] = median_ms(blocking(lambda *a: a[0], p2, a1), repeats)
+  if FLAGS.trace:
+    args = (state, zero, data, idx, start, stop, key)
+    result["in the loop"] = traced_breakdown(steps, args, LOOP_STEPS)
+  return result
+
+
+# LeNet's scopes -> the parts of the table: an activation and the pool after it share fusions.
+SCOPES = dict(zip(FEATURE_NAMES, ("conv1", "relu+pool1", "relu+pool1", "conv2", "relu+pool2", "relu+pool2")))
+SCOPES["classifier"] = "classifier"
+REST = "loss, Adam, loop"
+
+
+def _part(op_name: str) -> str:
+  """The part (from LeNet's named scopes) and direction of an HLO op, from its ``op_name`` metadata."""
+  scope = next((part for name, part in SCOPES.items() if re.search(rf"\b{name}\b", op_name)), None)
+  return REST if scope is None else f"{scope} {'backward' if 'transpose(' in op_name else 'forward'}"
+
+
+def traced_breakdown(fn, args: tuple, steps: int, calls: int = 4) -> dict[str, float]:
+  """ms per step of each part of ``fn(*args)`` (``steps`` steps per call), from a profiler trace of ``calls`` calls.
+
+  Each XLA op (a fusion, a dot, a kernel's custom call) is charged to the part its ``op_name``
+  names; ops running at the same time on different threads both count, so the parts can add up to
+  more than the step's wall time ("wall", measured around the traced calls).
+  """
+  compiled = fn.lower(*args).compile()
+  parts = {}
+  for line in compiled.as_text().splitlines():
+    match = re.match(r"\s*(?:ROOT )?%([\w.-]+) = .*op_name=\"([^\"]*)\"", line)
+    if match:
+      parts[match.group(1)] = _part(match.group(2))
+  jax.block_until_ready(compiled(*args))
+  with tempfile.TemporaryDirectory() as directory:
+    jax.profiler.start_trace(directory)
+    start = time.perf_counter()
+    for _ in range(calls):
+      jax.block_until_ready(compiled(*args))
+    wall = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    (path,) = Path(directory).rglob("*.trace.json.gz")
+    events = json.loads(gzip.decompress(path.read_bytes()))["traceEvents"]
+  totals: dict[str, float] = collections.defaultdict(float)
+  for event in events:
+    if event.get("ph") == "X" and event.get("name") in parts:
+      totals[parts[event["name"]]] += event["dur"] / 1e3  # microseconds -> ms
+  order = [f"{p} {d}" for d in ("forward", "backward") for p in dict.fromkeys(SCOPES.values())] + [REST]
+  result = {f"  {name}": totals[name] / (calls * steps) for name in order if name in totals}
+  result["  sum of ops"] = sum(totals.values()) / (calls * steps)
+  result["  wall"] = 1e3 * wall / (calls * steps)
   return result
 
 
@@ -201,15 +262,22 @@ def main(argv: list[str]) -> None:
       print("torch is not installed: profiling jaxconv only")
   results["load_average_after"] = os.getloadavg()
   columns = list(results["ms"])
-  rows = dict.fromkeys(key for column in results["ms"].values() for key in column)
+  flat = {
+    c: {k: v for k, v in ms.items() if k != "in the loop"} | ms.get("in the loop", {})
+    for c, ms in results["ms"].items()
+  }
+  rows = dict.fromkeys(key for column in flat.values() for key in column)
   print(
     f"\nbatch {FLAGS.batch_size}, ms per call (median of {FLAGS.repeats}), load average "
     f"{results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}, "
     f"XLA_FLAGS={results['xla_flags']!r}"
   )
   print(f"{'part':<24}" + "".join(f"{c:>18}" for c in columns))
+  in_loop = next(iter(flat.values()), {})
+  if any(k.startswith("  ") for k in in_loop):
+    print("(indented rows: ms per step of the compiled loop's ops by layer, from a profiler trace)")
   for row in rows:
-    cells = (results["ms"][c].get(row) for c in columns)
+    cells = (flat[c].get(row) for c in columns)
     print(f"{row:<24}" + "".join(f"{'-' if v is None else f'{v:.3f}':>18}" for v in cells))
   if FLAGS.out:
     Path(FLAGS.out).write_text(json.dumps(results, indent=2) + "\n")

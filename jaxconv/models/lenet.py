@@ -12,6 +12,8 @@ from jaxconv import nn
 from jaxconv.geometry import check_int
 
 VARIANTS = ("modern", "classic")
+# Names of the feature layers, which also scope their operations in profiles (``jax.named_scope``).
+FEATURE_NAMES = ("conv1", "act1", "pool1", "conv2", "act2", "pool2")
 
 
 def variant_layers(variant: str) -> tuple[Callable[[jax.Array], jax.Array], Callable[..., nnx.Module], nn.Initializer]:
@@ -64,4 +66,8 @@ class LeNet(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, H, W, C)`` -> logits ``(N, num_classes)``."""
-    return self.classifier(self.features(x))
+    for name, layer in zip(FEATURE_NAMES, self.features.layers, strict=True):
+      with jax.named_scope(name):
+        x = layer(x)
+    with jax.named_scope("classifier"):
+      return self.classifier(x)
