@@ -154,6 +154,39 @@ def test_thread_cap_gives_the_same_values(rng, monkeypatch):
     onednn.forward(x, w, g)
 
 
+_LAYOUT_CHECK = """
+import numpy as np, jax, jax.numpy as jnp
+from tests.test_onednn import CASES, _geometry, _lax, _lax_input_grad, _lax_kernel_grad, _operands
+from jaxconv.kernels import onednn
+rng = np.random.default_rng(0)
+for case in (CASES[3], CASES[4], CASES[8]):
+  g = _geometry(case)
+  x, w, dy = _operands(rng, g)
+  pairs = [(onednn.forward(x, w, g), _lax(x, w, g)), (onednn.input_grad(dy, w, g), _lax_input_grad(dy, w, g)),
+           (onednn.kernel_grad(x, dy, g), _lax_kernel_grad(x, dy, g))]
+  print(max(float(jnp.max(jnp.abs(a - b)) / (1 + jnp.max(jnp.abs(b)))) for a, b in pairs))
+"""
+
+
+@needs_onednn
+@pytest.mark.parametrize("layout", ["channels_last", "blocked"])
+def test_each_activation_layout_gives_lax_values(layout):
+  """Forward and both transposes with the layout fixed (one process each: the choice is made per process)."""
+  env = {**os.environ, onednn.LAYOUT_ENV: layout}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", _LAYOUT_CHECK], env=env, cwd=root, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  errors = [float(line) for line in out.stdout.split()]
+  assert len(errors) == 3 and max(errors) < 1e-5, errors
+
+
+def test_layout_setting_is_checked(rng, monkeypatch):
+  g = _geometry(CASES[0])
+  monkeypatch.setenv(onednn.LAYOUT_ENV, "nhwc")
+  with pytest.raises(ValueError, match=onednn.LAYOUT_ENV):
+    onednn.forward(jnp.ones(g.x_shape), jnp.ones(g.w_shape), g)
+
+
 @needs_onednn
 def test_unsupported_dtypes_and_ranks_are_refused_with_a_reason():
   assert "float64" in onednn.supports_onednn(conv_geometry((1, 8, 8, 2), (3, 3, 2, 2), "float64"))

@@ -3,8 +3,13 @@
 The C++ side (``csrc/onednn_conv.cc``, built by ``setup.py`` into ``jaxconv/_onednn*.so``) wraps
 XLA's channels-last buffers in oneDNN memory descriptors without copies, lets oneDNN pick its
 weight layout (one reorder per call when it differs), and caches one primitive per problem
-(shape, dtype, geometry). Here the three raw functions of the kernel contract call it through
-``jax.ffi.ffi_call``; the shared mechanism (``jaxconv.kernels.primitives``) adds the transforms.
+(shape, dtype, geometry). Activations stay channels-last, or are blocked in oneDNN's layout
+(reordered on each call) where that is faster: when a problem's primitive is built, both are
+timed on it (alternating, best of five, reorders included) and blocked is kept only if it is 10%
+faster. ``$JAXCONV_ONEDNN_LAYOUT`` = ``channels_last`` or ``blocked`` fixes the choice instead
+(``auto``, the default, times it); it is read when a problem is first built in the process.
+Here the three raw functions of the kernel contract call it through ``jax.ffi.ffi_call``; the
+shared mechanism (``jaxconv.kernels.primitives``) adds the transforms.
 
 oneDNN comes from PyPI's ``onednn-cpu-gomp`` (a CPU build on GNU OpenMP). PyPI's newer ``onednn``
 (2026.x) is a SYCL build: its CPU engine needs a SYCL CPU device, which its runtime packages do
@@ -41,6 +46,8 @@ DISTRIBUTION = "onednn-cpu-gomp"
 LIBRARY_ENV = "JAXCONV_ONEDNN_LIBRARY"
 EXTENSION_ENV = "JAXCONV_ONEDNN_EXTENSION"
 THREADS_ENV = "JAXCONV_ONEDNN_THREADS"
+LAYOUT_ENV = "JAXCONV_ONEDNN_LAYOUT"
+LAYOUTS = ("auto", "channels_last", "blocked")
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 LIBRARY_NAME = "libdnnl.so.3"
 # dtype -> the C side's code (jaxconv_onednn_probe); oneDNN refuses what the CPU cannot run.
@@ -188,9 +195,17 @@ def _threads() -> int:
     raise ValueError(f"${THREADS_ENV} must be an int; got {value!r}") from None
 
 
+def _check_layout() -> None:
+  """``ValueError`` unless ``$JAXCONV_ONEDNN_LAYOUT`` (read by the C++ side when it builds a primitive) is valid."""
+  value = os.environ.get(LAYOUT_ENV, "auto")
+  if value not in LAYOUTS:
+    raise ValueError(f"${LAYOUT_ENV} must be one of {LAYOUTS}; got {value!r}")
+
+
 def _call(name: str, a: jax.Array, b: jax.Array, g: ConvGeometry, shape: tuple[int, ...]) -> jax.Array:
   """One custom call; vmapped axes reach the C++ side as leading axes (folded into N where only ``a`` has them)."""
   _library()
+  _check_layout()
   lo, hi = zip(*g.padding)
   call = jax.ffi.ffi_call(_TARGETS[name], jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="expand_dims")
   return call(
