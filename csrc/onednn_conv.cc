@@ -11,7 +11,7 @@
 // Memory descriptors describe XLA's buffers directly through strides (no user-side copies). The
 // weights' layout is left to oneDNN (format "any": its fast convolutions want blocked weights)
 // and reordered on each call when it differs from the plain one; activations stay channels-last,
-// or are blocked too (and reordered per call) where that is faster: both are timed once per problem.
+// or are blocked too (and reordered per call) where channels-last code is slow (see Build).
 // Primitives (and their reorders) are cached per problem: creating one JIT-compiles code.
 //
 // Exported C symbols: the three FFI handlers, plus jaxconv_onednn_info / jaxconv_onednn_probe for
@@ -214,32 +214,42 @@ bool Faster(const Entry& b, const Entry& a) {
   return best_b < 0.9 * best_a;
 }
 
-// $JAXCONV_ONEDNN_LAYOUT: "channels_last" (activations as XLA holds them), "blocked" (oneDNN's
-// choice, reordered per call), or "auto" / unset: the faster of the two on this problem, timed once
-// when it is built, reorders included; channels-last unless blocked is 10% faster. (On LeNet's
-// second conv, backward-data ran 1.4x faster blocked; its first conv's backward-weights 2.7x slower.)
+// The rule of "auto": channels-last, except backward-data without groups into a channel count that
+// is not a multiple of 8 (one AVX2 vector), whose channels-last code vectorises badly: on LeNet's
+// conv2 (6 input channels) it ran 2.56 ms channels-last, 1.38 ms blocked plus 0.43 ms of reorders.
+// Blocking everything instead cost LeNet's conv1 backward-weights 1.50 -> 4.06 ms.
+bool BlockedByRule(const Problem& p) { return p.op == kBackwardData && p.groups == 1 && p.in_channels % 8 != 0; }
+
+// $JAXCONV_ONEDNN_LAYOUT chooses the activations' layout: "channels_last" (as XLA holds them),
+// "blocked" (oneDNN's choice, reordered per call), "auto" / unset (BlockedByRule), or "tune": the
+// faster of the two, timed once per problem when it is built (reorders included; channels-last
+// unless blocked is 10% faster). "tune" can choose differently in another process, and the
+// layouts round differently, so it is not the default: a resumed run must repeat the same numbers.
+// Reference code (oneDNN's fallback) always loses to the other layout's jit code where there is one.
 std::unique_ptr<Entry> Build(const Problem& p) {
   const char* env = std::getenv("JAXCONV_ONEDNN_LAYOUT");
   const std::string layout = env == nullptr ? "auto" : env;
-  if (layout == "blocked") {
+  const bool want_blocked = layout == "blocked" || (layout == "auto" && BlockedByRule(p));
+  if (want_blocked) {
     try {
-      return Build(p, true);
+      auto blocked = Build(p, true);
+      if (blocked->impl.rfind("ref", 0) != 0) return blocked;
     } catch (const dnnl::error&) {
       // oneDNN cannot block this one: channels-last below
     }
   }
   auto entry = Build(p, false);
-  if (layout == "channels_last" || layout == "blocked") return entry;
+  const bool ref = entry->impl.rfind("ref", 0) == 0;
+  if (want_blocked || layout == "channels_last" || (layout == "auto" && !ref)) return entry;
   std::unique_ptr<Entry> blocked;
   try {
     blocked = Build(p, true);
   } catch (const dnnl::error&) {
     return entry;
   }
-  // Reference code is always slower than any jit implementation: no need to time it.
-  const bool ref = entry->impl.rfind("ref", 0) == 0, blocked_ref = blocked->impl.rfind("ref", 0) == 0;
+  const bool blocked_ref = blocked->impl.rfind("ref", 0) == 0;
   if (ref != blocked_ref) return ref ? std::move(blocked) : std::move(entry);
-  return Faster(*blocked, *entry) ? std::move(blocked) : std::move(entry);
+  return layout == "tune" && Faster(*blocked, *entry) ? std::move(blocked) : std::move(entry);
 }
 
 // The cached entry of a problem, built on first use; throws dnnl::error when oneDNN cannot do it.

@@ -169,7 +169,7 @@ for case in (CASES[3], CASES[4], CASES[8]):
 
 
 @needs_onednn
-@pytest.mark.parametrize("layout", ["channels_last", "blocked"])
+@pytest.mark.parametrize("layout", ["channels_last", "blocked", "tune"])
 def test_each_activation_layout_gives_lax_values(layout):
   """Forward and both transposes with the layout fixed (one process each: the choice is made per process)."""
   env = {**os.environ, onednn.LAYOUT_ENV: layout}

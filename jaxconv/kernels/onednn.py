@@ -4,10 +4,13 @@ The C++ side (``csrc/onednn_conv.cc``, built by ``setup.py`` into ``jaxconv/_one
 XLA's channels-last buffers in oneDNN memory descriptors without copies, lets oneDNN pick its
 weight layout (one reorder per call when it differs), and caches one primitive per problem
 (shape, dtype, geometry). Activations stay channels-last, or are blocked in oneDNN's layout
-(reordered on each call) where that is faster: when a problem's primitive is built, both are
-timed on it (alternating, best of five, reorders included) and blocked is kept only if it is 10%
-faster. ``$JAXCONV_ONEDNN_LAYOUT`` = ``channels_last`` or ``blocked`` fixes the choice instead
-(``auto``, the default, times it); it is read when a problem is first built in the process.
+(reordered on each call) where its channels-last code is slow: by default (``auto``) for
+backward-data without groups into a channel count that is not a multiple of 8, and wherever
+channels-last has only reference code. ``$JAXCONV_ONEDNN_LAYOUT`` = ``channels_last`` or
+``blocked`` fixes the choice; ``tune`` times both when a problem is first built (alternating,
+best of five, reorders included) and keeps blocked if it is 10% faster, which can choose, and so
+round, differently from one process to the next. The setting is read when a problem is first
+built in the process.
 Here the three raw functions of the kernel contract call it through ``jax.ffi.ffi_call``; the
 shared mechanism (``jaxconv.kernels.primitives``) adds the transforms.
 
@@ -47,7 +50,7 @@ LIBRARY_ENV = "JAXCONV_ONEDNN_LIBRARY"
 EXTENSION_ENV = "JAXCONV_ONEDNN_EXTENSION"
 THREADS_ENV = "JAXCONV_ONEDNN_THREADS"
 LAYOUT_ENV = "JAXCONV_ONEDNN_LAYOUT"
-LAYOUTS = ("auto", "channels_last", "blocked")
+LAYOUTS = ("auto", "channels_last", "blocked", "tune")
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 LIBRARY_NAME = "libdnnl.so.3"
 # dtype -> the C side's code (jaxconv_onednn_probe); oneDNN refuses what the CPU cannot run.
