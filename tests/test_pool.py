@@ -294,7 +294,9 @@ def test_pool_gradients_pass_numerical_checks(rng: np.random.Generator):
     lambda x: jc.adaptive_max_pool(x, (3, 4)),
     lambda x: jc.adaptive_avg_pool(x, (4, 5)),
   ):
-    check_grads(f, (x,), order=2, modes=("fwd", "rev"), eps=1e-3, atol=1e-2, rtol=1e-2)
+    # Jitted: the same rules as eager, but each jvp/vjp program compiles once instead of op by op
+    # (a third of the time).
+    check_grads(jax.jit(f), (x,), order=2, modes=("fwd", "rev"), eps=1e-3, atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 The grid is impl (every name of ``jc.available_impls()``) x function (``conv``, ``conv_transpose``,
 ``correlate``, ``convolve``) x transform (for conv: eager, jit, grad of order 1 and 2, vjp, jvp,
 jacfwd, jacrev, hessian, vmap over x / w / both, per-example gradients, grad of vmap,
-linear_transpose; a subset for the others, see ``GRID``), plus ``jax.test_util.check_grads`` of
+linear_transpose; a subset for the others, see ``GRID``; the costly ones on a fixed subset of impls, see
+``COSTLY_SUBSET``), plus ``jax.test_util.check_grads`` of
 order 2 in both modes, zero-size inputs, and the registry's non-finite ``local`` flag. The references call
 ``lax.conv_general_dilated`` directly (not ``impl="lax"``, which goes through jaxconv's primitives
 too), so the mechanism itself is under test for every kernel, lax's included.
@@ -268,6 +269,33 @@ GRID = {
   "correlate": ("jit", "grad", "jvp", "vmap-both"),
   "convolve": ("jit", "grad", "jvp"),
 }
+# The costly transforms (two thirds of the compile time of conv's program) are compositions of the
+# cheap ones that every impl runs (grad, vjp, jvp, vmap, vmap-of-grad, grad-of-vmap): each impl
+# gets one second-order transform (hessian or grad2) and one Jacobian (jacfwd or jacrev) on conv,
+# alternating so that each of the four still runs on five impls; conv_transpose's hessian runs on
+# the grad2 half, so every impl meets both second-order transforms. test_check_grads_order_2 checks
+# second order in both modes on every impl besides. An impl not listed here runs all of them.
+COSTLY = ("grad2", "hessian", "jacfwd", "jacrev")
+COSTLY_SUBSET = {
+  "toeplitz": ("grad2", "jacrev"),
+  "winograd": ("hessian", "jacfwd"),
+  "auto": ("hessian", "jacfwd"),
+  "depthwise": ("grad2", "jacrev"),
+  "fft": ("hessian", "jacrev"),
+  "im2col": ("hessian", "jacfwd"),
+  "lax": ("grad2", "jacrev"),
+  "hybrid": ("grad2", "jacfwd"),
+  "onednn": ("grad2", "jacrev"),
+  "patches": ("hessian", "jacfwd"),
+}
+
+
+def _transforms_of(impl: str, fn_name: str) -> tuple[str, ...]:
+  """``GRID[fn_name]`` less the costly transforms that ``COSTLY_SUBSET`` does not give ``impl`` on it."""
+  if impl not in COSTLY_SUBSET:
+    return GRID[fn_name]
+  kept = COSTLY_SUBSET[impl] if fn_name == "conv" else ("hessian",) if "grad2" in COSTLY_SUBSET[impl] else ()
+  return tuple(n for n in GRID[fn_name] if n not in COSTLY or n in kept)
 
 
 # Half the compile time of XLA's defaults on these tiny programs; the arithmetic is unchanged.
@@ -330,15 +358,27 @@ def _assert_trees_close(actual, expected, what: str) -> None:
 @pytest.mark.parametrize("fn_name", list(FUNCTIONS))
 @pytest.mark.parametrize("impl", IMPLS)
 def test_transforms_match_lax(impl: str, fn_name: str):
-  """Every transform of ``GRID[fn]`` of ``jc.<fn>(impl=...)`` equals it of the lax reference (float32)."""
+  """Every transform of ``_transforms_of(impl, fn)`` of ``jc.<fn>(impl=...)`` equals it of the lax reference."""
   fn = FUNCTIONS[fn_name]
   kw = _served(impl, fn)
   f = functools.partial(fn.call, impl=impl, **kw)
-  actual = _run_all(f, _operands(fn_name), GRID[fn_name])
+  names = _transforms_of(impl, fn_name)
+  actual = _run_all(f, _operands(fn_name), names)
   expected = _reference(fn_name, tuple(sorted(kw.items())))
-  failures = {n: _mismatch(actual[n], expected[n]) for n in GRID[fn_name]}
+  failures = {n: _mismatch(actual[n], expected[n]) for n in names}
   failures = {n: why for n, why in failures.items() if why is not None}
   assert not failures, f"{fn_name}(impl={impl!r}, {kw}) differs from lax under: {failures}"
+
+
+def test_every_impl_meets_second_order_and_every_costly_transform_runs():
+  """The subset keeps a jitted second-order transform and a Jacobian per impl, each costly one somewhere."""
+  for impl in IMPLS:
+    conv = set(_transforms_of(impl, "conv"))
+    assert conv & {"grad2", "hessian"} and conv & {"jacfwd", "jacrev"}, impl
+    assert set(GRID["conv"]) - set(COSTLY) <= conv, impl
+  for fn_name in FUNCTIONS:
+    ran = {n for impl in IMPLS for n in _transforms_of(impl, fn_name)}
+    assert ran == set(GRID[fn_name]), fn_name
 
 
 @pytest.mark.parametrize("impl", IMPLS)
