@@ -1,4 +1,4 @@
-"""experiments/bench_training.py's PyTorch twin: the same weights and the same augmentation warp as jaxconv."""
+"""The PyTorch twin of the benchmarks (experiments/lenet/torch_twin.py, bench_training.py): same weights, same warp."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxconv import train
+from configs import default
+from experiments import lenet
+from experiments.lenet.torch_twin import torch_lenet, torch_params
 from jaxconv.training import augment
 
 torch = pytest.importorskip("torch")
@@ -26,10 +28,10 @@ def nchw(x: np.ndarray):
 
 
 def test_torch_lenet_with_copied_weights_gives_jaxconvs_logits(rng):
-  model = train.create_model(train.default_config(), (28, 28, 1))
+  model = lenet.create_model(default.get_config(), (28, 28, 1))
   _, params = nnx.split(model, nnx.Param)
-  twin = bench.torch_lenet()
-  twin.load_state_dict({k: torch.from_numpy(v) for k, v in bench.torch_params(params).items()})
+  twin = torch_lenet()
+  twin.load_state_dict({k: torch.from_numpy(v) for k, v in torch_params(params).items()})
   x = rng.standard_normal((3, 28, 28, 1)).astype(np.float32)
   np.testing.assert_allclose(twin(nchw(x)).detach().numpy(), np.asarray(model(jnp.asarray(x))), atol=1e-4)
 
