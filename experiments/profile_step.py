@@ -114,7 +114,8 @@ def jax_parts(impl: str, repeats: int, batch: int) -> dict[str, float]:
     return optax.apply_updates(params, updates), opt_state
 
   calls = {
-    "conv1": blocking(vjp_of(lambda p: f1(p, images), p1), p1),
+    # The images are an argument, not a constant XLA could fold; only the parameters get gradients.
+    "conv1": blocking(lambda p, x: vjp_of(lambda p: f1(p, x), p)(p), p1, images),
     "relu+pool1": blocking(vjp_of(lambda h: pool1(act1(h)), h1), h1),
     "conv2": blocking(vjp_of(f2, p2, a1), p2, a1),
     "relu+pool2": blocking(vjp_of(lambda h: pool2(act2(h)), h2), h2),
