@@ -226,29 +226,30 @@ bool BlockedByRule(const Problem& p) { return p.op == kBackwardData && p.groups 
 // unless blocked is 10% faster). "tune" can choose differently in another process, and the
 // layouts round differently, so it is not the default: a resumed run must repeat the same numbers.
 // Reference code (oneDNN's fallback) always loses to the other layout's jit code where there is one.
+bool IsReference(const Entry& entry) { return entry.impl.rfind("ref", 0) == 0; }
+
+// The problem with blocked activations, or nullptr where oneDNN cannot block it.
+std::unique_ptr<Entry> TryBlocked(const Problem& p) {
+  try {
+    return Build(p, true);
+  } catch (const dnnl::error&) {
+    return nullptr;
+  }
+}
+
 std::unique_ptr<Entry> Build(const Problem& p) {
   const char* env = std::getenv("JAXCONV_ONEDNN_LAYOUT");
   const std::string layout = env == nullptr ? "auto" : env;
   const bool want_blocked = layout == "blocked" || (layout == "auto" && BlockedByRule(p));
   if (want_blocked) {
-    try {
-      auto blocked = Build(p, true);
-      if (blocked->impl.rfind("ref", 0) != 0) return blocked;
-    } catch (const dnnl::error&) {
-      // oneDNN cannot block this one: channels-last below
-    }
+    auto blocked = TryBlocked(p);
+    if (blocked != nullptr && !IsReference(*blocked)) return blocked;
   }
   auto entry = Build(p, false);
-  const bool ref = entry->impl.rfind("ref", 0) == 0;
-  if (want_blocked || layout == "channels_last" || (layout == "auto" && !ref)) return entry;
-  std::unique_ptr<Entry> blocked;
-  try {
-    blocked = Build(p, true);
-  } catch (const dnnl::error&) {
-    return entry;
-  }
-  const bool blocked_ref = blocked->impl.rfind("ref", 0) == 0;
-  if (ref != blocked_ref) return ref ? std::move(blocked) : std::move(entry);
+  if (want_blocked || layout == "channels_last" || (layout == "auto" && !IsReference(*entry))) return entry;
+  auto blocked = TryBlocked(p);
+  if (blocked == nullptr) return entry;
+  if (IsReference(*entry) != IsReference(*blocked)) return IsReference(*entry) ? std::move(blocked) : std::move(entry);
   return layout == "tune" && Faster(*blocked, *entry) ? std::move(blocked) : std::move(entry);
 }
 

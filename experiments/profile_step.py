@@ -127,18 +127,17 @@ def jax_parts(impl: str, repeats: int, batch: int) -> dict[str, float]:
   }
   result = {name: median_ms(call, repeats) for name, call in calls.items()}
   result["sum of parts"] = sum(result[name] for name in PARTS)
-  step = make_step(graphdef, tx)
+  step = training.make_train_step(graphdef, tx)  # plain cross-entropy, no augmentation
   key = jax.random.key(0)
   data = training.Batch(images, labels)
   result["step"] = median_ms(blocking(step, state, data, key), repeats)
-  steps = jax.jit(training.make_train_steps(step))
   zero, idx = training.zero_metrics(), jnp.tile(jnp.arange(batch), (LOOP_STEPS, 1))
-  start, stop = jnp.asarray(0), jnp.asarray(LOOP_STEPS)
-  loop = lambda: jax.block_until_ready(steps(state, zero, data, idx, start, stop, key))
+  args = (state, zero, data, idx, jnp.asarray(0), jnp.asarray(LOOP_STEPS), key)
+  steps = jax.jit(training.make_train_steps(step)).lower(*args).compile()  # timed and traced below
+  loop = lambda: jax.block_until_ready(steps(*args))
   result[f"step in a {LOOP_STEPS}-step loop"] = median_ms(loop, max(repeats // LOOP_STEPS, 5)) / LOOP_STEPS
   result["dispatch floor"] = median_ms(blocking(lambda *a: a[0], p2, a1), repeats)
   if FLAGS.trace:
-    args = (state, zero, data, idx, start, stop, key)
     result["in the loop"] = traced_breakdown(steps, args, LOOP_STEPS)
   return result
 
@@ -155,14 +154,13 @@ def _part(op_name: str) -> str:
   return REST if scope is None else f"{scope} {'backward' if 'transpose(' in op_name else 'forward'}"
 
 
-def traced_breakdown(fn, args: tuple, steps: int, calls: int = 4) -> dict[str, float]:
-  """ms per step of each part of ``fn(*args)`` (``steps`` steps per call), from a profiler trace of ``calls`` calls.
+def traced_breakdown(compiled, args: tuple, steps: int, calls: int = 4) -> dict[str, float]:
+  """ms per step of each part of ``compiled(*args)`` (``steps`` steps per call), from a trace of ``calls`` calls.
 
   Each XLA op (a fusion, a dot, a kernel's custom call) is charged to the part its ``op_name``
   names; ops running at the same time on different threads both count, so the parts can add up to
   more than the step's wall time ("wall", measured around the traced calls).
   """
-  compiled = fn.lower(*args).compile()
   parts = {}
   for line in compiled.as_text().splitlines():
     match = re.match(r"\s*(?:ROOT )?%([\w.-]+) = .*op_name=\"([^\"]*)\"", line)
@@ -187,11 +185,6 @@ def traced_breakdown(fn, args: tuple, steps: int, calls: int = 4) -> dict[str, f
   result["  sum of ops"] = sum(totals.values()) / (calls * steps)
   result["  wall"] = 1e3 * wall / (calls * steps)
   return result
-
-
-def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
-  """The training step of the benchmarks: plain cross-entropy, no augmentation."""
-  return training.make_train_step(graphdef, tx)
 
 
 def torch_parts(repeats: int, batch: int) -> tuple[dict[str, float], str, int]:
