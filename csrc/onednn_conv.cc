@@ -264,15 +264,33 @@ const Entry& Lookup(const Problem& p) {
   return *it->second;
 }
 
-// oneDNN's OpenMP threads: use at most `threads` (0 = the runtime's default). OpenMP's thread count is
-// per calling thread, and XLA calls from its own threads, so it is set on every call; looked up
-// dynamically so that a oneDNN built on another threading runtime still loads.
-void LimitThreads(int64_t threads) {
-  if (threads <= 0) return;
+// oneDNN's OpenMP threads: at most `threads` for the lifetime of this object (0 = the runtime's default,
+// left alone). OpenMP's thread count is per calling thread and sticks, and XLA calls from its own
+// threads, so the cap is set per call and the thread's own count put back when the call ends: a cap
+// left behind changed other work later on that thread (a training run's metrics in the last bits).
+// Looked up dynamically so that a oneDNN built on another threading runtime still loads.
+class ThreadCap {
+ public:
+  explicit ThreadCap(int64_t threads) {
+    using GetFn = int (*)();
+    static SetFn set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+    static GetFn get = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+    if (threads <= 0 || set == nullptr || get == nullptr) return;
+    set_ = set;
+    previous_ = get();
+    set(static_cast<int>(threads));
+  }
+  ~ThreadCap() {
+    if (set_ != nullptr) set_(previous_);
+  }
+  ThreadCap(const ThreadCap&) = delete;
+  ThreadCap& operator=(const ThreadCap&) = delete;
+
+ private:
   using SetFn = void (*)(int);
-  static SetFn set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
-  if (set != nullptr) set(static_cast<int>(threads));
-}
+  SetFn set_ = nullptr;
+  int previous_ = 0;
+};
 
 // Runs one problem on raw pointers: a = x (forward, backward-weights) or dy (backward-data);
 // b = w (forward, backward-data) or dy (backward-weights); out = y, dx or dw.
@@ -393,7 +411,7 @@ ffi::Error Call(int64_t op, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer o
     for (int64_t i = 0; i < rank; ++i) {
       if (check[1 + i] != p.out_spatial[i]) return ffi::Error::InvalidArgument("onednn conv: output shape does not match the geometry");
     }
-    LimitThreads(threads);
+    const ThreadCap cap(threads);
     if (count == 1) {
       Execute(p, a.untyped_data(), b.untyped_data(), out.untyped_data());
       return ffi::Error::Success();

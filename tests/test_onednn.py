@@ -8,6 +8,7 @@ extension or the library is missing the value tests skip with the reason, except
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -147,8 +148,13 @@ def test_concurrent_calls_do_not_share_scratch_memory(rng):
 def test_thread_cap_gives_the_same_values(rng, monkeypatch):
   g = _geometry(CASES[4])
   x, w, _ = _operands(rng, g)
+  omp_threads = ctypes.CDLL(None).omp_get_max_threads  # libgomp, loaded globally with libdnnl
+  before = omp_threads()
   monkeypatch.setenv(onednn.THREADS_ENV, "1")
   np.testing.assert_allclose(onednn.forward(x, w, g), _lax(x, w, g), rtol=1e-5, atol=1e-5)
+  # The cap lasts one call: the calling thread's OpenMP count is put back (a cap left behind changed
+  # a later training run's metrics in the same process).
+  assert omp_threads() == before
   monkeypatch.setenv(onednn.THREADS_ENV, "many")
   with pytest.raises(ValueError, match=onednn.THREADS_ENV):
     onednn.forward(x, w, g)
