@@ -38,7 +38,7 @@ from ml_collections import config_flags
 
 from experiments import lenet
 from experiments.lenet.torch_twin import torch_lenet, torch_params
-from jaxconv import parallel, training
+from jaxconv import nn, parallel, training
 from jaxconv.training import augment
 
 FLAGS = flags.FLAGS
@@ -120,6 +120,11 @@ def torch_trainer(images: np.ndarray, labels: np.ndarray, batch_size: int = 128,
   return run, torch.__version__, torch.get_num_threads()
 
 
+def impls(config: ml_collections.ConfigDict) -> list[str | None]:
+  """The kernels to race: ``--impl``, else the config's, with ``None`` named as what it picks (``"auto"``)."""
+  return FLAGS.impl or [config.model.impl or nn.default_impl()]
+
+
 def main(argv: list[str]) -> None:
   """Time the epochs and print the table."""
   del argv
@@ -139,7 +144,7 @@ def main(argv: list[str]) -> None:
       "load_average_before": os.getloadavg(),
     },
   )
-  for impl in FLAGS.impl or [config.model.impl]:
+  for impl in impls(config):
     name = f"jaxconv impl={impl}"
     runners[name], compile_seconds = jax_trainer(bench_config(impl), mesh, train_data, test_data)
     results[name] = {"compile_seconds": compile_seconds}
@@ -173,14 +178,16 @@ def main(argv: list[str]) -> None:
     row = results.setdefault(name, {})
     row["images_per_second"] = [images_per_epoch / s for s in secs]
     median, best = statistics.median(row["images_per_second"]), max(row["images_per_second"])
-    ratio = statistics.median(t / s for s, t in zip(secs, seconds[torch_name])) if torch_name else float("nan")
-    best_ratio = min(seconds[torch_name]) / min(secs) if torch_name else float("nan")
-    row["median_ratio_vs_torch"], row["best_ratio_vs_torch"] = ratio, best_ratio
+    ratio_text = f"{'-':>9} {'-':>12}"  # no torch, no ratio (and none in the JSON)
+    if torch_name:
+      ratio = statistics.median(t / s for s, t in zip(secs, seconds[torch_name]))
+      best_ratio = min(seconds[torch_name]) / min(secs)
+      row["median_ratio_vs_torch"], row["best_ratio_vs_torch"] = ratio, best_ratio
+      ratio_text = f"{ratio:>8.2f}x {best_ratio:>11.2f}x"
     compile_s = row.get("compile_seconds")
     compile_text = "" if compile_s is None else f"{compile_s:.2f}"
     print(
-      f"{name:<28} {median:>10.0f} {best:>8.0f} {1e3 * config.batch_size / median:>8.2f} "
-      f"{compile_text:>9} {ratio:>8.2f}x {best_ratio:>11.2f}x"
+      f"{name:<28} {median:>10.0f} {best:>8.0f} {1e3 * config.batch_size / median:>8.2f} {compile_text:>9} {ratio_text}"
     )
   if torch_name:
     results["speedup_vs_torch"] = {
@@ -346,7 +353,7 @@ def time_to_accuracy_main(target: float) -> None:
       "jax": jax.__version__, "devices": len(mesh.devices.flat), "load_average_before": os.getloadavg(),
   }  # fmt: skip
   runs = {}
-  for impl in FLAGS.impl or [config.model.impl]:
+  for impl in impls(config):
     impl_config = config.copy_and_resolve_references()
     impl_config.model.impl = impl
     runs[f"jaxconv impl={impl}"] = jax_speedrun(impl_config, mesh, train_data, test_data)
