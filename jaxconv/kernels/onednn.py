@@ -26,7 +26,8 @@ built, no library, no CPU engine, an unsupported problem) becomes its reason str
 Threads: oneDNN runs its primitives on its own OpenMP team, not on XLA's intra-op pool (that
 needs oneDNN's threadpool runtime, which no PyPI build has). Its workers wait passively between
 primitives (``OMP_WAIT_POLICY=passive`` unless the user set it: spinning workers took the cores
-from XLA's threads, see ``_load``). ``$JAXCONV_ONEDNN_THREADS`` caps the team per call; the
+from XLA's threads, see ``_load``). ``$JAXCONV_ONEDNN_THREADS`` (read when a call is traced) caps
+the team for that call only: the calling thread's OpenMP count is put back when it returns. The
 default (0) leaves OpenMP's default, one thread per core (measured faster than one thread).
 """
 
