@@ -7,7 +7,10 @@ oneDNN's headers (``onednn-devel-cpu-gomp``), both build requirements, and linke
 ``onednn-cpu-gomp`` before the extension (so no rpath into a build environment is needed).
 
 The extension is optional: without a C++ compiler or the headers the install still succeeds,
-with a warning, and ``supports_onednn`` then says that the extension is not built.
+with a warning, and ``supports_onednn`` then says that the extension is not built. PyPI has the
+oneDNN packages for Linux x86_64 only (pyproject.toml's environment markers require them there
+alone), so on any other platform the extension is skipped with a warning before anything is looked
+for, unless ``$ONEDNN_ROOT`` points at a oneDNN of its own.
 ``$ONEDNN_ROOT`` (a prefix with ``include/`` and ``lib/``) overrides where oneDNN is looked for.
 """
 
@@ -16,6 +19,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import platform
+import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -23,6 +28,11 @@ from setuptools.command.build_ext import build_ext
 
 ONEDNN_DEVEL = "onednn-devel-cpu-gomp"
 ONEDNN_RUNTIME = "onednn-cpu-gomp"
+
+
+def _platform_has_onednn_wheels() -> bool:
+  """Whether PyPI's oneDNN packages exist here (pyproject.toml's marker: Linux x86_64)."""
+  return sys.platform == "linux" and platform.machine() == "x86_64"
 
 
 def _installed_dir(distribution: str, suffix: str) -> str | None:
@@ -59,6 +69,13 @@ class BuildExtension(build_ext):
   """build_ext that finds the headers at build time (the build requirements exist only then)."""
 
   def build_extension(self, ext: Extension) -> None:
+    if not _platform_has_onednn_wheels() and not os.environ.get("ONEDNN_ROOT"):
+      self.warn(
+        f"not building {ext.name}: PyPI's oneDNN packages ({ONEDNN_RUNTIME}, {ONEDNN_DEVEL}) exist for Linux x86_64 "
+        f"only, and this is {sys.platform} {platform.machine()}; impl='onednn' will be unavailable (set $ONEDNN_ROOT "
+        "to a oneDNN 3.x prefix to build it anyway)"
+      )
+      return
     ffi_include = _ffi_include()
     dnnl_include, dnnl_lib = _onednn_dirs()
     required = (

@@ -4,7 +4,8 @@
 
 Imports the library (without pulling in matplotlib), loads the bundled MNIST from the installed
 package, checks a small conv against numpy, and trains the modern LeNet for one short epoch with
-``jaxconv.train.train_and_evaluate``. Exits non-zero, naming the failed step, on any failure.
+``jaxconv.training`` alone (the LeNet program lives in the checkout's ``experiments/``, not in the
+wheel). Exits non-zero, naming the failed step, on any failure.
 """
 
 from __future__ import annotations
