@@ -48,7 +48,7 @@ Pair = tuple[int, int]
 Padding = str | int | Sequence[int] | Sequence[Sequence[int]]
 Convention = Literal["scipy", "lax"]
 
-PADDING_STRINGS = ("valid", "same", "full", "causal")
+_PADDING_STRINGS = ("valid", "same", "full", "causal")
 # padding_mode -> numpy.pad's mode that fills the resolved pads the same way.
 PADDING_MODES = {
   "zeros": "constant",
@@ -59,10 +59,10 @@ PADDING_MODES = {
 }
 # The largest array (bytes) a geometry may ask for: beyond it, the request is a mistake (a huge
 # padding, say), refused in Python rather than by the allocator after compilation.
-MAX_ARRAY_BYTES = 2**40
+_MAX_ARRAY_BYTES = 2**40
 # The largest stride, dilation, window size or group count accepted: beyond it XLA's int64 shape
 # arithmetic overflows (an OverflowError or an XLA TypeError instead of an error naming the argument).
-MAX_INT = 2**62
+_MAX_INT = 2**62
 
 
 def is_int(value: object) -> bool:
@@ -76,7 +76,7 @@ def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
     raise TypeError(f"{name} must be an int; got {type(value).__name__}: {value!r}")
   if minimum is not None and int(value) < minimum:  # type: ignore[call-overload]
     raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
-  if abs(int(value)) >= MAX_INT:  # type: ignore[call-overload]
+  if abs(int(value)) >= _MAX_INT:  # type: ignore[call-overload]
     raise ValueError(f"{name} must be < 2**62; got {value!r}")
   return int(value)  # type: ignore[call-overload]
 
@@ -102,17 +102,17 @@ def normalize_ints(value: int | Sequence[int], rank: int, name: str, *, minimum:
     raise TypeError(f"{name} must be an int or a sequence of {rank} ints; got {value!r}")
   if any(v < minimum for v in values):
     raise ValueError(f"{name} must be >= {minimum} on every axis; got {value!r}")
-  if any(abs(v) >= MAX_INT for v in values):
+  if any(abs(v) >= _MAX_INT for v in values):
     raise ValueError(f"{name} must be < 2**62 on every axis; got {value!r}")
   return values
 
 
-def effective_kernel_size(k: int, d: int) -> int:
+def _effective_kernel_size(k: int, d: int) -> int:
   """Extent of a ``k``-tap kernel with ``d - 1`` zeros between taps."""
   return d * (k - 1) + 1
 
 
-def ceil_div(a: int, b: int) -> int:
+def _ceil_div(a: int, b: int) -> int:
   """``ceil(a / b)`` for ints."""
   return -(-a // b)
 
@@ -127,7 +127,7 @@ def _string_pads(mode: str, n: int, k_eff: int, s: int, convention: Convention) 
     return (k_eff - 1, 0)
   if convention == "scipy":  # "same"
     return (k_eff // 2, (k_eff - 1) // 2)
-  total = max((ceil_div(n, s) - 1) * s + k_eff - n, 0)
+  total = max((_ceil_div(n, s) - 1) * s + k_eff - n, 0)
   return (total // 2, total - total // 2)
 
 
@@ -152,11 +152,11 @@ def resolve_padding(
   dilations = normalize_ints(dilation, rank, "dilation")
   if isinstance(padding, str):
     mode = padding.lower()
-    if mode not in PADDING_STRINGS:
-      raise ValueError(f"padding must be one of {PADDING_STRINGS}, an int, ints or (lo, hi) pairs; got {padding!r}")
+    if mode not in _PADDING_STRINGS:
+      raise ValueError(f"padding must be one of {_PADDING_STRINGS}, an int, ints or (lo, hi) pairs; got {padding!r}")
     if mode == "causal" and rank != 1:
       raise ValueError(f"padding='causal' needs exactly one spatial axis; got {rank} (spatial shape {tuple(spatial)})")
-    extents = (effective_kernel_size(k, d) for k, d in zip(kernel, dilations))
+    extents = (_effective_kernel_size(k, d) for k, d in zip(kernel, dilations))
     return tuple(_string_pads(mode, n, e, s, convention) for n, e, s in zip(spatial, extents, strides))
   pairs: tuple[Pair, ...]
   if is_int(padding):
@@ -185,19 +185,19 @@ def output_size(n: int, k: int, pads: Pair, s: int = 1, d: int = 1, ceil_mode: b
   With ``ceil_mode`` (PyTorch's pools): ``ceil(...) + 1``, one fewer if the last window would
   start at or past ``n + lo`` (in the high padding only).
   """
-  span = n + pads[0] + pads[1] - effective_kernel_size(k, d)
+  span = n + pads[0] + pads[1] - _effective_kernel_size(k, d)
   if not ceil_mode:
     return span // s + 1
-  out = ceil_div(span, s) + 1
+  out = _ceil_div(span, s) + 1
   return out - 1 if (out - 1) * s >= n + pads[0] else out
 
 
-def check_fits(
+def _check_fits(
   spatial: Sequence[int], kernel: Sequence[int], pairs: Sequence[Pair], dilation: Sequence[int], name: str = "w"
 ) -> None:
   """Raise ``ValueError`` when the dilated kernel is larger than the padded input on some axis."""
   for axis, (n, k, (lo, hi), d) in enumerate(zip(spatial, kernel, pairs, dilation)):
-    k_eff = effective_kernel_size(k, d)
+    k_eff = _effective_kernel_size(k, d)
     if n + lo + hi < k_eff:
       raise ValueError(
         f"{name}: kernel extent {k_eff} (size {k}, dilation {d}) is larger than the padded input "
@@ -208,9 +208,9 @@ def check_fits(
 def check_allocatable(shape: Sequence[int], itemsize: int, name: str, what: str) -> None:
   """``ValueError`` naming ``name`` when an array of ``shape`` could never be allocated."""
   size = math.prod(shape) * itemsize
-  if size > MAX_ARRAY_BYTES:
+  if size > _MAX_ARRAY_BYTES:
     raise ValueError(
-      f"{name}: the {what} {tuple(shape)} would take {size / 2**40:.1f} TiB (> {MAX_ARRAY_BYTES // 2**40} TiB)"
+      f"{name}: the {what} {tuple(shape)} would take {size / 2**40:.1f} TiB (> {_MAX_ARRAY_BYTES // 2**40} TiB)"
     )
 
 
@@ -260,7 +260,7 @@ class Window:
   @property
   def kernel_extent(self) -> tuple[int, ...]:
     """The dilated kernel extent per axis, ``d * (k - 1) + 1``."""
-    return tuple(effective_kernel_size(k, d) for k, d in zip(self.kernel, self.dilation))
+    return tuple(_effective_kernel_size(k, d) for k, d in zip(self.kernel, self.dilation))
 
   @property
   def padded(self) -> tuple[int, ...]:
@@ -302,7 +302,7 @@ def resolve_window(
   window = Window(spatial, kernel, strides, dilations, pads, check_bool(ceil_mode, "ceil_mode"))
   # With ceil_mode (PyTorch's pools) a window may overhang an input smaller than it: one output.
   if not window.ceil_mode or min(window.out_spatial, default=1) < 1:
-    check_fits(spatial, kernel, pads, dilations, name=kernel_name)
+    _check_fits(spatial, kernel, pads, dilations, name=kernel_name)
   check_allocatable(window.padded, 1, "padding", "padded input's spatial shape")
   return window
 
@@ -459,7 +459,7 @@ def output_shape(
   ).out_spatial
 
 
-def transpose_output_size(n: int, k_eff: int, pads: Pair, s: int, output_padding: int = 0) -> int:
+def _transpose_output_size(n: int, k_eff: int, pads: Pair, s: int, output_padding: int = 0) -> int:
   """One axis of a transposed convolution: ``(n - 1) * s + k_eff - lo - hi + output_padding``."""
   return (n - 1) * s + k_eff - pads[0] - pads[1] + output_padding
 
@@ -486,14 +486,14 @@ def transpose_output_shape(
       raise ValueError(
         f"output_padding must be < max(stride, dilation) = {max(s, d)} on each axis; got {op} on spatial axis {axis}"
       )
-  extent = [effective_kernel_size(k, d) for k, d in zip(kernel, dilations)]
+  extent = [_effective_kernel_size(k, d) for k, d in zip(kernel, dilations)]
   if isinstance(padding, str) and padding.lower() == "same":
     pads = resolve_padding("same", [n * s for n, s in zip(spatial, strides)], kernel, strides, dilations)
     out = tuple(n * s + op for n, s, op in zip(spatial, strides, ops_))
   else:
     # "valid"/"full"/"causal"/explicit pads do not depend on the input size.
     pads = resolve_padding(padding, spatial, kernel, strides, dilations)
-    out = tuple(transpose_output_size(n, e, p, s, op) for n, e, p, s, op in zip(spatial, extent, pads, strides, ops_))
+    out = tuple(_transpose_output_size(n, e, p, s, op) for n, e, p, s, op in zip(spatial, extent, pads, strides, ops_))
   if any(o < 1 for o in out):
     raise ValueError(
       f"padding={padding!r} leaves an empty conv_transpose output {out} for input spatial shape {tuple(spatial)}"
@@ -501,29 +501,15 @@ def transpose_output_shape(
   return pads, out
 
 
+# The public vocabulary of a window operation (what a kernel or a user reads); the validators
+# (check_int, normalize_ints, ...) are shared with the other modules but are not part of the API.
 __all__ = [
-  "ConvGeometry",
-  "MAX_ARRAY_BYTES",
-  "MAX_INT",
   "PADDING_MODES",
-  "PADDING_STRINGS",
-  "Pair",
+  "ConvGeometry",
   "Padding",
   "Window",
-  "ceil_div",
-  "check_bool",
-  "check_channels",
-  "check_fits",
-  "check_int",
-  "check_padding_mode",
   "conv_geometry",
-  "effective_kernel_size",
-  "is_int",
-  "normalize_ints",
   "output_shape",
   "output_size",
   "resolve_padding",
-  "resolve_window",
-  "transpose_output_shape",
-  "transpose_output_size",
 ]

@@ -295,19 +295,12 @@ def available_impls() -> tuple[str, ...]:
   return kernels.available()
 
 
+# The public functions (jaxconv re-exports them); the validators and dispatch helpers are module-internal.
 __all__ = [
   "DEFAULT_IMPL",
-  "add_bias",
-  "as_float_array",
   "available_impls",
-  "check_bias",
-  "check_impl",
-  "check_rank",
   "conv",
   "conv_transpose",
   "convolve",
   "correlate",
-  "geometry_of",
-  "promote",
-  "run_conv",
 ]

@@ -34,7 +34,7 @@ from jaxconv.geometry import Padding, Pair, normalize_ints, resolve_window
 
 
 @dataclasses.dataclass(frozen=True)
-class Window:
+class LayerWindow:
   """A sliding-window layer's geometry (a conv or a pool): a plain spec for :func:`walk`."""
 
   kernel: int | Sequence[int]
@@ -78,18 +78,18 @@ class Field:
 
 
 def layer_name(layer: Any) -> str:
-  """A short name for a layer: a Window's name, a module's class name or a function's name.
+  """A short name for a layer: a LayerWindow's name, a module's class name or a function's name.
 
   A plain string stands for a layer without a window (e.g. ``"relu"``) in a list of specs.
   """
   if isinstance(layer, str):
     return layer
-  if isinstance(layer, (Window, Adaptive)):
+  if isinstance(layer, (LayerWindow, Adaptive)):
     return layer.name
   return getattr(layer, "__name__", type(layer).__name__)
 
 
-def adaptive_window(spatial: Sequence[int], output_size: int | Sequence[int | None], name: str) -> Window:
+def adaptive_window(spatial: Sequence[int], output_size: int | Sequence[int | None], name: str) -> LayerWindow:
   """The window of an adaptive pool on an input of ``spatial`` shape: ``n // o`` per axis, where ``o`` divides ``n``."""
   out = pooling.adaptive_output_size(spatial, output_size)
   uneven = [(n, o) for n, o in zip(spatial, out) if n % o]
@@ -99,17 +99,17 @@ def adaptive_window(spatial: Sequence[int], output_size: int | Sequence[int | No
       "its cells have unequal sizes and spacing, so no receptive field recurrence describes them"
     )
   kernel = tuple(n // o for n, o in zip(spatial, out))
-  return Window(kernel, kernel, "valid", 1, name)
+  return LayerWindow(kernel, kernel, "valid", 1, name)
 
 
-def window_of(layer: Any, spatial: Sequence[int] | None = None) -> Window | None:
+def window_of(layer: Any, spatial: Sequence[int] | None = None) -> LayerWindow | None:
   """The window geometry of a conv (``kernel_size``), pooling (``window``) or adaptive pooling (``output_size``) layer.
 
   None for layers without a window; an adaptive pool needs the input's ``spatial`` shape. A
   transposed convolution (``output_padding``) is refused: it spreads each input over a window
   of outputs, so its fields are not given by the sliding-window recurrences.
   """
-  if isinstance(layer, Window):
+  if isinstance(layer, LayerWindow):
     return layer
   name = layer_name(layer)
   if hasattr(layer, "output_padding"):
@@ -118,11 +118,11 @@ def window_of(layer: Any, spatial: Sequence[int] | None = None) -> Window | None
       "jc.output_shape(..., transpose=True, output_padding=...) gives its output shape"
     )
   if hasattr(layer, "kernel_size"):
-    return Window(layer.kernel_size, layer.stride, layer.padding, layer.dilation, name)
+    return LayerWindow(layer.kernel_size, layer.stride, layer.padding, layer.dilation, name)
   if hasattr(layer, "window"):
     # Pooling strides default to the window, as in jc.max_pool / jc.avg_pool.
     stride = layer.window if layer.stride is None else layer.stride
-    return Window(
+    return LayerWindow(
       layer.window, stride, layer.padding, getattr(layer, "dilation", 1), name, getattr(layer, "ceil_mode", False)
     )
   if hasattr(layer, "output_size"):
@@ -238,7 +238,7 @@ def support_span(grad: np.ndarray) -> tuple[Pair, ...]:
 __all__ = [
   "Adaptive",
   "Field",
-  "Window",
+  "LayerWindow",
   "adaptive_window",
   "clip_span",
   "format_table",

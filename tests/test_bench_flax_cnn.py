@@ -1,4 +1,4 @@
-"""Smoke test of experiments/bench_flax_cnn.py: one round on 512 images, JSON written, trainers agree."""
+"""Smoke test of experiments/bench/bench_flax_cnn.py: one round on 512 images, JSON written, trainers agree."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_one_round_on_512_images(tmp_path):
   out = tmp_path / "bench.json"
   cli = [
     sys.executable,
-    "experiments/bench_flax_cnn.py",
+    "experiments/bench/bench_flax_cnn.py",
     "--rounds=1",
     "--train-size=512",
     "--test-size=256",

@@ -18,7 +18,7 @@ from jaxconv import receptive_field as rf
 from jaxconv.geometry import normalize_ints
 from jaxconv.models import LeNet
 
-W = rf.Window
+W = rf.LayerWindow
 
 LENET = [
   W(5, padding=2, name="conv1"),

@@ -11,10 +11,7 @@ import pytest
 from flax import nnx
 
 import jaxconv as jc
-from jaxconv import receptive_field as rf
-from jaxconv import reference
-from jaxconv.models import LeNet
-from jaxconv.textbook import (
+from experiments.textbook.textbook import (
   EDGE_KERNEL,
   SOBEL_X,
   SOBEL_Y,
@@ -25,6 +22,9 @@ from jaxconv.textbook import (
   pool_image,
   retained,
 )
+from jaxconv import receptive_field as rf
+from jaxconv import reference
+from jaxconv.models import LeNet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -145,7 +145,7 @@ def test_layer_outputs_walk_the_feature_stack(rng):
 def test_pooling_script_smoke(tmp_path):
   """One script end to end: it prints its result and writes its figure where --outdir says."""
   out = subprocess.run(
-    [sys.executable, str(ROOT / "experiments" / "textbook_pooling.py"), f"--outdir={tmp_path}"],
+    [sys.executable, str(ROOT / "experiments" / "textbook" / "textbook_pooling.py"), f"--outdir={tmp_path}"],
     capture_output=True,
     text=True,
     timeout=300,

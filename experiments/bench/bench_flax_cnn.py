@@ -1,6 +1,6 @@
 """Flax's MNIST-example CNN trained with Flax's default convolution and with the jaxconv drop-in.
 
-  python experiments/bench_flax_cnn.py [--impl auto ...] [--rounds 3] [--out bench.json]
+  python experiments/bench/bench_flax_cnn.py [--impl auto ...] [--rounds 3] [--out bench.json]
       [--train_size N] [--test_size N] [--steps_per_call 1]
 
 The model is the CNN of Flax's MNIST example (conv 3x3 32 -> relu -> avg_pool 2x2 -> conv 3x3 64

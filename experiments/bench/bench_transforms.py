@@ -1,8 +1,8 @@
 """Reverse-mode speed of every kernel, the current code against the code before the transform mechanism.
 
-  python experiments/bench_transforms.py                                 # old tree: a git worktree of 8e1d691 in /tmp
-  python experiments/bench_transforms.py --old-tree /path/to/old/checkout --rounds 7 --repeats 10
-  python experiments/bench_transforms.py --shapes tiny --rounds 1 --repeats 2   # a smoke test
+  python experiments/bench/bench_transforms.py         # old tree: a git worktree of 8e1d691 in /tmp
+  python experiments/bench/bench_transforms.py --old-tree /path/to/old/checkout --rounds 7 --repeats 10
+  python experiments/bench/bench_transforms.py --shapes tiny --rounds 1 --repeats 2   # a smoke test
 
 The kernels used to carry their own ``custom_vjp``; now every kernel runs through the bilinear
 primitives of ``jaxconv.kernels.primitives``, whose transposes call the same hand-written
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 OLD_COMMIT = "8e1d691"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # name -> (x shape, w shape, conv keywords). LeNet's two convs as in compare_kernels; ResNet's 3x3 at batch 8.
 SHAPES: dict[str, tuple[tuple[int, ...], tuple[int, ...], dict]] = {
   "lenet_conv1": ((128, 28, 28, 1), (5, 5, 1, 6), dict(padding=2)),

@@ -2,7 +2,7 @@
 (the standard recurrences), and one output unit's field drawn over a digit next to the brute-force
 answer, the gradient of that unit with respect to the input.
 
-  python experiments/textbook_receptive_field.py [--variant classic] [--digit 0] \\
+  python experiments/textbook/textbook_receptive_field.py [--variant classic] [--digit 0] \\
     [--outdir runs/textbook/receptive_field]
 """
 

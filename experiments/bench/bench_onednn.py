@@ -1,8 +1,8 @@
 """oneDNN kernel vs lax vs PyTorch, forward+backward per benchmark shape, and what its threads do to XLA.
 
-  python experiments/bench_onednn.py                          # all shapes, 5 repeats
-  python experiments/bench_onednn.py --shapes resnet_3x3 --repeats 10
-  OMP_WAIT_POLICY=passive python experiments/bench_onednn.py  # OpenMP workers sleep at once
+  python experiments/bench/bench_onednn.py                          # all shapes, 5 repeats
+  python experiments/bench/bench_onednn.py --shapes resnet_3x3 --repeats 10
+  OMP_WAIT_POLICY=passive python experiments/bench/bench_onednn.py  # OpenMP workers sleep at once
 
 Per shape, interleaved in one process (fastest of ``--repeats``, ms): lax fwd+bwd (``jax.vjp`` of
 ``0.5 * sum(y**2)``), the oneDNN raw functions (forward, then input_grad and kernel_grad of
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's benchmarks/
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's benchmarks/
 
 import benchmarks as bench
 from jaxconv.geometry import conv_geometry

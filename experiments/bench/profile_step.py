@@ -1,6 +1,6 @@
 """Where a LeNet-5 training step's time goes: each part's forward + backward, jaxconv beside PyTorch eager.
 
-  python experiments/profile_step.py [--impl onednn --impl toeplitz ...] [--repeats 200] [--out FILE]
+  python experiments/bench/profile_step.py [--impl onednn --impl toeplitz ...] [--repeats 200] [--out FILE]
 
 The modern LeNet-5 at batch 128 on 28x28x1 images is cut into the parts of its training step:
 conv1 (gradients of its parameters only: the images need none), ReLU + 2x2 max-pool after it,
@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,6 @@
 """Data-parallel training speed: images/s of LeNet training epochs on 1, 2, 4, ... devices.
 
-  python experiments/bench_parallel.py [--devices 1 2 4] [--rounds 2] [--epochs 3]
+  python experiments/bench/bench_parallel.py [--devices 1 2 4] [--rounds 2] [--epochs 3]
       [--train_size 12800] [--batch_size 128] [--config configs/lenet_mnist.py] [--out bench.json]
 
 Each measurement is a ``train_lenet.py`` run in its own process with ``--config.mesh.data=D`` and,
@@ -33,7 +33,7 @@ flags.DEFINE_integer("test_size", 1000, "Test images evaluated after each epoch 
 flags.DEFINE_integer("batch_size", 0, "Global batch size (0: the config's); must divide by every device count.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(devices: int) -> list[dict]:

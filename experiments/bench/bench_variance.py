@@ -1,6 +1,6 @@
 """How much a training call's time varies, jaxconv against PyTorch eager, interleaved call by call.
 
-  python experiments/bench_variance.py [--impl auto --impl toeplitz ...] [--calls 40] [--steps 50]
+  python experiments/bench/bench_variance.py [--impl auto --impl toeplitz ...] [--calls 40] [--steps 50]
 
 Each trainer runs chunks of ``--steps`` LeNet-5 Adam steps on MNIST (batch 128): for jaxconv one
 compiled call of the training loop, for torch the same number of eager steps. The chunks alternate
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 import jax
 import jax.numpy as jnp

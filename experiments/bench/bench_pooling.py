@@ -1,6 +1,6 @@
 """Pooling speed under jit, forward + gradient: each pooling path's time as a ratio to lax.reduce_window's.
 
-  python experiments/bench_pooling.py [--batch 128] [--size 28] [--channels 6] [--repeats 20]
+  python experiments/bench/bench_pooling.py [--batch 128] [--size 28] [--channels 6] [--repeats 20]
 
 Rows: the reshape path (stride == window, with and without ceil_mode's overhang), the strided-block
 path of dilated max pooling (lax.reduce_window cannot differentiate dilated max windows, so its

@@ -1,7 +1,7 @@
 """Discrete convolution from first principles: the loop versions against numpy, scipy and jaxconv,
 and the output-size formula ``floor((n + 2p - m) / s) + 1`` on a table of (n, m, p, s).
 
-  python experiments/textbook_convolution.py [--outdir runs/textbook/convolution]
+  python experiments/textbook/textbook_convolution.py [--outdir runs/textbook/convolution]
 """
 
 from __future__ import annotations

@@ -2,17 +2,18 @@
 under jit; then learn it with strict convolution instead, which finds the flipped kernel [-1, 1]
 and gives the same outputs (a conv layer and a cross-correlation layer are equally expressive).
 
-  python experiments/textbook_learn_kernel.py [--steps 30] [--learning_rate 0.03] [--outdir runs/textbook/learn_kernel]
+  python experiments/textbook/textbook_learn_kernel.py [--steps 30] [--learning_rate 0.03] \\
+    [--outdir runs/textbook/learn_kernel]
 """
 
 from __future__ import annotations
 
 import numpy as np
 from absl import app, flags
+from textbook import EDGE_KERNEL, edge_image, learn_kernel
 from textbook_common import define_outdir, plt, save
 
 import jaxconv as jc
-from jaxconv.textbook import EDGE_KERNEL, edge_image, learn_kernel
 
 OUTDIR = define_outdir("learn_kernel")
 STEPS = flags.DEFINE_integer("steps", 30, "Gradient-descent steps.")

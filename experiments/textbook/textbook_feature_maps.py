@@ -2,8 +2,8 @@
 conv layer, from the checkpoint in --workdir; with no checkpoint there, a short training run of
 --config (by default the seconds-long smoke config) writes one first.
 
-  python experiments/textbook_feature_maps.py [--outdir runs/textbook/feature_maps]
-  python experiments/textbook_feature_maps.py --config configs/lenet_mnist.py --workdir runs/lenet
+  python experiments/textbook/textbook_feature_maps.py [--outdir runs/textbook/feature_maps]
+  python experiments/textbook/textbook_feature_maps.py --config configs/lenet_mnist.py --workdir runs/lenet
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ import json
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root: experiments.lenet, configs
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository root: experiments.lenet, configs
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+from textbook import layer_outputs
 from textbook_common import define_outdir, heatmap, plt, save
 
 from experiments import lenet
 from jaxconv import receptive_field as rf
 from jaxconv.models import LeNet
-from jaxconv.textbook import layer_outputs
 
 OUTDIR = define_outdir("feature_maps")
 WORKDIR = flags.DEFINE_string(
@@ -33,7 +33,7 @@ WORKDIR = flags.DEFINE_string(
 DIGIT = flags.DEFINE_integer("digit", 0, "Index of the test image whose feature maps are drawn.")
 CONFIG = config_flags.DEFINE_config_file(
   "config",
-  str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "smoke.py"),
+  str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "smoke.py"),
   "Training configuration of the checkpoint.",
 )
 

@@ -2,7 +2,7 @@
 single-channel correlations, each output channel has its own kernel, and a 1x1 convolution is a
 dense layer applied at every pixel.
 
-  python experiments/textbook_channels.py [--outdir runs/textbook/channels]
+  python experiments/textbook/textbook_channels.py [--outdir runs/textbook/channels]
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
 """Edge detection: the 6x8 black-and-white image with the kernel [1, -1] (vertical edges) and its
 transpose (which finds nothing), then Sobel kernels on a real MNIST digit.
 
-  python experiments/textbook_edges.py [--digit 0] [--data_dir DIR] [--outdir runs/textbook/edges]
+  python experiments/textbook/textbook_edges.py [--digit 0] [--data_dir DIR] [--outdir runs/textbook/edges]
 """
 
 from __future__ import annotations
 
 import numpy as np
 from absl import app, flags
+from textbook import EDGE_KERNEL, SOBEL_X, SOBEL_Y, edge_image
 from textbook_common import define_outdir, heatmap, plt, save
 
 import jaxconv as jc
 from jaxconv.data import MNIST_DIR, load_mnist
-from jaxconv.textbook import EDGE_KERNEL, SOBEL_X, SOBEL_Y, edge_image
 
 OUTDIR = define_outdir("edges")
 DIGIT = flags.DEFINE_integer("digit", 0, "Index of the MNIST test image to filter.")

@@ -1,5 +1,5 @@
 """The textbook chapter's worked examples as data and small computations, shared by the
-``experiments/textbook_*.py`` scripts and their tests: the black-and-white edge image, classic
+``experiments/textbook/textbook_*.py`` scripts and their tests: the black-and-white edge image, classic
 edge kernels, edge maps and how many of their detections survive a shift, every layer's output
 of a feature stack, and learning a kernel from (input, output) pairs by gradient descent.
 """

@@ -3,7 +3,7 @@ each input cell is used under each (without padding, boundary cells count less);
 padding_mode fills (zeros, reflect, replicate, circular, symmetric) on one image, and what a box
 blur makes of each at the border.
 
-  python experiments/textbook_padding.py [--outdir runs/textbook/padding]
+  python experiments/textbook/textbook_padding.py [--outdir runs/textbook/padding]
 """
 
 from __future__ import annotations

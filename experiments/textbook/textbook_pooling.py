@@ -1,7 +1,7 @@
 """Pooling: max and average pooling on the textbook's 3x3 example, with padding and stride, on
 several channels, and the translation-tolerance argument on a shifted edge image.
 
-  python experiments/textbook_pooling.py [--outdir runs/textbook/pooling]
+  python experiments/textbook/textbook_pooling.py [--outdir runs/textbook/pooling]
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import matplotlib.patches as mpatches
 import numpy as np
 from absl import app
+from textbook import edge_image, edge_maps, pool_image, retained
 from textbook_common import define_outdir, heatmap, plt, save
 
 import jaxconv as jc
-from jaxconv.textbook import edge_image, edge_maps, pool_image, retained
 
 OUTDIR = define_outdir("pooling")
 
