@@ -430,16 +430,36 @@ def output_shape(
 ) -> tuple[int, ...]:
   """Output spatial shape of a convolution, a pooling window or a transposed convolution, computed without running it.
 
-  ``spatial`` is an int (one axis) or a sequence; ``kernel`` an int (every axis) or a sequence;
-  ``ceil_mode`` as in the pools. ``transpose=True`` gives ``jc.conv_transpose``'s shape, with
-  its ``output_padding`` (see ``transpose_output_shape``).
+  Per axis ``floor((n + lo + hi - k_eff) / s) + 1`` (``ceil`` with ``ceil_mode``), where
+  ``k_eff = d * (k - 1) + 1`` and ``(lo, hi)`` are the pads ``padding`` resolves to by lax's rule
+  (the sizes are the same under scipy's rule, only the sides of the pads differ).
 
-  >>> output_shape((28, 28), (5, 5), padding="same", stride=2)
-  (14, 14)
-  >>> output_shape(5, 2, stride=2, ceil_mode=True)
-  (3,)
-  >>> output_shape(7, 3, padding=1, stride=2, transpose=True, output_padding=1)
-  (14,)
+  Args:
+    spatial: the input's spatial shape: an int (one axis) or a sequence of ints.
+    kernel: the kernel or window: an int (every axis) or one int per axis.
+    padding: ``"valid"``, ``"same"``, ``"full"``, ``"causal"``, an int, one int per axis, or one
+      ``(lo, hi)`` pair per axis.
+    stride: an int or one int per axis, at least 1.
+    dilation: an int or one int per axis, at least 1.
+    ceil_mode: as in the pools: keep a last, partial window.
+    transpose: give :func:`jaxconv.conv_transpose`'s output shape instead.
+    output_padding: with ``transpose``, outputs added on the high side of each axis.
+
+  Returns:
+    The output spatial shape, a tuple of ints.
+
+  Raises:
+    ValueError: a bad ``padding``, ``stride``, ``dilation`` or ``output_padding``, or a kernel
+      larger than the padded input; the message names the argument.
+    TypeError: an argument of the wrong type.
+
+  Example:
+    >>> output_shape((28, 28), (5, 5), padding="same", stride=2)
+    (14, 14)
+    >>> output_shape(5, 2, stride=2, ceil_mode=True)
+    (3,)
+    >>> output_shape(7, 3, padding=1, stride=2, transpose=True, output_padding=1)
+    (14,)
   """
   if is_int(spatial):
     spatial = (spatial,)  # type: ignore[assignment]

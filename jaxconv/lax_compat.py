@@ -231,10 +231,42 @@ def conv_general_dilated(
 ) -> jax.Array:
   """``jax.lax.conv_general_dilated`` computed by jaxconv's kernel ``impl`` (see the module docstring).
 
-  lhs: ``(N, C, *S)`` by default, rhs: ``(O, I, *K)``, result ``(N, O, *S_out)``; any other layout
-  through ``dimension_numbers`` (a ``ConvDimensionNumbers``, or strings like
-  ``("NHWC", "HWIO", "NHWC")``). Every argument means what it means for lax; ``impl`` names the
-  jaxconv kernel (``jaxconv.available_impls()``), ``"auto"`` the one picked per call from shapes.
+  Every argument but ``impl`` means what it means for lax, with lax's defaults.
+
+  Args:
+    lhs: the input, ``(N, C, *S)`` in lax's default layout (any other through ``dimension_numbers``).
+    rhs: the kernel, ``(O, I, *K)`` by default.
+    window_strides: one int >= 1 per spatial axis.
+    padding: ``"VALID"``, ``"SAME"``, ``"SAME_LOWER"``, or one ``(lo, hi)`` pair per spatial axis
+      (negative pads crop).
+    lhs_dilation: one int per spatial axis, or None: a transposed convolution's input dilation.
+    rhs_dilation: one int per spatial axis, or None: the kernel's dilation.
+    dimension_numbers: a ``lax.ConvDimensionNumbers`` or a string triple such as
+      ``("NHWC", "HWIO", "NHWC")``; None: ``("NCHW", "OIHW", "NCHW")`` for any rank.
+    feature_group_count: grouped convolution; divides the input and output features.
+    batch_group_count: lax's batch grouping (computed by lax itself when > 1).
+    precision: None, or an explicit precision (then lax computes it, to honour it exactly).
+    preferred_element_type: the output dtype; a wider float than the inputs' accumulates in it.
+    out_sharding: lax's keyword (Flax passes it); given, lax computes the call.
+    impl: the jaxconv kernel, a name from ``jaxconv.available_impls()``; ``"auto"`` picks one per
+      call from the shapes.
+
+  Returns:
+    The convolution in the layout of ``dimension_numbers``'s output spec, ``(N, O, *S_out)`` by
+    default: lax's shape and dtype.
+
+  Raises:
+    TypeError: what lax raises a ``TypeError`` for (non-int strides, a non-array ``lhs``), naming
+      the argument.
+    ValueError: bad lengths or values (strides, dilations, feature counts), an unknown ``impl``.
+    RuntimeError: an unknown padding string, as ``lax.padtype_to_pads`` raises.
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxconv
+    >>> x, w = np.ones((1, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    >>> jaxconv.conv_general_dilated(x, w, (1, 1), "SAME").shape
+    (1, 4, 8, 8)
   """
   impl = _check_impl(impl)
   lhs, rhs = _check_array("lhs", lhs), _check_array("rhs", rhs)

@@ -9,6 +9,7 @@ array, or zeros plus the bias); everything else runs on the kernel named by ``im
 ``jaxconv.kernels.primitives``, which gives every kernel every JAX transform. Integer and bool
 inputs are promoted to the default float dtype.
 
+>>> import numpy as np
 >>> import jaxconv as jc
 >>> jc.correlate([1.0, 2.0, 3.0], [1.0, 1.0]).tolist()
 [3.0, 5.0]
@@ -147,11 +148,37 @@ def correlate(
   padding_mode: str = "zeros",
   impl: str | None = None,
 ) -> jax.Array:
-  """Cross-correlation of an unbatched single-channel signal; ``"same"`` etc. as in scipy.signal.
+  """Cross-correlation of an unbatched, single-channel signal, as ``scipy.signal.correlate``.
 
-  x: ``(*spatial)``, w: ``(*kernel)`` of the same rank (1-3). At stride 1 and dilation 1 the
-  mode strings give exactly ``scipy.signal.correlate(x, w, mode)``; a stride subsamples that.
-  ``padding_mode`` fills the pads: "zeros", "reflect", "replicate", "circular", "symmetric".
+  At stride 1 and dilation 1 the mode strings give exactly ``scipy.signal.correlate(x, w, mode)``
+  (an even kernel's extra "same" pad goes on the low side); a stride samples that result:
+  ``correlate(x, w, p, stride=s) == correlate(x, w, p)[::s]`` on every axis.
+
+  Args:
+    x: the signal, shape ``(*spatial)`` with 1-3 axes; ints and bools are promoted to float.
+    w: the kernel, shape ``(*kernel)``, the same rank as ``x``.
+    padding: ``"valid"``, ``"same"``, ``"full"``, ``"causal"`` (one axis only), an int (both sides
+      of every axis), one int per axis, or one ``(lo, hi)`` pair per axis.
+    stride: an int or one int per axis, at least 1.
+    dilation: an int or one int per axis, at least 1: ``d - 1`` zeros between the kernel's taps.
+    padding_mode: what fills the pads: ``"zeros"``, ``"reflect"``, ``"replicate"``,
+      ``"circular"`` or ``"symmetric"`` (``numpy.pad``'s constant, reflect, edge, wrap, symmetric).
+    impl: the kernel that computes it, a name from ``available_impls()``; None: the default.
+
+  Returns:
+    The correlation, shape ``(*out_spatial)`` with ``out = floor((n + lo + hi - k_eff) / s) + 1``
+    per axis (``jaxconv.output_shape``), in the promoted float dtype of ``x`` and ``w``.
+
+  Raises:
+    ValueError: a bad ``padding``, ``stride``, ``dilation``, ``padding_mode`` or ``impl``, ranks
+      that differ or are outside 1-3, or a kernel larger than the padded input; the message names
+      the argument.
+    TypeError: an argument of the wrong type (a complex array, a float stride).
+
+  Example:
+    >>> import jaxconv as jc
+    >>> jc.correlate([1.0, 2.0, 3.0, 4.0], [1.0, -1.0]).tolist()
+    [-1.0, -1.0, -1.0]
   """
   xa, wa = promote(x=x, w=w)
   assert xa is not None and wa is not None
@@ -173,7 +200,32 @@ def convolve(
   padding_mode: str = "zeros",
   impl: str | None = None,
 ) -> jax.Array:
-  """Convolution (the kernel flipped on every axis) of an unbatched signal, as scipy.signal.convolve."""
+  """Convolution of an unbatched, single-channel signal, as ``scipy.signal.convolve``.
+
+  The kernel is flipped on every axis, then correlated: ``convolve(x, w, ...) ==
+  correlate(x, flip(w), ...)``. The arguments are those of :func:`correlate`.
+
+  Args:
+    x: the signal, shape ``(*spatial)`` with 1-3 axes.
+    w: the kernel, shape ``(*kernel)``, the same rank as ``x``.
+    padding: as for :func:`correlate` (``"valid"``, ``"same"``, ``"full"``, ints or pairs).
+    stride: an int or one int per axis, at least 1.
+    dilation: an int or one int per axis, at least 1.
+    padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"``, ``"circular"`` or ``"symmetric"``.
+    impl: a name from ``available_impls()``; None: the default.
+
+  Returns:
+    The convolution, shape ``(*out_spatial)`` as for :func:`correlate`.
+
+  Raises:
+    ValueError: as :func:`correlate`, naming the argument.
+    TypeError: as :func:`correlate`.
+
+  Example:
+    >>> import jaxconv as jc
+    >>> jc.convolve([1.0, 2.0, 3.0], [1.0, 0.0], "full").tolist()
+    [1.0, 2.0, 3.0, 0.0]
+  """
   xa, wa = promote(x=x, w=w)
   assert wa is not None
   return correlate(xa, jnp.flip(wa), padding, stride, dilation, padding_mode=padding_mode, impl=impl)
@@ -195,11 +247,39 @@ def conv(
   padding_mode: str = "zeros",
   impl: str | None = None,
 ) -> jax.Array:
-  """Batched channels-last cross-correlation, padding strings as in ``lax.conv_general_dilated``.
+  """Batched, channels-last cross-correlation (a conv layer), with ``lax.conv_general_dilated``'s padding.
 
-  x: ``(N, *spatial, C_in)``, w: ``(*kernel, C_in // groups, C_out)``, b: ``(C_out,)`` or None
-  -> ``(N, *out_spatial, C_out)``, 1-3 spatial axes. ``padding_mode`` fills the pads as
-  ``numpy.pad`` does ("zeros", "reflect", "replicate", "circular", "symmetric").
+  Args:
+    x: the input, shape ``(N, *spatial, C_in)`` with 1-3 spatial axes.
+    w: the kernel, shape ``(*kernel, C_in // groups, C_out)``.
+    b: the bias, shape ``(C_out,)``, or None.
+    stride: an int or one int per spatial axis, at least 1.
+    padding: ``"valid"``, ``"same"`` (lax's: the extra pad on the high side, ``ceil(n / s)``
+      outputs), ``"full"``, ``"causal"`` (one spatial axis), an int, one int per axis, or one
+      ``(lo, hi)`` pair per axis.
+    dilation: an int or one int per spatial axis, at least 1.
+    groups: splits the channels into ``groups`` independent convolutions; divides ``C_in`` and
+      ``C_out``.
+    padding_mode: what fills the pads: ``"zeros"``, ``"reflect"``, ``"replicate"``,
+      ``"circular"`` or ``"symmetric"`` (as ``numpy.pad``).
+    impl: the kernel that computes it, a name from ``available_impls()``; None: the default.
+
+  Returns:
+    ``(N, *out_spatial, C_out)``, with ``out = floor((n + lo + hi - k_eff) / s) + 1`` per axis,
+    in the promoted float dtype of the inputs (bfloat16 in, bfloat16 out).
+
+  Raises:
+    ValueError: a bad ``stride``, ``padding``, ``dilation``, ``groups``, ``padding_mode`` or
+      ``impl``, a channel or group mismatch, a bias of the wrong shape, a wrong rank, or a kernel
+      larger than the padded input; the message names the argument. A kernel that cannot serve
+      the call (``impl``) says why.
+    TypeError: an argument of the wrong type.
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxconv as jc
+    >>> jc.conv(np.ones((2, 8, 8, 3)), np.ones((3, 3, 3, 4)), padding="same").shape
+    (2, 8, 8, 4)
   """
   xa, wa, ba = promote(x=x, w=w, b=b)
   assert xa is not None and wa is not None
@@ -252,15 +332,39 @@ def conv_transpose(
   padding_mode: str = "zeros",
   impl: str | None = None,
 ) -> jax.Array:
-  """The transpose (input gradient) of ``conv``: "deconvolution", upsampling by ``stride``.
+  """The transpose (input gradient) of :func:`conv`: "deconvolution", upsampling by ``stride``.
 
-  x: ``(N, *spatial, C_in)``, w: ``(*kernel, C_in // groups, C_out)`` (the same layout as for
-  ``conv``), b: ``(C_out,)`` or None -> ``(N, *out_spatial, C_out)``. ``padding`` is the padding
-  of the forward conv being transposed: ``out = (n - 1) * stride + d * (k - 1) + 1 - lo - hi +
-  output_padding``, and ``"same"`` gives ``out = n * stride + output_padding``; ``output_padding``
-  (``0 <= op < max(stride, dilation)``) adds outputs on the high side, as PyTorch's. This equals
-  PyTorch's ``ConvTranspose`` with ``padding=lo=hi`` and ``lax.conv_transpose(...,
-  transpose_kernel=True)`` with matching pads.
+  ``padding`` is the padding of the forward conv being transposed, so each axis gives
+  ``(n - 1) * stride + k_eff - lo - hi + output_padding`` outputs (``"same"``:
+  ``n * stride + output_padding``). It equals PyTorch's ``ConvTranspose`` with ``padding = lo = hi``,
+  and ``lax.conv_transpose(..., transpose_kernel=True)`` with matching pads.
+
+  Args:
+    x: the input, shape ``(N, *spatial, C_in)`` with 1-3 spatial axes.
+    w: the kernel, shape ``(*kernel, C_in // groups, C_out)`` (the layout of :func:`conv`'s).
+    b: the bias, shape ``(C_out,)``, or None.
+    stride: an int or one int per spatial axis, at least 1: the upsampling factor.
+    padding: the forward conv's padding (``"valid"``, ``"same"``, ``"full"``, ints or pairs).
+    dilation: an int or one int per spatial axis, at least 1.
+    groups: the number of channel groups; divides ``C_in`` and ``C_out``.
+    output_padding: an int or one per spatial axis, ``0 <= op < max(stride, dilation)``: outputs
+      added on the high side (PyTorch's ``output_padding``).
+    padding_mode: ``"zeros"`` only (the pads crop the output).
+    impl: a name from ``available_impls()``; None: the default.
+
+  Returns:
+    ``(N, *out_spatial, C_out)`` as above.
+
+  Raises:
+    ValueError: a bad ``stride``, ``padding``, ``dilation``, ``groups``, ``output_padding``,
+      ``padding_mode`` or ``impl``, or mismatched channels; the message names the argument.
+    TypeError: an argument of the wrong type.
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxconv as jc
+    >>> jc.conv_transpose(np.ones((1, 4, 4, 2)), np.ones((4, 4, 2, 3)), stride=2, padding=1).shape
+    (1, 8, 8, 3)
   """
   xa, wa, ba = promote(x=x, w=w, b=b)
   assert xa is not None and wa is not None
@@ -291,7 +395,17 @@ def conv_transpose(
 
 
 def available_impls() -> tuple[str, ...]:
-  """Names accepted by ``impl=`` (``None`` means ``"lax"``)."""
+  """The kernel names accepted by ``impl=``, in registration order.
+
+  Returns:
+    A tuple of names, at least ``"lax"`` and ``"patches"``; ``"auto"`` picks one of the others
+    from static shapes. Kernels registered later (``jaxconv.kernels.register``) are included.
+
+  Example:
+    >>> import jaxconv as jc
+    >>> "lax" in jc.available_impls()
+    True
+  """
   return kernels.available()
 
 

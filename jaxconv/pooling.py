@@ -177,10 +177,30 @@ def max_pool(
   dilation: int | Sequence[int] = 1,
   ceil_mode: bool = False,
 ) -> jax.Array:
-  """Max over each window of x ``(N, *spatial, C)`` -> ``(N, *out_spatial, C)``, as ``torch.nn.MaxPool``.
+  """Max over each window, as ``torch.nn.MaxPool``: pads (and ceil_mode's overhang) count as -inf.
 
-  Pads (and ceil_mode's overhang) count as -inf; stride defaults to the window; ``dilation``
-  spreads the window's taps ``d`` cells apart.
+  Args:
+    x: the input, shape ``(N, *spatial, C)`` with 1-3 spatial axes.
+    window: the window, an int (every axis) or one int per spatial axis.
+    stride: an int or one int per axis; None: the window.
+    padding: ``"valid"``, ``"same"`` (lax's rule), ``"full"``, an int, one int per axis, or one
+      ``(lo, hi)`` pair per axis.
+    dilation: an int or one int per axis: the window's taps ``d`` cells apart.
+    ceil_mode: keep a last, partial window on an axis (PyTorch's ``ceil_mode``).
+
+  Returns:
+    ``(N, *out_spatial, C)``; each window's gradient goes to its first maximal element.
+
+  Raises:
+    ValueError: a bad ``window``, ``stride``, ``padding`` or ``dilation``, a wrong rank, or a
+      window larger than the padded input; the message names the argument.
+    TypeError: an argument of the wrong type.
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxconv as jc
+    >>> jc.max_pool(np.arange(16.0).reshape(1, 4, 4, 1), 2)[0, :, :, 0].tolist()
+    [[5.0, 7.0], [13.0, 15.0]]
   """
   (xa,) = promote(x=x)
   assert xa is not None
@@ -195,10 +215,31 @@ def avg_pool(
   count_include_pad: bool = True,
   ceil_mode: bool = False,
 ) -> jax.Array:
-  """Mean over each window of x ``(N, *spatial, C)`` -> ``(N, *out_spatial, C)``, as ``torch.nn.AvgPool``.
+  """Mean over each window, as ``torch.nn.AvgPool``: pads count as zeros.
 
-  Pads count as zeros; the divisor is the window's cells inside the padded input
-  (``count_include_pad``: the whole window unless ceil_mode's last one overhangs) or its real cells.
+  Args:
+    x: the input, shape ``(N, *spatial, C)`` with 1-3 spatial axes.
+    window: the window, an int (every axis) or one int per spatial axis.
+    stride: an int or one int per axis; None: the window.
+    padding: ``"valid"``, ``"same"`` (lax's rule), ``"full"``, an int, one int per axis, or one
+      ``(lo, hi)`` pair per axis.
+    count_include_pad: divide by the window's cells inside the padded input (True: the whole
+      window unless ceil_mode's last one overhangs) or by its real cells only (False).
+    ceil_mode: keep a last, partial window on an axis (PyTorch's ``ceil_mode``).
+
+  Returns:
+    ``(N, *out_spatial, C)``, in x's float dtype (accumulated in float32 for bfloat16).
+
+  Raises:
+    ValueError: a bad ``window``, ``stride`` or ``padding``, a wrong rank, or a window larger
+      than the padded input; the message names the argument.
+    TypeError: an argument of the wrong type (``count_include_pad`` not a bool).
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxconv as jc
+    >>> jc.avg_pool(np.ones((1, 3, 3, 1)), 2, stride=1, padding=1, count_include_pad=False)[0, 0, :, 0].tolist()
+    [1.0, 1.0, 1.0, 1.0]
   """
   (xa,) = promote(x=x)
   assert xa is not None
@@ -272,17 +313,52 @@ def _adaptive_call(x: object, output_size: object) -> tuple[jax.Array, tuple[int
 
 
 def adaptive_max_pool(x: object, output_size: int | Sequence[int | None]) -> jax.Array:
-  """Max over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)``.
+  """Max over PyTorch's adaptive cells (``torch.nn.AdaptiveMaxPool``).
 
   Cell ``i`` of an axis of length ``n`` covers ``[floor(i * n / o), ceil((i + 1) * n / o))``,
   for any ``o >= 1`` (dividing ``n`` or not); the gradient goes to each cell's first maximum.
+
+  Args:
+    x: the input, shape ``(N, *spatial, C)`` with 1-3 spatial axes.
+    output_size: an int (every axis), or one int or None per axis (None keeps that axis).
+
+  Returns:
+    ``(N, *output_size, C)``.
+
+  Raises:
+    ValueError: a bad ``output_size`` or a wrong rank, naming the argument.
+    TypeError: an argument of the wrong type.
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxconv as jc
+    >>> jc.adaptive_max_pool(np.arange(5.0).reshape(1, 5, 1), 2)[0, :, 0].tolist()
+    [2.0, 4.0]
   """
   xa, out = _adaptive_call(x, output_size)
   return _block_max(_adaptive_blocks(xa, out, -jnp.inf), len(out))
 
 
 def adaptive_avg_pool(x: object, output_size: int | Sequence[int | None]) -> jax.Array:
-  """Mean over PyTorch's adaptive cells: x ``(N, *spatial, C)`` -> ``(N, *output_size, C)``."""
+  """Mean over PyTorch's adaptive cells (``torch.nn.AdaptiveAvgPool``), as :func:`adaptive_max_pool`'s.
+
+  Args:
+    x: the input, shape ``(N, *spatial, C)`` with 1-3 spatial axes.
+    output_size: an int (every axis), or one int or None per axis (None keeps that axis).
+
+  Returns:
+    ``(N, *output_size, C)``; ``output_size=1`` is global average pooling.
+
+  Raises:
+    ValueError: a bad ``output_size`` or a wrong rank, naming the argument.
+    TypeError: an argument of the wrong type.
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxconv as jc
+    >>> jc.adaptive_avg_pool(np.arange(5.0).reshape(1, 5, 1), 2)[0, :, 0].tolist()
+    [1.0, 3.0]
+  """
   xa, out = _adaptive_call(x, output_size)
   acc = kernels.accumulation_dtype(xa.dtype)
   sums = jnp.sum(_adaptive_blocks(xa.astype(acc), out, 0.0), axis=_window_axes(len(out)))

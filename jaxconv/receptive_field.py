@@ -103,11 +103,18 @@ def adaptive_window(spatial: Sequence[int], output_size: int | Sequence[int | No
 
 
 def window_of(layer: Any, spatial: Sequence[int] | None = None) -> LayerWindow | None:
-  """The window geometry of a conv (``kernel_size``), pooling (``window``) or adaptive pooling (``output_size``) layer.
+  """The window of a conv (``kernel_size``), pooling (``window``) or adaptive pooling (``output_size``) layer.
 
-  None for layers without a window; an adaptive pool needs the input's ``spatial`` shape. A
-  transposed convolution (``output_padding``) is refused: it spreads each input over a window
-  of outputs, so its fields are not given by the sliding-window recurrences.
+  Args:
+    layer: a ``jaxconv.nn`` layer, a :class:`LayerWindow` (returned as it is), or anything else.
+    spatial: the input's spatial shape; needed for an adaptive pool only.
+
+  Returns:
+    The layer's :class:`LayerWindow`, or None for a layer without a window.
+
+  Raises:
+    ValueError: a transposed convolution (it spreads each input over a window of outputs, so the
+      sliding-window recurrences do not describe it), or an adaptive pool without ``spatial``.
   """
   if isinstance(layer, LayerWindow):
     return layer
@@ -185,7 +192,28 @@ def step(field: Field, layer: Any) -> Field:
 
 
 def walk(stack: Any, spatial: Sequence[int]) -> list[Field]:
-  """Per layer of ``stack`` (see :func:`layers_of`) on an input of shape ``spatial``: its output :class:`Field`."""
+  """Walk a stack of layers from the input, by the recurrences of the module docstring.
+
+  Args:
+    stack: a model with ``features`` (``jaxconv.models.LeNet``), an ``nnx.Sequential``, or a
+      sequence of layers: ``jaxconv.nn`` layers, :class:`LayerWindow` / :class:`Adaptive` specs,
+      and anything without a window (an activation, a plain string such as ``"relu"``).
+    spatial: the input's spatial shape, e.g. ``(28, 28)``.
+
+  Returns:
+    One :class:`Field` per layer: its output shape and, per axis, receptive field size, jump and
+    start (the centre of the first unit's field, in input pixels).
+
+  Raises:
+    ValueError: a bad ``spatial``, a layer that does not fit its input, a transposed convolution
+      or an adaptive pool whose cells are uneven; the message names the layer.
+
+  Example:
+    >>> from jaxconv import receptive_field as rf
+    >>> fields = rf.walk([rf.LayerWindow(3), rf.LayerWindow(2, stride=2), rf.LayerWindow(3)], (10,))
+    >>> [(f.shape, f.size, f.jump) for f in fields]
+    [((8,), (3,), (1,)), ((4,), (4,), (2,)), ((2,), (8,), (2,))]
+  """
   spatial = normalize_ints(tuple(spatial), len(spatial), "spatial")
   field = Field("input", spatial, (1,) * len(spatial), (1,) * len(spatial), (0.0,) * len(spatial))
   fields = []
@@ -196,7 +224,14 @@ def walk(stack: Any, spatial: Sequence[int]) -> list[Field]:
 
 
 def format_table(fields: Iterable[Field]) -> str:
-  """The walk as a Markdown table: layer, output shape, receptive field, jump, start."""
+  """The walk as a Markdown table: layer, output shape, receptive field, jump, start.
+
+  Args:
+    fields: what :func:`walk` returns.
+
+  Returns:
+    The table, one row per field, axes joined by ``" x "``.
+  """
 
   def cell(values: Sequence) -> str:
     """Per-axis values as ``a x b``."""
