@@ -234,20 +234,24 @@ def conv_general_dilated(
   Every argument but ``impl`` means what it means for lax, with lax's defaults.
 
   Args:
-    lhs: the input, ``(N, C, *S)`` in lax's default layout (any other through ``dimension_numbers``).
-    rhs: the kernel, ``(O, I, *K)`` by default.
+    lhs (jax.Array): the input, ``(N, C, *S)`` in lax's default layout (any other through ``dimension_numbers``).
+    rhs (jax.Array): the kernel, ``(O, I, *K)`` by default.
     window_strides: one int >= 1 per spatial axis.
     padding: ``"VALID"``, ``"SAME"``, ``"SAME_LOWER"``, or one ``(lo, hi)`` pair per spatial axis
       (negative pads crop).
     lhs_dilation: one int per spatial axis, or None: a transposed convolution's input dilation.
     rhs_dilation: one int per spatial axis, or None: the kernel's dilation.
-    dimension_numbers: a ``lax.ConvDimensionNumbers`` or a string triple such as
-      ``("NHWC", "HWIO", "NHWC")``; None: ``("NCHW", "OIHW", "NCHW")`` for any rank.
+    dimension_numbers (lax.ConvDimensionNumbers | tuple[str, str, str] | None): a
+      ``lax.ConvDimensionNumbers`` or a string triple such as ``("NHWC", "HWIO", "NHWC")``;
+      None: ``("NCHW", "OIHW", "NCHW")`` for any rank.
     feature_group_count: grouped convolution; divides the input and output features.
     batch_group_count: lax's batch grouping (computed by lax itself when > 1).
-    precision: None, or an explicit precision (then lax computes it, to honour it exactly).
-    preferred_element_type: the output dtype; a wider float than the inputs' accumulates in it.
-    out_sharding: lax's keyword (Flax passes it); given, lax computes the call.
+    precision (lax.Precision | None): None, or an explicit precision (then lax computes it, to
+      honour it exactly).
+    preferred_element_type (numpy.dtype | None): the output dtype; a wider float than the
+      inputs' accumulates in it.
+    out_sharding (jax.sharding.Sharding | None): lax's keyword (Flax passes it); given, lax
+      computes the call.
     impl: the jaxconv kernel, a name from ``jaxconv.available_impls()``; ``"auto"`` picks one per
       call from the shapes.
 

@@ -1,12 +1,17 @@
-"""The README's Python snippets, run: its signature lists match the code, its examples print what they say.
+"""The Python blocks of README.md and of the docs pages (docs/*.md), run: signature lists match the code,
+examples give what they say.
 
-Every ```python block of README.md is one test. A block under ``<!-- test: signatures -->`` is a list of
-signatures, ``name(params)`` one a line (imports aside): each must equal ``inspect.signature`` of the
-object it names, parameter by parameter (kinds, order of the positional ones, defaults). Any other block
-runs, statement by statement, in a fresh namespace and a temporary working directory; a statement
-whose line ends in a comment starting with a bracketed value (``# [3 5 7 9]``, ``# (28, 28)``) must
-give that value; a block that prints, followed by a markdown table, must print that table.
-A block under ``<!-- test: skip -->`` is not run.
+A block under ``<!-- test: signatures -->`` is a list of signatures, ``name(params)`` one a line (imports
+aside): each must equal ``inspect.signature`` of the object it names, parameter by parameter (kinds, order
+of the positional ones, defaults); each signature is one test. Every other ```python block of a page runs,
+in the order of the page, statement by statement, in one namespace per page (a later block uses what an
+earlier one defined) and a temporary working directory; one test per page. A statement whose line ends in
+a comment starting with a bracketed value (``# [3 5 7 9]``, ``# (28, 28)``) must give that value; a block
+that prints, followed by a markdown table, must print that table.
+
+A block under ``<!-- test: skip -->`` is not run. A block under ``<!-- test: requires NAME -->`` (a dotted
+name such as ``jaxconv.training.fit``) runs when NAME exists; without it the block is left out, the page's
+other blocks still run, and the test reports the skip.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
+import importlib
 import inspect
 import io
 import itertools
@@ -25,9 +31,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(
-  r"(?:<!-- test: (?P<marker>[\w-]+) -->\s*\n)?```python\n(?P<code>.*?)^```", re.DOTALL | re.MULTILINE
+  r"(?:<!-- test: (?P<marker>[\w-]+)(?: (?P<arg>[\w.]+))? -->\s*\n)?```python\n(?P<code>.*?)^```",
+  re.DOTALL | re.MULTILINE,
 )
 _EXPECTED = re.compile(r"#\s*(\[[^\[\]]*\]|\([^()]*\))")
 _NON_LITERAL = object()  # a README default that is an expression (``lecun_normal()``): any default matches
@@ -35,31 +44,46 @@ _NON_LITERAL = object()  # a README default that is an expression (``lecun_norma
 
 @dataclasses.dataclass(frozen=True)
 class Block:
-  """One ```python block: the README line its code starts on, the code, its marker, the text after it."""
+  """One ```python block: page, first line of code, code, marker and its argument, the text after it."""
 
+  page: str
   line: int
   code: str
   marker: str | None
+  arg: str | None
   after: str
 
 
-def readme_blocks() -> list[Block]:
-  """Every ```python block of the README, in order."""
-  text = README.read_text()
+def page_blocks(page: Path) -> list[Block]:
+  """Every ```python block of ``page``, in order."""
+  text = page.read_text()
+  name = page.relative_to(ROOT).as_posix()
   return [
-    Block(text.count("\n", 0, m.start("code")) + 1, m.group("code"), m.group("marker"), text[m.end() :])
+    Block(
+      name,
+      text.count("\n", 0, m.start("code")) + 1,
+      m.group("code"),
+      m.group("marker"),
+      m.group("arg"),
+      text[m.end() :],
+    )
     for m in _BLOCK.finditer(text)
   ]
 
 
-def signature_lines() -> list[tuple[int, str]]:
-  """``(README line, text)`` of every signature in the signature blocks."""
+def readme_blocks() -> list[Block]:
+  """Every ```python block of the README and the docs pages, page by page, in order."""
+  return [b for page in PAGES for b in page_blocks(page)]
+
+
+def signature_lines() -> list[tuple[str, str]]:
+  """``("page:line", text)`` of every signature in the signature blocks."""
   lines = []
   for block in readme_blocks():
     if block.marker == "signatures":
       for i, line in enumerate(block.code.splitlines()):
         if line.strip() and not line.startswith(("import ", "from ")):
-          lines.append((block.line + i, line))
+          lines.append((f"{block.page}:{block.line + i}", line))
   return lines
 
 
@@ -128,8 +152,11 @@ def signature_namespace() -> dict[str, Any]:
   return namespace
 
 
+_SIGNATURES = signature_lines()
+
+
 @pytest.mark.parametrize(
-  ("line", "text"), signature_lines(), ids=lambda v: split_signature(v)[0] if isinstance(v, str) else f"L{v}"
+  ("line", "text"), _SIGNATURES, ids=[f"{where}:{split_signature(t)[0]}" for where, t in _SIGNATURES]
 )
 def test_readme_signature_matches_the_code(line, text):
   """Each signature listed in the README is the code's: same parameters, kinds, keyword-only split, defaults."""
@@ -139,9 +166,9 @@ def test_readme_signature_matches_the_code(line, text):
   except AttributeError as e:
     obj, missing = None, str(e)
   if obj is None:
-    pytest.fail(f"README line {line} lists {name}, which the package lacks ({missing})")
+    pytest.fail(f"{line} lists {name}, which the package lacks ({missing})")
   readme, code = readme_parameters(params), code_parameters(obj)
-  where = f"README line {line}: {name}"
+  where = f"{line}: {name}"
   in_code = ", ".join(f"{n}" if k != inspect.Parameter.KEYWORD_ONLY else f"*{n}" for n, k, _ in code)
   positional = [(n, k) for n, k, _ in readme if k != inspect.Parameter.KEYWORD_ONLY]
   assert positional == [(n, k) for n, k, _ in code if k != inspect.Parameter.KEYWORD_ONLY], (
@@ -183,18 +210,37 @@ def following_table(after: str) -> str | None:
   return "\n".join(table) if table else None
 
 
-SNIPPETS = [b for b in readme_blocks() if b.marker not in ("signatures", "skip")]
+def resolves(dotted: str) -> bool:
+  """Whether ``a.b.c`` names something: the longest importable module prefix, then attributes."""
+  parts = dotted.split(".")
+  for i in range(len(parts), 0, -1):
+    try:
+      obj: Any = importlib.import_module(".".join(parts[:i]))
+    except ImportError:
+      continue
+    try:
+      for attr in parts[i:]:
+        obj = getattr(obj, attr)
+    except AttributeError:
+      return False
+    return True
+  return False
 
 
-@pytest.mark.parametrize("block", SNIPPETS, ids=[f"line{b.line}" for b in SNIPPETS])
-def test_readme_snippet_runs_and_says_true(block, tmp_path, monkeypatch):
-  """A README snippet runs from a fresh folder; the values in its comments and the table it prints are right."""
-  monkeypatch.chdir(tmp_path)
+def runnable(block: Block) -> bool:
+  """A block the page test runs (not a signature list, not marked skip)."""
+  return block.marker not in ("signatures", "skip")
+
+
+RUN_PAGES = [p.relative_to(ROOT).as_posix() for p in PAGES if any(runnable(b) for b in page_blocks(p))]
+
+
+def run_block(block: Block, namespace: dict[str, Any]) -> None:
+  """Run ``block`` statement by statement in ``namespace``; check the bracketed values and a printed table."""
   comments = _comments(block.code)
-  namespace: dict[str, Any] = {"__name__": "__readme__"}
   printed = io.StringIO()
   for node in ast.parse(block.code).body:
-    where = f"README line {block.line + node.lineno - 1}"
+    where = f"{block.page} line {block.line + node.lineno - 1}"
     with contextlib.redirect_stdout(printed):
       if isinstance(node, ast.Expr):
         value = eval(compile(ast.Expression(node.value), where, "eval"), namespace)
@@ -207,9 +253,35 @@ def test_readme_snippet_runs_and_says_true(block, tmp_path, monkeypatch):
       check_value(value, expected.group(1), where)
   table = following_table(block.after)
   if printed.getvalue().strip() and table is not None:
-    assert printed.getvalue().strip() == table.strip(), f"README line {block.line}: the printed table differs"
+    assert printed.getvalue().strip() == table.strip(), f"{block.page} line {block.line}: the printed table differs"
+
+
+@pytest.mark.parametrize("page", RUN_PAGES)
+def test_page_snippets_run_and_say_true(page, tmp_path, monkeypatch):
+  """A page's blocks run in order in one namespace, from a fresh folder; their commented values and tables are right."""
+  monkeypatch.chdir(tmp_path)
+  namespace: dict[str, Any] = {"__name__": "__docs__"}
+  left_out = []
+  for block in page_blocks(ROOT / page):
+    if not runnable(block):
+      continue
+    if block.marker == "requires" and not resolves(block.arg or ""):
+      left_out.append(f"line {block.line} (needs {block.arg})")
+      continue
+    run_block(block, namespace)
+  if left_out:
+    pytest.skip(f"{page}: the other blocks ran; left out {', '.join(left_out)}")
 
 
 def test_readme_has_snippets_and_signatures():
-  """The parsing finds the README's blocks (so an edit of the markers cannot silently skip them all)."""
-  assert len(SNIPPETS) >= 3 and len(signature_lines()) >= 10
+  """The parsing finds the blocks (so an edit of the markers cannot silently skip them all)."""
+  assert sum(runnable(b) for b in page_blocks(README)) >= 3
+  assert len(signature_lines()) >= 10
+  assert "README.md" in RUN_PAGES and "docs/functional.md" in RUN_PAGES
+
+
+def test_markers_are_known():
+  """Every ``<!-- test: ... -->`` marker is one this test understands (a typo would run or skip a block silently)."""
+  for block in readme_blocks():
+    assert block.marker in (None, "signatures", "skip", "requires"), f"{block.page} line {block.line}: {block.marker}"
+    assert (block.marker == "requires") == bool(block.arg), f"{block.page} line {block.line}: 'requires' needs a name"
