@@ -91,3 +91,28 @@ def test_the_public_functions_have_examples():
 def test_mkdocs_is_on_the_ci_path():
   """CI builds the site in strict mode (the docs cannot rot unnoticed)."""
   assert "mkdocs build --strict" in (ROOT / ".ci" / "run").read_text()
+
+
+_DIARY = re.compile(
+  r"\bsessions?\b|\bthis (?:VM|round)\b|\b(?:earlier|later|previous) (?:runs?|sessions?|rounds?|VMs?)\b", re.IGNORECASE
+)
+
+
+def test_pages_read_as_results_not_a_diary():
+  """No page speaks of sessions, rounds or "this VM": results state their machine, date and command instead."""
+  for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    for number, line in enumerate(page.read_text().splitlines(), 1):
+      assert not _DIARY.search(line), f"{page.name} line {number}: {line.strip()}"
+
+
+def test_benchmarks_page_is_rendered_from_the_json():
+  """docs/benchmarks.md is what experiments/bench/render_results.py writes from docs/bench/ (commit lines aside)."""
+  sys.path.insert(0, str(ROOT / "experiments" / "bench"))
+  try:
+    import render_results
+  finally:
+    sys.path.remove(str(ROOT / "experiments" / "bench"))
+  strip = lambda text: [line for line in text.splitlines() if not line.startswith("- file added in commit:")]
+  assert strip((ROOT / "docs" / "benchmarks.md").read_text()) == strip(render_results.render()), (
+    "docs/benchmarks.md is stale: run python experiments/bench/render_results.py"
+  )

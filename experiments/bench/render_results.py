@@ -155,7 +155,7 @@ def throughput(path: Path, data: dict) -> str:
         ]
       )
   return "Modern LeNet-5, Adam, batch 128, MNIST.\n\n" + _table(
-    ["trainer", "epochs", "images/s (median)", "best epoch", "compile s", "vs torch (median of per-round ratios)"], rows
+    ["trainer", "epochs", "images/s (median)", "best epoch", "compile s", "vs torch (median ratio)"], rows
   )
 
 
