@@ -174,6 +174,7 @@ for case in (CASES[3], CASES[4], CASES[8]):
 """
 
 
+@pytest.mark.slow
 @needs_onednn
 @pytest.mark.parametrize("layout", ["channels_last", "blocked", "tune"])
 def test_each_activation_layout_gives_lax_values(layout):

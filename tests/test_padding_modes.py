@@ -168,6 +168,7 @@ def test_convolve_matches_scipy_convolve2d_boundaries(kernel, boundary: str, mod
   assert_close(jc.convolve(x, w, "same", padding_mode=mode), expected, 1e-5, boundary)
 
 
+@pytest.mark.slow
 def test_mode_gradients_pass_numerical_checks(rng: np.random.Generator):
   """check_grads through the fill of every mode (forward and reverse, two orders)."""
   from jax.test_util import check_grads

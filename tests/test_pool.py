@@ -282,6 +282,7 @@ def test_ceil_mode_and_dilation_match_pytorch_formulas(name: str, kind: str, rng
   assert jc.output_shape(x.shape[1:-1], window, padding, stride, dilation, ceil_mode=ceil_mode) == y.shape[1:-1]
 
 
+@pytest.mark.slow
 def test_pool_gradients_pass_numerical_checks(rng: np.random.Generator):
   """check_grads (forward and reverse, two orders) on the reshape, reduce_window, dilated and adaptive paths."""
   from jax.test_util import check_grads

@@ -160,6 +160,7 @@ def test_labels_are_checked_with_the_split_named():
 # a diverging run
 
 
+@pytest.mark.slow
 def test_cli_stops_a_diverging_run_naming_the_epoch(tmp_path):
   proc = cli(tmp_path / "run", "--config.learning_rate=1e6", "--config.schedule=constant", "--config.warmup_epochs=0")
   line = error_line(proc)
@@ -480,6 +481,7 @@ def tiny_disk(tmp_path) -> Path:
   subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.slow
 def test_cli_reports_a_full_disk_in_one_line(tiny_disk):
   proc = cli(tiny_disk / "run", "--config.num_epochs=1")
   line = error_line(proc)
