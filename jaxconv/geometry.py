@@ -442,7 +442,7 @@ def output_shape(
     stride: an int or one int per axis, at least 1.
     dilation: an int or one int per axis, at least 1.
     ceil_mode: as in the pools: keep a last, partial window.
-    transpose: give :func:`jaxconv.conv_transpose`'s output shape instead.
+    transpose: give ``jaxconv.conv_transpose``'s output shape instead.
     output_padding: with ``transpose``, outputs added on the high side of each axis.
 
   Returns:

@@ -203,23 +203,23 @@ def convolve(
   """Convolution of an unbatched, single-channel signal, as ``scipy.signal.convolve``.
 
   The kernel is flipped on every axis, then correlated: ``convolve(x, w, ...) ==
-  correlate(x, flip(w), ...)``. The arguments are those of :func:`correlate`.
+  correlate(x, flip(w), ...)``. The arguments are those of ``correlate``.
 
   Args:
     x: the signal, shape ``(*spatial)`` with 1-3 axes.
     w: the kernel, shape ``(*kernel)``, the same rank as ``x``.
-    padding: as for :func:`correlate` (``"valid"``, ``"same"``, ``"full"``, ints or pairs).
+    padding: as for ``correlate`` (``"valid"``, ``"same"``, ``"full"``, ints or pairs).
     stride: an int or one int per axis, at least 1.
     dilation: an int or one int per axis, at least 1.
     padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"``, ``"circular"`` or ``"symmetric"``.
     impl: a name from ``available_impls()``; None: the default.
 
   Returns:
-    The convolution, shape ``(*out_spatial)`` as for :func:`correlate`.
+    The convolution, shape ``(*out_spatial)`` as for ``correlate``.
 
   Raises:
-    ValueError: as :func:`correlate`, naming the argument.
-    TypeError: as :func:`correlate`.
+    ValueError: as ``correlate``, naming the argument.
+    TypeError: as ``correlate``.
 
   Example:
     >>> import jaxconv as jc
@@ -332,7 +332,7 @@ def conv_transpose(
   padding_mode: str = "zeros",
   impl: str | None = None,
 ) -> jax.Array:
-  """The transpose (input gradient) of :func:`conv`: "deconvolution", upsampling by ``stride``.
+  """The transpose (input gradient) of ``conv``: "deconvolution", upsampling by ``stride``.
 
   ``padding`` is the padding of the forward conv being transposed, so each axis gives
   ``(n - 1) * stride + k_eff - lo - hi + output_padding`` outputs (``"same"``:
@@ -341,7 +341,7 @@ def conv_transpose(
 
   Args:
     x: the input, shape ``(N, *spatial, C_in)`` with 1-3 spatial axes.
-    w: the kernel, shape ``(*kernel, C_in // groups, C_out)`` (the layout of :func:`conv`'s).
+    w: the kernel, shape ``(*kernel, C_in // groups, C_out)`` (the layout of ``conv``'s).
     b: the bias, shape ``(C_out,)``, or None.
     stride: an int or one int per spatial axis, at least 1: the upsampling factor.
     padding: the forward conv's padding (``"valid"``, ``"same"``, ``"full"``, ints or pairs).

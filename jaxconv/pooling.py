@@ -340,7 +340,7 @@ def adaptive_max_pool(x: object, output_size: int | Sequence[int | None]) -> jax
 
 
 def adaptive_avg_pool(x: object, output_size: int | Sequence[int | None]) -> jax.Array:
-  """Mean over PyTorch's adaptive cells (``torch.nn.AdaptiveAvgPool``), as :func:`adaptive_max_pool`'s.
+  """Mean over PyTorch's adaptive cells (``torch.nn.AdaptiveAvgPool``), as ``adaptive_max_pool``'s.
 
   Args:
     x: the input, shape ``(N, *spatial, C)`` with 1-3 spatial axes.

@@ -35,7 +35,7 @@ from jaxconv.geometry import Padding, Pair, normalize_ints, resolve_window
 
 @dataclasses.dataclass(frozen=True)
 class LayerWindow:
-  """A sliding-window layer's geometry (a conv or a pool): a plain spec for :func:`walk`."""
+  """A sliding-window layer's geometry (a conv or a pool): a plain spec for ``walk``."""
 
   kernel: int | Sequence[int]
   stride: int | Sequence[int] = 1
@@ -47,7 +47,7 @@ class LayerWindow:
 
 @dataclasses.dataclass(frozen=True)
 class Adaptive:
-  """An adaptive pool (``output_size`` an int, or one int or None per axis): a plain spec for :func:`walk`.
+  """An adaptive pool (``output_size`` an int, or one int or None per axis): a plain spec for ``walk``.
 
   Its window depends on the input: on an axis of ``n`` inputs into ``o`` outputs it is a window
   of ``n // o`` at stride ``n // o`` when ``o`` divides ``n``; PyTorch's uneven cells (``o`` not
@@ -106,11 +106,11 @@ def window_of(layer: Any, spatial: Sequence[int] | None = None) -> LayerWindow |
   """The window of a conv (``kernel_size``), pooling (``window``) or adaptive pooling (``output_size``) layer.
 
   Args:
-    layer: a ``jaxconv.nn`` layer, a :class:`LayerWindow` (returned as it is), or anything else.
+    layer: a ``jaxconv.nn`` layer, a ``LayerWindow`` (returned as it is), or anything else.
     spatial: the input's spatial shape; needed for an adaptive pool only.
 
   Returns:
-    The layer's :class:`LayerWindow`, or None for a layer without a window.
+    The layer's ``LayerWindow``, or None for a layer without a window.
 
   Raises:
     ValueError: a transposed convolution (it spreads each input over a window of outputs, so the
@@ -196,12 +196,12 @@ def walk(stack: Any, spatial: Sequence[int]) -> list[Field]:
 
   Args:
     stack: a model with ``features`` (``jaxconv.models.LeNet``), an ``nnx.Sequential``, or a
-      sequence of layers: ``jaxconv.nn`` layers, :class:`LayerWindow` / :class:`Adaptive` specs,
+      sequence of layers: ``jaxconv.nn`` layers, ``LayerWindow`` / ``Adaptive`` specs,
       and anything without a window (an activation, a plain string such as ``"relu"``).
     spatial: the input's spatial shape, e.g. ``(28, 28)``.
 
   Returns:
-    One :class:`Field` per layer: its output shape and, per axis, receptive field size, jump and
+    One ``Field`` per layer: its output shape and, per axis, receptive field size, jump and
     start (the centre of the first unit's field, in input pixels).
 
   Raises:
@@ -227,7 +227,7 @@ def format_table(fields: Iterable[Field]) -> str:
   """The walk as a Markdown table: layer, output shape, receptive field, jump, start.
 
   Args:
-    fields: what :func:`walk` returns.
+    fields: what ``walk`` returns.
 
   Returns:
     The table, one row per field, axes joined by ``" x "``.
