@@ -411,7 +411,6 @@ def available_impls() -> tuple[str, ...]:
 
 # The public functions (jaxconv re-exports them); the validators and dispatch helpers are module-internal.
 __all__ = [
-  "DEFAULT_IMPL",
   "available_impls",
   "conv",
   "conv_transpose",
