@@ -29,19 +29,18 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
-from jaxconv import ops, pooling
+from jaxconv import kernels, ops, pooling
 from jaxconv.geometry import Padding, check_bool, check_int, check_padding_mode, conv_geometry, normalize_ints
-
-# impl=None asks for this kernel where it is registered (it picks the fastest kernel per call
-# from static shapes), and falls back to jc.conv's own default otherwise.
-DEFAULT_IMPL = "auto"
 
 Initializer = nnx.initializers.Initializer
 
 
-def default_impl() -> str | None:
-  """The kernel that ``impl=None`` selects: ``DEFAULT_IMPL`` if registered, else jc.conv's default."""
-  return DEFAULT_IMPL if DEFAULT_IMPL in ops.available_impls() else None
+def default_impl() -> str:
+  """The kernel a layer's ``impl=None`` runs: ``jaxconv.kernels.layer_default()`` ("auto", the per-call choice).
+
+  Resolved at each call, so a kernel registered or replaced later is the one that runs.
+  """
+  return kernels.layer_default()
 
 
 def _axes_given(*values: object) -> int | None:
@@ -121,7 +120,7 @@ class _ConvLayer(nnx.Module):
     self.in_features = _check_features("in_features", in_features, self.groups)
     self.out_features = _check_features("out_features", out_features, self.groups)
     self.use_bias = check_bool(use_bias, "use_bias")
-    self.impl = None if impl is None else ops.check_impl(impl)
+    self.impl = None if impl is None else kernels.check(impl)
     self.dtype = _check_dtype(dtype, "dtype", optional=True)
     self.param_dtype = _check_dtype(param_dtype, "param_dtype", optional=False)
     shape = (*self.kernel_size, self.in_features // self.groups, self.out_features)
@@ -155,7 +154,7 @@ class _ConvLayer(nnx.Module):
 
   def _geometry_kwargs(self) -> dict:
     """The keyword arguments ``jc.conv`` and ``jc.conv_transpose`` share."""
-    impl = self.impl if self.impl is not None else default_impl()
+    impl = self.impl if self.impl is not None else kernels.layer_default()
     return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups, impl=impl)
 
 
@@ -173,7 +172,7 @@ class Conv(_ConvLayer):
       refused (see the module docstring).
     stride, padding, dilation, groups, padding_mode: as ``jaxconv.conv``.
     use_bias: whether to add a bias.
-    impl: the kernel (``jaxconv.available_impls()``); None picks ``nn.DEFAULT_IMPL``.
+    impl: the kernel (``jaxconv.available_impls()``); None runs ``kernels.LAYER_DEFAULT`` ("auto").
     dtype: the dtype of the computation and the output; None promotes x with the parameters.
     param_dtype: the dtype the kernel and bias are stored in (and their gradients come in).
     kernel_init, bias_init: initialisers ``(key, shape, dtype) -> array``.
@@ -378,7 +377,6 @@ __all__ = [
   "AvgPool",
   "Conv",
   "ConvTranspose",
-  "DEFAULT_IMPL",
   "MaxPool",
   "default_impl",
   "flatten",

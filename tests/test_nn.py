@@ -10,8 +10,7 @@ from flax import nnx
 from jax import lax
 from references import LAX_DIMS, assert_close, random
 
-import jaxconv as jc
-from jaxconv import nn
+from jaxconv import kernels, nn
 
 
 @pytest.mark.parametrize(
@@ -157,7 +156,7 @@ def test_jit_and_int_input():
 
 
 def test_default_impl_is_auto_when_registered(rng):
-  assert nn.default_impl() == (nn.DEFAULT_IMPL if nn.DEFAULT_IMPL in jc.available_impls() else None)
+  assert nn.default_impl() == kernels.layer_default() == kernels.LAYER_DEFAULT == "auto"
   (x,) = random(rng, (2, 9, 9, 3))
   auto, reference = (nn.Conv(3, 5, (3, 3), impl=impl, rngs=nnx.Rngs(1)) for impl in (None, "lax"))
   assert_close(auto(x), reference(x), 1e-4, "impl=None vs lax")
