@@ -170,12 +170,17 @@ class Conv(_ConvLayer):
     kernel_size: one int per spatial axis (1-3 axes). A bare int means every axis; the number of
       axes then comes from ``stride``, ``dilation`` or ``padding`` given per axis, else it is
       refused (see the module docstring).
-    stride, padding, dilation, groups, padding_mode: as ``jaxconv.conv``.
+    stride: an int or one per spatial axis, as ``jaxconv.conv``.
+    padding: as ``jaxconv.conv``: "valid", "same", "causal", an int, one per axis, or ``(lo, hi)`` pairs.
+    dilation: an int or one per spatial axis.
+    groups: the number of channel groups (``in_features // groups`` inputs per output).
+    padding_mode: how the pads are filled: "zeros", "reflect", "replicate", "circular", "symmetric".
     use_bias: whether to add a bias.
     impl: the kernel (``jaxconv.available_impls()``); None runs ``kernels.LAYER_DEFAULT`` ("auto").
     dtype: the dtype of the computation and the output; None promotes x with the parameters.
     param_dtype: the dtype the kernel and bias are stored in (and their gradients come in).
-    kernel_init, bias_init: initialisers ``(key, shape, dtype) -> array``.
+    kernel_init: the kernel's initialiser ``(key, shape, dtype) -> array`` (LeCun normal).
+    bias_init: the bias's initialiser (zeros).
     rngs: the ``nnx.Rngs`` whose ``params`` stream draws the kernel.
 
   Raises:

@@ -46,7 +46,8 @@ class LeNet(nnx.Module):
     rngs: draws the parameters.
 
   Raises:
-    ValueError, TypeError: a bad argument, named.
+    ValueError: a bad value (named), e.g. an unknown ``variant`` or ``impl``.
+    TypeError: an argument of the wrong type (named), e.g. a non-floating ``dtype``.
   """
 
   def __init__(

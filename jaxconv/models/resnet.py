@@ -38,7 +38,9 @@ class BasicBlock(nnx.Module):
     in_features: the channels of x.
     out_features: the channels of the output.
     stride: the first conv's (and the projection's) stride, 1 or 2.
-    impl, dtype, param_dtype: passed to every ``nn.Conv`` (dtypes also to the BatchNorms).
+    impl: the kernel of both convs and the projection (``nn.Conv``'s ``impl``).
+    dtype: the computation dtype of every layer of the block (None: promoted), as in ``flax.nnx``.
+    param_dtype: the dtype of the block's parameters.
     rngs: draws the parameters.
   """
 
@@ -116,7 +118,8 @@ class ResNet(nnx.Module):
     rngs: draws the parameters.
 
   Raises:
-    TypeError, ValueError: a bad argument, named.
+    ValueError: a bad value (named), e.g. ``stage_sizes`` and ``widths`` of different lengths.
+    TypeError: an argument of the wrong type (named), e.g. a non-floating ``param_dtype``.
 
   >>> model = ResNet(rngs=nnx.Rngs(0))
   >>> model(jnp.zeros((2, 28, 28, 1))).shape
