@@ -30,7 +30,15 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from jaxconv import kernels, ops, pooling
-from jaxconv.geometry import Padding, check_bool, check_int, check_padding_mode, conv_geometry, normalize_ints
+from jaxconv.geometry import (
+  Padding,
+  check_bool,
+  check_int,
+  check_padding_mode,
+  conv_geometry,
+  normalize_ints,
+  resolve_window,
+)
 
 Initializer = nnx.initializers.Initializer
 
@@ -221,7 +229,11 @@ class Conv(_ConvLayer):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x ``(N, *spatial, in_features)`` -> ``(N, *out_spatial, out_features)``, in ``dtype`` (see the class)."""
-    return ops.conv(*self._inputs(x), padding_mode=self.padding_mode, **self._geometry_kwargs())
+    x, kernel, bias = self._inputs(x)
+    # A kernel larger than the padded input: named as the layer's argument (jc.conv would name w).
+    resolve_window(x.shape[1:-1], self.kernel_size, self.padding, self.stride, self.dilation,
+                   kernel_name=f"kernel_size={self.kernel_size}")  # fmt: skip
+    return ops.conv(x, kernel, bias, padding_mode=self.padding_mode, **self._geometry_kwargs())
 
 
 class ConvTranspose(_ConvLayer):

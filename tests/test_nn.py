@@ -70,6 +70,12 @@ def test_call_errors_name_the_layer_arguments(layer):
     conv(jnp.ones((1, 5, 3)))
 
 
+def test_kernel_larger_than_the_input_names_kernel_size():
+  with pytest.raises(ValueError, match=r"^kernel_size=\(5, 5\): kernel extent 5 .* larger than the padded input 3"):
+    nn.Conv(1, 1, (5, 5), rngs=nnx.Rngs(0))(jnp.ones((1, 3, 3, 1)))
+  assert nn.Conv(1, 1, (5, 5), padding=1, rngs=nnx.Rngs(0))(jnp.ones((1, 3, 3, 1))).shape == (1, 1, 1, 1)
+
+
 # (x dtype, dtype, param_dtype) -> the output dtype flax.nnx.Conv gives (promote_dtype's rule).
 DTYPE_CASES = [
   (jnp.float32, None, jnp.float32),
