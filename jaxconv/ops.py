@@ -41,9 +41,6 @@ from jaxconv.geometry import (
 )
 from jaxconv.kernels.taps import swap_channels
 
-DEFAULT_IMPL = "lax"
-
-
 # --------------------------------------------------------------------------------------------
 # validation
 
@@ -86,8 +83,8 @@ def check_bias(b: jax.Array | None, c_out: int) -> None:
 
 
 def check_impl(impl: object) -> str:
-  """The kernel name ``impl`` selects (None: ``DEFAULT_IMPL``); the one impl check of jaxconv."""
-  return kernels.get(DEFAULT_IMPL if impl is None else impl).name
+  """The kernel name ``impl`` selects (None: ``kernels.FUNCTION_DEFAULT``, "lax"), checked by ``kernels.check``."""
+  return kernels.check(impl, default=kernels.FUNCTION_DEFAULT)
 
 
 def geometry_of(
