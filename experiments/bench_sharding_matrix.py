@@ -88,7 +88,7 @@ def run_case(name: str, op: Op, kind: str, x: np.ndarray, w: np.ndarray) -> str:
       text = fn.lower(xs, ws).compile().as_text()
       got = fn(xs, ws)
   except Exception as e:  # noqa: BLE001  (the matrix reports every failure)
-    return f"ERROR {type(e).__name__}: {str(e).splitlines()[0][:90]}"
+    return f"ERROR {type(e).__name__}: {(str(e).splitlines() or [''])[0][:90]}"
   spec = tuple(got.sharding.spec) if isinstance(got.sharding, NamedSharding) else got.sharding
   gathers = "all-gather" if re.search(r"\ball-gather(-start)?\(", text) else "-"
   reduces = "all-reduce" if re.search(r"\ball-reduce(-start)?\(", text) else "-"
