@@ -50,9 +50,30 @@ def _cgd(x: jax.Array, w: jax.Array) -> jax.Array:
   return jc.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def ops(impls: bool) -> dict[str, Op]:
-  """The 13 ops and gradients of the issue (and, with ``impls``, conv with every registered kernel)."""
-  conv = lambda impl: lambda x, w: jc.conv(x, w, padding="same", impl=impl)  # noqa: E731
+# Kernels to try per registered impl, first served first: (w shape, groups) on x (8, 14, 14, 6).
+CANDIDATES = (((5, 5, 6, 16), 1), ((3, 3, 6, 16), 1), ((3, 3, 2, 6), 3), ((3, 3, 1, 6), 6))
+
+
+def conv_op(impl: str, groups: int = 1) -> Op:
+  """``jc.conv`` with "same" padding on the kernel ``impl``."""
+  return lambda x, w: jc.conv(x, w, padding="same", groups=groups, impl=impl)
+
+
+def served(impl: str, x: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray] | None:
+  """(groups, w) of the first candidate kernel that ``impl`` serves on x, or None."""
+  for shape, groups in CANDIDATES:
+    w = rng.standard_normal(shape).astype(np.float32)
+    try:
+      jax.eval_shape(conv_op(impl, groups), x, w)
+    except ValueError:
+      continue
+    return groups, w
+  return None
+
+
+def ops(impls: bool, x: np.ndarray, w: np.ndarray) -> dict[str, tuple[Op, np.ndarray]]:
+  """The 13 ops and gradients of the issue as (op, w) (and, with ``impls``, every registered kernel's conv, dx, dw)."""
+  conv = conv_op
   table: dict[str, Op] = {f"conv[{i}]": conv(i) for i in ("lax", "im2col", "toeplitz", "auto", "onednn")}
   table["conv_transpose"] = lambda x, w: jc.conv_transpose(x, w, stride=2, padding="same")
   table["max_pool"] = lambda x, w: jc.max_pool(x, 2)
@@ -62,12 +83,18 @@ def ops(impls: bool) -> dict[str, Op]:
   table["conv_general_dilated"] = _cgd
   table["dx[auto]"] = _vjp_x(conv("auto"))
   table["dw[auto]"] = _vjp_w(conv("auto"))
-  if impls:
-    for impl in jc.available_impls():
-      table[f"conv[{impl}]"] = conv(impl)
-      table[f"dx[{impl}]"] = _vjp_x(conv(impl))
-      table[f"dw[{impl}]"] = _vjp_w(conv(impl))
-  return table
+  cases = {name: (op, w) for name, op in table.items()}
+  rng = np.random.default_rng(1)
+  for impl in jc.available_impls() if impls else ():
+    found = served(impl, x, rng)
+    if found is None:
+      print(f"# {impl}: serves none of the candidate calls, skipped")
+      continue
+    groups, wi = found
+    cases[f"conv[{impl}]"] = (conv(impl, groups), wi)
+    cases[f"dx[{impl}]"] = (_vjp_x(conv(impl, groups)), wi)
+    cases[f"dw[{impl}]"] = (_vjp_w(conv(impl, groups)), wi)
+  return cases
 
 
 def mesh_of(kind: str) -> jax.sharding.Mesh:
@@ -108,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
   w = rng.standard_normal((5, 5, 6, 16)).astype(np.float32)
   print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} devices, {os.cpu_count()} cores")
   print(f"{'op':<22} {'axes':<9} {'batch':<10} {'gather':<10} {'reduce':<10} values")
-  for name, op in ops(args.impls).items():
+  for name, (op, w) in ops(args.impls, x, w).items():
     for kind in ("auto", "explicit"):
       print(f"{name:<22} {kind:<9} {run_case(name, op, kind, x, w)}", flush=True)
 
