@@ -37,8 +37,10 @@ like the batch, and ``Bw`` is each shard's kernel gradient followed by one all-r
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import jax
@@ -85,10 +87,27 @@ def _kernel_grad(kernel: registry.Kernel) -> Raw:
 
 
 Axes = tuple[str, ...]
+Specs = tuple[Axes, ...]  # per dimension, the mesh axes that split it
 
 
 # --------------------------------------------------------------------------------------------
-# shardings
+# shardings: which mesh axes split the batch (B) and the output channels (M)
+#
+#   primitive      a                  b                   result              summed over
+#   conv           x  (B, ..., -)     w  (..., -, M)      y  (B, ..., M)      -
+#   input_grad     dy (B, ..., M)     w  (..., -, M)      dx (B, ..., -)      M
+#   kernel_grad    x  (B, ..., -)     dy (B, ..., M)      dw (..., -, M)      B
+#
+# M only with groups == 1 (a channel split of a grouped conv would cut across its groups).
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How a call is split: mesh axes over the batch and over C_out; ``native`` when the operands are laid out so."""
+
+  batch: Axes = ()
+  channels: Axes = ()
+  native: bool = True
 
 
 def _entry_axes(entry: object) -> Axes:
@@ -98,40 +117,61 @@ def _entry_axes(entry: object) -> Axes:
   return tuple(entry) if isinstance(entry, tuple) else (str(entry),)  # type: ignore[arg-type]
 
 
-def _explicit_spec(aval: object) -> tuple[Axes, ...] | None:
-  """Per dimension of ``aval``, the Explicit mesh axes that shard it; None when no dimension is."""
+def _spec_axes(spec: Sequence[object], ndim: int, allowed: Callable[[str], bool]) -> Specs:
+  """A ``PartitionSpec`` as per-dimension axes (padded to ``ndim``), keeping the ``allowed`` axes."""
+  entries = (*spec, *(None,) * (ndim - len(spec)))
+  return tuple(tuple(a for a in _entry_axes(entry) if allowed(a)) for entry in entries)
+
+
+def _explicit_specs(aval: object) -> Specs:
+  """Per dimension of ``aval``, the Explicit mesh axes that split it (all empty without any)."""
+  ndim = len(getattr(aval, "shape", ()))
   sharding = getattr(aval, "sharding", None)
   if not isinstance(sharding, NamedSharding):
-    return None
+    return ((),) * ndim
   mesh = sharding.mesh
   explicit = {name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == AxisType.Explicit}
-  ndim = len(getattr(aval, "shape", ()))
-  spec = (*sharding.spec, *(None,) * (ndim - len(sharding.spec)))
-  axes = tuple(tuple(a for a in _entry_axes(entry) if a in explicit) for entry in spec)
-  return axes if any(axes) else None
+  return _spec_axes(sharding.spec, ndim, explicit.__contains__)
 
 
-def explicit_layout(a: object, b: object, paired: bool) -> tuple[Axes, bool]:
-  """The Explicit axes sharding ``a``'s batch, and whether that is all that is sharded.
+def _operand_specs(name: str, ranks: tuple[int, int], layout: Layout) -> tuple[Specs, Specs]:
+  """The specs of the operands ``(a, b)`` of primitive ``name`` split as ``layout`` says (see the table above)."""
+  batch, channels = layout.batch, layout.channels
+  a = (batch, *((),) * (ranks[0] - 2), channels if name == "input_grad" else ())
+  b = (batch if name == "kernel_grad" else (), *((),) * (ranks[1] - 2), channels)
+  return a, b
 
-  ``paired``: ``b`` is per-example too (dy of the kernel gradient) and must be sharded like
-  ``a``'s batch; otherwise ``b`` (the kernel) must not be sharded at all.
+
+def _result_specs(name: str, ndim: int, layout: Layout) -> Specs:
+  """The spec of the result of primitive ``name`` split as ``layout`` says."""
+  if name == "kernel_grad":
+    return (*((),) * (ndim - 1), layout.channels)
+  return (layout.batch, *((),) * (ndim - 2), layout.channels if name == "conv" else ())
+
+
+def _summed_axes(name: str, layout: Layout) -> Axes:
+  """The mesh axes a per-shard result is summed over: C_out's for dx, the batch's for dw."""
+  return {"conv": (), "input_grad": layout.channels, "kernel_grad": layout.batch}[name]
+
+
+def explicit_layout(name: str, a: object, b: object, groups: int) -> Layout:
+  """The layout of a call of primitive ``name`` whose operand avals ``a``, ``b`` carry Explicit shardings.
+
+  ``native`` is False for any other sharding (a spatially or C_in-sharded activation, a sharded
+  kernel axis, C_out split with groups), which the entry points answer with lax's convolution.
   """
-  sa, sb = _explicit_spec(a), _explicit_spec(b)
-  batch = sa[0] if sa else ()
-  a_native = sa is None or not any(sa[1:])
-  if paired:
-    b_native = (sb[0] if sb else ()) == batch and (sb is None or not any(sb[1:]))
-  else:
-    b_native = sb is None
-  return batch, a_native and b_native
+  sa, sb = _explicit_specs(a), _explicit_specs(b)
+  if not any(sa) and not any(sb):
+    return Layout()
+  layout = Layout(sa[0], sb[-1])
+  native = (sa, sb) == _operand_specs(name, (len(sa), len(sb)), layout)
+  native = native and not (layout.channels and groups > 1) and not set(layout.batch) & set(layout.channels)
+  return dataclasses.replace(layout, native=native)
 
 
-def _spec_entry(axes: Sequence[str]) -> str | tuple[str, ...] | None:
-  """The ``PartitionSpec`` entry of a dimension sharded over ``axes``."""
-  if not axes:
-    return None
-  return axes[0] if len(axes) == 1 else tuple(axes)
+def _spec(axes: Specs) -> PartitionSpec:
+  """Per-dimension axes as a ``PartitionSpec``."""
+  return PartitionSpec(*(None if not a else a[0] if len(a) == 1 else tuple(a) for a in axes))
 
 
 def _multi_device(ctx: mlir.LoweringRuleContext) -> bool:
@@ -147,44 +187,70 @@ def _multi_device(ctx: mlir.LoweringRuleContext) -> bool:
   return devices > 1
 
 
-def _split_axes(mesh: object, specs: Sequence[object], batch: int) -> Axes:
-  """Mesh axes to split a batch of ``batch`` over: those sharding the batch, then any other used axis that divides it.
+def auto_layout(name: str, mesh: object, specs: tuple[Sequence[object], Sequence[object]], g: ConvGeometry) -> Layout:
+  """The split chosen for a call under Auto axes, from its operands' ``PartitionSpec``s ``(a, b)``.
 
-  ``specs``: the operands' ``PartitionSpec``s, the per-example operand first.
+  The batch keeps the axes that split it; C_out keeps those that split the kernel's (or dy's)
+  last axis, with groups == 1 when they divide it; every other axis that splits an operand is
+  moved onto the batch where it divides it, so that no device computes the whole batch when the
+  operands were split some other way. The rest is gathered.
   """
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))  # type: ignore[attr-defined]
-  first = [a for a in _entry_axes(specs[0][0] if len(specs[0]) else None) if a in sizes]  # type: ignore[index,arg-type]
-  others = [a for spec in specs for entry in spec for a in _entry_axes(entry) if a in sizes]  # type: ignore[attr-defined]
-  axes: list[str] = []
-  for axis in (*first, *others):
-    if axis not in axes and batch % (math.prod(sizes[a] for a in axes) * sizes[axis]) == 0:
-      axes.append(axis)
-  return tuple(axes)
+  a = _spec_axes(specs[0], len(specs[0]), sizes.__contains__) or ((),)
+  b = _spec_axes(specs[1], len(specs[1]), sizes.__contains__) or ((),)
+  batch = list(dict.fromkeys(a[0]))
+  channels: list[str] = []
+  for axis in b[-1] if g.groups == 1 else ():
+    if axis not in batch and g.out_channels % (math.prod(sizes[c] for c in channels) * sizes[axis]) == 0:
+      channels.append(axis)
+  for axis in (axis for dim in (*a, *b) for axis in dim):
+    if axis not in batch and axis not in channels and g.batch % (math.prod(sizes[c] for c in batch) * sizes[axis]) == 0:
+      batch.append(axis)
+  return Layout(tuple(batch), tuple(channels))
+
+
+def _warn_moved(op: str, impl: str, given: object, chosen: NamedSharding) -> None:
+  """Warn (at compile time) when an activation split along a spatial or C_in axis is moved onto the batch."""
+  spec = getattr(getattr(given, "sharding", None), "spec", None)
+  ndim = len(getattr(given, "shape", ()))
+  if spec is None or not ndim:
+    return
+  wanted = _spec_axes(chosen.spec, ndim, lambda _: True)
+  moved = [axes for axes, want in zip(_spec_axes(spec, ndim, lambda _: True)[1:], wanted[1:]) if set(axes) - set(want)]
+  if moved:
+    warnings.warn(
+      f"jaxconv: {op} with impl={impl!r} under Auto mesh axes got an activation split as {spec} (beyond the batch); "
+      "its kernel partitions the batch (and C_out), so the split is moved onto the batch (an all-to-all) and the "
+      "gradients may run unsplit. Split the batch instead, use Explicit axes (jaxconv then runs lax), or impl='lax', "
+      "which XLA partitions along any axis (docs/sharding.md).",
+      stacklevel=2,
+    )
 
 
 def _sharding_rule(g: ConvGeometry, name: str) -> str:
-  """Shardy's rule for the custom call: only the batch factor ``n`` is shared between operands and result."""
+  """Shardy's rule for the custom call: the batch ``n`` and C_out ``o`` factors shared as in the table above."""
   x = " ".join(["n", *(f"s{i}" for i in range(g.rank)), "c"])
   y = " ".join(["n", *(f"t{i}" for i in range(g.rank)), "o"])
-  w = " ".join([*(f"k{i}" for i in range(g.rank)), "i", "p"])
+  w = " ".join([*(f"k{i}" for i in range(g.rank)), "i", "o"])
   return {"conv": f"{x}, {w} -> {y}", "input_grad": f"{y}, {w} -> {x}", "kernel_grad": f"{x}, {y} -> {w}"}[name]
+
+
+def _local(geometry: ConvGeometry, channels: Axes, sizes: dict[str, int]) -> ConvGeometry:
+  """``geometry`` with C_out split over ``channels`` (the batch follows the operands)."""
+  split = math.prod(sizes[a] for a in channels)
+  return geometry if split == 1 else dataclasses.replace(geometry, out_channels=geometry.out_channels // split)
 
 
 # --------------------------------------------------------------------------------------------
 # the primitives
 
 
-def _primitive(
-  name: str,
-  raw_of: Callable[[registry.Kernel], Raw],
-  shape_of: Callable[[ConvGeometry], tuple[int, ...]],
-  reduces: bool = False,
-):
+def _primitive(name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Callable[[ConvGeometry], tuple[int, ...]]):
   """A primitive ``p(a, b; impl, geometry)`` lowered to ``raw_of(kernel)(a, b, geometry)``.
 
+  ``name``: "conv", "input_grad" or "kernel_grad" (its row in the sharding table above).
   ``shape_of`` gives the result shape; its batch axis (all but the kernel gradient's) is the
-  operands' own, which batching or sharding may have changed. ``reduces``: the result sums over
-  the batch (the kernel gradient), so a batch-sharded call is all-reduced and replicated.
+  operands' own, which batching or sharding may have changed.
   """
   prim = core.Primitive("jaxconv_conv" if name == "conv" else f"jaxconv_conv_{name}")
 
@@ -193,15 +259,15 @@ def _primitive(
 
   def abstract_eval(a, b, *, impl: str, geometry: ConvGeometry):
     shape = shape_of(geometry_for(a, geometry))
-    batch, native = explicit_layout(a, b, paired=reduces)
-    if not native:
+    layout = explicit_layout(name, a, b, geometry.groups)
+    if not layout.native:
       raise ValueError(
-        f"{prim.name} (impl={impl!r}) partitions only the batch under Explicit mesh axes; got operands "
+        f"{prim.name} (impl={impl!r}) partitions the batch and C_out under Explicit mesh axes; got operands "
         f"sharded as {a.sharding.spec} and {b.sharding.spec} (jaxconv.conv and conv_transpose run such calls on lax)"
       )
-    if not batch:
+    if layout == Layout():
       return jax.core.ShapedArray(shape, a.dtype)
-    spec = PartitionSpec() if reduces else PartitionSpec(_spec_entry(batch))
+    spec = _spec(_result_specs(name, len(shape), layout))
     return jax.core.ShapedArray(shape, a.dtype, sharding=NamedSharding(a.sharding.mesh, spec))
 
   def lower(a: jax.Array, b: jax.Array, *, impl: str, geometry: ConvGeometry) -> jax.Array:
@@ -212,27 +278,35 @@ def _primitive(
       return jnp.zeros(shape_of(g), a.dtype)
     return raw_of(registry.get(impl))(a, b, g)
 
-  def per_shard(axes: Axes, impl: str, geometry: ConvGeometry) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The kernel on one device's rows; the kernel gradient summed over the devices."""
+  def per_shard(layout: Layout, sizes: dict[str, int], impl: str, geometry: ConvGeometry):
+    """The kernel on one device's block; partial sums (dx over C_out, dw over the batch) all-reduced."""
+    local = _local(geometry, layout.channels, sizes)
+    summed = _summed_axes(name, layout)
 
     def run(a: jax.Array, b: jax.Array) -> jax.Array:
-      y = lower(a, b, impl=impl, geometry=geometry)
-      return lax.psum(y, axes) if reduces and axes else y
+      y = lower(a, b, impl=impl, geometry=local)
+      return lax.psum(y, summed) if summed else y
 
     return run
 
-  def explicit(mesh, batch: Axes, impl: str, geometry: ConvGeometry):
-    """Under Explicit axes: the kernel in a shard_map over the batch axes (the avals say which)."""
-    rows = PartitionSpec(_spec_entry(batch))
-    b_spec = rows if reduces else PartitionSpec()
-    out = PartitionSpec() if reduces else rows
+  def specs(layout: Layout, ranks: tuple[int, int], ndim: int) -> tuple[tuple[PartitionSpec, ...], PartitionSpec]:
+    a, b = _operand_specs(name, ranks, layout)
+    return (_spec(a), _spec(b)), _spec(_result_specs(name, ndim, layout))
+
+  def explicit(mesh, layout: Layout, ranks: tuple[int, int], ndim: int, impl: str, geometry: ConvGeometry):
+    """Under Explicit axes: the kernel in a shard_map over the mesh (the avals say how it is split)."""
+    in_specs, out_specs = specs(layout, ranks, ndim)
     # check_vma=False: the kernels' primitives carry no varying-axes types; the psum is explicit.
     return jax.shard_map(
-      per_shard(batch, impl, geometry), mesh=mesh, in_specs=(rows, b_spec), out_specs=out, check_vma=False
+      per_shard(layout, dict(mesh.shape), impl, geometry),
+      mesh=mesh,
+      in_specs=in_specs,
+      out_specs=out_specs,
+      check_vma=False,
     )
 
   def partitioned(impl: str, geometry: ConvGeometry):
-    """Under Auto axes: the kernel as a custom_partitioning call that XLA's partitioner splits along the batch."""
+    """Under Auto axes: the kernel as a custom_partitioning call that XLA's partitioner splits (``auto_layout``)."""
 
     @custom_partitioning
     def call(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -240,30 +314,30 @@ def _primitive(
       # kernels close over); jit keeps them in its own closed jaxpr.
       return jax.jit(functools.partial(lower, impl=impl, geometry=geometry))(a, b)
 
-    def layout(mesh, arg_shapes) -> tuple[Axes, NamedSharding, NamedSharding, NamedSharding]:
-      specs = [getattr(s.sharding, "spec", PartitionSpec()) for s in arg_shapes]
-      axes = _split_axes(mesh, specs, arg_shapes[0].shape[0]) if mesh is not None and not mesh.empty else ()
-      rows = NamedSharding(mesh, PartitionSpec(_spec_entry(axes)))
-      whole = NamedSharding(mesh, PartitionSpec())
-      return axes, rows, (rows if reduces else whole), (whole if reduces else rows)
+    def layout_of(mesh, arg_shapes, result_shape):
+      operand_specs = tuple(getattr(s.sharding, "spec", PartitionSpec()) for s in arg_shapes)
+      layout = auto_layout(name, mesh, operand_specs, geometry) if not mesh.empty else Layout()
+      ranks = (len(arg_shapes[0].shape), len(arg_shapes[1].shape))
+      in_specs, out_spec = specs(layout, ranks, len(result_shape.shape))
+      return layout, tuple(NamedSharding(mesh, s) for s in in_specs), NamedSharding(mesh, out_spec)
 
     def partition(mesh, arg_shapes, result_shape):
-      axes, rows, b_sharding, result = layout(mesh, arg_shapes)
-      return mesh, per_shard(axes, impl, geometry), result, (rows, b_sharding)
+      layout, in_shardings, out_sharding = layout_of(mesh, arg_shapes, result_shape)
+      _warn_moved(prim.name, impl, arg_shapes[0], in_shardings[0])
+      return mesh, per_shard(layout, dict(mesh.shape), impl, geometry), out_sharding, in_shardings
 
     def infer(mesh, arg_shapes, result_shape):
-      return layout(mesh, arg_shapes)[3]
+      return layout_of(mesh, arg_shapes, result_shape)[2]
 
-    call.def_partition(
-      partition, infer_sharding_from_operands=infer, sharding_rule=_sharding_rule(geometry, name)
-    )
+    call.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=_sharding_rule(geometry, name))
     return call
 
   def lowering(ctx: mlir.LoweringRuleContext, a, b, *, impl: str, geometry: ConvGeometry):
     a_aval, b_aval = ctx.avals_in
-    batch, _ = explicit_layout(a_aval, b_aval, paired=reduces)
-    if batch:
-      fn = explicit(a_aval.sharding.mesh, batch, impl, geometry)
+    layout = explicit_layout(name, a_aval, b_aval, geometry.groups)
+    if layout != Layout():
+      ranks = (len(a_aval.shape), len(b_aval.shape))
+      fn = explicit(a_aval.sharding.mesh, layout, ranks, len(ctx.avals_out[0].shape), impl, geometry)
     elif impl != "lax" and _multi_device(ctx):
       # lax is left to XLA, which partitions its convolutions along any axis natively.
       fn = partitioned(impl, geometry)
@@ -295,7 +369,7 @@ def _w_shape(g: ConvGeometry) -> tuple[int, ...]:
 
 conv_p = _primitive("conv", _forward, _out_shape)
 input_grad_p = _primitive("input_grad", _input_grad, _x_shape)
-kernel_grad_p = _primitive("kernel_grad", _kernel_grad, _w_shape, reduces=True)
+kernel_grad_p = _primitive("kernel_grad", _kernel_grad, _w_shape)
 
 
 def _lower_with_devices(*prims: core.Primitive) -> None:
@@ -380,19 +454,47 @@ batching.primitive_batchers[kernel_grad_p] = _batcher(kernel_grad_p, folds=False
 # entry points: the kernel's primitive, or lax's convolution for a sharding beyond the batch
 
 
-def _native(a: jax.Array, b: jax.Array, paired: bool) -> bool:
-  """Whether the operands' Explicit shardings (if any) are the batch alone, which every kernel partitions."""
-  return explicit_layout(jax.typeof(a), jax.typeof(b), paired)[1]
+def _native(name: str, a: jax.Array, b: jax.Array, g: ConvGeometry) -> bool:
+  """Whether the operands' Explicit shardings (if any) are ones every kernel partitions (batch, C_out)."""
+  return explicit_layout(name, jax.typeof(a), jax.typeof(b), g.groups).native
+
+
+def _lax_out_sharding(a: jax.Array, b: jax.Array, keep_channels: bool) -> NamedSharding | None:
+  """The sharding lax's convolution is asked for on a fallback: a's batch and spatial axes, b's C_out axes.
+
+  lax infers one itself only for a replicated kernel and unsplit input channels; otherwise it
+  needs ``out_sharding``. Axes already used by a are not reused for C_out; a's C_in split is summed away.
+  """
+  sa, sb = _explicit_specs(jax.typeof(a)), _explicit_specs(jax.typeof(b))
+  if not any(sa) and not any(sb):
+    return None
+  used = {axis for dim in sa[:-1] for axis in dim}
+  channels = tuple(axis for axis in sb[-1] if axis not in used) if keep_channels else ()
+  mesh = jax.typeof(a if any(sa) else b).sharding.mesh
+  return NamedSharding(mesh, _spec((*sa[:-1], channels)))
 
 
 def _lax_conv(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """``F`` as one ``lax.conv_general_dilated``, which XLA partitions along any axis."""
-  return registry.get("lax").forward(x, w, g)
+  from jaxconv.kernels.lax import dimension_numbers  # the lax kernel module registers itself on import
+
+  y = lax.conv_general_dilated(
+    x,
+    w,
+    window_strides=g.stride,
+    padding=g.padding,
+    rhs_dilation=g.dilation,
+    dimension_numbers=dimension_numbers(g.rank),
+    feature_group_count=g.groups,
+    preferred_element_type=registry.accumulation_dtype(x.dtype),
+    out_sharding=_lax_out_sharding(x, w, keep_channels=True),
+  )
+  return y.astype(x.dtype)
 
 
 def _lax_input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """``Bx`` as one ``lax.conv_general_dilated``: dy dilated by the stride, correlated with the flipped kernel."""
-  from jaxconv.kernels.lax import dimension_numbers  # the lax kernel module registers itself on import
+  from jaxconv.kernels.lax import dimension_numbers
 
   pads = input_grad_pads(g.spatial, g.kernel, g.stride, g.padding, g.dilation, g.out_spatial)[1:-1]
   dx = lax.conv_general_dilated(
@@ -405,6 +507,7 @@ def _lax_input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
     dimension_numbers=dimension_numbers(g.rank),
     feature_group_count=g.groups,
     preferred_element_type=registry.accumulation_dtype(dy.dtype),
+    out_sharding=_lax_out_sharding(dy, w, keep_channels=False),
   )
   return dx.astype(dy.dtype)
 
@@ -416,19 +519,19 @@ def _lax_kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
 
 
 def _bind_conv(x: jax.Array, w: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
-  if not _native(x, w, paired=False):
+  if not _native("conv", x, w, g):
     return _lax_conv(x, w, g)
   return conv_p.bind(x, w, impl=impl, geometry=g)
 
 
 def _bind_input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
-  if not _native(dy, w, paired=False):
+  if not _native("input_grad", dy, w, g):
     return _lax_input_grad(dy, w, g)
   return input_grad_p.bind(dy, w, impl=impl, geometry=g)
 
 
 def _bind_kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
-  if not _native(x, dy, paired=True):
+  if not _native("kernel_grad", x, dy, g):
     return _lax_kernel_grad(x, dy, g)
   return kernel_grad_p.bind(x, dy, impl=impl, geometry=g)
 
@@ -457,6 +560,8 @@ __all__ = [
   "conv_input_grad",
   "conv_kernel_grad",
   "conv_p",
+  "Layout",
+  "auto_layout",
   "explicit_layout",
   "input_grad_p",
   "kernel_grad_p",
