@@ -22,17 +22,17 @@ if "jax" not in sys.modules:
   os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import argparse  # noqa: E402
-import re  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import argparse
+import re
+from collections.abc import Callable
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import AxisType, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import jaxconv as jc  # noqa: E402
+import jaxconv as jc
 
 Op = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -114,7 +114,7 @@ def run_case(name: str, op: Op, kind: str, x: np.ndarray, w: np.ndarray) -> str:
       fn = jax.jit(op)
       text = fn.lower(xs, ws).compile().as_text()
       got = fn(xs, ws)
-  except Exception as e:  # noqa: BLE001  (the matrix reports every failure)
+  except Exception as e:
     return f"ERROR {type(e).__name__}: {(str(e).splitlines() or [''])[0][:90]}"
   spec = tuple(got.sharding.spec) if isinstance(got.sharding, NamedSharding) else got.sharding
   gathers = "all-gather" if re.search(r"\ball-gather(-start)?\(", text) else "-"
@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> None:
   w = rng.standard_normal((5, 5, 6, 16)).astype(np.float32)
   print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} devices, {os.cpu_count()} cores")
   print(f"{'op':<22} {'axes':<9} {'batch':<10} {'gather':<10} {'reduce':<10} values")
-  for name, (op, w) in ops(args.impls, x, w).items():
+  for name, (op, wi) in ops(args.impls, x, w).items():
     for kind in ("auto", "explicit"):
-      print(f"{name:<22} {kind:<9} {run_case(name, op, kind, x, w)}", flush=True)
+      print(f"{name:<22} {kind:<9} {run_case(name, op, kind, x, wi)}", flush=True)
 
 
 if __name__ == "__main__":

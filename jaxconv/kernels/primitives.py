@@ -114,12 +114,13 @@ def _entry_axes(entry: object) -> Axes:
   """The mesh axes of one ``PartitionSpec`` entry (None, a name, or a tuple of names)."""
   if entry is None:
     return ()
-  return tuple(entry) if isinstance(entry, tuple) else (str(entry),)  # type: ignore[arg-type]
+  return tuple(entry) if isinstance(entry, tuple) else (str(entry),)
 
 
-def _spec_axes(spec: Sequence[object], ndim: int, allowed: Callable[[str], bool]) -> Specs:
+def _spec_axes(spec: PartitionSpec | Sequence[object], ndim: int, allowed: Callable[[str], bool]) -> Specs:
   """A ``PartitionSpec`` as per-dimension axes (padded to ``ndim``), keeping the ``allowed`` axes."""
-  entries = (*spec, *(None,) * (ndim - len(spec)))
+  given: tuple[object, ...] = tuple(spec)  # a PartitionSpec iterates over its entries
+  entries = (*given, *(None,) * (ndim - len(given)))
   return tuple(tuple(a for a in _entry_axes(entry) if allowed(a)) for entry in entries)
 
 
@@ -178,7 +179,7 @@ def _multi_device(ctx: mlir.LoweringRuleContext) -> bool:
   """Whether the lowering is for an SPMD program over several devices (not inside a full shard_map)."""
   axis_context = ctx.module_context.axis_context
   mesh = getattr(axis_context, "mesh", None)
-  manual = getattr(axis_context, "manual_axes", frozenset())
+  manual: frozenset[str] = getattr(axis_context, "manual_axes", frozenset())
   if mesh is not None and set(manual) >= set(mesh.axis_names):
     return False
   devices = getattr(axis_context, "num_devices", None)
@@ -187,8 +188,10 @@ def _multi_device(ctx: mlir.LoweringRuleContext) -> bool:
   return devices > 1
 
 
-def auto_layout(name: str, mesh: object, specs: tuple[Sequence[object], Sequence[object]], g: ConvGeometry) -> Layout:
-  """The split chosen for a call under Auto axes, from its operands' ``PartitionSpec``s ``(a, b)``.
+def auto_layout(
+  mesh: object, specs: Sequence[PartitionSpec | Sequence[object]], ndims: Sequence[int], g: ConvGeometry
+) -> Layout:
+  """The split chosen for a call under Auto axes, from its operands' ``PartitionSpec``s ``(a, b)`` of ``ndims`` dims.
 
   The batch keeps the axes that split it; C_out keeps those that split the kernel's (or dy's)
   last axis, with groups == 1 when they divide it; every other axis that splits an operand is
@@ -196,15 +199,16 @@ def auto_layout(name: str, mesh: object, specs: tuple[Sequence[object], Sequence
   operands were split some other way. The rest is gathered.
   """
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))  # type: ignore[attr-defined]
-  a = _spec_axes(specs[0], len(specs[0]), sizes.__contains__) or ((),)
-  b = _spec_axes(specs[1], len(specs[1]), sizes.__contains__) or ((),)
+  a = _spec_axes(specs[0], ndims[0], sizes.__contains__)
+  b = _spec_axes(specs[1], ndims[1], sizes.__contains__)
+  rows = g.batch
   batch = list(dict.fromkeys(a[0]))
   channels: list[str] = []
   for axis in b[-1] if g.groups == 1 else ():
     if axis not in batch and g.out_channels % (math.prod(sizes[c] for c in channels) * sizes[axis]) == 0:
       channels.append(axis)
   for axis in (axis for dim in (*a, *b) for axis in dim):
-    if axis not in batch and axis not in channels and g.batch % (math.prod(sizes[c] for c in batch) * sizes[axis]) == 0:
+    if axis not in batch and axis not in channels and rows % (math.prod(sizes[c] for c in batch) * sizes[axis]) == 0:
       batch.append(axis)
   return Layout(tuple(batch), tuple(channels))
 
@@ -245,7 +249,9 @@ def _local(geometry: ConvGeometry, channels: Axes, sizes: dict[str, int]) -> Con
 # the primitives
 
 
-def _primitive(name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Callable[[ConvGeometry], tuple[int, ...]]):
+def _primitive(
+  name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Callable[[ConvGeometry], tuple[int, ...]]
+):
   """A primitive ``p(a, b; impl, geometry)`` lowered to ``raw_of(kernel)(a, b, geometry)``.
 
   ``name``: "conv", "input_grad" or "kernel_grad" (its row in the sharding table above).
@@ -316,8 +322,9 @@ def _primitive(name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Ca
 
     def layout_of(mesh, arg_shapes, result_shape):
       operand_specs = tuple(getattr(s.sharding, "spec", PartitionSpec()) for s in arg_shapes)
-      layout = auto_layout(name, mesh, operand_specs, geometry) if not mesh.empty else Layout()
       ranks = (len(arg_shapes[0].shape), len(arg_shapes[1].shape))
+      g = geometry.with_batch(arg_shapes[0].shape[0])  # vmap may have folded a batch into it
+      layout = auto_layout(mesh, operand_specs, ranks, g) if not mesh.empty else Layout()
       in_specs, out_spec = specs(layout, ranks, len(result_shape.shape))
       return layout, tuple(NamedSharding(mesh, s) for s in in_specs), NamedSharding(mesh, out_spec)
 
@@ -334,6 +341,7 @@ def _primitive(name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Ca
 
   def lowering(ctx: mlir.LoweringRuleContext, a, b, *, impl: str, geometry: ConvGeometry):
     a_aval, b_aval = ctx.avals_in
+    assert isinstance(a_aval, jax.core.ShapedArray) and isinstance(b_aval, jax.core.ShapedArray)
     layout = explicit_layout(name, a_aval, b_aval, geometry.groups)
     if layout != Layout():
       ranks = (len(a_aval.shape), len(b_aval.shape))
