@@ -178,6 +178,38 @@ print("RESULT " + json.dumps(out))
 )
 
 
+# Slow: every registered kernel on strided, dilated, grouped, 1-D and 3-D calls, and conv_transpose on each.
+GRID = (
+  HARNESS
+  + r"""
+calls = {
+  "1d_k5_s2": ((8, 20, 6), (5, 6, 8), dict(stride=2, padding="same")),
+  "2d_3x3_s2": ((8, 14, 14, 6), (3, 3, 6, 8), dict(stride=2, padding=1)),
+  "2d_3x3_d2": ((8, 14, 14, 6), (3, 3, 6, 8), dict(dilation=2, padding="same")),
+  "2d_3x3_g2": ((8, 14, 14, 8), (3, 3, 4, 8), dict(groups=2, padding="same")),
+  "2d_3x3_dw": ((8, 14, 14, 6), (3, 3, 1, 6), dict(groups=6, padding="same")),
+  "2d_7x7": ((8, 16, 16, 2), (7, 7, 2, 3), dict(padding="same")),
+  "3d_3x3x3": ((8, 6, 6, 6, 4), (3, 3, 3, 4, 4), dict(padding="same")),
+}
+out = {"impls": list(jc.available_impls()), "cases": {}}
+for impl in jc.available_impls():
+  for call, (x_shape, w_shape, kwargs) in calls.items():
+    xi = rng.standard_normal(x_shape).astype(np.float32)
+    wi = rng.standard_normal(w_shape).astype(np.float32)
+    ops = [("conv", jc.conv)] + [("conv_transpose", jc.conv_transpose)] * (call in ("2d_3x3_s2", "2d_3x3_g2"))
+    for op_name, op in ops:
+      f = lambda x, w, op=op, impl=impl, kwargs=kwargs: op(x, w, impl=impl, **kwargs)
+      try:
+        jax.eval_shape(f, xi, wi)
+      except ValueError:
+        continue
+      for kind in ("auto", "explicit"):
+        out["cases"][f"{impl}/{call}/{op_name}/{kind}"] = run(with_grads(f), (xi, wi), (P("data"), P()), kind)
+print("RESULT " + json.dumps(out))
+"""
+)
+
+
 def forced_devices_env(count: int) -> dict[str, str]:
   """The environment of a subprocess whose JAX sees ``count`` CPU devices."""
   import os
@@ -202,6 +234,11 @@ def kernels() -> dict:
 @pytest.fixture(scope="module")
 def ops() -> dict:
   return run_script(OPS)
+
+
+@pytest.fixture(scope="module")
+def grid() -> dict:
+  return run_script(GRID)
 
 
 def activation_gathers(case: dict) -> list[str]:
@@ -231,6 +268,22 @@ def test_every_kernel_keeps_the_batch_sharded(kernels, kind):
     # Nothing is gathered: the kernel gradient is each shard's, all-reduced.
     assert case["collectives"] == ["all-reduce"], (impl, case)
     assert case["error"] < 1e-4, (impl, case)
+
+
+@pytest.mark.slow
+def test_every_kernel_on_every_call_it_serves(grid):
+  impls = {key.split("/")[0] for key in grid["cases"]}
+  assert impls == set(grid["impls"])  # each kernel serves some of the calls
+  failed = {
+    key: case
+    for key, case in grid["cases"].items()
+    if case["specs"][0][:1] != ["data"]
+    or case["specs"][1][:1] != ["data"]
+    or any(case["specs"][2])
+    or case["collectives"] != ["all-reduce"]
+    or not case["error"] < 1e-4
+  }
+  assert not failed
 
 
 def test_kernel_gradient_is_all_reduced_not_gathered(kernels):

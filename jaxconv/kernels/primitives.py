@@ -346,8 +346,9 @@ def _primitive(
     if layout != Layout():
       ranks = (len(a_aval.shape), len(b_aval.shape))
       fn = explicit(a_aval.sharding.mesh, layout, ranks, len(ctx.avals_out[0].shape), impl, geometry)
-    elif impl != "lax" and _multi_device(ctx):
-      # lax is left to XLA, which partitions its convolutions along any axis natively.
+    elif (impl != "lax" or geometry.groups > 1) and _multi_device(ctx):
+      # lax is left to XLA, which partitions its convolutions along any axis natively, but for
+      # grouped ones: XLA all-gathers the batch around their kernel gradient (a batch-grouped conv).
       fn = partitioned(impl, geometry)
     else:
       fn = functools.partial(lower, impl=impl, geometry=geometry)
