@@ -22,17 +22,18 @@ kernels, per-example kernel gradients) maps the primitive over that axis with ``
 Sharding, for every kernel (``docs/sharding.md``). Under ``jax.jit`` with a batch-sharded x (or
 dy), each device runs the kernel on its own rows: the outputs of ``F`` and ``Bx`` stay sharded
 like the batch, and ``Bw`` is each shard's kernel gradient followed by one all-reduce (``psum``).
+A kernel split over C_out (groups == 1) is partitioned too (model parallelism; the table below).
 
-- Explicit mesh axes: the avals carry shardings. ``abstract_eval`` gives F and Bx the batch
-  sharding of their first operand and Bw a replicated result; the lowering runs the kernel in a
-  ``shard_map`` over the mesh. Any other explicit sharding (a spatially or channel-sharded
-  activation, a sharded kernel) is not bound here: ``conv``, ``conv_input_grad`` and
-  ``conv_kernel_grad`` answer it with lax's convolution, which XLA partitions itself.
-- Auto axes: nothing is known at trace time, so the lowering wraps every kernel but lax (which
-  XLA partitions natively) in ``custom_partitioning``: the partitioner, which knows the shardings,
-  splits the batch over the mesh axes that shard the batch, and also over those that shard any
-  other axis of the operands (their data is moved onto the batch, an all-to-all), so nothing is
-  computed on the whole batch on every device; the kernel weights are gathered.
+- Explicit mesh axes: the avals carry shardings. ``abstract_eval`` gives each result its
+  sharding (the table below); the lowering runs the kernel in a ``shard_map`` over the mesh.
+  Any other explicit sharding (a spatially or C_in-split activation, a kernel split on another
+  axis) is not bound here: ``conv``, ``conv_input_grad`` and ``conv_kernel_grad`` answer it with
+  lax's convolution, which XLA partitions itself.
+- Auto axes: nothing is known at trace time, so on several devices the lowering wraps the kernel
+  (all but lax's ungrouped convolutions, which XLA partitions natively) in
+  ``custom_partitioning``: the partitioner, which knows the shardings, asks ``auto_layout`` for
+  the split (the batch's axes, C_out's, and any other axis that splits an operand moved onto the
+  batch, with a warning), so nothing is computed on the whole batch on every device.
 """
 
 from __future__ import annotations
