@@ -439,13 +439,15 @@ def _batcher(prim: core.Primitive, folds: bool):
   def rule(args, dims, *, impl: str, geometry: ConvGeometry):
     (a, b), (da, db) = args, dims
     if folds and db is None:
-      a = jnp.moveaxis(a, da, 0)
-      size, n = a.shape[:2]
-      y = prim.bind(a.reshape(size * n, *a.shape[2:]), b, impl=impl, geometry=geometry)
-      return y.reshape(size, n, *y.shape[1:]), 0
+      # The mapped axis goes after the batch, (N, V, ...) -> (N * V, ...): a batch split over
+      # devices then stays one contiguous block per device (before the batch, it would not).
+      a = jnp.moveaxis(a, da, 1)
+      n, size = a.shape[:2]
+      y = _bind(prim, a.reshape(n * size, *a.shape[2:]), b, impl, geometry)
+      return y.reshape(n, size, *y.shape[1:]), 1
     # An unbatched operand is closed over, not broadcast: a batch of kernels would otherwise
     # hold one copy of x per kernel.
-    bind = functools.partial(prim.bind, impl=impl, geometry=geometry)
+    bind = functools.partial(_bind, prim, impl=impl, geometry=geometry)
     if da is None:
       return lax.map(lambda b: bind(a, b), jnp.moveaxis(b, db, 0)), 0
     if db is None:
@@ -544,6 +546,12 @@ def _bind_kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry, impl: str) -
   if not _native("kernel_grad", x, dy, g):
     return _lax_kernel_grad(x, dy, g)
   return kernel_grad_p.bind(x, dy, impl=impl, geometry=g)
+
+
+def _bind(prim: core.Primitive, a: jax.Array, b: jax.Array, impl: str, geometry: ConvGeometry) -> jax.Array:
+  """``prim.bind(a, b)`` through its entry point (lax's convolution for splits beyond the batch and C_out)."""
+  entry = {conv_p: _bind_conv, input_grad_p: _bind_input_grad, kernel_grad_p: _bind_kernel_grad}[prim]
+  return entry(a, b, geometry, impl)
 
 
 def conv(x: jax.Array, w: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
