@@ -158,7 +158,17 @@ def _strided_blocks(xp: jax.Array, g: Window) -> jax.Array:
 
 
 def reduce_windows(x: jax.Array, init: float, op: Callable, g: Window) -> jax.Array:
-  """Reduce every window of x ``(N, *spatial, C)`` with ``op`` (``lax.max`` or ``lax.add``), padding with ``init``."""
+  """Reduce every window of x with ``op``, padding with ``init``.
+
+  Args:
+    x: ``(N, *spatial, C)``; a batch split over devices stays split (``docs/sharding.md``).
+    init: the pad value and the reduction's identity (-inf for max, 0 for sums).
+    op: ``lax.max`` or ``lax.add``.
+    g: the resolved window.
+
+  Returns:
+    ``(N, *g.out_spatial, C)``.
+  """
   rank = x.ndim - 2
   # A numpy scalar stays concrete under jit, so reduce_window sees a monoid (max/add with its
   # identity) and lowers to a differentiable primitive; a traced init is not differentiable.

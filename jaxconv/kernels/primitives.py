@@ -159,8 +159,16 @@ def _summed_axes(name: str, layout: Layout) -> Axes:
 def explicit_layout(name: str, a: object, b: object, groups: int) -> Layout:
   """The layout of a call of primitive ``name`` whose operand avals ``a``, ``b`` carry Explicit shardings.
 
-  ``native`` is False for any other sharding (a spatially or C_in-sharded activation, a sharded
-  kernel axis, C_out split with groups), which the entry points answer with lax's convolution.
+  Args:
+    name: ``"conv"``, ``"input_grad"`` or ``"kernel_grad"`` (a row of the table above).
+    a: the per-example operand's aval (x ``(N, *spatial, C_in)``, or dy for the input gradient).
+    b: the other operand's aval (w ``(*kernel, C_in // groups, C_out)``, or dy for the kernel gradient).
+    groups: the convolution's feature groups.
+
+  Returns:
+    The batch's and C_out's Explicit axes; ``Layout()`` when nothing is split. ``native`` is False
+    for any other split (a spatially or C_in-split activation, a kernel split on another axis, C_out
+    split with groups), which the entry points answer with lax's convolution.
   """
   sa, sb = _explicit_specs(a), _explicit_specs(b)
   if not any(sa) and not any(sb):
@@ -192,12 +200,21 @@ def _multi_device(ctx: mlir.LoweringRuleContext) -> bool:
 def auto_layout(
   mesh: object, specs: Sequence[PartitionSpec | Sequence[object]], ndims: Sequence[int], g: ConvGeometry
 ) -> Layout:
-  """The split chosen for a call under Auto axes, from its operands' ``PartitionSpec``s ``(a, b)`` of ``ndims`` dims.
+  """The split chosen for a call under Auto axes, from its operands' shardings.
 
   The batch keeps the axes that split it; C_out keeps those that split the kernel's (or dy's)
   last axis, with groups == 1 when they divide it; every other axis that splits an operand is
   moved onto the batch where it divides it, so that no device computes the whole batch when the
   operands were split some other way. The rest is gathered.
+
+  Args:
+    mesh: the partitioner's mesh (``axis_names``, ``axis_sizes``).
+    specs: the ``PartitionSpec``s of the operands ``(a, b)`` (a row of the table above).
+    ndims: their numbers of dimensions.
+    g: the call's geometry, with the batch of ``a``.
+
+  Returns:
+    The mesh axes over the batch and over C_out (``native`` True: the operands are resharded to it).
   """
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))  # type: ignore[attr-defined]
   a = _spec_axes(specs[0], ndims[0], sizes.__contains__)
@@ -557,19 +574,56 @@ def _bind(prim: core.Primitive, a: jax.Array, b: jax.Array, impl: str, geometry:
 def conv(x: jax.Array, w: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
   """``y = F(x, w)`` by the kernel ``impl`` (aliases such as ``"auto"`` resolved for ``g``).
 
-  x ``(N, *spatial, C_in)`` sharded (under Explicit mesh axes) on anything but the batch alone,
-  or w sharded at all, runs on lax's convolution instead, which XLA partitions (``docs/sharding.md``).
+  Args:
+    x: ``(N, *spatial, C_in)``.
+    w: ``(*kernel, C_in // groups, C_out)``.
+    g: the validated geometry of the call.
+    impl: a registered kernel name.
+
+  Returns:
+    y ``(N, *out_spatial, C_out)``. Under Explicit mesh axes, split like x's batch and w's C_out;
+    any other split runs on lax's convolution, which XLA partitions (``docs/sharding.md``).
+
+  Raises:
+    ValueError: ``impl`` is unknown or refuses ``g``.
   """
   return _bind_conv(x, w, g, registry.resolve(impl, g).name)
 
 
 def conv_input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
-  """``dx = Bx(dy, w)``: the transpose of ``conv`` in x (a transposed convolution); shardings as ``conv``."""
+  """``dx = Bx(dy, w)``: the transpose of ``conv`` in x (a transposed convolution).
+
+  Args:
+    dy: ``(N, *out_spatial, C_out)``.
+    w: ``(*kernel, C_in // groups, C_out)``.
+    g: the validated geometry of the forward call.
+    impl: a registered kernel name.
+
+  Returns:
+    dx ``(N, *spatial, C_in)``, split like dy's batch (summed over a C_out split); other splits run on lax.
+
+  Raises:
+    ValueError: ``impl`` is unknown or refuses ``g``.
+  """
   return _bind_input_grad(dy, w, g, registry.resolve(impl, g).name)
 
 
 def conv_kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
-  """``dw = Bw(x, dy)``: the transpose of ``conv`` in w; x and dy sharded alike on the batch, or lax's."""
+  """``dw = Bw(x, dy)``: the transpose of ``conv`` in w.
+
+  Args:
+    x: ``(N, *spatial, C_in)``.
+    dy: ``(N, *out_spatial, C_out)``, its batch split like x's.
+    g: the validated geometry of the forward call.
+    impl: a registered kernel name.
+
+  Returns:
+    dw ``(*kernel, C_in // groups, C_out)``: each device's partial sum, all-reduced over the batch
+    split (split like dy's C_out); other splits run on lax.
+
+  Raises:
+    ValueError: ``impl`` is unknown or refuses ``g``.
+  """
   return _bind_kernel_grad(x, dy, g, registry.resolve(impl, g).name)
 
 
