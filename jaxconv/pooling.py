@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec
 
 from jaxconv import kernels
 from jaxconv.geometry import Padding, Window, check_bool, is_int, normalize_ints, resolve_window
@@ -101,6 +102,18 @@ def window_counts(g: Window, count_include_pad: bool = False) -> np.ndarray:
 # blocks: (N, o_1, k_1, ..., o_r, k_r, C), one window per output position
 
 
+def _split_rows(x: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """``x.reshape(shape)`` for a reshape that keeps axis 0 (the batch) and splits the axes after it.
+
+  Under Explicit mesh axes JAX cannot infer the sharding of a general reshape; a batch-sharded x
+  keeps its batch sharding here, so pools stay split along the batch (``docs/sharding.md``).
+  """
+  spec = tuple(getattr(jax.typeof(x).sharding, "spec", ()))
+  if spec and spec[0] is not None and not any(spec[1:]):
+    return jnp.reshape(x, shape, out_sharding=PartitionSpec(spec[0]))
+  return x.reshape(shape)
+
+
 def _window_axes(rank: int) -> tuple[int, ...]:
   """The window axes of blocks ``(N, o_1, k_1, ..., o_r, k_r, C)``."""
   return tuple(range(2, 2 * rank + 1, 2))
@@ -145,7 +158,17 @@ def _strided_blocks(xp: jax.Array, g: Window) -> jax.Array:
 
 
 def reduce_windows(x: jax.Array, init: float, op: Callable, g: Window) -> jax.Array:
-  """Reduce every window of x ``(N, *spatial, C)`` with ``op`` (``lax.max`` or ``lax.add``), padding with ``init``."""
+  """Reduce every window of x with ``op``, padding with ``init``.
+
+  Args:
+    x: ``(N, *spatial, C)``; a batch split over devices stays split (``docs/sharding.md``).
+    init: the pad value and the reduction's identity (-inf for max, 0 for sums).
+    op: ``lax.max`` or ``lax.add``.
+    g: the resolved window.
+
+  Returns:
+    ``(N, *g.out_spatial, C)``.
+  """
   rank = x.ndim - 2
   # A numpy scalar stays concrete under jit, so reduce_window sees a monoid (max/add with its
   # identity) and lowers to a differentiable primitive; a traced init is not differentiable.
@@ -162,7 +185,7 @@ def reduce_windows(x: jax.Array, init: float, op: Callable, g: Window) -> jax.Ar
   split = [x.shape[0]]
   for o, k in zip(out, g.kernel):
     split += [o, k]
-  return _reduce_blocks(xp.reshape(*split, x.shape[-1]), op, rank)
+  return _reduce_blocks(_split_rows(xp, (*split, x.shape[-1])), op, rank)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +312,7 @@ def _adaptive_blocks(x: jax.Array, out: Sequence[int], fill: float) -> jax.Array
   for axis, (n, o) in enumerate(zip(x.shape[1:-1], out)):
     at = 1 + 2 * axis
     if n % o == 0:  # even cells: a reshape
-      blocks = blocks.reshape(*blocks.shape[:at], o, n // o, *blocks.shape[at + 1 :])
+      blocks = _split_rows(blocks, (*blocks.shape[:at], o, n // o, *blocks.shape[at + 1 :]))
       continue
     starts, ends = adaptive_cells(n, o)
     width = int((ends - starts).max())

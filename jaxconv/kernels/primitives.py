@@ -18,21 +18,43 @@ composition of them (``grad`` of any order, ``jacfwd``, ``jacrev``, ``hessian``)
 kernel's fast functions, never a trace through its internals. Batching: an extra axis on the
 per-example operand alone (x of F, dy of Bx) folds into the batch; anything else (a batch of
 kernels, per-example kernel gradients) maps the primitive over that axis with ``lax.map``.
+
+Sharding, for every kernel (``docs/sharding.md``). Under ``jax.jit`` with a batch-sharded x (or
+dy), each device runs the kernel on its own rows: the outputs of ``F`` and ``Bx`` stay sharded
+like the batch, and ``Bw`` is each shard's kernel gradient followed by one all-reduce (``psum``).
+A kernel split over C_out (groups == 1) is partitioned too (model parallelism; the table below).
+
+- Explicit mesh axes: the avals carry shardings. ``abstract_eval`` gives each result its
+  sharding (the table below); the lowering runs the kernel in a ``shard_map`` over the mesh.
+  Any other explicit sharding (a spatially or C_in-split activation, a kernel split on another
+  axis) is not bound here: ``conv``, ``conv_input_grad`` and ``conv_kernel_grad`` answer it with
+  lax's convolution, which XLA partitions itself.
+- Auto axes: nothing is known at trace time, so on several devices the lowering wraps the kernel
+  (all but lax's ungrouped convolutions, which XLA partitions natively) in
+  ``custom_partitioning``: the partitioner, which knows the shardings, asks ``auto_layout`` for
+  the split (the batch's axes, C_out's, and any other axis that splits an operand moved onto the
+  batch, with a warning), so nothing is computed on the whole batch on every device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+import math
+import warnings
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.extend import core
 from jax.interpreters import ad, batching, mlir
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from jaxconv.geometry import ConvGeometry
 from jaxconv.kernels import registry
+from jaxconv.kernels.taps import input_grad_pads, transposed_kernel
 
 Raw = Callable[[jax.Array, jax.Array, ConvGeometry], jax.Array]
 
@@ -65,22 +87,212 @@ def _kernel_grad(kernel: registry.Kernel) -> Raw:
   return derived
 
 
+Axes = tuple[str, ...]
+Specs = tuple[Axes, ...]  # per dimension, the mesh axes that split it
+
+
+# --------------------------------------------------------------------------------------------
+# shardings: which mesh axes split the batch (B) and the output channels (M)
+#
+#   primitive      a                  b                   result              summed over
+#   conv           x  (B, ..., -)     w  (..., -, M)      y  (B, ..., M)      -
+#   input_grad     dy (B, ..., M)     w  (..., -, M)      dx (B, ..., -)      M
+#   kernel_grad    x  (B, ..., -)     dy (B, ..., M)      dw (..., -, M)      B
+#
+# M only with groups == 1 (a channel split of a grouped conv would cut across its groups).
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How a call is split: mesh axes over the batch and over C_out; ``native`` when the operands are laid out so."""
+
+  batch: Axes = ()
+  channels: Axes = ()
+  native: bool = True
+
+
+def _entry_axes(entry: object) -> Axes:
+  """The mesh axes of one ``PartitionSpec`` entry (None, a name, or a tuple of names)."""
+  if entry is None:
+    return ()
+  return tuple(entry) if isinstance(entry, tuple) else (str(entry),)
+
+
+def _spec_axes(spec: PartitionSpec | Sequence[object], ndim: int, allowed: Callable[[str], bool]) -> Specs:
+  """A ``PartitionSpec`` as per-dimension axes (padded to ``ndim``), keeping the ``allowed`` axes."""
+  given: tuple[object, ...] = tuple(spec)  # a PartitionSpec iterates over its entries
+  entries = (*given, *(None,) * (ndim - len(given)))
+  return tuple(tuple(a for a in _entry_axes(entry) if allowed(a)) for entry in entries)
+
+
+def _explicit_specs(aval: object) -> Specs:
+  """Per dimension of ``aval``, the Explicit mesh axes that split it (all empty without any)."""
+  ndim = len(getattr(aval, "shape", ()))
+  sharding = getattr(aval, "sharding", None)
+  if not isinstance(sharding, NamedSharding):
+    return ((),) * ndim
+  mesh = sharding.mesh
+  explicit = {name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == AxisType.Explicit}
+  return _spec_axes(sharding.spec, ndim, explicit.__contains__)
+
+
+def _operand_specs(name: str, ranks: tuple[int, int], layout: Layout) -> tuple[Specs, Specs]:
+  """The specs of the operands ``(a, b)`` of primitive ``name`` split as ``layout`` says (see the table above)."""
+  batch, channels = layout.batch, layout.channels
+  a = (batch, *((),) * (ranks[0] - 2), channels if name == "input_grad" else ())
+  b = (batch if name == "kernel_grad" else (), *((),) * (ranks[1] - 2), channels)
+  return a, b
+
+
+def _result_specs(name: str, ndim: int, layout: Layout) -> Specs:
+  """The spec of the result of primitive ``name`` split as ``layout`` says."""
+  if name == "kernel_grad":
+    return (*((),) * (ndim - 1), layout.channels)
+  return (layout.batch, *((),) * (ndim - 2), layout.channels if name == "conv" else ())
+
+
+def _summed_axes(name: str, layout: Layout) -> Axes:
+  """The mesh axes a per-shard result is summed over: C_out's for dx, the batch's for dw."""
+  return {"conv": (), "input_grad": layout.channels, "kernel_grad": layout.batch}[name]
+
+
+def explicit_layout(name: str, a: object, b: object, groups: int) -> Layout:
+  """The layout of a call of primitive ``name`` whose operand avals ``a``, ``b`` carry Explicit shardings.
+
+  Args:
+    name: ``"conv"``, ``"input_grad"`` or ``"kernel_grad"`` (a row of the table above).
+    a: the per-example operand's aval (x ``(N, *spatial, C_in)``, or dy for the input gradient).
+    b: the other operand's aval (w ``(*kernel, C_in // groups, C_out)``, or dy for the kernel gradient).
+    groups: the convolution's feature groups.
+
+  Returns:
+    The batch's and C_out's Explicit axes; ``Layout()`` when nothing is split. ``native`` is False
+    for any other split (a spatially or C_in-split activation, a kernel split on another axis, C_out
+    split with groups), which the entry points answer with lax's convolution.
+  """
+  sa, sb = _explicit_specs(a), _explicit_specs(b)
+  if not any(sa) and not any(sb):
+    return Layout()
+  layout = Layout(sa[0], sb[-1])
+  native = (sa, sb) == _operand_specs(name, (len(sa), len(sb)), layout)
+  native = native and not (layout.channels and groups > 1) and not set(layout.batch) & set(layout.channels)
+  return dataclasses.replace(layout, native=native)
+
+
+def _spec(axes: Specs) -> PartitionSpec:
+  """Per-dimension axes as a ``PartitionSpec``."""
+  return PartitionSpec(*(None if not a else a[0] if len(a) == 1 else tuple(a) for a in axes))
+
+
+def _multi_device(ctx: mlir.LoweringRuleContext) -> bool:
+  """Whether the lowering is for an SPMD program over several devices (not inside a full shard_map)."""
+  axis_context = ctx.module_context.axis_context
+  mesh = getattr(axis_context, "mesh", None)
+  manual: frozenset[str] = getattr(axis_context, "manual_axes", frozenset())
+  if mesh is not None and set(manual) >= set(mesh.axis_names):
+    return False
+  devices = getattr(axis_context, "num_devices", None)
+  if devices is None:
+    devices = mesh.size if mesh is not None else 1
+  return devices > 1
+
+
+def auto_layout(
+  mesh: object, specs: Sequence[PartitionSpec | Sequence[object]], ndims: Sequence[int], g: ConvGeometry
+) -> Layout:
+  """The split chosen for a call under Auto axes, from its operands' shardings.
+
+  The batch keeps the axes that split it; C_out keeps those that split the kernel's (or dy's)
+  last axis, with groups == 1 when they divide it; every other axis that splits an operand is
+  moved onto the batch where it divides it, so that no device computes the whole batch when the
+  operands were split some other way. The rest is gathered.
+
+  Args:
+    mesh: the partitioner's mesh (``axis_names``, ``axis_sizes``).
+    specs: the ``PartitionSpec``s of the operands ``(a, b)`` (a row of the table above).
+    ndims: their numbers of dimensions.
+    g: the call's geometry, with the batch of ``a``.
+
+  Returns:
+    The mesh axes over the batch and over C_out (``native`` True: the operands are resharded to it).
+  """
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))  # type: ignore[attr-defined]
+  a = _spec_axes(specs[0], ndims[0], sizes.__contains__)
+  b = _spec_axes(specs[1], ndims[1], sizes.__contains__)
+  rows = g.batch
+  batch = list(dict.fromkeys(a[0]))
+  channels: list[str] = []
+  for axis in b[-1] if g.groups == 1 else ():
+    if axis not in batch and g.out_channels % (math.prod(sizes[c] for c in channels) * sizes[axis]) == 0:
+      channels.append(axis)
+  for axis in (axis for dim in (*a, *b) for axis in dim):
+    if axis not in batch and axis not in channels and rows % (math.prod(sizes[c] for c in batch) * sizes[axis]) == 0:
+      batch.append(axis)
+  return Layout(tuple(batch), tuple(channels))
+
+
+def _warn_moved(op: str, impl: str, given: object, chosen: NamedSharding) -> None:
+  """Warn (at compile time) when an activation split along a spatial or C_in axis is moved onto the batch."""
+  spec = getattr(getattr(given, "sharding", None), "spec", None)
+  ndim = len(getattr(given, "shape", ()))
+  if spec is None or not ndim:
+    return
+  wanted = _spec_axes(chosen.spec, ndim, lambda _: True)
+  moved = [axes for axes, want in zip(_spec_axes(spec, ndim, lambda _: True)[1:], wanted[1:]) if set(axes) - set(want)]
+  if moved:
+    warnings.warn(
+      f"jaxconv: {op} with impl={impl!r} under Auto mesh axes got an activation split as {spec} (beyond the batch); "
+      "its kernel partitions the batch (and C_out), so the split is moved onto the batch (an all-to-all) and the "
+      "gradients may run unsplit. Split the batch instead, use Explicit axes (jaxconv then runs lax), or impl='lax', "
+      "which XLA partitions along any axis (docs/sharding.md).",
+      stacklevel=2,
+    )
+
+
+def _sharding_rule(g: ConvGeometry, name: str) -> str:
+  """Shardy's rule for the custom call: the batch ``n`` and C_out ``o`` factors shared as in the table above."""
+  x = " ".join(["n", *(f"s{i}" for i in range(g.rank)), "c"])
+  y = " ".join(["n", *(f"t{i}" for i in range(g.rank)), "o"])
+  w = " ".join([*(f"k{i}" for i in range(g.rank)), "i", "o"])
+  return {"conv": f"{x}, {w} -> {y}", "input_grad": f"{y}, {w} -> {x}", "kernel_grad": f"{x}, {y} -> {w}"}[name]
+
+
+def _local(geometry: ConvGeometry, channels: Axes, sizes: dict[str, int]) -> ConvGeometry:
+  """``geometry`` with C_out split over ``channels`` (the batch follows the operands)."""
+  split = math.prod(sizes[a] for a in channels)
+  return geometry if split == 1 else dataclasses.replace(geometry, out_channels=geometry.out_channels // split)
+
+
+# --------------------------------------------------------------------------------------------
+# the primitives
+
+
 def _primitive(
   name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Callable[[ConvGeometry], tuple[int, ...]]
 ):
   """A primitive ``p(a, b; impl, geometry)`` lowered to ``raw_of(kernel)(a, b, geometry)``.
 
+  ``name``: "conv", "input_grad" or "kernel_grad" (its row in the sharding table above).
   ``shape_of`` gives the result shape; its batch axis (all but the kernel gradient's) is the
-  operands' own, which batching may have enlarged.
+  operands' own, which batching or sharding may have changed.
   """
-  prim = core.Primitive(name)
+  prim = core.Primitive("jaxconv_conv" if name == "conv" else f"jaxconv_conv_{name}")
 
   def geometry_for(a: jax.Array | jax.core.ShapedArray, geometry: ConvGeometry) -> ConvGeometry:
     return geometry.with_batch(a.shape[0]) if a.shape[0] != geometry.batch else geometry
 
   def abstract_eval(a, b, *, impl: str, geometry: ConvGeometry):
-    del b, impl
-    return jax.core.ShapedArray(shape_of(geometry_for(a, geometry)), a.dtype)
+    shape = shape_of(geometry_for(a, geometry))
+    layout = explicit_layout(name, a, b, geometry.groups)
+    if not layout.native:
+      raise ValueError(
+        f"{prim.name} (impl={impl!r}) partitions the batch and C_out under Explicit mesh axes; got operands "
+        f"sharded as {a.sharding.spec} and {b.sharding.spec} (jaxconv.conv and conv_transpose run such calls on lax)"
+      )
+    if layout == Layout():
+      return jax.core.ShapedArray(shape, a.dtype)
+    spec = _spec(_result_specs(name, len(shape), layout))
+    return jax.core.ShapedArray(shape, a.dtype, sharding=NamedSharding(a.sharding.mesh, spec))
 
   def lower(a: jax.Array, b: jax.Array, *, impl: str, geometry: ConvGeometry) -> jax.Array:
     g = geometry_for(a, geometry)
@@ -90,14 +302,84 @@ def _primitive(
       return jnp.zeros(shape_of(g), a.dtype)
     return raw_of(registry.get(impl))(a, b, g)
 
+  def per_shard(layout: Layout, sizes: dict[str, int], impl: str, geometry: ConvGeometry):
+    """The kernel on one device's block; partial sums (dx over C_out, dw over the batch) all-reduced."""
+    local = _local(geometry, layout.channels, sizes)
+    summed = _summed_axes(name, layout)
+
+    def run(a: jax.Array, b: jax.Array) -> jax.Array:
+      y = lower(a, b, impl=impl, geometry=local)
+      return lax.psum(y, summed) if summed else y
+
+    return run
+
+  def specs(layout: Layout, ranks: tuple[int, int], ndim: int) -> tuple[tuple[PartitionSpec, ...], PartitionSpec]:
+    a, b = _operand_specs(name, ranks, layout)
+    return (_spec(a), _spec(b)), _spec(_result_specs(name, ndim, layout))
+
+  def explicit(mesh, layout: Layout, ranks: tuple[int, int], ndim: int, impl: str, geometry: ConvGeometry):
+    """Under Explicit axes: the kernel in a shard_map over the mesh (the avals say how it is split)."""
+    in_specs, out_specs = specs(layout, ranks, ndim)
+    # check_vma=False: the kernels' primitives carry no varying-axes types; the psum is explicit.
+    return jax.shard_map(
+      per_shard(layout, dict(mesh.shape), impl, geometry),
+      mesh=mesh,
+      in_specs=in_specs,
+      out_specs=out_specs,
+      check_vma=False,
+    )
+
+  def partitioned(impl: str, geometry: ConvGeometry):
+    """Under Auto axes: the kernel as a custom_partitioning call that XLA's partitioner splits (``auto_layout``)."""
+
+    @custom_partitioning
+    def call(a: jax.Array, b: jax.Array) -> jax.Array:
+      # Inside a jit: custom_partitioning refuses a traced body with constants (numpy arrays that
+      # kernels close over); jit keeps them in its own closed jaxpr.
+      return jax.jit(functools.partial(lower, impl=impl, geometry=geometry))(a, b)
+
+    def layout_of(mesh, arg_shapes, result_shape):
+      operand_specs = tuple(getattr(s.sharding, "spec", PartitionSpec()) for s in arg_shapes)
+      ranks = (len(arg_shapes[0].shape), len(arg_shapes[1].shape))
+      g = geometry.with_batch(arg_shapes[0].shape[0])  # vmap may have folded a batch into it
+      layout = auto_layout(mesh, operand_specs, ranks, g) if not mesh.empty else Layout()
+      in_specs, out_spec = specs(layout, ranks, len(result_shape.shape))
+      return layout, tuple(NamedSharding(mesh, s) for s in in_specs), NamedSharding(mesh, out_spec)
+
+    def partition(mesh, arg_shapes, result_shape):
+      layout, in_shardings, out_sharding = layout_of(mesh, arg_shapes, result_shape)
+      _warn_moved(prim.name, impl, arg_shapes[0], in_shardings[0])
+      return mesh, per_shard(layout, dict(mesh.shape), impl, geometry), out_sharding, in_shardings
+
+    def infer(mesh, arg_shapes, result_shape):
+      return layout_of(mesh, arg_shapes, result_shape)[2]
+
+    call.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=_sharding_rule(geometry, name))
+    return call
+
+  def lowering(ctx: mlir.LoweringRuleContext, a, b, *, impl: str, geometry: ConvGeometry):
+    a_aval, b_aval = ctx.avals_in
+    assert isinstance(a_aval, jax.core.ShapedArray) and isinstance(b_aval, jax.core.ShapedArray)
+    layout = explicit_layout(name, a_aval, b_aval, geometry.groups)
+    if layout != Layout():
+      ranks = (len(a_aval.shape), len(b_aval.shape))
+      fn = explicit(a_aval.sharding.mesh, layout, ranks, len(ctx.avals_out[0].shape), impl, geometry)
+    elif (impl != "lax" or geometry.groups > 1) and _multi_device(ctx):
+      # lax is left to XLA, which partitions its convolutions along any axis natively, but for
+      # grouped ones: XLA all-gathers the batch around their kernel gradient (a batch-grouped conv).
+      fn = partitioned(impl, geometry)
+    else:
+      fn = functools.partial(lower, impl=impl, geometry=geometry)
+    return mlir.lower_fun(fn, multiple_results=False)(ctx, a, b)
+
   @functools.lru_cache(maxsize=256)
   def compiled(impl: str, geometry: ConvGeometry):
-    return jax.jit(functools.partial(lower, impl=impl, geometry=geometry))
+    return jax.jit(functools.partial(prim.bind, impl=impl, geometry=geometry))
 
   registry.add_replace_hook(compiled.cache_clear)  # a replaced kernel must not run from here
   prim.def_abstract_eval(abstract_eval)
   prim.def_impl(lambda a, b, *, impl, geometry: compiled(impl, geometry)(a, b))
-  mlir.register_lowering(prim, mlir.lower_fun(lower, multiple_results=False))
+  mlir.register_lowering(prim, lowering)
   return prim
 
 
@@ -113,35 +395,55 @@ def _w_shape(g: ConvGeometry) -> tuple[int, ...]:
   return g.w_shape
 
 
-conv_p = _primitive("jaxconv_conv", _forward, _out_shape)
-input_grad_p = _primitive("jaxconv_conv_input_grad", _input_grad, _x_shape)
-kernel_grad_p = _primitive("jaxconv_conv_kernel_grad", _kernel_grad, _w_shape)
+conv_p = _primitive("conv", _forward, _out_shape)
+input_grad_p = _primitive("input_grad", _input_grad, _x_shape)
+kernel_grad_p = _primitive("kernel_grad", _kernel_grad, _w_shape)
+
+
+def _lower_with_devices(*prims: core.Primitive) -> None:
+  """Have jit hand the device assignment to these primitives' lowering, as it does for custom_partitioning's.
+
+  Under Auto axes the lowering emits a ``custom_partitioning`` call, whose lowering needs the
+  devices; jit passes them only to primitives in this (private) set, so ours join it. Without it
+  (a JAX that moved it), multi-device Auto programs fail to lower: ``tests/test_sharding.py`` says so.
+  """
+  try:
+    from jax._src import dispatch
+  except ImportError:  # pragma: no cover  (another JAX layout)
+    return
+  needs_devices = getattr(dispatch, "prim_requires_devices_during_lowering", None)
+  if isinstance(needs_devices, set):
+    needs_devices.update(prims)
+
+
+_lower_with_devices(conv_p, input_grad_p, kernel_grad_p)
 
 
 # Transposes (ad.defbilinear): ``ct`` is the result's cotangent; the operand being transposed
-# is an undefined primal, the other one is known.
+# is an undefined primal, the other one is known. They bind through the same entry points as a
+# call does, so a cotangent sharded beyond the batch also gets lax's partitioned convolution.
 def _conv_t_x(ct, x, w, *, impl, geometry):
-  return input_grad_p.bind(ct, w, impl=impl, geometry=geometry)
+  return _bind_input_grad(ct, w, geometry, impl)
 
 
 def _conv_t_w(ct, x, w, *, impl, geometry):
-  return kernel_grad_p.bind(x, ct, impl=impl, geometry=geometry)
+  return _bind_kernel_grad(x, ct, geometry, impl)
 
 
 def _input_grad_t_dy(ct, dy, w, *, impl, geometry):
-  return conv_p.bind(ct, w, impl=impl, geometry=geometry)
+  return _bind_conv(ct, w, geometry, impl)
 
 
 def _input_grad_t_w(ct, dy, w, *, impl, geometry):
-  return kernel_grad_p.bind(ct, dy, impl=impl, geometry=geometry)
+  return _bind_kernel_grad(ct, dy, geometry, impl)
 
 
 def _kernel_grad_t_x(ct, x, dy, *, impl, geometry):
-  return input_grad_p.bind(dy, ct, impl=impl, geometry=geometry)
+  return _bind_input_grad(dy, ct, geometry, impl)
 
 
 def _kernel_grad_t_dy(ct, x, dy, *, impl, geometry):
-  return conv_p.bind(x, ct, impl=impl, geometry=geometry)
+  return _bind_conv(x, ct, geometry, impl)
 
 
 ad.defbilinear(conv_p, _conv_t_x, _conv_t_w)
@@ -155,13 +457,15 @@ def _batcher(prim: core.Primitive, folds: bool):
   def rule(args, dims, *, impl: str, geometry: ConvGeometry):
     (a, b), (da, db) = args, dims
     if folds and db is None:
-      a = jnp.moveaxis(a, da, 0)
-      size, n = a.shape[:2]
-      y = prim.bind(a.reshape(size * n, *a.shape[2:]), b, impl=impl, geometry=geometry)
-      return y.reshape(size, n, *y.shape[1:]), 0
+      # The mapped axis goes after the batch, (N, V, ...) -> (N * V, ...): a batch split over
+      # devices then stays one contiguous block per device (before the batch, it would not).
+      a = jnp.moveaxis(a, da, 1)
+      n, size = a.shape[:2]
+      y = _bind(prim, a.reshape(n * size, *a.shape[2:]), b, impl, geometry)
+      return y.reshape(n, size, *y.shape[1:]), 1
     # An unbatched operand is closed over, not broadcast: a batch of kernels would otherwise
     # hold one copy of x per kernel.
-    bind = functools.partial(prim.bind, impl=impl, geometry=geometry)
+    bind = functools.partial(_bind, prim, impl=impl, geometry=geometry)
     if da is None:
       return lax.map(lambda b: bind(a, b), jnp.moveaxis(b, db, 0)), 0
     if db is None:
@@ -176,19 +480,162 @@ batching.primitive_batchers[input_grad_p] = _batcher(input_grad_p, folds=True)
 batching.primitive_batchers[kernel_grad_p] = _batcher(kernel_grad_p, folds=False)
 
 
+# --------------------------------------------------------------------------------------------
+# entry points: the kernel's primitive, or lax's convolution for a sharding beyond the batch
+
+
+def _native(name: str, a: jax.Array, b: jax.Array, g: ConvGeometry) -> bool:
+  """Whether the operands' Explicit shardings (if any) are ones every kernel partitions (batch, C_out)."""
+  return explicit_layout(name, jax.typeof(a), jax.typeof(b), g.groups).native
+
+
+def _lax_out_sharding(a: jax.Array, b: jax.Array, keep_channels: bool) -> NamedSharding | None:
+  """The sharding lax's convolution is asked for on a fallback: a's batch and spatial axes, b's C_out axes.
+
+  lax infers one itself only for a replicated kernel and unsplit input channels; otherwise it
+  needs ``out_sharding``. Axes already used by a are not reused for C_out; a's C_in split is summed away.
+  """
+  sa, sb = _explicit_specs(jax.typeof(a)), _explicit_specs(jax.typeof(b))
+  if not any(sa) and not any(sb):
+    return None
+  used = {axis for dim in sa[:-1] for axis in dim}
+  channels = tuple(axis for axis in sb[-1] if axis not in used) if keep_channels else ()
+  mesh = jax.typeof(a if any(sa) else b).sharding.mesh
+  return NamedSharding(mesh, _spec((*sa[:-1], channels)))
+
+
+def _lax_conv(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
+  """``F`` as one ``lax.conv_general_dilated``, which XLA partitions along any axis."""
+  from jaxconv.kernels.lax import dimension_numbers  # the lax kernel module registers itself on import
+
+  y = lax.conv_general_dilated(
+    x,
+    w,
+    window_strides=g.stride,
+    padding=g.padding,
+    rhs_dilation=g.dilation,
+    dimension_numbers=dimension_numbers(g.rank),
+    feature_group_count=g.groups,
+    preferred_element_type=registry.accumulation_dtype(x.dtype),
+    out_sharding=_lax_out_sharding(x, w, keep_channels=True),
+  )
+  return y.astype(x.dtype)
+
+
+def _lax_input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
+  """``Bx`` as one ``lax.conv_general_dilated``: dy dilated by the stride, correlated with the flipped kernel."""
+  from jaxconv.kernels.lax import dimension_numbers
+
+  pads = input_grad_pads(g.spatial, g.kernel, g.stride, g.padding, g.dilation, g.out_spatial)[1:-1]
+  dx = lax.conv_general_dilated(
+    dy,
+    transposed_kernel(w, g.groups),
+    (1,) * g.rank,
+    [(lo, hi) for lo, hi, _ in pads],
+    lhs_dilation=g.stride,
+    rhs_dilation=g.dilation,
+    dimension_numbers=dimension_numbers(g.rank),
+    feature_group_count=g.groups,
+    preferred_element_type=registry.accumulation_dtype(dy.dtype),
+    out_sharding=_lax_out_sharding(dy, w, keep_channels=False),
+  )
+  return dx.astype(dy.dtype)
+
+
+def _lax_kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
+  """``Bw`` as JAX's own transpose of ``_lax_conv`` in w (replicated w)."""
+  w = jnp.zeros(g.w_shape, x.dtype)
+  return jax.vjp(lambda w: _lax_conv(x, w, g), w)[1](dy)[0]
+
+
+def _bind_conv(x: jax.Array, w: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
+  if not _native("conv", x, w, g):
+    return _lax_conv(x, w, g)
+  return conv_p.bind(x, w, impl=impl, geometry=g)
+
+
+def _bind_input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
+  if not _native("input_grad", dy, w, g):
+    return _lax_input_grad(dy, w, g)
+  return input_grad_p.bind(dy, w, impl=impl, geometry=g)
+
+
+def _bind_kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
+  if not _native("kernel_grad", x, dy, g):
+    return _lax_kernel_grad(x, dy, g)
+  return kernel_grad_p.bind(x, dy, impl=impl, geometry=g)
+
+
+def _bind(prim: core.Primitive, a: jax.Array, b: jax.Array, impl: str, geometry: ConvGeometry) -> jax.Array:
+  """``prim.bind(a, b)`` through its entry point (lax's convolution for splits beyond the batch and C_out)."""
+  entry = {conv_p: _bind_conv, input_grad_p: _bind_input_grad, kernel_grad_p: _bind_kernel_grad}[prim]
+  return entry(a, b, geometry, impl)
+
+
 def conv(x: jax.Array, w: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
-  """``y = F(x, w)`` by the kernel ``impl`` (aliases such as ``"auto"`` resolved for ``g``)."""
-  return conv_p.bind(x, w, impl=registry.resolve(impl, g).name, geometry=g)
+  """``y = F(x, w)`` by the kernel ``impl`` (aliases such as ``"auto"`` resolved for ``g``).
+
+  Args:
+    x: ``(N, *spatial, C_in)``.
+    w: ``(*kernel, C_in // groups, C_out)``.
+    g: the validated geometry of the call.
+    impl: a registered kernel name.
+
+  Returns:
+    y ``(N, *out_spatial, C_out)``. Under Explicit mesh axes, split like x's batch and w's C_out;
+    any other split runs on lax's convolution, which XLA partitions (``docs/sharding.md``).
+
+  Raises:
+    ValueError: ``impl`` is unknown or refuses ``g``.
+  """
+  return _bind_conv(x, w, g, registry.resolve(impl, g).name)
 
 
 def conv_input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
-  """``dx = Bx(dy, w)``: the transpose of ``conv`` in x (a transposed convolution)."""
-  return input_grad_p.bind(dy, w, impl=registry.resolve(impl, g).name, geometry=g)
+  """``dx = Bx(dy, w)``: the transpose of ``conv`` in x (a transposed convolution).
+
+  Args:
+    dy: ``(N, *out_spatial, C_out)``.
+    w: ``(*kernel, C_in // groups, C_out)``.
+    g: the validated geometry of the forward call.
+    impl: a registered kernel name.
+
+  Returns:
+    dx ``(N, *spatial, C_in)``, split like dy's batch (summed over a C_out split); other splits run on lax.
+
+  Raises:
+    ValueError: ``impl`` is unknown or refuses ``g``.
+  """
+  return _bind_input_grad(dy, w, g, registry.resolve(impl, g).name)
 
 
 def conv_kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry, impl: str) -> jax.Array:
-  """``dw = Bw(x, dy)``: the transpose of ``conv`` in w."""
-  return kernel_grad_p.bind(x, dy, impl=registry.resolve(impl, g).name, geometry=g)
+  """``dw = Bw(x, dy)``: the transpose of ``conv`` in w.
+
+  Args:
+    x: ``(N, *spatial, C_in)``.
+    dy: ``(N, *out_spatial, C_out)``, its batch split like x's.
+    g: the validated geometry of the forward call.
+    impl: a registered kernel name.
+
+  Returns:
+    dw ``(*kernel, C_in // groups, C_out)``: each device's partial sum, all-reduced over the batch
+    split (split like dy's C_out); other splits run on lax.
+
+  Raises:
+    ValueError: ``impl`` is unknown or refuses ``g``.
+  """
+  return _bind_kernel_grad(x, dy, g, registry.resolve(impl, g).name)
 
 
-__all__ = ["conv", "conv_input_grad", "conv_kernel_grad", "conv_p", "input_grad_p", "kernel_grad_p"]
+__all__ = [
+  "conv",
+  "conv_input_grad",
+  "conv_kernel_grad",
+  "conv_p",
+  "Layout",
+  "auto_layout",
+  "explicit_layout",
+  "input_grad_p",
+  "kernel_grad_p",
+]
