@@ -98,7 +98,10 @@ def shard_examples(local: Any, mesh: Mesh, num_rows: int) -> Any:
 
 
 def global_array(value: Any, layout: NamedSharding) -> jax.Array:
-  """``value``, the same on every process, as a global array laid out by ``layout``."""
+  """``value``, the same on every process, as a global array laid out by ``layout`` (typed PRNG keys too)."""
+  if isinstance(value, jax.Array) and jax.numpy.issubdtype(value.dtype, jax.dtypes.prng_key):
+    data = global_array(jax.random.key_data(value), layout)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
   value = np.asarray(value)
   return jax.make_array_from_callback(value.shape, layout, lambda index: value[index])
 
