@@ -21,6 +21,7 @@ from jaxconv.training.augment import AugmentConfig  # noqa: I001  (public names 
 from jaxconv.training.checkpoint import ConfigMismatchError, NoIntactCheckpointError
 from jaxconv.training.lock import WorkdirLockedError
 from jaxconv.training.loop import NonFiniteLossError
+from jaxconv.training.inference import restore_model
 from jaxconv.training.trainer import fit, restore
 
 # Not public (absent from __all__): importable here for the benchmark and profiling scripts that
@@ -66,4 +67,5 @@ __all__ = [
   "WorkdirLockedError",
   "fit",
   "restore",
+  "restore_model",
 ]

@@ -418,6 +418,7 @@ def run(
   extra_meta: Mapping[str, Any] | None = None,
   start_time: float | None = None,
   progress: Callable[[str, int], ProgressBar] | None = None,
+  announce: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
   """``fit`` with the options of the repository's training programs.
 
@@ -433,6 +434,7 @@ def run(
     extra_meta: more JSON stored in each checkpoint's metadata (``restore_model`` reads it).
     start_time: the ``time.perf_counter()`` that ``elapsed_seconds`` counts from (default: now).
     progress: ``progress(label, steps)`` -> a bar with ``enabled``, ``update(done, note)`` and ``close()``.
+    announce: called once every refusal has passed (arguments, lock, resume check), before compiling.
 
   Returns:
     ``fit``'s records, with ``learning_rate`` when a schedule is given.
@@ -447,7 +449,7 @@ def run(
   )
   if args.workdir is None:
     return _train(model, optimizer, args, None, label_smoothing, record, resume_safe, learning_rate, extra_meta,
-                  start_time, progress)  # fmt: skip
+                  start_time, progress, announce)  # fmt: skip
   main = parallel.is_main_process()
   created = not args.workdir.exists()
   args.workdir.mkdir(parents=True, exist_ok=True)
@@ -456,7 +458,7 @@ def run(
     with WorkdirLock(args.workdir) if main else contextlib.nullcontext() as lock:
       read_only = bool(lock and lock.read_only)
       history = _train(model, optimizer, args, (main, read_only), label_smoothing, record, resume_safe,
-                       learning_rate, extra_meta, start_time, progress)  # fmt: skip
+                       learning_rate, extra_meta, start_time, progress, announce)  # fmt: skip
       trained = True
       return history
   finally:
@@ -466,7 +468,7 @@ def run(
 
 def _remove_if_unused(workdir: Path) -> None:
   """Remove ``workdir`` (created by this run) if nothing but its lock and empty folders are in it."""
-  files = [p for p in workdir.rglob("*") if p.is_file() and p.name != "lock" and p.stat().st_size]
+  files = [p for p in workdir.rglob("*") if p.is_file() and p.name != "lock"]
   if files:
     return
   for path in sorted(workdir.rglob("*"), reverse=True):
@@ -480,7 +482,7 @@ def _train(
   model: nnx.Module, optimizer: optax.GradientTransformation, args: _Args, workdir_mode: tuple[bool, bool] | None,
   label_smoothing: float, record: Mapping[str, Any] | None, resume_safe: Iterable[str],
   learning_rate: Callable[[int], Any] | None, extra_meta: Mapping[str, Any] | None, start_time: float,
-  progress: Callable[[str, int], ProgressBar] | None,
+  progress: Callable[[str, int], ProgressBar] | None, announce: Callable[[], None] | None,
 ) -> list[dict[str, Any]]:  # fmt: skip
   """The body of ``run`` once the arguments are checked and the workdir (if any) is held."""
   mesh = args.mesh
@@ -521,6 +523,8 @@ def _train(
         log.info("resuming from %s after epoch %d", workdir, done)
       if done < args.epochs and read_only:
         raise OSError(errno.EROFS, f"{workdir} is read-only: cannot train epochs {done + 1}..{args.epochs} there")
+    if announce is not None and main:
+      announce()
     if done < args.epochs:
       t0 = time.perf_counter()
       train_steps, evaluate = compile_steps(
