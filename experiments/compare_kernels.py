@@ -2,15 +2,22 @@
 
   python experiments/compare_kernels.py                                  # all kernels, all shapes
   python experiments/compare_kernels.py --impl im2col fft --shapes lenet_conv1 large_15x15
-  python experiments/compare_kernels.py --repeats 20 --out docs/bench    # writes kernels.json / kernels.md
+  python experiments/compare_kernels.py --kernels-from my_kernels.py --impl mine   # your own kernel
+  python experiments/compare_kernels.py --repeats 20 --out docs/bench    # also writes kernels.json / kernels.md
+
+``--kernels-from FILE`` (repeatable) imports a Python file that registers kernels
+(``jaxconv.kernels.register``); they are compared like the built-in ones. Without ``--out`` the
+script only prints; with ``--out DIR`` it writes ``DIR/kernels.json`` and ``DIR/kernels.md``.
 
 Benchmarks run un-niced; every kernel is timed interleaved with lax in this one process, so
 ratios are meaningful on a noisy machine even when absolute times are not.
 """
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 # The benchmarks package lives at the repository root, beside the library, not inside it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -48,16 +55,51 @@ def parse_args() -> argparse.Namespace:
     "--memory", action="store_true", help="also measure compiled peak memory vs lax on resnet_3x3 (im2col, hybrid)"
   )
   parser.add_argument(
-    "--out", default="docs/bench", help="directory for kernels.json and kernels.md ('' to skip writing)"
+    "--kernels-from",
+    action="append",
+    default=[],
+    metavar="FILE",
+    help="a Python file that registers kernels (jaxconv.kernels.register), imported first; repeatable",
+  )
+  parser.add_argument(
+    "--out", default=None, metavar="DIR", help="write DIR/kernels.json and DIR/kernels.md (default: only print)"
   )
   return parser.parse_args()
 
 
+def import_kernel_file(path: str, index: int) -> ModuleType:
+  """Import the file at ``path`` as a module (its folder on ``sys.path``, as ``python FILE`` has it).
+
+  Raises:
+    FileNotFoundError: no file at ``path``.
+  """
+  file = Path(path).expanduser().resolve()
+  if not file.is_file():
+    raise FileNotFoundError(f"--kernels-from: no file {path!r}")
+  sys.path.insert(0, str(file.parent))
+  # A private module name: the file's stem may shadow a real module (e.g. "kernels.py").
+  name = f"_compare_kernels_user_{index}_{file.stem}"
+  spec = importlib.util.spec_from_file_location(name, file)
+  assert spec is not None and spec.loader is not None
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
 def main() -> None:
-  """Run the comparison, print the rows, write JSON and markdown."""
+  """Import the user's kernel files, run the comparison, print the rows; with ``--out``, write JSON and markdown."""
   args = parse_args()
-  cases = shapes.select_shapes(args.shapes)
-  impls = harness.select_impls(args.impl)
+  for index, path in enumerate(args.kernels_from):
+    try:
+      import_kernel_file(path, index)
+    except FileNotFoundError as e:
+      sys.exit(f"compare_kernels.py: {e}")
+  try:
+    cases = shapes.select_shapes(args.shapes)
+    impls = harness.select_impls(args.impl)
+  except ValueError as e:
+    sys.exit(f"compare_kernels.py: {e}")
   results = harness.run(cases, impls, repeats=args.repeats, with_torch=not args.no_torch, max_call_ms=args.max_call_ms)
   if args.memory:
     results["memory"] = {
@@ -65,7 +107,7 @@ def main() -> None:
       for impl in ("im2col", "hybrid")
     }
   print(report.markdown(results["rows"], results["summary"], results["env"], results.get("memory")))
-  if args.out:
+  if args.out:  # '' writes nothing either
     for path in report.write(results, args.out):
       print("wrote", path)
 

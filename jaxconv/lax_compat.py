@@ -45,7 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv.ops import available_impls, conv
+from jaxconv import kernels
+from jaxconv.ops import conv
 
 __all__ = ["conv_general_dilated"]
 
@@ -121,15 +122,6 @@ def _check_group_count(name: str, value) -> None:
   """``value`` >= 1 when it is an int; other types are left to lax, which accepts e.g. ``2.0``."""
   if _is_int(value) and value < 1:
     raise ValueError(f"{name} must be a positive integer; got {value!r}")
-
-
-def _check_impl(impl) -> str:
-  """``impl`` names a registered kernel."""
-  if not isinstance(impl, str):
-    raise TypeError(f"impl must be a string naming a kernel, one of {available_impls()}; got {impl!r}")
-  if impl not in available_impls():
-    raise ValueError(f"impl={impl!r} is not a registered kernel; available: {available_impls()}")
-  return impl
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +219,7 @@ def conv_general_dilated(
   preferred_element_type=None,
   out_sharding=None,
   *,
-  impl: str = "auto",
+  impl: str = kernels.DROP_IN_DEFAULT,
 ) -> jax.Array:
   """``jax.lax.conv_general_dilated`` computed by jaxconv's kernel ``impl`` (see the module docstring).
 
@@ -236,7 +228,7 @@ def conv_general_dilated(
   ``("NHWC", "HWIO", "NHWC")``). Every argument means what it means for lax; ``impl`` names the
   jaxconv kernel (``jaxconv.available_impls()``), ``"auto"`` the one picked per call from shapes.
   """
-  impl = _check_impl(impl)
+  impl = kernels.check(impl, default=None)  # a string, as the signature says: None is a TypeError
   lhs, rhs = _check_array("lhs", lhs), _check_array("rhs", rhs)
   # lax's own canonicalisation: None -> (N, C, *S) / (O, I, *K) for any rank; TypeErrors name it.
   dnums = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)

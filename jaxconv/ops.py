@@ -40,9 +40,6 @@ from jaxconv.geometry import (
 )
 from jaxconv.kernels.taps import swap_channels
 
-DEFAULT_IMPL = "lax"
-
-
 # --------------------------------------------------------------------------------------------
 # validation
 
@@ -85,8 +82,8 @@ def check_bias(b: jax.Array | None, c_out: int) -> None:
 
 
 def check_impl(impl: object) -> str:
-  """The kernel name ``impl`` selects (None: ``DEFAULT_IMPL``); the one impl check of jaxconv."""
-  return kernels.get(DEFAULT_IMPL if impl is None else impl).name
+  """The kernel name ``impl`` selects (None: ``kernels.FUNCTION_DEFAULT``, "lax"), checked by ``kernels.check``."""
+  return kernels.check(impl, default=kernels.FUNCTION_DEFAULT)
 
 
 def geometry_of(
@@ -296,7 +293,6 @@ def available_impls() -> tuple[str, ...]:
 
 
 __all__ = [
-  "DEFAULT_IMPL",
   "add_bias",
   "as_float_array",
   "available_impls",

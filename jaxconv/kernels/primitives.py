@@ -94,6 +94,7 @@ def _primitive(
   def compiled(impl: str, geometry: ConvGeometry):
     return jax.jit(functools.partial(lower, impl=impl, geometry=geometry))
 
+  registry.add_replace_hook(compiled.cache_clear)  # a replaced kernel must not run from here
   prim.def_abstract_eval(abstract_eval)
   prim.def_impl(lambda a, b, *, impl, geometry: compiled(impl, geometry)(a, b))
   mlir.register_lowering(prim, mlir.lower_fun(lower, multiple_results=False))

@@ -16,6 +16,11 @@ registered kernel works under jit, grad of any order, vjp, jvp, jacfwd, jacrev, 
 A kernel refuses what it cannot serve through ``supports(g)`` (a reason, or None). ``local``
 says whether a non-finite input value stays within the outputs whose windows see it, as in
 lax: transform-based kernels (FFT, Winograd, banded matrices) spread an inf or NaN further.
+
+This module is also the one owner of ``impl`` names: :func:`check` is the one validation of an
+``impl`` argument (``jaxconv.ops``, ``jaxconv.nn`` and ``jaxconv.lax_compat`` call it), and the
+defaults of ``impl=None`` are named here: :data:`FUNCTION_DEFAULT` for the functional API,
+:data:`LAYER_DEFAULT` for the layers, :data:`DROP_IN_DEFAULT` for ``conv_general_dilated``.
 """
 
 from __future__ import annotations
@@ -52,7 +57,16 @@ class Kernel:
     return None if self.supports is None else self.supports(g)
 
 
+# What ``impl=None`` means: jc.conv, conv_transpose, correlate and convolve run lax (DESIGN.md);
+# the layers (nn.Conv, nn.ConvTranspose, so the models) run the per-call static choice, as does
+# the drop-in conv_general_dilated (its signature default).
+FUNCTION_DEFAULT = "lax"
+LAYER_DEFAULT = "auto"
+DROP_IN_DEFAULT = "auto"
+
 _REGISTRY: dict[str, Kernel] = {}
+# Called after a kernel is replaced: caches keyed by kernel name that may hold the old functions.
+_REPLACE_HOOKS: list[Callable[[], None]] = []
 
 
 def register(
@@ -64,21 +78,65 @@ def register(
   local: bool = True,
   dispatch: Callable[[ConvGeometry], str] | None = None,
   description: str = "",
+  replace: bool = False,
 ) -> Callable[[Forward], Forward]:
   """Decorator: register ``forward`` under ``name`` with its optional transposes and refusals.
 
-  ``dispatch(g) -> name`` makes a kernel an alias chosen per call (``"auto"``); its forward is
-  then never run.
+  Args:
+    name: the name ``impl=`` selects.
+    input_grad: ``(dy, w, g) -> dx``, the transpose of forward in x; None derives it from forward.
+    kernel_grad: ``(x, dy, g) -> dw``, the transpose of forward in w; None derives it from forward.
+    supports: ``g -> reason or None``: why the kernel refuses a geometry (None: it serves all).
+    local: whether a non-finite input stays within the outputs whose windows see it.
+    dispatch: ``g -> name`` makes the kernel an alias chosen per call (``"auto"``); its forward
+      is then never run.
+    description: one line for listings; by default the first line of forward's docstring.
+    replace: replace a kernel already registered under ``name``. The new functions are what
+      every later call runs, eager or under an already-compiled ``jax.jit``, ``jax.grad`` and the
+      layers: the caches that hold compiled programs are cleared (``jax.clear_caches()``).
+
+  Returns:
+    The decorator, which registers its argument and returns it unchanged.
+
+  Raises:
+    TypeError: ``name`` is not a non-empty string, or ``replace`` not a bool.
+    ValueError: (at decoration) ``name`` is registered already and ``replace`` is False.
   """
+  if not isinstance(name, str) or not name:
+    raise TypeError(f"name must be a non-empty string; got {name!r}")
+  if not isinstance(replace, bool):
+    raise TypeError(f"replace must be a bool; got {type(replace).__name__}: {replace!r}")
 
   def decorate(forward: Forward) -> Forward:
-    if name in _REGISTRY:
-      raise ValueError(f"a kernel named {name!r} is already registered")
+    replacing = name in _REGISTRY
+    if replacing and not replace:
+      raise ValueError(
+        f"a kernel named {name!r} is already registered; pass replace=True to register(...) to replace it"
+      )
     doc = description or (forward.__doc__ or "").strip().partition("\n")[0]
     _REGISTRY[name] = Kernel(name, forward, input_grad, kernel_grad, supports, local, dispatch, doc)
+    if replacing:
+      _forget_compiled()
     return forward
 
   return decorate
+
+
+def add_replace_hook(hook: Callable[[], None]) -> None:
+  """Have ``hook()`` called whenever a kernel is replaced: for a cache that holds kernels' functions by name."""
+  _REPLACE_HOOKS.append(hook)
+
+
+def _forget_compiled() -> None:
+  """Drop every compiled program that may hold a replaced kernel's old functions.
+
+  Primitives carry the kernel's name, not its functions, so programs traced or compiled before
+  the replacement would keep running the old ones: jax's own caches (every ``jax.jit``'s
+  compiled executables included) and the hooks' caches go.
+  """
+  for hook in _REPLACE_HOOKS:
+    hook()
+  jax.clear_caches()
 
 
 def available() -> tuple[str, ...]:
@@ -108,10 +166,48 @@ def resolve(name: str, g: ConvGeometry) -> Kernel:
   return kernel
 
 
+def check(impl: object, *, default: str | None = FUNCTION_DEFAULT) -> str:
+  """The registered kernel name ``impl`` selects, ``default`` for None: the one validation of ``impl``.
+
+  Args:
+    impl: a registered name (``available()``) or None.
+    default: what None selects (``FUNCTION_DEFAULT`` or ``LAYER_DEFAULT``); with ``default=None``,
+      None is refused (``conv_general_dilated``, whose signature takes a string).
+
+  Returns:
+    The kernel's name.
+
+  Raises:
+    TypeError: ``impl`` is neither a string nor None.
+    ValueError: ``impl`` names no registered kernel (the message lists the available ones).
+  """
+  return get(default if impl is None else impl).name
+
+
+def layer_default() -> str:
+  """What a layer's ``impl=None`` runs: ``LAYER_DEFAULT`` where registered, else ``FUNCTION_DEFAULT``."""
+  return LAYER_DEFAULT if LAYER_DEFAULT in _REGISTRY else FUNCTION_DEFAULT
+
+
 def accumulation_dtype(dtype: object) -> np.dtype:
   """The dtype a kernel accumulates in: float32 for 16-bit floats, else the dtype itself."""
   np_dtype = np.dtype(cast(Any, dtype))
   return np.dtype(jnp.float32) if np_dtype.itemsize < 4 else np_dtype
 
 
-__all__ = ["Forward", "Kernel", "Supports", "accumulation_dtype", "available", "get", "register", "resolve"]
+__all__ = [
+  "DROP_IN_DEFAULT",
+  "FUNCTION_DEFAULT",
+  "LAYER_DEFAULT",
+  "Forward",
+  "Kernel",
+  "Supports",
+  "accumulation_dtype",
+  "add_replace_hook",
+  "available",
+  "check",
+  "get",
+  "layer_default",
+  "register",
+  "resolve",
+]
