@@ -101,3 +101,42 @@ def test_verbose_shows_the_traceback(tmp_path, how):
   proc = run("train.py", *args, *(["--verbose"] if how == "flag" else []), env=env)
   assert proc.returncode != 0 and "Traceback" in proc.stderr
   assert "config.seed must be an int in [0, 2**63); got -1" in proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py"))
+def test_every_shipped_config_takes_one_epoch(name):
+  import runpy
+
+  import numpy as np
+
+  from experiments import lenet
+
+  config = runpy.run_path(str(ROOT / "configs" / name))["get_config"]()
+  config.num_epochs = 1
+  lenet.validate_config(config)
+  lr = lenet.learning_rate_schedule(config, steps_per_epoch=20)
+  values = np.array([float(lr(step)) for step in range(21)])
+  assert np.isfinite(values).all() and values.max() > 0
+  if config.schedule != "constant":  # it warms up, then decays within the one epoch
+    assert 0 < np.argmax(values) < 20 and values[-1] < 0.5 * values.max()
+
+
+@pytest.mark.slow
+def test_train_py_trains_a_resnet_and_restore_model_takes_raw_images(tmp_path):
+  import json
+
+  from jaxconv import training
+  from jaxconv.data import load_mnist
+
+  workdir = tmp_path / "run"
+  args = [
+    "--config=configs/resnet_mnist.py", "--config.num_epochs=1", "--config.data.train_size=256",
+    "--config.data.test_size=64", "--config.eval_batch_size=64", "--config.steps_per_call=4", f"--workdir={workdir}",
+  ]  # fmt: skip
+  proc = run("train.py", *args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (record,) = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  model = training.restore_model(workdir)
+  images, labels = load_mnist(split="test")
+  accuracy = float((model(images[:64]).argmax(-1) == labels[:64]).mean())
+  assert accuracy == record["test_accuracy"]
