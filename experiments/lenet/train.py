@@ -100,7 +100,7 @@ def _plot(workdir: Path, history: list[dict]) -> None:
     return
   if curves.is_file() and curves.stat().st_mtime_ns >= metrics.stat().st_mtime_ns:
     return  # a finished run rerun: the curves are current (and the workdir may be read-only)
-  trainer._writing(CURVES_FILE, workdir, len(history), plot_curves, history, curves)
+  trainer.writing(CURVES_FILE, workdir, len(history), plot_curves, history, curves)
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: str | Path) -> nnx.Module:

@@ -299,7 +299,7 @@ def _disk_full(raised: BaseException) -> bool:
   return False
 
 
-def _writing(what: str, workdir: Path, epoch: int, call: Callable[..., Any], *args: Any) -> Any:
+def writing(what: str, workdir: Path, epoch: int, call: Callable[..., Any], *args: Any) -> Any:
   """``call(*args)``; a full disk becomes one ``OSError(ENOSPC)`` saying what was lost and how to go on."""
   try:
     return call(*args)
@@ -558,9 +558,9 @@ def _train(
           "input_shape": input_shape, "history": history, "fit": run_record,
           **({} if record is None else {"config": dict(record)}), **(extra_meta or {}),
         }  # fmt: skip
-        _writing("the checkpoint", args.workdir, epoch, checkpoints.save, epoch, _saved(state), meta)  # every process
+        writing("the checkpoint", args.workdir, epoch, checkpoints.save, epoch, _saved(state), meta)  # every process
         if main:
-          _writing(METRICS_FILE, args.workdir, epoch, append_metrics, args.workdir / METRICS_FILE, entry)
+          writing(METRICS_FILE, args.workdir, epoch, append_metrics, args.workdir / METRICS_FILE, entry)
       if main:
         log.info(
           "epoch %d: train loss %.4f acc %.4f%s, %.2fs (%.0f images/s)",
