@@ -60,7 +60,7 @@ from jaxconv.training.records import METRICS_FILE, append_metrics, metrics_curre
 from jaxconv.training.state import Batch, TrainState, create_state, model_variables
 from jaxconv.training.steps import Metrics, mean_loss, summarize
 
-__all__ = ["CHECKPOINT_DIR", "fit", "restore", "run"]
+__all__ = ["CHECKPOINT_DIR", "fit", "restore", "run", "train_epoch", "writing"]
 
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
