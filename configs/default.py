@@ -1,17 +1,19 @@
-"""The defaults of every LeNet-on-MNIST config: a modern LeNet on the bundled MNIST, AdamW, warmup then cosine.
+"""The defaults of every training config: a modern LeNet on the bundled MNIST, AdamW, warmup then cosine.
 
 The other configs start from ``get_config()`` here and change what they need
-(``from configs import default``; ``experiments/train_lenet.py`` puts the repository root on the path).
+(``from configs import default``; ``experiments/train_lenet.py`` and ``experiments/train.py`` put
+the repository root on the path).
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-from jaxconv.training import augment
+from experiments.lenet.config import augment_fields
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """Every field ``experiments.lenet.train_and_evaluate`` reads."""
+  """Every field ``experiments.lenet.train_and_evaluate`` reads (a ResNet config adds ``model.stage_sizes`` and
+  ``model.widths``)."""
   config = ml_collections.ConfigDict()
   config.data = ml_collections.ConfigDict()
   config.data.source = "idx"  # "idx": IDX files in data.dir; "tfds": tfds.data_source(data.name)
@@ -20,8 +22,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_size = 0  # > 0: only the first examples of the split (smoke runs)
   config.data.test_size = 0
   config.model = ml_collections.ConfigDict()
-  config.model.variant = "modern"
+  config.model.name = "lenet"  # "lenet": jaxconv.models.LeNet; "resnet": jaxconv.models.ResNet
+  config.model.variant = "modern"  # LeNet's: "modern" (ReLU, max pooling) or "classic" (sigmoid, average pooling)
   config.model.impl = config_dict.placeholder(str)  # None: jaxconv.nn's default kernel
+  config.model.dtype = config_dict.placeholder(str)  # computation dtype ("bfloat16", ...); None: float32
+  config.model.param_dtype = "float32"  # the dtype the parameters are stored in
   config.num_epochs = 10
   config.batch_size = 128
   config.eval_batch_size = 1000
@@ -35,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_epochs = 1.0
   config.label_smoothing = 0.0  # the training loss's targets: (1 - a) * one_hot + a / num_classes
   # On-device augmentation of each training batch (jaxconv.training.augment); zeros: none.
-  config.augment = augment.config_fields()
+  config.augment = augment_fields()
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = 0  # devices the batch is split over (data parallelism); 0: every device
   config.distributed = ml_collections.ConfigDict()

@@ -19,35 +19,55 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
 
-def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """Start ``jax.distributed`` from ``config.distributed`` if enabled; call it before any JAX computation."""
-  settings = config.distributed
-  if not settings.enabled or jax.distributed.is_initialized():
+def initialize_distributed(
+  coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+  """Start ``jax.distributed`` (one process per host) unless it runs already; call it before any JAX computation.
+
+  Args:
+    coordinator_address: ``"host:port"`` of process 0.
+    num_processes: the number of processes.
+    process_id: this process's index.
+
+  Arguments left None are JAX's to find: ``JAX_COORDINATOR_ADDRESS``, or SLURM, Open MPI,
+  Kubernetes, Cloud TPU.
+  """
+  if jax.distributed.is_initialized():
     return
-  # Fields left None are JAX's to find: JAX_COORDINATOR_ADDRESS, or SLURM, Open MPI, Kubernetes, Cloud TPU.
-  jax.distributed.initialize(settings.coordinator_address, settings.num_processes, settings.process_id)
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-  """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` devices (0: every device)."""
+  """A 1-D mesh with one Auto axis ``"data"`` over the first ``num_devices`` devices.
+
+  Args:
+    num_devices: how many devices (0: every device; on several processes, 0 or all of them).
+
+  Returns:
+    The mesh; the compiler propagates shardings from the inputs (Auto axes; ``jax.make_mesh``
+    defaults to Explicit ones).
+
+  Raises:
+    ValueError: ``num_devices`` is negative or more than there are, naming it.
+  """
   available = jax.device_count()
+  if num_devices < 0:
+    raise ValueError(f"num_devices must be >= 0 (0: every device); got {num_devices}")
   if num_devices > available:
     raise ValueError(
-      f"config.mesh.data={num_devices} is more than the {available} {jax.devices()[0].platform} devices available"
+      f"num_devices={num_devices} is more than the {available} {jax.devices()[0].platform} devices available"
     )
   if jax.process_count() > 1 and num_devices not in (0, available):
     raise ValueError(
-      f"config.mesh.data={num_devices} must be 0 or {available} (every device) on {jax.process_count()} processes"
+      f"num_devices={num_devices} must be 0 or {available} (every device) on {jax.process_count()} processes"
     )
   num_devices = num_devices or available
-  # Auto axes: the compiler propagates shardings from the inputs (jax.make_mesh defaults to Explicit).
   return jax.make_mesh((num_devices,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:num_devices])
 
 
@@ -62,13 +82,10 @@ def num_shards(mesh: Mesh | None) -> int:
 
 
 def check_divisible(value: int, name: str, mesh: Mesh) -> None:
-  """Raise ``ValueError`` naming ``config.<name>`` unless ``value`` splits evenly over the mesh's devices."""
+  """Raise ``ValueError`` naming ``name`` unless ``value`` splits evenly over the mesh's devices."""
   devices = num_shards(mesh)
   if value % devices:
-    raise ValueError(
-      f"config.{name}={value} must be a multiple of the {devices} devices of the mesh "
-      f"(set config.{name} or config.mesh.data)"
-    )
+    raise ValueError(f"{name}={value} must be a multiple of the {devices} devices of the mesh")
 
 
 def is_main_process() -> bool:
@@ -98,7 +115,10 @@ def shard_examples(local: Any, mesh: Mesh, num_rows: int) -> Any:
 
 
 def global_array(value: Any, layout: NamedSharding) -> jax.Array:
-  """``value``, the same on every process, as a global array laid out by ``layout``."""
+  """``value``, the same on every process, as a global array laid out by ``layout`` (typed PRNG keys too)."""
+  if isinstance(value, jax.Array) and jax.numpy.issubdtype(value.dtype, jax.dtypes.prng_key):
+    data = global_array(jax.random.key_data(value), layout)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
   value = np.asarray(value)
   return jax.make_array_from_callback(value.shape, layout, lambda index: value[index])
 

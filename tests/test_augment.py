@@ -173,10 +173,10 @@ def test_image_and_argument_errors():
 
 def test_config_fields_round_trip():
   block = augment.config_fields(max_shift=2, max_rotation=10.0)
-  assert block.fill is None and block.max_scale == 0.0
+  assert type(block) is dict and block["fill"] is None and block["max_scale"] == 0.0  # plain, no ml_collections
   assert augment.from_config(block) == AugmentConfig(max_shift=2, max_rotation=10.0)
   assert augment.from_config({"max_shift": 1}) == AugmentConfig(max_shift=1)
-  block.fill = -0.4  # the placeholder takes a float later, as --config.augment.fill does
+  block["fill"] = -0.4
   assert augment.from_config(block).fill == -0.4
   with pytest.raises(ValueError, match=r"unknown augment fields \['rotation'\]"):
     augment.config_fields(rotation=10.0)

@@ -49,8 +49,8 @@ from pathlib import Path
 import jax, jax.numpy as jnp, numpy as np, optax
 from flax import nnx
 from experiments import lenet
-from experiments.lenet import train as program
 from jaxconv import parallel, training
+from jaxconv.training import trainer as program  # the loop that compiles the steps
 
 smoke, workdir, collectives, test_size = sys.argv[1:]
 namespace = {}
@@ -224,7 +224,7 @@ def test_one_device_mesh_is_the_plain_shuffle():
 
 
 def test_mesh_larger_than_the_devices_names_the_field():
-  with pytest.raises(ValueError, match=f"config.mesh.data={jax.device_count() + 1} is more than"):
+  with pytest.raises(ValueError, match=f"num_devices={jax.device_count() + 1} is more than"):
     parallel.make_mesh(jax.device_count() + 1)
 
 
@@ -251,7 +251,9 @@ def test_validate_config_checks_the_parallel_fields(field, value, message):
 
 
 def test_distributed_is_off_by_default():
-  parallel.initialize_distributed(default.get_config())
+  from experiments.lenet.train import initialize_distributed
+
+  initialize_distributed(default.get_config())
   assert not jax.distributed.is_initialized() and jax.process_count() == 1
 
 

@@ -16,10 +16,10 @@ import optax
 import pytest
 from flax import nnx
 
-import jaxconv.train as jaxconv_train
 from configs import default
 from experiments import lenet
 from jaxconv import training
+from jaxconv.data import load_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "smoke.py"
@@ -64,7 +64,9 @@ def test_shipped_configs_are_valid(name):
     ("seed", -1, r"config.seed must be an int in \[0, 2\*\*63\); got -1"),
     ("optimizer", "rmsprop", "config.optimizer must be one of"),
     ("schedule", "step", "config.schedule must be one of"),
-    ("warmup_epochs", 11.0, r"config.warmup_epochs must be a number in \[0, num_epochs\]"),
+    ("warmup_epochs", -1.0, r"config.warmup_epochs must be a finite number >= 0; got -1.0"),
+    ("model.name", "vgg", r"config.model.name must be one of \('lenet', 'resnet'\)"),
+    ("model.dtype", "float64", r"config.model.dtype must be None or one of"),
     ("momentum", 1.0, r"config.momentum must be a number in \[0, 1\)"),
     ("data.train_size", -1, "config.data.train_size must be an int >= 0"),
   ],
@@ -157,8 +159,13 @@ def check_restore_model(workdir: Path, history: list[dict]) -> None:
   _, test = lenet.device_data(config)
   logits = nnx.jit(lambda model, x: model(x))(model, test.images)
   assert float((logits.argmax(-1) == test.labels).mean()) == history[-1]["test_accuracy"]
-  # A finished run resumes to nothing: the same records, nothing appended (also through the shim).
-  assert jaxconv_train.train_and_evaluate(config, workdir) == history
+  # The library's restore_model: the recorded model and normalisation, fed raw uint8 images.
+  raw = training.restore_model(workdir)
+  images, labels = load_mnist(split="test")
+  raw_logits = raw(images[: config.data.test_size])
+  assert float((raw_logits.argmax(-1) == labels[: config.data.test_size]).mean()) == history[-1]["test_accuracy"]
+  # A finished run resumes to nothing: the same records, nothing appended.
+  assert lenet.train_and_evaluate(config, workdir) == history
   assert read_metrics(workdir) == history
 
 
@@ -166,7 +173,8 @@ def check_restore_model(workdir: Path, history: list[dict]) -> None:
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-from experiments.lenet import report, train
+from experiments.lenet import train
+from jaxconv.training import trainer
 
 config_path, workdir, point = sys.argv[1:]
 namespace = {}
@@ -174,10 +182,10 @@ exec(Path(config_path).read_text(), namespace)
 kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
 
 if point == "after-checkpoint-1":  # epoch 1 is checkpointed, its metrics line not yet written
-  append = report.append_metrics
-  train.append_metrics = lambda path, record: kill() if record["epoch"] == 1 else append(path, record)
+  append = trainer.append_metrics
+  trainer.append_metrics = lambda path, record: kill() if record["epoch"] == 1 else append(path, record)
 elif point == "mid-epoch-2":  # the third compiled call of epoch 2
-  train_epoch = train.train_epoch
+  train_epoch = trainer.train_epoch
 
   def killing_train_epoch(train_steps, *args):
     calls = []
@@ -188,9 +196,9 @@ elif point == "mid-epoch-2":  # the third compiled call of epoch 2
         kill()
       return train_steps(*a)
 
-    return train_epoch(steps if args[-2].startswith("epoch 2/") else train_steps, *args)  # args: ..., label, key
+    return train_epoch(steps if args[-3].startswith("epoch 2/") else train_steps, *args)  # ..., label, key, progress
 
-  train.train_epoch = killing_train_epoch
+  trainer.train_epoch = killing_train_epoch
 train.train_and_evaluate(namespace["get_config"](), workdir)
 """
 
@@ -248,7 +256,7 @@ def test_progress_bar_draws_only_when_enabled(capsys):
 
 
 def test_library_does_not_import_the_program():
-  # Data -> training program -> library: only the jaxconv.train shim reaches experiments/, and lazily.
+  # Data -> training program -> library: nothing in the library reaches experiments/ or configs/.
   import ast
 
   for path in sorted((ROOT / "jaxconv").rglob("*.py")):
@@ -261,6 +269,17 @@ def test_library_does_not_import_the_program():
         else []
       )
       higher = [n for n in names if n.split(".")[0] in ("experiments", "configs")]
-      assert not higher or path.name == "train.py" and path.parent.name == "jaxconv" and node.col_offset > 0, (
-        f"{path} imports {higher}"
-      )
+      assert not higher, f"{path} imports {higher}"
+  assert not (ROOT / "jaxconv" / "train.py").exists()
+  assert not any("ml_collections" in path.read_text() for path in (ROOT / "jaxconv").rglob("*.py"))
+
+
+def test_warmup_as_long_as_the_run_is_clipped_with_a_warning(caplog):
+  config = load_config(ROOT / "configs" / "lenet_mnist.py")
+  config.num_epochs = 1  # its warmup is 2 epochs
+  lenet.validate_config(config)
+  with caplog.at_level("WARNING", "jaxconv"):
+    lr = lenet.learning_rate_schedule(config, steps_per_epoch=10)
+  assert "warming up over the first 0.5" in caplog.text
+  values = np.array([float(lr(step)) for step in range(11)])
+  assert np.argmax(values) == 5 and values[-1] < 0.01 * values.max()

@@ -1,11 +1,13 @@
-"""The LeNet-on-MNIST program built on ``jaxconv.training``: config validation, data, reporting, the run.
+"""The training program built on ``jaxconv.training``: config validation, data, model and optimiser, reporting.
 
-``experiments/train_lenet.py`` is its command line; ``train_and_evaluate(config, workdir)`` its entry.
+It trains the model ``config.model.name`` picks (LeNet-5 or a ResNet) on MNIST-like data;
+``experiments/train_lenet.py`` and ``experiments/train.py`` are its command lines (``cli.main``),
+``train_and_evaluate(config, workdir)`` its entry.
 """
 
 from experiments.lenet.config import RESUME_SAFE, validate_config
-from experiments.lenet.data import device_data
-from experiments.lenet.recipe import create_model, create_optimizer, learning_rate_schedule
+from experiments.lenet.data import device_data, load_data
+from experiments.lenet.recipe import create_model, create_optimizer, learning_rate_schedule, model_spec
 from experiments.lenet.report import CURVES_FILE, METRICS_FILE, Progress
 from experiments.lenet.train import CHECKPOINT_DIR, restore_model, train_and_evaluate
 
@@ -19,6 +21,8 @@ __all__ = [
   "create_optimizer",
   "device_data",
   "learning_rate_schedule",
+  "load_data",
+  "model_spec",
   "restore_model",
   "train_and_evaluate",
   "validate_config",

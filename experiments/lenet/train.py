@@ -1,246 +1,113 @@
-"""Train LeNet-5 on MNIST from a config: data on the mesh, compiled epochs, checkpoints, metrics, curves.
+"""Train the configured model (LeNet-5 or a ResNet) on MNIST-like data: the program around ``jaxconv.training``.
 
-The run owns its work directory (``jaxconv.training.WorkdirLock``) and is the record of what was
-done: each finished epoch is a checkpoint (arrays with their SHA-256, the config, the metrics so
-far), and ``metrics.jsonl`` is rewritten from the newest intact one on start, so a run killed at
-any point resumes where its last checkpoint left it, with the same numbers. A resume with other
-model, optimiser or data fields is refused (``config.RESUME_SAFE`` lists what may change); a
-diverging run stops at the epoch whose training loss is NaN or infinite, before saving it.
+The loop is the library's (``jaxconv.training.trainer.run``, what ``fit`` runs): the work
+directory's lock, verified checkpoints, ``metrics.jsonl`` rewritten from the newest intact
+checkpoint on start, the NaN stop naming the epoch. The program adds what a config describes: the
+data (loaded, checked and normalised), the model and optimiser, the mesh (and ``jax.distributed``),
+the config recorded in each checkpoint (a resume with other model, optimiser or data fields is
+refused; ``config.RESUME_SAFE`` lists what may change), the progress bar, the learning rate per
+epoch, and ``curves.png``. Each checkpoint also records the model and the normalisation, so that
+``jaxconv.training.restore_model(workdir)`` rebuilds a model that takes raw images.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import jax
 import ml_collections
 from flax import nnx
+from jax.sharding import Mesh
 
-from experiments.lenet.config import RESUME_SAFE, config_record, validate_config
-from experiments.lenet.data import NUM_CLASSES, device_data
-from experiments.lenet.recipe import create_model, create_optimizer, learning_rate_schedule
-from experiments.lenet.report import (
-  CURVES_FILE,
-  METRICS_FILE,
-  Progress,
-  append_metrics,
-  metrics_current,
-  plot_curves,
-  strict_record,
-  write_metrics,
-)
+from experiments.lenet.config import RESUME_SAFE, augment_config, config_record, validate_config
+from experiments.lenet.data import NUM_CLASSES, load_data
+from experiments.lenet.recipe import create_optimizer, learning_rate_schedule, model_spec
+from experiments.lenet.report import CURVES_FILE, METRICS_FILE, Progress, plot_curves
 from jaxconv import parallel
-from jaxconv.training import (
-  Batch,
-  Checkpoints,
-  ConfigMismatchError,
-  TrainState,
-  WorkdirLock,
-  abstract,
-  augment,
-  check_finite_loss,
-  compile_steps,
-  config_differences,
-  create_state,
-  epoch_batches,
-  epoch_key,
-  mean_loss,
-  run_epoch,
-  steps_per_epoch,
-  summarize,
-)
+from jaxconv.training import inference, trainer
+from jaxconv.training.inference import build_model
+from jaxconv.training.loop import steps_per_epoch
+from jaxconv.training.trainer import CHECKPOINT_DIR
 
-__all__ = ["CHECKPOINT_DIR", "restore_model", "train_and_evaluate", "train_epoch"]
+__all__ = ["CHECKPOINT_DIR", "initialize_distributed", "make_mesh", "restore_model", "train_and_evaluate"]
 
-CHECKPOINT_DIR = "checkpoints"
-KEEP_CHECKPOINTS = 2
-
-log = logging.getLogger("jaxconv.lenet")
+log = logging.getLogger("jaxconv.program")
 
 
-def _check_resume(config: ml_collections.ConfigDict, directory: Path, input_shape: tuple[int, ...] | None = None):
-  """``check(meta)`` for ``Checkpoints.restore``: refuses a checkpoint whose config differs outside ``RESUME_SAFE``.
-
-  With ``input_shape``, the images' ``(H, W, C)`` must also be the checkpoint's (the same config
-  may read other files).
-  """
-  current = config_record(config)
-
-  def check(meta: dict[str, Any]) -> None:
-    differences = config_differences(meta.get("config", {}), current, RESUME_SAFE)
-    if input_shape is not None and tuple(meta.get("input_shape", ())) != input_shape:
-      differences.append(f"image size (H, W, C): {tuple(meta.get('input_shape', ()))} -> {input_shape}")
-    if differences:
-      raise ConfigMismatchError(
-        f"the checkpoints under {directory} were written with another config; resuming would change "
-        f"{', '.join(differences)} (checkpoint -> now). Use another workdir, or the checkpoint's values"
-      )
-
-  return check
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Start ``jax.distributed`` from ``config.distributed`` if enabled; call it before any JAX computation."""
+  settings = config.distributed
+  if settings.enabled:
+    parallel.initialize_distributed(settings.coordinator_address, settings.num_processes, settings.process_id)
 
 
-def train_epoch(
-  train_steps, state: TrainState, data: Batch, idx: jax.Array, steps_per_call: int, label: str, key: jax.Array
-):
-  """One epoch of ``jaxconv.training.run_epoch`` with a progress bar labelled ``label``."""
-  bar = Progress(idx.shape[0], label)
-  progress = (lambda done, metrics: bar.update(done, f"loss {mean_loss(metrics):.4f}")) if bar.enabled else None
-  state, metrics = run_epoch(train_steps, state, data, idx, steps_per_call, progress, key)
-  bar.close()
-  return state, metrics
-
-
-def _disk_full(raised: BaseException) -> bool:
-  """Whether ``raised`` or one of its causes is ENOSPC (orbax and tensorstore wrap it, or only keep its text)."""
-  error: BaseException | None = raised
-  while error is not None:
-    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
-def _writing(what: str, workdir: Path, epoch: int, call, *args):
-  """``call(*args)``; a full disk becomes one ``OSError(ENOSPC)`` saying what was lost and how to go on."""
+def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
+  """The data-parallel mesh of ``config.mesh.data`` devices; errors name the config fields."""
   try:
-    return call(*args)
-  except Exception as e:
-    if not _disk_full(e):
-      raise
-    raise OSError(
-      errno.ENOSPC,
-      f"no space left on device writing {what} of epoch {epoch} under {workdir}; "
-      f"free some space and rerun the same command: it resumes after the last saved epoch",
-    ) from None
+    mesh = parallel.make_mesh(config.mesh.data)
+  except ValueError as e:
+    raise ValueError(str(e).replace("num_devices", "config.mesh.data")) from None
+  devices = parallel.num_shards(mesh)
+  for name in ("batch_size", "eval_batch_size"):
+    if config[name] % devices:
+      raise ValueError(
+        f"config.{name}={config[name]} must be a multiple of the {devices} devices of the mesh "
+        f"(set config.{name} or config.mesh.data)"
+      )
+  return mesh
 
 
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str | Path, *, start_time: float | None = None
 ) -> list[dict]:
-  """Train ``config``'s LeNet, resuming from ``workdir``'s checkpoints; returns the metrics of every epoch.
+  """Train ``config``'s model, resuming from ``workdir``'s checkpoints; returns the metrics of every epoch.
 
   Data parallel over ``config.mesh.data`` devices (of every process when ``config.distributed``
   is enabled); only process 0 writes metrics, plots and logs, and holds the workdir's lock.
   ``start_time`` (``time.perf_counter()``, default: now) is what each record's ``elapsed_seconds``
-  counts from: the command line passes the moment it started.
+  counts from: the command line passes the moment it started. Everything that can be refused (the
+  config, the data, the mesh) is refused before the workdir is created.
   """
   start_time = time.perf_counter() if start_time is None else start_time
   validate_config(config)
-  parallel.initialize_distributed(config)
-  mesh = parallel.make_mesh(config.mesh.data)
-  parallel.check_divisible(config.batch_size, "batch_size", mesh)
-  parallel.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
-  main = parallel.is_main_process()
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  with WorkdirLock(workdir) if main else nullcontext() as lock:
-    read_only = bool(lock and lock.read_only)
-    return _run(config, workdir, mesh, main, read_only, start_time)
-
-
-def _run(
-  config: ml_collections.ConfigDict, workdir: Path, mesh, main: bool, read_only: bool, start_time: float
-) -> list[dict]:
-  """The body of ``train_and_evaluate`` once the workdir is held."""
-  train_data, test_data = device_data(config, mesh)
-  num_train = train_data.labels.shape[0]
-  steps = steps_per_epoch(num_train, config.batch_size, parallel.num_shards(mesh))
-  input_shape = tuple(train_data.images.shape[1:])
-  tx = create_optimizer(config, steps)
-  graphdef, state = create_state(create_model(config, input_shape, NUM_CLASSES), tx)
-  state = parallel.replicate(state, mesh)
+  initialize_distributed(config)
+  mesh = make_mesh(config)
+  train, test, normalization = load_data(config)
+  shards = parallel.num_shards(mesh)
+  steps = steps_per_epoch(len(train[1]) - len(train[1]) % shards, config.batch_size, shards)
+  input_shape = tuple(train[0].shape[1:])
   schedule = learning_rate_schedule(config, steps)
-  directory = workdir / CHECKPOINT_DIR
-
-  with Checkpoints(directory, KEEP_CHECKPOINTS, create=not read_only) as checkpoints:
-    targets = {"params": abstract(state.params), "opt_state": abstract(state.opt_state)}
-    restored = checkpoints.restore(
-      targets, _check_resume(config, directory, input_shape), set_aside=main and not read_only
-    )
-    done, history = 0, []
-    if restored is not None:
-      done, items, meta = restored
-      state, history = TrainState(items["params"], items["opt_state"]), meta["history"]
-    # The checkpoint is the record of finished epochs: a line appended after it, or one missing
-    # because a run was killed between saving and appending, is rewritten from it.
-    if main and not read_only:
-      write_metrics(workdir / METRICS_FILE, history)
-    elif main and not metrics_current(workdir / METRICS_FILE, history):
-      log.warning(
-        "%s is read-only: its %s does not match the checkpoint's %d epochs and stays so",
-        workdir,
-        METRICS_FILE,
-        len(history),
-      )
-    if done and main:
-      log.info("resuming from %s after epoch %d", workdir, done)
-    if done < config.num_epochs:
-      if read_only:
-        raise OSError(errno.EROFS, f"{workdir} is read-only: cannot train epochs {done + 1}..{config.num_epochs} there")
-      start = time.perf_counter()
-      train_steps, evaluate = compile_steps(
-        graphdef, tx, state, train_data, test_data, config.batch_size, config.eval_batch_size, mesh,
-        augmentation=augment.from_config(config.augment), label_smoothing=float(config.label_smoothing),
-      )  # fmt: skip
-      compile_seconds = time.perf_counter() - start
-    for epoch in range(done + 1, config.num_epochs + 1):
-      t0 = time.perf_counter()
-      idx = epoch_batches(config.seed, epoch, num_train, config.batch_size, mesh)
-      label, key = f"epoch {epoch}/{config.num_epochs}", epoch_key(config.seed, epoch)
-      state, train_metrics = train_epoch(train_steps, state, train_data, idx, config.steps_per_call, label, key)
-      check_finite_loss(train_metrics, epoch)  # before anything of the epoch is saved
-      t1 = time.perf_counter()
-      test_metrics = jax.device_get(evaluate(state.params, test_data))
-      record = strict_record({
-          "epoch": epoch,
-          **summarize(train_metrics, "train"),
-          **summarize(test_metrics, "test"),
-          "epoch_seconds": t1 - t0,
-          "images_per_second": steps * config.batch_size / (t1 - t0),
-          "eval_seconds": time.perf_counter() - t1,
-          "compile_seconds": compile_seconds,
-          "elapsed_seconds": time.perf_counter() - start_time,
-          "learning_rate": float(schedule(epoch * steps)),
-      })  # fmt: skip
-      history.append(record)
-      meta = {"input_shape": input_shape, "history": history, "config": config_record(config)}
-      _writing("the checkpoint", workdir, epoch, checkpoints.save, epoch, state._asdict(), meta)  # orbax: every process
-      if not main:  # the metrics line and the log: process 0 only
-        continue
-      _writing(METRICS_FILE, workdir, epoch, append_metrics, workdir / METRICS_FILE, record)
-      log.info(
-          "epoch %d: train loss %.4f acc %.4f, test loss %.4f acc %.4f, %.2fs (%.0f images/s)",
-          epoch, record["train_loss"], record["train_accuracy"], record["test_loss"], record["test_accuracy"],
-          record["epoch_seconds"], record["images_per_second"],
-      )  # fmt: skip
-  curves = workdir / CURVES_FILE
-  if history and main and not read_only and (done < config.num_epochs or not curves.is_file()):
-    _writing(CURVES_FILE, workdir, len(history), plot_curves, history, curves)
+  spec = model_spec(config, input_shape, NUM_CLASSES)
+  history = trainer.run(
+    build_model(spec, rngs=nnx.Rngs(config.seed)), create_optimizer(config, steps, schedule), train,
+    epochs=config.num_epochs, test=test, batch_size=config.batch_size, seed=config.seed, workdir=workdir, mesh=mesh,
+    augment=augment_config(config), steps_per_call=config.steps_per_call, eval_batch_size=config.eval_batch_size,
+    label_smoothing=float(config.label_smoothing), record=config_record(config), resume_safe=RESUME_SAFE,
+    learning_rate=schedule, extra_meta={inference.MODEL_META: spec, inference.NORMALIZATION_META: normalization},
+    start_time=start_time, progress=lambda label, total: Progress(total, label),
+    announce=lambda: log.info("JAX %s on %s; config:\n%s", jax.__version__, jax.devices(), config),
+  )  # fmt: skip
+  _plot(Path(workdir), history)
   return history
 
 
+def _plot(workdir: Path, history: list[dict]) -> None:
+  """``curves.png`` from ``history``, unless it is newer than ``metrics.jsonl`` (then nothing is written)."""
+  curves, metrics = workdir / CURVES_FILE, workdir / METRICS_FILE
+  if not history or not parallel.is_main_process() or not metrics.is_file():
+    return
+  if curves.is_file() and curves.stat().st_mtime_ns >= metrics.stat().st_mtime_ns:
+    return  # a finished run rerun: the curves are current (and the workdir may be read-only)
+  trainer.writing(CURVES_FILE, workdir, len(history), plot_curves, history, curves)
+
+
 def restore_model(config: ml_collections.ConfigDict, workdir: str | Path) -> nnx.Module:
-  """The LeNet of ``config`` with the parameters of ``workdir``'s newest intact checkpoint (nothing is moved)."""
+  """The model of ``workdir``'s newest intact checkpoint (nothing is moved), with ``config.model.impl``.
+
+  It takes normalised images, as the run trained on; ``jaxconv.training.restore_model(workdir)``
+  gives one that takes raw images.
+  """
   validate_config(config)
-  directory = Path(workdir) / CHECKPOINT_DIR
-  if not directory.is_dir():
-    raise FileNotFoundError(f"no checkpoint under {directory}")
-  graphdefs = []
-
-  def targets(meta: dict[str, Any]) -> dict[str, Any]:
-    model = nnx.eval_shape(lambda: create_model(config, tuple(meta["input_shape"]), NUM_CLASSES))
-    graphdef, params = nnx.split(model, nnx.Param)
-    graphdefs.append(graphdef)
-    # On this process's first device, whichever devices saved it.
-    return {"params": abstract(params, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))}
-
-  with Checkpoints(directory, KEEP_CHECKPOINTS, create=False) as checkpoints:
-    restored = checkpoints.restore(targets, _check_resume(config, directory), set_aside=False)
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint under {directory}")
-  return nnx.merge(graphdefs[-1], restored[1]["params"])
+  return inference.restore_model(workdir, normalize=False, impl=config.model.impl)

@@ -21,10 +21,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from jax import lax
 from jax.scipy import ndimage
-from ml_collections import config_dict
 
 __all__ = [
   "AugmentConfig",
@@ -76,27 +74,25 @@ class AugmentConfig:
     return bool(self.max_shift) or self.warps
 
 
-def config_fields(**values: Any) -> ml_collections.ConfigDict:
-  """The ``config.augment`` block of a training config: every ``AugmentConfig`` field, zero unless given.
+def config_fields(**values: Any) -> dict[str, Any]:
+  """Every ``AugmentConfig`` field as a plain dict, the defaults (zeros, ``fill=None``) unless given.
 
-  ``fill`` is a float placeholder, so ``--config.augment.fill=0.0`` works from the command line.
+  Raises:
+    ValueError: an unknown field, or a value ``AugmentConfig`` refuses, named.
   """
   fields = {f.name: f.default for f in dataclasses.fields(AugmentConfig)}
   unknown = sorted(set(values) - set(fields))
   if unknown:
     raise ValueError(f"unknown augment fields {unknown}; expected some of {sorted(fields)}")
-  block = ml_collections.ConfigDict({k: v for k, v in fields.items() if k != "fill"})
-  block.fill = config_dict.placeholder(float)
-  for name, value in values.items():
-    block[name] = value
-  AugmentConfig(**block.to_dict())  # the same errors as the dataclass, now rather than in the step
+  block = {**fields, **values}
+  AugmentConfig(**block)  # the same errors as the dataclass, now rather than in the step
   return block
 
 
 def from_config(block: Mapping[str, Any]) -> AugmentConfig:
-  """The ``AugmentConfig`` of a ``config.augment`` block (a ``ConfigDict`` or a dict)."""
-  values = block.to_dict() if isinstance(block, ml_collections.ConfigDict) else dict(block)
-  return AugmentConfig(**values)
+  """The ``AugmentConfig`` of a mapping of its fields (a dict, or anything with ``to_dict()``, as a ``ConfigDict``)."""
+  to_dict = getattr(block, "to_dict", None)
+  return AugmentConfig(**(to_dict() if callable(to_dict) else dict(block)))
 
 
 def _check_images(images: jax.Array) -> None:

@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from jaxconv import parallel
 from jaxconv.training import augment
-from jaxconv.training.state import Batch, TrainState
+from jaxconv.training.state import Batch, TrainState, model_variables
 from jaxconv.training.steps import Metrics, make_evaluate, make_train_step, make_train_steps, mean_loss, zero_metrics
 
 __all__ = [
@@ -123,18 +123,21 @@ def compile_steps(
   tx: optax.GradientTransformation,
   state: TrainState,
   train: Batch,
-  test: Batch,
+  test: Batch | None,
   batch_size: int,
   eval_batch_size: int,
   mesh: Mesh,
   *,
   augmentation: augment.AugmentConfig | None = None,
   label_smoothing: float = 0.0,
+  eval_graphdef: nnx.GraphDef | None = None,
 ):
   """Ahead-of-time compiled ``train_steps`` and ``evaluate`` for these shapes, data parallel over ``mesh``.
 
   State and metrics are replicated, the data and each epoch's ``idx`` (``epoch_batches``) split
-  along their examples.
+  along their examples. ``graphdef`` is the model in training mode; ``eval_graphdef`` (default
+  ``graphdef``) the one evaluation runs, in ``model.eval()`` mode. ``evaluate(model_variables(state),
+  test)`` gives the summed test metrics; it is None without ``test``.
   """
   replicated, examples = parallel.sharding(mesh), parallel.sharding(mesh, parallel.DATA_AXIS)
   steps = steps_per_epoch(train.labels.shape[0], batch_size, parallel.num_shards(mesh))
@@ -158,10 +161,14 @@ def compile_steps(
     donate_argnums=0,
   )
   train_steps = jitted.lower(state, zero_metrics(), train, idx, 0, 0, epoch_key(0, 0)).compile()
+  if test is None:
+    return train_steps, None
   evaluate = jax.jit(
-    make_evaluate(graphdef, eval_batch_size, mesh), in_shardings=(replicated, examples), out_shardings=replicated
+    make_evaluate(graphdef if eval_graphdef is None else eval_graphdef, eval_batch_size, mesh),
+    in_shardings=(replicated, examples),
+    out_shardings=replicated,
   )
-  return train_steps, evaluate.lower(state.params, test).compile()
+  return train_steps, evaluate.lower(model_variables(state), test).compile()
 
 
 def run_epoch(

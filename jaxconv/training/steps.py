@@ -2,7 +2,14 @@
 
 Metrics are per-batch sums (``loss``, ``correct``, ``count``), which add across batches and across
 the shards of a data-parallel mesh; ``summarize`` turns them into means. The model is a classifier:
-``apply(params, images (B, ...)) -> logits (B, K)`` against integer labels ``(B,)``.
+``apply(variables, images (B, ...)) -> logits (B, K)`` against integer labels ``(B,)``.
+
+On a mesh of several devices the model runs under ``shard_map``, each device on its own rows (see
+``jaxconv.parallel``). Two kinds of state need care there, and ``_make_forward`` gives both:
+``nnx.BatchNorm`` layers without an ``axis_name`` get the mesh's axis for the trace, so their batch
+statistics are means over the global batch (``lax.pmean``) and stay the same on every device; and
+each device draws its dropout masks from its own stream (the model's keys folded with the device's
+index, the keys themselves left unchanged), while the streams' counts advance alike everywhere.
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax import lax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from jaxconv import parallel
 from jaxconv.training import augment
 from jaxconv.training.state import Batch, TrainState
+
+Forward = Callable[[nnx.State, nnx.State, jax.Array], tuple[jax.Array, nnx.State]]
 
 __all__ = [
   "Metrics",
@@ -70,8 +79,53 @@ def summarize(metrics: Metrics, prefix: str) -> dict[str, float]:
 
 
 def make_apply(graphdef: nnx.GraphDef, mesh: Mesh | None = None) -> Callable[[nnx.State, jax.Array], jax.Array]:
-  """``apply(params, images) -> logits`` of the model, run by each device of ``mesh`` on its own images."""
-  return parallel.per_device(lambda params, images: nnx.merge(graphdef, params)(images), mesh)
+  """``apply(variables, images) -> logits`` of the model, run by each device of ``mesh`` on its own images.
+
+  ``variables`` is all of the model's state (``state.model_variables``; for a model with parameters
+  only, its ``nnx.Param`` state). Whatever the model changes in it (evaluation changes nothing) is dropped.
+  """
+  return parallel.per_device(lambda variables, images: nnx.merge(graphdef, variables, copy=True)(images), mesh)
+
+
+def _is_key(x: jax.Array) -> bool:
+  """Whether ``x`` is a typed PRNG key array (an ``nnx.RngKey``'s value)."""
+  return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _global_batch_norm(model: nnx.Module) -> None:
+  """Give each ``nnx.BatchNorm`` of ``model`` without an ``axis_name`` the mesh's: statistics of the global batch."""
+  for _, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.BatchNorm) and node.axis_name is None:
+      node.axis_name = parallel.DATA_AXIS
+
+
+def _make_forward(graphdef: nnx.GraphDef, mesh: Mesh | None = None) -> Forward:
+  """``forward(params, rest, images) -> (logits, rest)``: the training-mode pass and the variables it updated."""
+
+  def forward(params: nnx.State, rest: nnx.State, images: jax.Array) -> tuple[jax.Array, nnx.State]:
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    logits = model(images)
+    return logits, nnx.split(model, nnx.Param, ...)[-1]
+
+  if parallel.num_shards(mesh) == 1:
+    return forward
+
+  def per_device(params: nnx.State, rest: nnx.State, images: jax.Array) -> tuple[jax.Array, nnx.State]:
+    index = lax.axis_index(parallel.DATA_AXIS)
+    own = jax.tree.map(lambda x: jax.random.fold_in(x, index) if _is_key(x) else x, rest)
+    model = nnx.merge(graphdef, params, own, copy=True)
+    _global_batch_norm(model)  # on this trace's copy only: the graphdef is unchanged
+    logits = model(images)
+    updated = nnx.split(model, nnx.Param, ...)[-1]
+    # The keys go back as they came, so that every device returns the same state.
+    return logits, jax.tree.map(lambda new, old: old if _is_key(old) else new, updated, rest)
+
+  spec = PartitionSpec(parallel.DATA_AXIS)
+  # check_vma=False, as in parallel.per_device: the kernels' custom VJPs give per-device cotangents.
+  return jax.shard_map(
+    per_device, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(), spec), out_specs=(spec, PartitionSpec()),
+    check_vma=False,
+  )  # fmt: skip
 
 
 def make_train_step(
@@ -88,23 +142,24 @@ def make_train_step(
   ``key``; the loss is the cross-entropy against labels smoothed by ``label_smoothing``
   (``optax.smooth_labels``). The metrics stay the plain cross-entropy of the (augmented) batch.
   """
-  apply = make_apply(graphdef, mesh)
+  forward = _make_forward(graphdef, mesh)
 
   def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
     """One optimisation step on ``batch``; metrics are sums over its examples."""
     images = batch.images if augmentation is None else augment.augment(key, batch.images, augmentation)
 
-    def loss_fn(params: nnx.State) -> tuple[jax.Array, Metrics]:
-      logits = apply(params, images)
+    # copy=True in forward: NNX lets a variable change only at the trace level that made it.
+    def loss_fn(params: nnx.State, rest: nnx.State) -> tuple[jax.Array, tuple[Metrics, nnx.State]]:
+      logits, rest = forward(params, rest, images)
       metrics = batch_metrics(logits, batch.labels)
       if not label_smoothing:
-        return metrics["loss"] / batch.labels.shape[0], metrics
+        return metrics["loss"] / batch.labels.shape[0], (metrics, rest)
       targets = optax.smooth_labels(jax.nn.one_hot(batch.labels, logits.shape[-1]), label_smoothing)
-      return optax.softmax_cross_entropy(logits, targets).mean(), metrics
+      return optax.softmax_cross_entropy(logits, targets).mean(), (metrics, rest)
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (metrics, rest) = jax.grad(loss_fn, has_aux=True)(state.params, state.rest)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return TrainState(optax.apply_updates(state.params, updates), opt_state), metrics
+    return TrainState(optax.apply_updates(state.params, updates), opt_state, rest), metrics
 
   return train_step
 
@@ -133,11 +188,15 @@ def make_train_steps(train_step: TrainStep, mesh: Mesh | None = None):
 
 
 def make_evaluate(graphdef: nnx.GraphDef, batch_size: int, mesh: Mesh | None = None):
-  """``evaluate(params, data) -> metrics`` over all of ``data`` in batches of ``batch_size``."""
+  """``evaluate(variables, data) -> metrics`` over all of ``data`` in batches of ``batch_size``.
+
+  ``variables``: all of the model's state (``state.model_variables``); ``graphdef`` should be the
+  model's in ``model.eval()`` mode (BatchNorm's running statistics, no dropout).
+  """
   shards = parallel.num_shards(mesh)
   apply = make_apply(graphdef, mesh)
 
-  def evaluate(params: nnx.State, data: Batch) -> Metrics:
+  def evaluate(variables: nnx.State, data: Batch) -> Metrics:
     """Summed metrics of the model on every example of ``data`` with a label >= 0 (the last batch is masked)."""
     n = data.labels.shape[0] // shards  # per shard: each batch takes the same rows of every shard
     size = min(batch_size // shards, n)
@@ -146,7 +205,7 @@ def make_evaluate(graphdef: nnx.GraphDef, batch_size: int, mesh: Mesh | None = N
 
     def body(totals: Metrics, batch_rows: jax.Array) -> tuple[Metrics, None]:
       batch = parallel.gather_shards(data, jnp.tile(batch_rows, shards), mesh)
-      logits = apply(params, batch.images)
+      logits = apply(variables, batch.images)
       in_range = (jnp.arange(size) + batch_rows[0] < n) if batches * size > n else jnp.ones(size, bool)
       valid = jnp.tile(in_range, shards) & (batch.labels >= 0)  # label < 0: the padding of loop.place
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
