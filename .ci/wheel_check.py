@@ -3,9 +3,10 @@
   python .ci/wheel_check.py [WORKDIR]
 
 Imports the library (without pulling in matplotlib), loads the bundled MNIST from the installed
-package, checks a small conv against numpy, and trains the modern LeNet for one short epoch with
-``jaxconv.training`` alone (the LeNet program lives in the checkout's ``experiments/``, not in the
-wheel). Exits non-zero, naming the failed step, on any failure.
+package, checks a small conv against numpy, trains the modern LeNet for one short epoch with
+``jaxconv.training.fit`` alone and restores its checkpoint into a fresh model (the LeNet program
+lives in the checkout's ``experiments/``, not in the wheel). Exits non-zero, naming the failed step,
+on any failure.
 """
 
 from __future__ import annotations
@@ -45,34 +46,35 @@ def main(workdir: Path) -> None:
   assert y.shape == (2, 6, 6, 4) and float(y[0, 2, 2, 0]) == 27.0, y.shape
   print("conv: values as numpy")
 
-  # A short training through the library alone (the LeNet program lives in the checkout's experiments/).
+  # A short training through the library alone (the LeNet program lives in the checkout's experiments/),
+  # with a workdir: checkpoints written by the installed package and restored into a fresh model.
   import optax
   from flax import nnx
 
-  from jaxconv import parallel, training
+  from jaxconv import training
   from jaxconv.models import LeNet
 
   train_x, train_y = data.load_mnist(split="train")
   scale = lambda a: (a[:2048].astype(np.float32) / 255.0 - 0.13) / 0.31
-  mesh = parallel.make_mesh(1)
-  train_data = training.place_train(scale(train_x), train_y[:2048], mesh)
-  test_data = training.place_eval(scale(images), labels[:2048], mesh)
-  tx = optax.adam(3e-3)
-  graphdef, state = training.create_state(LeNet(rngs=nnx.Rngs(0)), tx)
-  steps, evaluate = training.compile_steps(graphdef, tx, state, train_data, test_data, 64, 256, mesh)
-  idx = training.epoch_batches(0, 1, 2048, 64, mesh)
-  state, metrics = training.run_epoch(steps, state, train_data, idx, 8)
-  train_row, test_row = (
-    training.summarize(metrics, "train"),
-    training.summarize(evaluate(state.params, test_data), "test"),
+  model = LeNet(rngs=nnx.Rngs(0))
+  history = training.fit(
+    model,
+    optax.adam(3e-3),
+    (scale(train_x), train_y[:2048]),
+    epochs=1,
+    test=(scale(images), labels[:2048]),
+    batch_size=64,
+    workdir=workdir,
   )
-  assert np.isfinite(train_row["train_loss"]) and test_row["test_accuracy"] > 0.5, (
-    train_row,
-    test_row,
-  )  # chance is 0.1
+  row = history[-1]
+  assert np.isfinite(row["train_loss"]) and row["test_accuracy"] > 0.5, row  # chance is 0.1
+  restored = training.restore(LeNet(rngs=nnx.Rngs(1)), workdir)
+  restored.eval()
+  accuracy = float((restored(scale(images)).argmax(-1) == labels[:2048]).mean())
+  assert abs(accuracy - row["test_accuracy"]) < 1e-6, (accuracy, row)
   print(
-    f"training: 1 epoch of 2048 images, test accuracy {test_row['test_accuracy']:.3f}, "
-    f"train loss {train_row['train_loss']:.3f}"
+    f"training: 1 epoch of 2048 images, test accuracy {row['test_accuracy']:.3f} (restored: {accuracy:.3f}), "
+    f"train loss {row['train_loss']:.3f}"
   )
   print(f"wheel check passed in {time.perf_counter() - start:.1f} s")
 
