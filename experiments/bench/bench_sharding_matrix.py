@@ -8,7 +8,7 @@ through ``auto``), on a 1-D mesh of 2 forced CPU devices with Auto axes and with
 whether the compiled HLO has an ``all-gather`` (of activations: nothing else is sharded) or an
 ``all-reduce``, whether the values equal the unsharded call, or the error.
 
-    python experiments/bench_sharding_matrix.py [--impls]   # --impls: one row per registered kernel too
+    python experiments/bench/bench_sharding_matrix.py [--impls]   # --impls: one row per registered kernel too
 
 It sets ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` itself when JAX is not yet imported.
 """

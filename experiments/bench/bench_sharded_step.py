@@ -8,7 +8,7 @@ Auto or Explicit axes, inside ``jax.set_mesh``). It checks that both give the sa
 prints the collectives of the sharded step, and times both (median ms per step of interleaved
 rounds). On a machine whose cores the 2 devices share, this shows correctness more than speed-up.
 
-    python experiments/bench_sharded_step.py [--impl auto] [--axes auto|explicit] [--batch 128] [--steps 20]
+    python experiments/bench/bench_sharded_step.py [--impl auto] [--axes auto|explicit] [--batch 128] [--steps 20]
 
 It sets ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` itself when JAX is not yet imported.
 """
