@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import hashlib
 import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -54,6 +52,7 @@ import numpy as np
 
 from jaxconv.geometry import ConvGeometry
 from jaxconv.kernels import primitives, registry
+from jaxconv.kernels.cpu import cpu_model, isa_flags
 
 try:  # POSIX; elsewhere writes are atomic but not serialised between processes
   import fcntl
@@ -68,13 +67,6 @@ FORMAT = 1
 # A kernel whose first (warm-up) call takes this many times the best first call is not timed again:
 # it cannot win, and a slow kernel on a large call would otherwise cost minutes.
 HOPELESS_FACTOR = 20.0
-# ISA extensions that decide which kernels are fast (x86 and Arm names as /proc/cpuinfo spells them).
-ISA_FLAGS = (
-  "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-  "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16",
-  "asimd", "asimddp", "bf16", "i8mm", "sve", "sve2", "sme",
-)  # fmt: skip
-
 logger = logging.getLogger(__name__)
 _lock = threading.RLock()
 _memory: dict[tuple[str, str], str] = {}  # (cache file, key) -> kernel, this process
@@ -84,37 +76,6 @@ _measured: list[str] = []  # keys this process timed (observable by tests and lo
 
 # --------------------------------------------------------------------------------------------
 # what a choice depends on
-
-
-@functools.cache
-def _cpuinfo() -> dict[str, str]:
-  """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
-  fields: dict[str, str] = {}
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if not line.strip():
-          if fields:
-            break
-          continue
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-  except OSError:
-    pass
-  return fields
-
-
-def cpu_model() -> str:
-  """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``, else the architecture)."""
-  info = _cpuinfo()
-  return info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
-
-
-def isa_flags() -> tuple[str, ...]:
-  """The vector ISA extensions of this CPU that matter to the kernels (from ``ISA_FLAGS``), detected now."""
-  info = _cpuinfo()
-  present = set((info.get("flags") or info.get("Features") or "").split())
-  return tuple(flag for flag in ISA_FLAGS if flag in present)
 
 
 def _version(distribution: str) -> str:
@@ -440,9 +401,7 @@ __all__ = [
   "candidates",
   "choose",
   "clear_cache",
-  "cpu_model",
   "geometry_key",
-  "isa_flags",
   "machine",
   "machine_id",
   "measure",
