@@ -245,3 +245,24 @@ def test_repeats_must_be_a_positive_int(monkeypatch, cache):
   monkeypatch.setenv(tuned.REPEATS_ENV, "0")
   with pytest.raises(ValueError, match=tuned.REPEATS_ENV):
     tuned.choose(geometry())
+
+
+def test_the_kernel_report_compares_tuned_with_the_fastest_kernel_and_the_gemm_peak():
+  import benchmarks as bench
+
+  rows = [
+    {"shape": "s", "impl": "lax", "fb_ms": 4.0, "fb_speedup": 1.0, "fb_gflops": 10.0, "fb_peak_fraction": 0.1},
+    {"shape": "s", "impl": "im2col", "fb_ms": 2.0, "fb_speedup": 2.0, "fb_gflops": 20.0, "fb_peak_fraction": 0.2},
+    {"shape": "s", "impl": "tuned", "fb_ms": 2.5, "fb_speedup": 1.6, "fb_gflops": 16.0, "fb_peak_fraction": 0.16},
+  ]
+  for row in rows[1:]:
+    row.update(err_y=0.0, err_dx=0.0, err_dw=0.0)
+  summary = bench.summarize(rows, {}, {"s": "im2col"})
+  entry = summary["per_shape"]["s"]
+  assert entry["fastest"] == "im2col" and entry["tuned_choice"] == "im2col" and entry["tuned_vs_fastest"] == 1.25
+  assert summary["shapes_where_tuned_is_over_1.15x_the_fastest"] == ["s"]
+  env = bench.environment()
+  assert {"date", "commit", "command", "cpu", "isa", "cpu_count", "load_average", "jax", "jaxlib", "onednn"} <= set(env)
+  table = bench.markdown(rows, summary, env)
+  assert "% of GEMM peak" in table and "| s | im2col | - | - | - | 2.00 | 20 | 20.0 |" in table
+  assert "| s | 4.00 | - | - | - | im2col | 2.50 | 1.25 | im2col (2.00) |" in table
