@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxconv import pooling
 from jaxconv.geometry import Padding, Pair, normalize_ints, resolve_window
@@ -129,7 +130,20 @@ def window_of(layer: Any, spatial: Sequence[int] | None = None) -> Window | None
     if spatial is None:
       raise ValueError(f"{name}: an adaptive pool's window depends on its input, so window_of needs spatial")
     return adaptive_window(spatial, layer.output_size, name)
+  if isinstance(layer, nnx.Module) and any(
+    sub is not layer and _has_window(sub) for _, sub in nnx.iter_modules(layer)
+  ):  # fmt: skip
+    # Passing it as a pointwise layer would give silently wrong fields.
+    raise ValueError(
+      f"{name}: a block of several layers (e.g. a residual block, whose two paths are added) has no single "
+      "sliding window; walk follows plain stacks of conv/pool layers such as LeNet's features, not a ResNet"
+    )
   return None
+
+
+def _has_window(layer: Any) -> bool:
+  """Whether ``layer`` is a conv, pool or adaptive pool (by the attributes :func:`window_of` reads)."""
+  return any(hasattr(layer, attr) for attr in ("kernel_size", "window", "output_size"))
 
 
 def layers_of(stack: Any) -> list:

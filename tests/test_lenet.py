@@ -96,3 +96,23 @@ def test_classic_gradients_agree_with_patches(images):
 
   for got, want in zip(grads("patches"), grads("lax")):
     assert_close(got, want, 1e-4, "patches gradient")
+
+
+@pytest.mark.parametrize(
+  "dtype, param_dtype, out_dtype",
+  [(None, jnp.float32, jnp.float32), (jnp.bfloat16, jnp.float32, jnp.bfloat16), (None, jnp.bfloat16, jnp.float32)],
+)
+def test_dtype_keywords(images, dtype, param_dtype, out_dtype):
+  """Parameters in param_dtype; logits in flax's promoted dtype (float32 x: float32 unless dtype); grads too."""
+  model = LeNet(dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+  reference = LeNet(impl="lax", rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(param_dtype)}
+  # The float32 reference holds the same (rounded) values, so only the computation's rounding differs.
+  nnx.update(reference, jax.tree.map(lambda p: p.astype(jnp.float32), params))
+  y = logits(model, images)
+  assert y.dtype == jnp.dtype(out_dtype)
+  assert_close(y, logits(reference, images), 1e-5 if out_dtype == jnp.float32 else 5e-2, "vs float32 lax")
+  x = jnp.asarray(images)
+  grads = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32)))(model)
+  assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(param_dtype)}

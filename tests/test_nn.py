@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -42,7 +43,117 @@ def test_conv_attributes_are_normalised():
   layer = nn.Conv(2, 4, (5, 3), stride=2, padding="same", dilation=(1, 2), rngs=nnx.Rngs(0))
   assert (layer.kernel_size, layer.stride, layer.dilation) == ((5, 3), (2, 2), (1, 2))
   assert (layer.padding, layer.groups, layer.impl, layer.bias[...].shape) == ("same", 1, None, (4,))
-  assert nn.Conv(2, 4, 3, rngs=nnx.Rngs(0)).kernel_size == (3,)  # an int is one axis, as in flax
+
+
+def test_int_kernel_size_takes_its_axes_from_a_per_axis_argument():
+  """A bare int means every spatial axis; the number of axes comes from stride/dilation/padding, else it is refused."""
+  assert nn.Conv(2, 4, 3, stride=(1, 2), rngs=nnx.Rngs(0)).kernel_size == (3, 3)
+  assert nn.Conv(2, 4, 3, dilation=(1, 1, 2), rngs=nnx.Rngs(0)).kernel_size == (3, 3, 3)
+  assert nn.Conv(2, 4, 5, padding=((2, 2),), rngs=nnx.Rngs(0)).kernel_size == (5,)
+  assert nn.ConvTranspose(2, 4, 3, stride=(2, 2), rngs=nnx.Rngs(0)).kernel_size == (3, 3)
+  for layer in (nn.Conv, nn.ConvTranspose):
+    # flax.nnx.Conv would build a (3,) kernel here and run it over a 2-D input's last axis only.
+    with pytest.raises(TypeError, match=r"kernel_size=3 is an int.*\(3, 3\) for images"):
+      layer(2, 4, 3, stride=2, padding="same", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="^kernel_size must be >= 1"):
+    nn.Conv(2, 4, 0, stride=(1, 1), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("layer", [nn.Conv, nn.ConvTranspose])
+def test_call_errors_name_the_layer_arguments(layer):
+  """A wrong input rank names kernel_size and the input's rank; wrong channels name in_features (not w)."""
+  conv = layer(2, 4, (3,), rngs=nnx.Rngs(0))
+  with pytest.raises(
+    ValueError, match=r"kernel_size=\(3,\) \(1 spatial axis\).*got x of shape \(1, 5, 5, 2\) \(2 spatial"
+  ):
+    conv(jnp.ones((1, 5, 5, 2)))
+  with pytest.raises(ValueError, match=r"in_features=2, so x's last axis must be 2; got x of shape \(1, 5, 3\)"):
+    conv(jnp.ones((1, 5, 3)))
+
+
+# (x dtype, dtype, param_dtype) -> the output dtype flax.nnx.Conv gives (promote_dtype's rule).
+DTYPE_CASES = [
+  (jnp.float32, None, jnp.float32),
+  (jnp.bfloat16, None, jnp.float32),
+  (jnp.float32, jnp.bfloat16, jnp.float32),
+  (jnp.bfloat16, None, jnp.bfloat16),
+  (jnp.float32, None, jnp.bfloat16),
+  (jnp.bfloat16, jnp.float32, jnp.bfloat16),
+  (jnp.float16, jnp.float16, jnp.float32),
+]
+
+
+def _tolerance(dtype) -> float:
+  """bfloat16 keeps 8 bits and float16 11: a few units in the last place of the output's scale."""
+  return {jnp.dtype(jnp.bfloat16): 3e-2, jnp.dtype(jnp.float16): 4e-3}.get(jnp.dtype(dtype), 1e-5)
+
+
+@pytest.mark.parametrize("x_dtype, dtype, param_dtype", DTYPE_CASES)
+@pytest.mark.parametrize("impl", ["lax", None])
+def test_dtypes_match_flax_conv(rng, x_dtype, dtype, param_dtype, impl):
+  """Same kernel values: outputs equal flax.nnx.Conv's and lax's, in flax's dtype; parameter grads in param_dtype."""
+  kwargs = dict(padding=((1, 1), (0, 1)), dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+  ours = nn.Conv(3, 5, (3, 2), stride=(1, 2), impl=impl, **kwargs)
+  theirs = nnx.Conv(3, 5, (3, 2), strides=(1, 2), **kwargs)
+  theirs.bias[...] = jnp.asarray(rng.standard_normal(5), param_dtype)
+  ours.kernel[...], ours.bias[...] = theirs.kernel[...], theirs.bias[...]
+  assert ours.kernel[...].dtype == ours.bias[...].dtype == jnp.dtype(param_dtype)
+  (x,) = random(rng, (2, 7, 8, 3))
+  x = jnp.asarray(x, x_dtype)
+  y, expected = ours(x), theirs(x)
+  assert y.dtype == expected.dtype
+  assert y.dtype == (jnp.result_type(x_dtype, param_dtype) if dtype is None else jnp.dtype(dtype))
+  # lax on the same casts, in float32: an independent reference for the values.
+  cast = lambda a: np.asarray(jnp.asarray(a, y.dtype), np.float32)
+  lax_y = lax.conv_general_dilated(
+    cast(x), cast(theirs.kernel[...]), (1, 2), ((1, 1), (0, 1)), dimension_numbers=LAX_DIMS[2]
+  ) + cast(theirs.bias[...])
+  assert_close(y, lax_y, _tolerance(y.dtype), "vs lax")
+  assert_close(y, expected, _tolerance(y.dtype), "vs flax")
+
+  def loss(model):
+    return jnp.sum(model(x).astype(jnp.float32) ** 2)
+
+  grads, flax_grads = nnx.grad(loss)(ours), nnx.grad(loss)(theirs)
+  assert grads["kernel"][...].dtype == grads["bias"][...].dtype == jnp.dtype(param_dtype)
+  scale = _tolerance(y.dtype) * 4  # a sum over the whole batch: more roundings than one output
+  assert_close(grads["kernel"][...], flax_grads["kernel"][...], scale, "kernel grad vs flax")
+  assert_close(grads["bias"][...], flax_grads["bias"][...], scale, "bias grad vs flax")
+
+
+@pytest.mark.parametrize("x_dtype, dtype, param_dtype", DTYPE_CASES[:4])
+def test_conv_transpose_dtypes(rng, x_dtype, dtype, param_dtype):
+  """ConvTranspose: parameters in param_dtype, output in flax's dtype, values of the float32 layer."""
+  layer = nn.ConvTranspose(3, 2, (3, 3), stride=2, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+  reference = nn.ConvTranspose(3, 2, (3, 3), stride=2, rngs=nnx.Rngs(0))
+  reference.kernel[...] = jnp.asarray(layer.kernel[...], jnp.float32)
+  (x,) = random(rng, (2, 4, 4, 3))
+  x = jnp.asarray(x, x_dtype)
+  y = layer(x)
+  assert layer.kernel[...].dtype == jnp.dtype(param_dtype)
+  assert y.dtype == (jnp.result_type(x_dtype, param_dtype) if dtype is None else jnp.dtype(dtype))
+  assert_close(y, reference(x.astype(jnp.float32)), _tolerance(y.dtype), "vs float32")
+  grads = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32)))(layer)
+  assert grads["kernel"][...].dtype == jnp.dtype(param_dtype)
+
+
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [(dict(dtype=jnp.int32), "^dtype must be a floating dtype"), (dict(param_dtype="nope"), "^param_dtype must be")],
+)
+def test_dtype_arguments_are_checked(kwargs, message):
+  with pytest.raises(TypeError, match=message):
+    nn.Conv(2, 4, (3, 3), rngs=nnx.Rngs(0), **kwargs)
+
+
+def test_jit_and_int_input():
+  """Integer images are promoted like flax promotes them (to the parameters' float dtype)."""
+  layer = nn.Conv(1, 2, (3, 3), rngs=nnx.Rngs(0))
+  x = jnp.arange(2 * 5 * 5).reshape(2, 5, 5, 1) % 7
+  y = nnx.jit(lambda m, x: m(x))(layer, x)
+  assert y.dtype == jnp.float32
+  assert_close(y, layer(x.astype(jnp.float32)), 1e-6, "int input")
+  assert jax.tree.leaves(nnx.state(layer))[0].dtype == jnp.float32
 
 
 def test_default_impl_is_auto_when_registered(rng):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,19 @@ class LeNet(nnx.Module):
   "classic" uses sigmoid and average pooling with LeCun-normal weights; "modern" uses ReLU and
   max pooling with He-normal weights for the layers before a ReLU (LeCun normal for the logits).
   61,706 parameters for 10 classes on 28x28x1 inputs.
+
+  Args:
+    num_classes: the number of logits.
+    variant: "modern" or "classic" (see above).
+    impl: the convolution kernel of both convs (``jaxconv.nn.Conv``'s ``impl``).
+    input_shape: ``(H, W, C)`` of one image.
+    dtype: the computation and output dtype of every conv and dense layer (None: promoted from
+      the input and the parameters), as in ``flax.nnx``.
+    param_dtype: the dtype the parameters are stored in.
+    rngs: draws the parameters.
+
+  Raises:
+    ValueError, TypeError: a bad argument, named.
   """
 
   def __init__(
@@ -42,6 +56,8 @@ class LeNet(nnx.Module):
     variant: str = "modern",
     impl: str | None = None,
     input_shape: Sequence[int] = (28, 28, 1),
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
   ):
     num_classes = check_int(num_classes, "num_classes", minimum=1)
@@ -49,17 +65,18 @@ class LeNet(nnx.Module):
       raise ValueError(f"input_shape must be (H, W, C); got {input_shape!r}")
     act, pool, init = variant_layers(variant)
     self.variant = variant
+    dtypes: dict[str, Any] = dict(dtype=dtype, param_dtype=param_dtype)
     self.features = nnx.Sequential(
-      nn.Conv(input_shape[-1], 6, (5, 5), padding=2, impl=impl, kernel_init=init, rngs=rngs),
+      nn.Conv(input_shape[-1], 6, (5, 5), padding=2, impl=impl, kernel_init=init, rngs=rngs, **dtypes),
       act,
       pool((2, 2)),
-      nn.Conv(6, 16, (5, 5), impl=impl, kernel_init=init, rngs=rngs),
+      nn.Conv(6, 16, (5, 5), impl=impl, kernel_init=init, rngs=rngs, **dtypes),
       act,
       pool((2, 2)),
     )
     probe = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     flat = jax.eval_shape(lambda x: nn.flatten(self.features(x)), probe).shape[-1]
-    dense = lambda i, o, init=init: nnx.Linear(i, o, kernel_init=init, rngs=rngs)
+    dense = lambda i, o, init=init: nnx.Linear(i, o, kernel_init=init, rngs=rngs, **dtypes)
     # Each layer's init suits the activation after it: the logits feed softmax, not ReLU.
     logits = dense(84, num_classes, nnx.initializers.lecun_normal())
     self.classifier = nnx.Sequential(nn.flatten, dense(flat, 120), act, dense(120, 84), act, logits)
