@@ -60,6 +60,11 @@ flags.DEFINE_float(
   "time_to_accuracy", None, "Instead of throughput: seconds until this test accuracy, jaxconv vs torch."
 )
 flags.DEFINE_alias("time-to-accuracy", "time_to_accuracy")
+flags.DEFINE_boolean(
+  "float32_baseline",
+  True,
+  "Throughput with a config whose model.dtype is set (configs/lenet_bf16.py): also time it in float32, interleaved.",
+)
 flags.DEFINE_list("seeds", None, "Time to accuracy: the seeds to race, one after another (default: the config's).")
 
 
@@ -168,10 +173,17 @@ def main(argv: list[str]) -> None:
       "load_average_before": os.getloadavg(),
     },
   )
+  dtype = config.model.get("dtype")
   for impl in impls(config):
-    name = f"jaxconv impl={impl}"
-    runners[name], compile_seconds = jax_trainer(bench_config(impl), mesh, train_data, test_data)
-    results[name] = {"compile_seconds": compile_seconds}
+    variants = {f"jaxconv impl={impl}" + (f" dtype={dtype}" if dtype else ""): dtype}
+    if dtype and FLAGS.float32_baseline:
+      variants[f"jaxconv impl={impl} dtype=float32"] = None
+    for name, variant_dtype in variants.items():
+      variant = bench_config(impl)
+      if dtype:
+        variant.model.dtype = variant_dtype
+      runners[name], compile_seconds = jax_trainer(variant, mesh, train_data, test_data)
+      results[name] = {"compile_seconds": compile_seconds}
   if FLAGS.torch:
     try:
       images, labels = np.asarray(train_data.images), np.asarray(train_data.labels)  # the same normalised arrays
@@ -217,6 +229,14 @@ def main(argv: list[str]) -> None:
     results["speedup_vs_torch"] = {
       n.removeprefix("jaxconv impl="): results[n]["median_ratio_vs_torch"] for n in runners if n != torch_name
     }
+  if dtype and FLAGS.float32_baseline:
+    # The same kernels in the config's dtype against float32, per interleaved round.
+    results["speedup_vs_float32"] = {}
+    for impl in impls(config):
+      low, base = seconds[f"jaxconv impl={impl} dtype={dtype}"], seconds[f"jaxconv impl={impl} dtype=float32"]
+      ratio = statistics.median(b / a for a, b in zip(low, base))
+      results["speedup_vs_float32"][str(impl)] = ratio
+      print(f"impl={impl}: {dtype} images/s over float32 images/s, median of the rounds: {ratio:.2f}x")
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
       json.dump(results, f, indent=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -12,12 +13,17 @@ __all__ = ["create_model", "create_optimizer", "learning_rate_schedule"]
 
 
 def create_model(config: ml_collections.ConfigDict, input_shape: tuple[int, ...], num_classes: int = 10) -> LeNet:
-  """The LeNet of ``config.model`` initialised from ``config.seed``."""
+  """The LeNet of ``config.model`` initialised from ``config.seed``.
+
+  ``config.model.dtype`` (optional, e.g. ``"bfloat16"``) is the computation dtype; parameters stay float32.
+  """
+  dtype = config.model.get("dtype")
   return LeNet(
     num_classes,
     variant=config.model.variant,
     impl=config.model.impl,
     input_shape=input_shape,
+    dtype=None if dtype is None else jnp.dtype(dtype),
     rngs=nnx.Rngs(config.seed),
   )
 

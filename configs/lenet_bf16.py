@@ -1,0 +1,19 @@
+"""The main LeNet-5 recipe (``configs/lenet_mnist.py``) computed in bfloat16, parameters in float32.
+
+``model.dtype = "bfloat16"``: every conv and dense layer computes (and returns) bfloat16 while its
+parameters, gradients and the optimiser state stay float32 (``jaxconv.models.LeNet``'s
+``dtype``/``param_dtype``). On a CPU with AVX512-BF16 or AMX-BF16, ``impl="auto"`` runs the
+convolutions on oneDNN's bfloat16 code; elsewhere oneDNN refuses or emulates bfloat16 and the
+convolutions fall back to jaxconv's own kernels (``docs/speed.md``).
+"""
+
+import ml_collections
+
+from configs import lenet_mnist
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The main recipe with bfloat16 computation."""
+  config = lenet_mnist.get_config()
+  config.model.dtype = "bfloat16"
+  return config
