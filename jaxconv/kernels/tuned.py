@@ -13,13 +13,15 @@ The choice is stored in ``tuned.json`` under the cache directory (``cache_path()
 
     {"format": 1,
      "machines": {"<id>": {"cpu": ..., "isa": [...], "cores": ..., "backend": ..., "device": ...,
-                           "jax": ..., "jaxlib": ..., "onednn": ..., "jaxconv": ..., "xla_flags": ...}},
+                           "jax": ..., "jaxlib": ..., "onednn": ..., "jaxconv": ..., "xla_flags": ...,
+                           "settings": {...}}},
      "choices": {"<id> <geometry>": {"impl": ..., "ms": {kernel: best ms}, "candidates": [...],
                                      "repeats": ..., "date": ...}}}
 
 ``<id>`` is a hash of the machine entry (CPU model, ISA flags, core count, backend and device,
-versions of jax, jaxlib, oneDNN and jaxconv, ``XLA_FLAGS``), so a different machine or library
-measures anew; ``<geometry>`` names x's and w's shapes, stride, dilation, padding, groups and dtype.
+versions of jax, jaxlib, oneDNN and jaxconv, ``XLA_FLAGS`` and the thread and layout settings of
+``SPEED_SETTINGS``), so a different machine, library or setting measures anew; ``<geometry>``
+names x's and w's shapes, stride, dilation, padding, groups and dtype.
 Another process on the same machine reads the choice instead of measuring. A choice whose
 ``candidates`` differ from the kernels that now serve the call (a kernel registered or removed
 since) is measured again. Writes take an exclusive lock on ``tuned.json.lock`` (``fcntl``, where
@@ -64,9 +66,11 @@ REPEATS_ENV = "JAXCONV_TUNED_REPEATS"
 DEFAULT_REPEATS = 5
 CACHE_FILE = "tuned.json"
 FORMAT = 1
-# A kernel whose first (warm-up) call takes this many times the best first call is not timed again:
-# it cannot win, and a slow kernel on a large call would otherwise cost minutes.
+# A kernel whose second (first warm) run takes this many times the best one is not timed again: it
+# cannot win, and a slow kernel on a large call would otherwise cost minutes.
 HOPELESS_FACTOR = 20.0
+# Settings that change the kernels' speed, recorded (when set) with the machine.
+SPEED_SETTINGS = ("XLA_FLAGS", "OMP_NUM_THREADS", "JAXCONV_ONEDNN_THREADS", "JAXCONV_ONEDNN_LAYOUT")
 logger = logging.getLogger(__name__)
 _lock = threading.RLock()
 _memory: dict[tuple[str, str], str] = {}  # (cache file, key) -> kernel, this process
@@ -95,7 +99,9 @@ def _onednn_version() -> str:
 
 
 def machine() -> dict[str, Any]:
-  """What a measured choice depends on: CPU model, ISA flags, cores, backend, library versions, XLA_FLAGS.
+  """What a measured choice depends on: CPU model, ISA flags, cores, backend, library versions, settings.
+
+  The settings are ``XLA_FLAGS`` and, where set, the thread and layout variables of ``SPEED_SETTINGS``.
 
   Returns:
     A JSON-serialisable dict (the ``machines`` entries of the cache file).
@@ -113,6 +119,7 @@ def machine() -> dict[str, Any]:
     "onednn": _onednn_version(),
     "jaxconv": getattr(jaxconv, "__version__", _version("jaxconv")),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "settings": {name: os.environ[name] for name in SPEED_SETTINGS[1:] if os.environ.get(name)},
   }
 
 
