@@ -289,7 +289,9 @@ def jax_speedrun(config: ml_collections.ConfigDict, mesh, train_data: training.B
     idx = training.epoch_batches(config.seed, epoch, num_train, config.batch_size, mesh)
     key = training.epoch_key(config.seed, epoch)
     state, _ = training.run_epoch(train_steps, state, train_data, idx, config.steps_per_call, key=key)
-    accuracy = training.summarize(jax.device_get(evaluate(state.params, test_data)), "test")["test_accuracy"]
+    # With batch statistics in the state (branch "fit"), evaluation takes all the model's variables.
+    variables = training.model_variables(state) if hasattr(training, "model_variables") else state.params
+    accuracy = training.summarize(jax.device_get(evaluate(variables, test_data)), "test")["test_accuracy"]
     yield epoch, accuracy, clock.stop()
 
 
