@@ -9,12 +9,15 @@ warm-up excluded, ``block_until_ready``, median of the repeats. Results are rows
 
 from __future__ import annotations
 
+import datetime
 import functools
 import importlib.metadata
 import math
 import os
-import platform
+import shlex
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +28,7 @@ import numpy as np
 
 from benchmarks.shapes import TARGET_SHAPES, Shape, random_inputs
 from jaxconv import kernels, ops
+from jaxconv.kernels.cpu import cpu_model, isa_flags
 
 
 def select_impls(names: Sequence[str] | None) -> list[str]:
@@ -165,9 +169,19 @@ def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> di
 
 
 def bench_shape(
-  shape: Shape, impls: Sequence[str], *, repeats: int, with_torch: bool, max_call_ms: float
+  shape: Shape,
+  impls: Sequence[str],
+  *,
+  repeats: int,
+  with_torch: bool,
+  max_call_ms: float,
+  peak_gflops: float | None = None,
 ) -> list[dict[str, Any]]:
-  """One row per kernel for ``shape``: errors vs lax, median fwd / fwd+bwd ms, GFLOP/s, ratios."""
+  """One row per kernel for ``shape``: errors vs lax, median fwd / fwd+bwd ms, GFLOP/s, ratios.
+
+  With ``peak_gflops`` (``gemm_peak_gflops()``), each timed row also gets ``fb_peak_fraction``:
+  its forward+backward GFLOP/s over the machine's GEMM rate.
+  """
   spec = shape.spec()
   x, w, ct = random_inputs(shape)
   reference = {"y": forward_fn(shape, "lax")(x, w)}
@@ -210,6 +224,8 @@ def bench_shape(
       row["fb_gflops"] = 3 * spec.flops / row["fb_ms"] / 1e6
       row["fwd_speedup"] = rows["lax"]["fwd_ms"] / row["fwd_ms"]
       row["fb_speedup"] = rows["lax"]["fb_ms"] / row["fb_ms"]
+      if peak_gflops:
+        row["fb_peak_fraction"] = row["fb_gflops"] / peak_gflops
   return list(rows.values())
 
 
@@ -222,38 +238,116 @@ def auto_choices(shapes: Sequence[Shape]) -> dict[str, str]:
   return {s.name: auto.choose(s.spec()) for s in shapes}
 
 
+def tuned_choices(shapes: Sequence[Shape]) -> dict[str, str]:
+  """The kernel ``"tuned"`` runs for each shape (float32; measured now where the cache has none)."""
+  if "tuned" not in kernels.available():
+    return {}
+  from jaxconv.kernels import tuned
+
+  return {s.name: tuned.choose(s.spec()) for s in shapes}
+
+
+def _version(distribution: str) -> str:
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
+def _commit() -> str:
+  """The repository's HEAD commit (``+dirty`` with uncommitted changes), or why it is unknown."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True)
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown (not a git checkout)"
+  return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _onednn() -> str:
+  if "onednn" not in kernels.available():
+    return "not registered"
+  from jaxconv.kernels import onednn
+
+  return onednn.info()
+
+
 def environment(torch_threads: int = 2) -> dict[str, str]:
-  """What the numbers depend on: versions, CPU count, backend and the XLA_FLAGS in force."""
+  """What the numbers depend on: date, commit, command, CPU, ISA, cores, load, versions, XLA_FLAGS.
+
+  Args:
+    torch_threads: the threads PyTorch is timed with (reported beside its version).
+
+  Returns:
+    ``{field: text}``, in the order the reports print them.
+  """
+  load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
   env = {
-    "jax": jax.__version__,
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "commit": _commit(),
+    "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
+    "cpu": cpu_model(),
+    "isa": " ".join(isa_flags()) or "unknown",
+    "cpu_count": str(os.cpu_count()),
+    "load_average": load,
     "backend": jax.default_backend(),
     "devices": str(jax.devices()),
-    "cpu_count": str(os.cpu_count()),
-    "machine": platform.processor() or platform.machine(),
+    "jax": jax.__version__,
+    "jaxlib": _version("jaxlib"),
+    "jaxconv": _version("jaxconv"),
+    "onednn": _onednn(),
     "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") or "(none: XLA defaults)",
   }
-  try:
-    env["torch"] = f"{importlib.metadata.version('torch')} ({torch_threads} threads)"
-  except importlib.metadata.PackageNotFoundError:
-    env["torch"] = "not installed"
+  torch_version = _version("torch")
+  env["torch"] = torch_version if torch_version == "not installed" else f"{torch_version} ({torch_threads} threads)"
   return env
 
 
-def summarize(rows: Sequence[dict[str, Any]], choices: dict[str, str]) -> dict[str, Any]:
-  """Issue 4's targets from the rows: auto vs lax per shape and in geometric mean, and vs torch."""
+def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """The machine's practical float32 GEMM rate: best GFLOP/s of a jitted ``(n, n) @ (n, n)`` matmul.
+
+  Args:
+    n: the matrices' side.
+    repeats: timed calls after one warm-up (the fastest counts).
+
+  Returns:
+    ``2 n^3 / best seconds / 1e9``.
+  """
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  matmul = jax.jit(jnp.dot)
+  run_once(lambda: matmul(a, b))
+  best_ms = min(run_once(lambda: matmul(a, b)) for _ in range(max(repeats, 1)))
+  return 2 * n**3 / best_ms / 1e6
+
+
+def summarize(
+  rows: Sequence[dict[str, Any]], choices: dict[str, str], tuned: dict[str, str] | None = None
+) -> dict[str, Any]:
+  """Issue 4's targets from the rows: auto vs lax per shape and in geometric mean, and vs torch.
+
+  ``choices`` and ``tuned`` name the kernel auto and tuned ran per shape; tuned's forward+backward is
+  compared with the fastest kernel's (``tuned_vs_fastest``: its ms over the fastest's, >= 1 up to noise).
+  """
   by = {(r["shape"], r["impl"]): r for r in rows}
   per_shape: dict[str, dict[str, Any]] = {}
   for name in dict.fromkeys(r["shape"] for r in rows):
-    timed = [r for r in rows if r["shape"] == name and "fb_ms" in r and r["impl"] not in ("torch", "auto")]
+    timed = [r for r in rows if r["shape"] == name and "fb_ms" in r and r["impl"] not in ("torch", "auto", "tuned")]
     entry: dict[str, Any] = {"lax_fb_ms": by.get((name, "lax"), {}).get("fb_ms")}
     if name in choices:
       entry["auto_choice"] = choices[name]
+    if tuned and name in tuned:
+      entry["tuned_choice"] = tuned[name]
     if "fb_ms" in by.get((name, "auto"), {}):
       entry["auto_fb_ms"] = by[(name, "auto")]["fb_ms"]
       entry["auto_speedup"] = by[(name, "auto")]["fb_speedup"]
     fastest = min(timed, key=lambda r: r["fb_ms"], default=None)
     if fastest is not None:
       entry["fastest"], entry["fastest_speedup"] = fastest["impl"], fastest["fb_speedup"]
+      if "fb_ms" in by.get((name, "tuned"), {}):
+        entry["tuned_fb_ms"] = by[(name, "tuned")]["fb_ms"]
+        entry["tuned_vs_fastest"] = entry["tuned_fb_ms"] / fastest["fb_ms"]
     if "fb_ms" in by.get((name, "torch"), {}):
       torch_row = by[(name, "torch")]
       entry["torch_fb_ms"] = torch_row["fb_ms"]
@@ -264,6 +358,10 @@ def summarize(rows: Sequence[dict[str, Any]], choices: dict[str, str]) -> dict[s
         entry["auto_vs_torch_min"] = by[(name, "auto")]["fb_min_ms"] / torch_row["fb_min_ms"]
     per_shape[name] = entry
   summary: dict[str, Any] = {"per_shape": per_shape}
+  tuned_ratios = {n: e["tuned_vs_fastest"] for n, e in per_shape.items() if "tuned_vs_fastest" in e}
+  if tuned_ratios:
+    summary["tuned_worst_vs_fastest"] = max(tuned_ratios.values())
+    summary["shapes_where_tuned_is_over_1.15x_the_fastest"] = [n for n, r in tuned_ratios.items() if r > 1.15]
   speedups: list[float] = [
     per_shape[n]["auto_speedup"] for n in TARGET_SHAPES if "auto_speedup" in per_shape.get(n, {})
   ]
@@ -286,18 +384,30 @@ def run(
   max_call_ms: float = 3000.0,
   log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-  """Benchmark ``impls`` (plus lax) on ``shapes``; returns rows, the target summary and the environment."""
+  """Benchmark ``impls`` (plus lax) on ``shapes``; returns rows, the target summary and the environment.
+
+  The machine's float32 GEMM rate (``gemm_peak_gflops``) is measured first, in the same process, and
+  recorded under ``env["gemm_peak_gflops"]``; each timed row gets its fraction of it.
+  """
   rows: list[dict[str, Any]] = []
+  env = environment()
+  peak = gemm_peak_gflops(repeats=max(repeats, 3))
+  env["gemm_peak_gflops"] = f"{peak:.0f} (jitted float32 2048^3 matmul, best of {max(repeats, 3)})"
+  log(f"float32 GEMM peak: {peak:.0f} GFLOP/s")
   for shape in shapes:
     log(f"{shape.name}: {shape.describe()}")
-    shape_rows = bench_shape(shape, impls, repeats=repeats, with_torch=with_torch, max_call_ms=max_call_ms)
+    shape_rows = bench_shape(
+      shape, impls, repeats=repeats, with_torch=with_torch, max_call_ms=max_call_ms, peak_gflops=peak
+    )
     for r in shape_rows:
       fields = (
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k not in ("shape", "impl")
       )
       log(f"  {r['impl']:10s} " + "  ".join(fields))
     rows += shape_rows
-  return {"env": environment(), "rows": rows, "summary": summarize(rows, auto_choices(shapes))}
+  env["load_average_after"] = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "-"
+  tuned = tuned_choices(shapes) if "tuned" in impls else None
+  return {"env": env, "rows": rows, "summary": summarize(rows, auto_choices(shapes), tuned)}
 
 
 __all__ = [
@@ -307,6 +417,7 @@ __all__ = [
   "compiled_peak_bytes",
   "environment",
   "forward_fn",
+  "gemm_peak_gflops",
   "memory_ratio",
   "relative_error",
   "run",
@@ -316,5 +427,6 @@ __all__ = [
   "time_interleaved",
   "torch_fns",
   "train_step_fn",
+  "tuned_choices",
   "vjp_fn",
 ]

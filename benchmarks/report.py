@@ -1,4 +1,4 @@
-"""The comparison's results as markdown and JSON: the auto summary, issue 4's targets, every row."""
+"""The comparison's results as markdown and JSON: the auto and tuned summary, the targets, every row."""
 
 from __future__ import annotations
 
@@ -17,18 +17,19 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> list[str]:
-  """Markdown lines: per shape, lax vs auto (and its kernel) vs the fastest kernel vs torch, forward+backward."""
+  """Markdown lines: per shape, forward+backward ms of lax, auto and tuned (with their kernels), the fastest, torch."""
   lines = [
-    "| shape | lax ms | auto kernel | auto ms | lax / auto | fastest (lax / it) | torch ms | auto / torch "
-    "| same, fastest repeats |",
-    "|---|---:|---|---:|---:|---|---:|---:|---:|",
+    "| shape | lax ms | auto kernel | auto ms | lax / auto | tuned kernel | tuned ms | tuned / fastest "
+    "| fastest (lax / it) | torch ms | auto / torch | same, fastest repeats |",
+    "|---|---:|---|---:|---:|---|---:|---:|---|---:|---:|---:|",
   ]
   for name, e in summary["per_shape"].items():
     fastest = f"{e['fastest']} ({e['fastest_speedup']:.2f})" if "fastest" in e else "-"
     lines.append(
       f"| {name} | {_fmt(e.get('lax_fb_ms'))} | {e.get('auto_choice', '-')} | {_fmt(e.get('auto_fb_ms'))} "
-      f"| {_fmt(e.get('auto_speedup'))} | {fastest} | {_fmt(e.get('torch_fb_ms'))} | {_fmt(e.get('auto_vs_torch'))} "
-      f"| {_fmt(e.get('auto_vs_torch_min'))} |"
+      f"| {_fmt(e.get('auto_speedup'))} | {e.get('tuned_choice', '-')} | {_fmt(e.get('tuned_fb_ms'))} "
+      f"| {_fmt(e.get('tuned_vs_fastest'))} | {fastest} | {_fmt(e.get('torch_fb_ms'))} "
+      f"| {_fmt(e.get('auto_vs_torch'))} | {_fmt(e.get('auto_vs_torch_min'))} |"
     )
   return lines
 
@@ -52,6 +53,11 @@ def targets(summary: dict[str, Any]) -> list[str]:
     f"**{'yes' if not slower else 'no: ' + ', '.join(slower)}**",
     f"- LeNet, auto vs lax: {lenet or '-'}",
   ]
+  if "tuned_worst_vs_fastest" in summary:
+    over = summary["shapes_where_tuned_is_over_1.15x_the_fastest"]
+    verdict = "yes" if not over else "no: " + ", ".join(over)
+    worst = summary["tuned_worst_vs_fastest"]
+    lines.append(f"- tuned within 1.15x of the fastest kernel on every shape: **{verdict}** (worst {worst:.2f}x)")
   with_torch = sum("auto_vs_torch" in e for e in per_shape.values())
   if with_torch:
     lines.append(
@@ -71,9 +77,10 @@ def markdown(
 ) -> str:
   """The results as markdown: environment, the auto summary, targets, memory, every (shape, impl) row."""
   lines = ["# Kernel comparison: forward and forward+backward, median ms", ""]
+  # The environment: date, commit, command, CPU, ISA, cores, load, versions, XLA_FLAGS, GEMM peak.
   lines += [f"- {k}: `{v}`" for k, v in env.items()]
   lines += ["", "## Shapes", "", *shape_list(list(summary["per_shape"]))]
-  lines += ["", "## Forward+backward: lax, auto, the fastest kernel, torch", "", *summary_table(summary)]
+  lines += ["", "## Forward+backward: lax, auto, tuned, the fastest kernel, torch", "", *summary_table(summary)]
   lines += ["", "## Targets", "", *targets(summary)]
   if memory:
     lines += ["", "## Peak memory (compiled memory analysis: arguments + outputs + temporaries)", ""]
@@ -83,21 +90,22 @@ def markdown(
     "",
     "## Every kernel",
     "",
-    "| shape | impl | fwd ms | fwd GFLOP/s | fwd lax / it | fwd+bwd ms | fwd+bwd GFLOP/s | fwd+bwd lax / it "
-    "| max rel err (y, dx, dw) |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    "| shape | impl | fwd ms | fwd GFLOP/s | fwd lax / it | fwd+bwd ms | fwd+bwd GFLOP/s | fwd+bwd % of GEMM peak "
+    "| fwd+bwd lax / it | max rel err (y, dx, dw) |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
   ]
   for r in rows:
     if "skipped" in r:
-      lines.append(f"| {r['shape']} | {r['impl']} | - | - | - | - | - | - | {r['skipped']} |")
+      lines.append(f"| {r['shape']} | {r['impl']} | - | - | - | - | - | - | - | {r['skipped']} |")
       continue
+    fraction = r.get("fb_peak_fraction")
     errs = {"lax": "(reference)", "torch": "-"}.get(r["impl"]) or ", ".join(
       f"{r[k]:.0e}" for k in ("err_y", "err_dx", "err_dw")
     )
     lines.append(
       f"| {r['shape']} | {r['impl']} | {_fmt(r.get('fwd_ms'))} | {_fmt(r.get('fwd_gflops'), 0)} "
       f"| {_fmt(r.get('fwd_speedup'))} | {_fmt(r.get('fb_ms'))} | {_fmt(r.get('fb_gflops'), 0)} "
-      f"| {_fmt(r.get('fb_speedup'))} | {errs} |"
+      f"| {_fmt(None if fraction is None else 100 * fraction, 1)} | {_fmt(r.get('fb_speedup'))} | {errs} |"
     )
   return "\n".join(lines) + "\n"
 

@@ -1,8 +1,10 @@
 """Modern LeNet-5 (ReLU, max pooling) on the bundled MNIST: Adam, one-cycle schedule, label smoothing,
 on-device augmentation (shifts of up to 2 pixels, rotations up to 10 degrees, zoom up to 10%).
 
-Two seeds of this recipe reached 99.32% and 99.31% test accuracy after 10 epochs (the issue's bar is
-99.3%); the previous recipe (AdamW 3e-3, warmup + cosine, no augmentation) reached 99.16%.
+Two seeds of this recipe reached 99.32% and 99.31% test accuracy after 10 epochs on an AMD EPYC;
+on a 2-core Sapphire Rapids Xeon seeds 0, 1, 2 reached 99.27%, 99.39%, 99.30% (mean 99.32%; the
+issue's bar is a mean of 99.3% with each seed at 99.2%). The previous recipe (AdamW 3e-3, warmup +
+cosine, no augmentation) reached 99.16%.
 """
 
 import ml_collections

@@ -3,7 +3,7 @@
   python experiments/bench_training.py [--impl NAME ...] [--rounds 3] [--out bench.json]
       [--config configs/lenet_mnist.py]
   python experiments/bench_training.py --time-to-accuracy 0.99 --config configs/lenet_speedrun.py
-      [--impl NAME ...] [--out tta.json]
+      [--seeds 0 1 2] [--impl NAME ...] [--out tta.json]
 
 Throughput (the default): both train the same modern LeNet-5 with Adam on full MNIST epochs
 (batch 128, shuffled, remainder dropped), alternating round by round so that both see the same
@@ -14,8 +14,13 @@ Time to accuracy (``--time-to-accuracy A``): the config's whole recipe (optimise
 size, label smoothing, augmentation, epochs) in jaxconv and in PyTorch eager from the same initial
 weights and the same batches, epochs interleaved; each side's clock runs only while it works and
 includes model set-up and compilation (the shared data loading is reported apart). Each stops at
-the first epoch whose test accuracy reaches A. ``--out`` gets ``speedup_vs_torch``: per jaxconv
-impl, torch's seconds over jaxconv's (in the throughput mode: the median images/s ratio).
+the first epoch whose test accuracy reaches A. A side that does not reach A within the config's
+epochs is said to (``reached: false``) and its seconds are those of all its epochs. ``--seeds S ...``
+races each seed in turn (``config.seed``: initial weights, batches, augmentation); ``--out`` gets,
+per seed, each side's epochs and seconds to A, and ``speedup_vs_torch``: per jaxconv impl, the
+median over the seeds of torch's seconds over jaxconv's (seeds where jaxconv missed A are left out
+and listed). In the throughput mode ``speedup_vs_torch`` is the median images/s ratio. Both modes
+record the machine, the versions, the load and the command (``benchmarks.harness.environment``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
+from benchmarks.harness import environment
 from experiments import lenet
 from experiments.lenet.torch_twin import torch_lenet, torch_params
 from jaxconv import nn, parallel, training
@@ -54,6 +60,28 @@ flags.DEFINE_float(
   "time_to_accuracy", None, "Instead of throughput: seconds until this test accuracy, jaxconv vs torch."
 )
 flags.DEFINE_alias("time-to-accuracy", "time_to_accuracy")
+flags.DEFINE_boolean(
+  "float32_baseline",
+  True,
+  "Throughput with a config whose model.dtype is set (configs/lenet_bf16.py): also time it in float32, interleaved.",
+)
+flags.DEFINE_list("seeds", None, "Time to accuracy: the seeds to race, one after another (default: the config's).")
+
+
+def join_list_flag(argv: list[str], name: str = "seeds") -> list[str]:
+  """``--seeds 0 1 2`` (space-separated, as argparse would take it) -> ``--seeds=0,1,2`` for absl."""
+  out, i = [], 0
+  while i < len(argv):
+    if argv[i] == f"--{name}":
+      values, i = [], i + 1
+      while i < len(argv) and not argv[i].startswith("-"):
+        values.append(argv[i])
+        i += 1
+      out.append(f"--{name}={','.join(values)}")
+      continue
+    out.append(argv[i])
+    i += 1
+  return out
 
 
 def bench_config(impl: str | None) -> ml_collections.ConfigDict:
@@ -138,16 +166,24 @@ def main(argv: list[str]) -> None:
   runners, results = (
     {},
     {
+      "env": environment(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "jax": jax.__version__,
       "devices": len(mesh.devices.flat),
       "load_average_before": os.getloadavg(),
     },
   )
+  dtype = config.model.get("dtype")
   for impl in impls(config):
-    name = f"jaxconv impl={impl}"
-    runners[name], compile_seconds = jax_trainer(bench_config(impl), mesh, train_data, test_data)
-    results[name] = {"compile_seconds": compile_seconds}
+    variants = {f"jaxconv impl={impl}" + (f" dtype={dtype}" if dtype else ""): dtype}
+    if dtype and FLAGS.float32_baseline:
+      variants[f"jaxconv impl={impl} dtype=float32"] = None
+    for name, variant_dtype in variants.items():
+      variant = bench_config(impl)
+      if dtype:
+        variant.model.dtype = variant_dtype
+      runners[name], compile_seconds = jax_trainer(variant, mesh, train_data, test_data)
+      results[name] = {"compile_seconds": compile_seconds}
   if FLAGS.torch:
     try:
       images, labels = np.asarray(train_data.images), np.asarray(train_data.labels)  # the same normalised arrays
@@ -193,6 +229,14 @@ def main(argv: list[str]) -> None:
     results["speedup_vs_torch"] = {
       n.removeprefix("jaxconv impl="): results[n]["median_ratio_vs_torch"] for n in runners if n != torch_name
     }
+  if dtype and FLAGS.float32_baseline:
+    # The same kernels in the config's dtype against float32, per interleaved round.
+    results["speedup_vs_float32"] = {}
+    for impl in impls(config):
+      low, base = seconds[f"jaxconv impl={impl} dtype={dtype}"], seconds[f"jaxconv impl={impl} dtype=float32"]
+      ratio = statistics.median(b / a for a, b in zip(low, base))
+      results["speedup_vs_float32"][str(impl)] = ratio
+      print(f"impl={impl}: {dtype} images/s over float32 images/s, median of the rounds: {ratio:.2f}x")
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
       json.dump(results, f, indent=2)
@@ -245,7 +289,9 @@ def jax_speedrun(config: ml_collections.ConfigDict, mesh, train_data: training.B
     idx = training.epoch_batches(config.seed, epoch, num_train, config.batch_size, mesh)
     key = training.epoch_key(config.seed, epoch)
     state, _ = training.run_epoch(train_steps, state, train_data, idx, config.steps_per_call, key=key)
-    accuracy = training.summarize(jax.device_get(evaluate(state.params, test_data)), "test")["test_accuracy"]
+    # With batch statistics in the state (branch "fit"), evaluation takes all the model's variables.
+    variables = training.model_variables(state) if hasattr(training, "model_variables") else state.params
+    accuracy = training.summarize(jax.device_get(evaluate(variables, test_data)), "test")["test_accuracy"]
     yield epoch, accuracy, clock.stop()
 
 
@@ -342,16 +388,13 @@ def torch_speedrun(
     yield epoch, accuracy, clock.stop()
 
 
-def time_to_accuracy_main(target: float) -> None:
-  """Interleave epochs of every trainer until each reaches ``target`` test accuracy or runs out of epochs."""
-  config = FLAGS.config.copy_and_resolve_references()
-  mesh = parallel.make_mesh(config.mesh.data)
-  start = time.perf_counter()
-  train_data, test_data = lenet.device_data(config, mesh)
-  results = {
-      "target": target, "data_seconds": time.perf_counter() - start, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "jax": jax.__version__, "devices": len(mesh.devices.flat), "load_average_before": os.getloadavg(),
-  }  # fmt: skip
+def race(config: ml_collections.ConfigDict, mesh, train_data, test_data, target: float) -> dict[str, dict]:
+  """One seed: epochs of every trainer interleaved until each reaches ``target`` or runs out of epochs.
+
+  Returns:
+    Per trainer: ``reached``, ``epochs`` and ``seconds`` (to the target, else over all epochs),
+    ``setup_seconds`` and the per-epoch ``curve``.
+  """
   runs = {}
   for impl in impls(config):
     impl_config = config.copy_and_resolve_references()
@@ -363,10 +406,9 @@ def time_to_accuracy_main(target: float) -> None:
 
       _, params = nnx.split(lenet.create_model(config, tuple(train_data.images.shape[1:])), nnx.Param)
       runs[f"torch {torch.__version__} eager"] = torch_speedrun(config, params, train_data, test_data)
-      results["torch_threads"] = torch.get_num_threads()
     except ImportError:
       print("torch is not installed: timing jaxconv only")
-  curves = {name: [] for name in runs}
+  curves: dict[str, list[dict]] = {name: [] for name in runs}
   active = dict(runs)
   while active:
     for name, run in list(active.items()):
@@ -377,42 +419,106 @@ def time_to_accuracy_main(target: float) -> None:
       curves[name].append({"epoch": epoch, "test_accuracy": accuracy, "seconds": seconds})
       if epoch and accuracy >= target:
         del active[name]
-  results["load_average_after"] = os.getloadavg()
-  print(
-    f"\ntime to {100 * target:.2f}% test accuracy, {config.num_epochs} epochs at most, batch {config.batch_size}; "
-    f"data loading {results['data_seconds']:.1f}s apart; "
-    f"load average {results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}"
-  )
-  print(f"{'trainer':<28} {'set-up s':>9} {'epochs':>6} {'seconds':>8} {'final acc':>9}  per-epoch accuracy")
   summary = {}
   for name, curve in curves.items():
     last = curve[-1]
-    reached = last["epoch"] > 0 and last["test_accuracy"] >= target
     summary[name] = {
-      "reached": reached,
+      "reached": last["epoch"] > 0 and last["test_accuracy"] >= target,
       "epochs": last["epoch"],
       "seconds": last["seconds"],
       "setup_seconds": curve[0]["seconds"],
       "curve": curve[1:],
     }
-    accs = " ".join(f"{100 * c['test_accuracy']:.2f}" for c in curve[1:])
-    print(
-      f"{name:<28} {curve[0]['seconds']:>9.2f} {last['epoch']:>6} {last['seconds']:>8.1f} "
-      f"{100 * last['test_accuracy']:>8.2f}%  {accs}{'' if reached else '  (not reached)'}"
-    )
-  results["runs"] = summary
+  return summary
+
+
+def seed_speedups(summary: dict[str, dict]) -> dict[str, float | None]:
+  """Per jaxconv impl: torch's seconds over jaxconv's for one seed (None where jaxconv missed the target).
+
+  A torch run that missed the target counts with its time over all the config's epochs.
+  """
   torch_name = next((n for n in summary if n.startswith("torch")), None)
-  if torch_name:
-    t = summary[torch_name]
-    results["speedup_vs_torch"] = {
-        n.removeprefix("jaxconv impl="): (t["seconds"] / r["seconds"] if r["reached"] and t["reached"] else None)
-        for n, r in summary.items() if n != torch_name
-    }  # fmt: skip
-    print("speedup vs torch:", results["speedup_vs_torch"])
+  if torch_name is None:
+    return {}
+  t = summary[torch_name]
+  return {
+    n.removeprefix("jaxconv impl="): (t["seconds"] / r["seconds"] if r["reached"] else None)
+    for n, r in summary.items()
+    if n != torch_name
+  }
+
+
+def time_to_accuracy_main(target: float) -> None:
+  """Race every seed of ``--seeds`` (default: the config's) and report per seed and the median speedup."""
+  config = FLAGS.config.copy_and_resolve_references()
+  seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else [int(config.seed)]
+  mesh = parallel.make_mesh(config.mesh.data)
+  start = time.perf_counter()
+  train_data, test_data = lenet.device_data(config, mesh)
+  results: dict = {
+      "target": target, "seeds": seeds, "num_epochs": config.num_epochs, "batch_size": config.batch_size,
+      "data_seconds": time.perf_counter() - start, "env": environment(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "jax": jax.__version__, "devices": len(mesh.devices.flat), "load_average_before": os.getloadavg(),
+  }  # fmt: skip
+  try:
+    import torch
+
+    results["torch_threads"] = torch.get_num_threads()
+  except ImportError:
+    pass
+  per_seed: dict[str, dict] = {}
+  for seed in seeds:
+    seed_config = config.copy_and_resolve_references()
+    seed_config.seed = seed
+    summary = race(seed_config, mesh, train_data, test_data, target)
+    per_seed[str(seed)] = {"runs": summary, "speedup_vs_torch": seed_speedups(summary)}
+    print(
+      f"\nseed {seed}: time to {100 * target:.2f}% test accuracy, {config.num_epochs} epochs at most, "
+      f"batch {config.batch_size}; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'trainer':<28} {'set-up s':>9} {'epochs':>6} {'seconds':>8} {'final acc':>9}  per-epoch accuracy")
+    for name, run in summary.items():
+      accs = " ".join(f"{100 * c['test_accuracy']:.2f}" for c in run["curve"])
+      final = run["curve"][-1]["test_accuracy"] if run["curve"] else float("nan")
+      note = "" if run["reached"] else f"  (not reached in {config.num_epochs} epochs: all its epochs counted)"
+      print(
+        f"{name:<28} {run['setup_seconds']:>9.2f} {run['epochs']:>6} {run['seconds']:>8.1f} "
+        f"{100 * final:>8.2f}%  {accs}{note}"
+      )
+  results["load_average_after"] = os.getloadavg()
+  results["per_seed"] = per_seed
+  if len(seeds) == 1:
+    results["runs"] = per_seed[str(seeds[0])]["runs"]
+  ratios: dict[str, list[float]] = {}
+  missed: dict[str, list[int]] = {}
+  for seed, entry in per_seed.items():
+    for impl, ratio in entry["speedup_vs_torch"].items():
+      ratios.setdefault(impl, [])
+      if ratio is None:
+        missed.setdefault(impl, []).append(int(seed))
+      else:
+        ratios[impl].append(ratio)
+  if ratios:
+    results["speedup_vs_torch"] = {impl: (statistics.median(r) if r else None) for impl, r in ratios.items()}
+    results["speedup_vs_torch_per_seed"] = {
+      impl: [per_seed[str(s)]["speedup_vs_torch"][impl] for s in seeds] for impl in ratios
+    }
+    torch_missed = [
+      int(seed) for seed, entry in per_seed.items() for n, r in entry["runs"].items() if n.startswith("torch")
+      if not r["reached"]
+    ]  # fmt: skip
+    results["torch_not_reached_seeds"] = torch_missed
+    results["jaxconv_not_reached_seeds"] = missed
+    print(f"\nspeedup vs torch, median over seeds {seeds}:", results["speedup_vs_torch"])
+    print("per seed:", results["speedup_vs_torch_per_seed"])
+    if torch_missed:
+      print(f"torch did not reach {100 * target:.2f}% on seeds {torch_missed}: its time over all epochs counts")
+    for impl, bad in missed.items():
+      print(f"jaxconv impl={impl} did not reach {100 * target:.2f}% on seeds {bad}: left out of its median")
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
       json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=join_list_flag(sys.argv))

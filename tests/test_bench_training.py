@@ -77,3 +77,35 @@ def test_throughput_without_torch_names_the_kernel_and_claims_no_ratio(tmp_path)
   row = results["jaxconv impl=auto"]
   assert len(row["images_per_second"]) == 1 and row["images_per_second"][0] > 0
   assert "median_ratio_vs_torch" not in row
+
+
+def test_seeds_may_be_given_space_separated():
+  argv = ["bench", "--time-to-accuracy", "0.99", "--seeds", "0", "1", "2", "--out", "f.json"]
+  assert bench.join_list_flag(argv) == ["bench", "--time-to-accuracy", "0.99", "--seeds=0,1,2", "--out", "f.json"]
+  assert bench.join_list_flag(["bench", "--seeds=3"]) == ["bench", "--seeds=3"]
+
+
+def test_a_seed_where_torch_missed_the_target_counts_all_its_epochs():
+  summary = {
+    "jaxconv impl=auto": {"reached": True, "epochs": 2, "seconds": 4.0},
+    "jaxconv impl=lax": {"reached": False, "epochs": 2, "seconds": 9.0},
+    "torch 2.13.0 eager": {"reached": False, "epochs": 2, "seconds": 12.0},  # all its epochs
+  }
+  assert bench.seed_speedups(summary) == {"auto": 3.0, "lax": None}
+  assert bench.seed_speedups({"jaxconv impl=auto": summary["jaxconv impl=auto"]}) == {}
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_over_seeds_records_each_seed(tmp_path):
+  """Two seeds of the smoke config without torch: per seed, epochs and seconds to the target."""
+  out = tmp_path / "tta.json"
+  cli = [sys.executable, str(_BENCH_PATH), "--config=configs/smoke.py", "--time-to-accuracy", "0.3"]
+  cli += ["--seeds", "0", "1", "--notorch", f"--out={out}"]
+  proc = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(out.read_text())
+  assert results["seeds"] == [0, 1] and set(results["per_seed"]) == {"0", "1"}
+  for entry in results["per_seed"].values():
+    run = entry["runs"]["jaxconv impl=auto"]
+    assert run["reached"] and 1 <= run["epochs"] <= 2 and run["seconds"] > 0
+  assert {"cpu", "isa", "commit", "command", "load_average"} <= set(results["env"])

@@ -22,6 +22,7 @@ import jaxconv as jc
 from jaxconv import kernels
 from jaxconv.geometry import ConvGeometry, conv_geometry
 from jaxconv.kernels import auto, depthwise, fft, im2col, taps, toeplitz, winograd
+from jaxconv.kernels.cpu import isa_flags
 
 
 def lax_reference(x, w, *, stride, pads, dilation=1, groups=1):
@@ -136,9 +137,11 @@ FALLBACK_CHOICES = {
   "stem_7x7_s2": "lax",
   "cifar_5x5": "im2col",
 }
-# With it: fft (large kernels) and lax (1-D) keep their shapes; oneDNN takes the rest.
+# With it: fft (large kernels) keeps its shape, and lax 1-D unless the CPU has AVX-512; oneDNN takes the rest.
+AVX512 = "avx512f" in isa_flags()
 ONEDNN_CHOICES = {
-  name: choice if choice == "fft" or name == "conv1d_k5" else "onednn" for name, choice in FALLBACK_CHOICES.items()
+  name: choice if choice == "fft" or (name == "conv1d_k5" and not AVX512) else "onednn"
+  for name, choice in FALLBACK_CHOICES.items()
 }
 AUTO_CHOICES = ONEDNN_CHOICES if auto.onednn_serves(bench.SHAPES_BY_NAME["resnet_3x3"].spec()) else FALLBACK_CHOICES
 
@@ -160,6 +163,43 @@ def test_auto_leaves_dense_convs_to_lax_when_ynnpack_convolutions_are_off(monkey
   monkeypatch.setattr(auto, "onednn_serves", lambda spec: False)
   choices = {s.name: auto.choose(s.spec()) for s in bench.SHAPES}
   assert choices == {**FALLBACK_CHOICES, "resnet_3x3": "lax", "resnet_3x3_s2": "lax", "bottleneck_1x1": "lax"}
+
+
+@pytest.mark.parametrize("flags", [("avx2",), ("avx2", "avx512f")])
+def test_auto_runs_1d_on_onednn_only_with_avx512(monkeypatch, flags):
+  """1-D convs go to oneDNN where the CPU has AVX-512 (and oneDNN serves them), to lax on AVX2."""
+  monkeypatch.setattr(auto, "isa_flags", lambda: flags)
+  monkeypatch.setattr(auto, "onednn_serves", lambda spec: True)
+  assert auto.choose(bench.SHAPES_BY_NAME["conv1d_k5"].spec()) == ("onednn" if "avx512f" in flags else "lax")
+
+
+@pytest.mark.parametrize(
+  ("dtype", "flags", "native"),
+  [
+    (jnp.bfloat16, ("avx512f",), False),
+    (jnp.bfloat16, ("avx512f", "avx512_bf16"), True),
+    (jnp.bfloat16, ("amx_bf16",), True),
+    (jnp.float16, ("avx512_bf16",), False),
+    (jnp.float16, ("avx512_fp16",), True),
+    (jnp.float32, (), True),
+  ],
+)
+def test_auto_runs_16_bit_floats_on_onednn_only_where_the_cpu_has_instructions_for_them(
+  monkeypatch, dtype, flags, native
+):
+  """bf16/f16 go to oneDNN only on a CPU with native instructions for them; elsewhere the fallback rules."""
+  monkeypatch.setattr(auto, "isa_flags", lambda: flags)
+  monkeypatch.setattr(auto, "onednn_serves", lambda spec: True)
+  spec = bench.SHAPES_BY_NAME["lenet_conv2"].spec(dtype)
+  assert auto.choose(spec) == ("onednn" if native else FALLBACK_CHOICES["lenet_conv2"])
+
+
+def test_auto_runs_bf16_on_onednn_where_this_cpu_computes_it():
+  """On this machine: oneDNN for bfloat16 exactly where it serves the call and the CPU has bf16 instructions."""
+  spec = bench.SHAPES_BY_NAME["lenet_conv2"].spec(jnp.bfloat16)
+  native = any(flag in isa_flags() for flag in ("avx512_bf16", "amx_bf16"))
+  assert (auto.choose(spec) == "onednn") == (native and auto.onednn_serves(spec))
+  assert kernels.get(auto.choose(spec)).refusal(spec) is None
 
 
 def specs_grid() -> list[ConvGeometry]:

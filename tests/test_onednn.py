@@ -207,6 +207,22 @@ def test_unsupported_dtypes_and_ranks_are_refused_with_a_reason():
     np.testing.assert_allclose(onednn.forward(x, w, g).astype(jnp.float32), 18.0)
 
 
+@pytest.mark.parametrize(("c_out", "narrow"), [(6, True), (16, True), (32, False)])
+def test_16_bit_kernel_gradients_of_narrow_outputs_run_in_float32(rng, c_out, narrow):
+  """bf16 backward-weights with <= 16 outputs per group converts to float32 (oneDNN's own is slow there)."""
+  g = conv_geometry((4, 10, 10, 6), (3, 3, 6, c_out), jnp.bfloat16, padding=1)
+  assert onednn.narrow_16bit_kernel_grad(g) == narrow
+  assert not onednn.narrow_16bit_kernel_grad(conv_geometry((4, 10, 10, 6), (3, 3, 6, c_out), jnp.float32))
+  x = jnp.asarray(rng.standard_normal(g.x_shape), jnp.bfloat16)
+  dy = jnp.asarray(rng.standard_normal(g.out_shape), jnp.bfloat16)
+  jaxpr = str(jax.make_jaxpr(lambda x, dy: onednn.kernel_grad(x, dy, g))(x, dy))
+  assert ("f32[" in jaxpr) == narrow  # float32 operands only on the narrow path
+  if onednn.supports_onednn(g) is None:
+    got = np.asarray(onednn.kernel_grad(x, dy, g).astype(jnp.float32))
+    want = np.asarray(_lax_kernel_grad(x.astype(jnp.float32), dy.astype(jnp.float32), g))
+    np.testing.assert_allclose(got, want, atol=1e-2 * np.abs(want).max())
+
+
 def test_wait_policy_is_set_for_the_load_only(monkeypatch):
   monkeypatch.delenv(onednn.WAIT_POLICY_ENV, raising=False)
   onednn._load.__wrapped__()

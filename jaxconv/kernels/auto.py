@@ -6,10 +6,14 @@ of kernel taps, ``Cg = C_in / groups``, ``Og = C_out / groups``, ``|x|`` the inp
 match wins:
 
 1. stride 1, K >= 49, Cg * Og <= 64   -> "fft"        (large kernels over few channels)
-2. one spatial axis                   -> "lax"        (XLA is fast on 1-D)
-3. oneDNN serves the call             -> "onednn"     (PyTorch's own CPU convolutions)
+2. one spatial axis                   -> "onednn" where it serves the call on a CPU with AVX-512,
+                                         else "lax"   (XLA is fast on 1-D on AVX2)
+3. oneDNN serves the call             -> "onednn"     (PyTorch's own CPU convolutions); in bfloat16
+                                         or float16 only on a CPU with instructions for that type
+                                         (AVX512-BF16 or AMX-BF16; AVX512-FP16 or AMX-FP16)
 
-and where the oneDNN kernel is not available (not built, no library, another dtype):
+and where the oneDNN kernel is not available (not built, no library, another dtype, a 16-bit
+dtype the CPU only emulates):
 
 4. groups > 1 and Cg <= 4             -> "depthwise"  (XLA's grouped conv is 10-20x slower)
 5. three spatial axes                 -> "winograd" for 3x3x3 stride 1 undilated, else "im2col"
@@ -19,12 +23,21 @@ and where the oneDNN kernel is not available (not built, no library, another dty
 9. |x| < 16 MiB, or XLA_FLAGS turn YNNPACK convolutions off -> "lax" (XLA's conv is at its best)
 10. K == 1 -> "im2col", else "hybrid"                 (lax's kernel gradient slows 2x on big x)
 
-With oneDNN, rule 3 takes 11 of the 13 benchmark shapes: forward + backward it was the fastest
-kernel on 10 of them and within 7% of toeplitz on LeNet's conv1, and a LeNet training epoch runs
-1.36x faster with it than with toeplitz for both convolutions (``experiments/bench_training.py
---impl auto --impl onednn``, before this rule). Rule 7 trades the banded GEMM's ``W_p / k_w``
-redundant multiply-adds (``W_p`` the padded last axis, ``k_w`` the kernel's extent on it) for a
-GEMM that is wide even when C_out is not.
+With oneDNN, rule 3 takes 11 of the 13 float32 benchmark shapes (rule 2 a 12th on AVX-512):
+forward + backward it was the fastest kernel on 10 of them and within 7% of toeplitz on LeNet's
+conv1, and a LeNet training epoch runs 1.36x faster with it than with toeplitz for both
+convolutions (``experiments/bench_training.py --impl auto --impl onednn``, before this rule).
+Rule 7 trades the banded GEMM's ``W_p / k_w`` redundant multiply-adds (``W_p`` the padded last
+axis, ``k_w`` the kernel's extent on it) for a GEMM that is wide even when C_out is not.
+
+Rules 2 and 3 read the CPU's ISA flags at run time (``jaxconv.kernels.cpu``), since machines of one
+kind differ. On 1-D, oneDNN's AVX-512 code ran ``conv1d_k5`` 1.5x faster than lax forward +
+backward on an AVX-512 Xeon (and 1.4x on an AVX-512 EPYC); the rule was first set on an AVX2
+machine, where lax was the fastest kernel on 1-D. In bfloat16 on a CPU with AMX-BF16, oneDNN ran
+LeNet's conv2 and the larger 2-D shapes 2.5-8x faster than lax, im2col and toeplitz; where the CPU
+has no bfloat16 instructions, oneDNN either refuses bfloat16 (``supports_onednn`` gives its reason)
+or emulates it, and the rule falls back to jaxconv's own kernels, which compute in the dtype with
+float32 accumulation.
 
 ``"hybrid"`` keeps XLA's forward convolution (and its input gradient at stride 1) and replaces
 its kernel gradient. FFT would also win on some 5x5 layers, but it spreads rounding noise over the whole
@@ -40,8 +53,10 @@ import math
 import os
 
 import jax
+import numpy as np
 
 from jaxconv.geometry import ConvGeometry
+from jaxconv.kernels.cpu import isa_flags
 from jaxconv.kernels.registry import available, get, register
 from jaxconv.kernels.toeplitz import padded_width, supports_toeplitz
 from jaxconv.kernels.winograd import supports_winograd
@@ -54,6 +69,8 @@ WIDE_CHANNELS = 32
 NARROW_OUTPUT = 16
 MAX_BANDED_REDUNDANCY = 8
 LARGE_INPUT_BYTES = 16 * 2**20
+# Rule 3: the ISA flags (any one of them) under which oneDNN computes a 16-bit dtype natively.
+NATIVE_16BIT = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
 
 
 def ynnpack_convolutions() -> bool:
@@ -76,6 +93,19 @@ def onednn_serves(spec: ConvGeometry) -> bool:
   return "onednn" in available() and get("onednn").refusal(spec) is None
 
 
+def native_dtype(spec: ConvGeometry) -> bool:
+  """Rule 3: whether this CPU has instructions for ``spec``'s dtype (always, for 32- and 64-bit floats)."""
+  needs = NATIVE_16BIT.get(np.dtype(spec.dtype).name)
+  return needs is None or any(flag in isa_flags() for flag in needs)
+
+
+def onednn_pays(spec: ConvGeometry) -> bool:
+  """Rules 2 and 3: oneDNN serves ``spec`` in a dtype the CPU computes natively (and, on 1-D, with AVX-512)."""
+  if spec.rank == 1 and "avx512f" not in isa_flags():
+    return False
+  return native_dtype(spec) and onednn_serves(spec)
+
+
 def choose(spec: ConvGeometry) -> str:
   """The kernel name ``"auto"`` runs for ``spec`` (a pure function of static shapes)."""
   if jax.default_backend() != "cpu":
@@ -85,10 +115,10 @@ def choose(spec: ConvGeometry) -> str:
   strided = any(s > 1 for s in spec.stride)
   if not strided and taps >= FFT_MIN_TAPS and cg * og <= FFT_MAX_CHANNEL_PRODUCT:
     return "fft"
+  if onednn_pays(spec):
+    return "onednn"
   if spec.rank == 1:
     return "lax"
-  if onednn_serves(spec):
-    return "onednn"
   if spec.groups > 1 and cg <= NARROW_GROUP:
     return "depthwise"
   if spec.rank == 3:

@@ -1,0 +1,24 @@
+"""The main LeNet-5 recipe (``configs/lenet_mnist.py``) computed in bfloat16, parameters in float32.
+
+``model.dtype = "bfloat16"``: every conv and dense layer computes (and returns) bfloat16 while its
+parameters, gradients and the optimiser state stay float32 (``jaxconv.models.LeNet``'s
+``dtype``/``param_dtype``). On a CPU with AVX512-BF16 or AMX-BF16, ``impl="auto"`` runs the
+convolutions on oneDNN's bfloat16 code; elsewhere oneDNN refuses or emulates bfloat16 and the
+convolutions fall back to jaxconv's own kernels (``docs/speed.md``).
+
+The training step must compute the loss in float32 (logits cast before the cross-entropy): with a
+bfloat16 log-softmax this recipe diverged after two epochs (at peak learning rates 5e-3 and 2e-3,
+on oneDNN and on lax alike); with the cast it trains like float32: seed 0 reached 99.29% after 10
+epochs on a 2-core Sapphire Rapids Xeon (oneDNN's bfloat16 convolutions; float32 reached 99.27%).
+"""
+
+import ml_collections
+
+from configs import lenet_mnist
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The main recipe with bfloat16 computation."""
+  config = lenet_mnist.get_config()
+  config.model.dtype = "bfloat16"
+  return config
