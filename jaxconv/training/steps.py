@@ -151,6 +151,7 @@ def make_train_step(
     # copy=True in forward: NNX lets a variable change only at the trace level that made it.
     def loss_fn(params: nnx.State, rest: nnx.State) -> tuple[jax.Array, tuple[Metrics, nnx.State]]:
       logits, rest = forward(params, rest, images)
+      logits = logits.astype(jnp.float32)  # the loss in float32: a bfloat16 log-softmax diverged LeNet
       metrics = batch_metrics(logits, batch.labels)
       if not label_smoothing:
         return metrics["loss"] / batch.labels.shape[0], (metrics, rest)
@@ -205,7 +206,7 @@ def make_evaluate(graphdef: nnx.GraphDef, batch_size: int, mesh: Mesh | None = N
 
     def body(totals: Metrics, batch_rows: jax.Array) -> tuple[Metrics, None]:
       batch = parallel.gather_shards(data, jnp.tile(batch_rows, shards), mesh)
-      logits = apply(variables, batch.images)
+      logits = apply(variables, batch.images).astype(jnp.float32)
       in_range = (jnp.arange(size) + batch_rows[0] < n) if batches * size > n else jnp.ones(size, bool)
       valid = jnp.tile(in_range, shards) & (batch.labels >= 0)  # label < 0: the padding of loop.place
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
