@@ -104,24 +104,20 @@ def test_picks_a_supported_kernel_and_stores_it(monkeypatch, shared_cache):
   assert info["cores"] == os.cpu_count() and set(info) >= {"cpu", "isa", "jax", "jaxlib", "onednn", "jaxconv"}
 
 
-def test_another_process_reuses_the_choice_without_measuring(monkeypatch, shared_cache):
-  monkeypatch.setenv(tuned.CACHE_DIR_ENV, str(shared_cache))
-  monkeypatch.setenv(tuned.REPEATS_ENV, "1")
-  choice = tuned.choose(geometry())  # measured here (or by the test above)
-  out = finish(
-    run_python(
-      f"""
-      import jax, jax.numpy as jnp, jaxconv as jc
-      from jaxconv.kernels import tuned
-      x, w = jnp.ones({X_SHAPE}), jnp.ones({W_SHAPE})
-      jax.jit(jax.grad(lambda x, w: jc.conv(x, w, padding="same", impl="tuned").sum()))(x, w)
-      from jaxconv.geometry import conv_geometry
-      print(len(tuned._measured), tuned.choose(conv_geometry({X_SHAPE}, {W_SHAPE}, "float32", padding="same")))
-      """,
-      shared_cache,
-    )
-  )
-  assert out.split() == ["0", choice]
+def test_another_process_reuses_the_choice_without_measuring(shared_cache):
+  # Both sides in fresh processes: a pytest worker's registry may hold kernels other tests added,
+  # and a different candidate set rightly makes tuned measure again.
+  code = f"""
+    import jax, jax.numpy as jnp, jaxconv as jc
+    from jaxconv.kernels import tuned
+    x, w = jnp.ones({X_SHAPE}), jnp.ones({W_SHAPE})
+    jax.jit(jax.grad(lambda x, w: jc.conv(x, w, padding="same", impl="tuned").sum()))(x, w)
+    from jaxconv.geometry import conv_geometry
+    print(len(tuned._measured), tuned.choose(conv_geometry({X_SHAPE}, {W_SHAPE}, "float32", padding="same")))
+    """
+  first = finish(run_python(code, shared_cache)).split()
+  second = finish(run_python(code, shared_cache)).split()
+  assert first[1] in jc.available_impls() and second == ["0", first[1]]
 
 
 @pytest.mark.parametrize("transform", ["jit", "grad", "vmap", "jit_grad_vmap"])
