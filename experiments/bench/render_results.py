@@ -54,19 +54,23 @@ def _provenance(path: Path, data: dict, command: str) -> str:
   env = data.get("env", {})
   torch = env.get("torch") or next((k.split(" ", 1)[1] for k in _keys(data) if k.startswith("torch ")), None)
   versions = [f"jax {data.get('jax') or env.get('jax')}" if data.get("jax") or env.get("jax") else "jax: not recorded"]
+  for name in ("jaxlib", "onednn"):
+    if env.get(name):
+      versions.append(f"{name} {env[name]}")
   if torch:
     versions.append(f"torch {torch}")
   flags = data.get("xla_flags", env.get("XLA_FLAGS"))
   before, after = data.get("load_average_before"), data.get("load_average_after")
   load = f"{_load(before)} before, {_load(after)} after (1-minute)" if before or after else NOT_RECORDED
+  if load == NOT_RECORDED and env.get("load_average"):
+    load = f"{env['load_average']} before (1, 5, 15 minutes)"
   facts = [
     ("data", f"[`{path.relative_to(ROOT / 'docs').as_posix()}`]({path.relative_to(ROOT / 'docs').as_posix()})"),
-    ("date", data.get("date", NOT_RECORDED)),
-    ("commit measured", data.get("commit", NOT_RECORDED)),
+    ("date", data.get("date", env.get("date", NOT_RECORDED))),
+    ("commit measured", data.get("commit", env.get("commit", NOT_RECORDED))),
     ("file added in commit", _git_added(path)),
-    ("CPU model", data.get("cpu_model", NOT_RECORDED)),
-    ("ISA", data.get("isa", NOT_RECORDED)),
-    ("machine", env.get("machine", NOT_RECORDED)),
+    ("CPU model", data.get("cpu_model", env.get("cpu", NOT_RECORDED))),
+    ("ISA", data.get("isa", env.get("isa", NOT_RECORDED))),
     ("cores", env.get("cpu_count", NOT_RECORDED)),
     ("versions", ", ".join(versions)),
     ("XLA_FLAGS", _flags(flags)),
@@ -95,55 +99,55 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def kernels(path: Path, data: dict) -> str:
-  """compare_kernels: forward+backward fastest-repeat ms per shape and kernel."""
+  """compare_kernels: forward+backward fastest-repeat ms per shape and kernel, auto's and tuned's picks."""
   rows = data["rows"]
-  impls = [i for i in dict.fromkeys(r["impl"] for r in rows) if i not in ("auto", "torch")]
+  impls = [i for i in dict.fromkeys(r["impl"] for r in rows) if i not in ("auto", "tuned", "torch")]
   shapes = list(dict.fromkeys(r["shape"] for r in rows))
   ms = {(r["shape"], r["impl"]): r["fb_min_ms"] for r in rows if "fb_min_ms" in r}
-  summary = data["summary"]["per_shape"]
+  peak = {(r["shape"], r["impl"]): r.get("fb_peak_fraction") for r in rows}
+  summary = data["summary"]
   body = []
   for s in shapes:
-    picked = summary.get(s, {}).get("auto_choice", "-")
-    body.append([s, *(ms.get((s, i), "-") for i in impls), ms.get((s, "torch"), "-"), picked, ms.get((s, "auto"), "-")])
-  table = _table(["shape", *impls, "torch", "auto picked", "auto"], body)
-  geomean = data["summary"].get("target_geomean_auto_speedup")
-  note = f"\n\nGeometric mean of lax / auto over the target shapes: {geomean:.2f}x." if geomean else ""
+    picks = summary["per_shape"].get(s, {})
+    fastest = picks.get("fastest", "-")
+    fraction = peak.get((s, fastest))
+    body.append(
+      [
+        s,
+        *(ms.get((s, i), "-") for i in impls),
+        picks.get("auto_choice", "-"),
+        ms.get((s, "auto"), "-"),
+        picks.get("tuned_choice", "-"),
+        ms.get((s, "tuned"), "-"),
+        fastest,
+        "-" if fraction is None else f"{fraction:.0%}",
+      ]  # fmt: skip
+    )
+  header = [*impls, "auto picked", "auto", "tuned picked", "tuned", "fastest", "fastest, % of GEMM peak"]
+  notes = []
+  if data.get("env", {}).get("gemm_peak_gflops"):
+    notes.append(f"GEMM peak, GFLOP/s: {data['env']['gemm_peak_gflops']}.")
+  if summary.get("target_geomean_auto_speedup"):
+    notes.append(f"Geometric mean of lax / auto over the target shapes: {summary['target_geomean_auto_speedup']:.2f}x.")
+  if summary.get("tuned_worst_vs_fastest"):
+    notes.append(f"tuned / the fastest kernel, worst shape: {summary['tuned_worst_vs_fastest']:.2f}x.")
   return (
-    "Forward + backward (value and gradients w.r.t. x and w of `0.5 * sum(y**2)`), fastest repeat, ms. "
-    "Medians, forward times, GFLOP/s and errors against lax are in the JSON and in the Markdown beside it.\n\n"
-    + table
-    + note
-  )
-
-
-def flax_cnn(path: Path, data: dict) -> str:
-  """bench_flax_cnn: Flax's MNIST CNN with its default convolution against the drop-in."""
-  rows = [
-    [
-      name,
-      t["median_images_per_second"],
-      t["best_images_per_second"],
-      t["compile_seconds"],
-      f"{t['test_accuracy']:.2%}",
-      f"{t['median_ratio_vs_flax']:.2f}x",
-    ]
-    for name, t in data["trainers"].items()
-  ]
-  intro = (
-    f"Flax's MNIST-example CNN, epochs of {data['images_per_epoch']:,} images, batch {data['batch_size']}, "
-    "one jitted step per batch.\n\n"
-  )
-  return intro + _table(
-    ["trainer", "images/s (median)", "best epoch", "compile s", "test accuracy", "vs Flax default"], rows
+    "Forward + backward (value and gradients w.r.t. x and w of `0.5 * sum(y**2)`), fastest of the repeats, ms; "
+    "`-` where a kernel refuses the call. The GEMM peak is a jitted float32 2048^3 `jnp.dot` timed in the same "
+    "run; oneDNN's convolutions can exceed it (it is XLA's GEMM, not the CPU's limit). Medians, forward times and "
+    "errors against lax are in the JSON and the Markdown beside it.\n\n"
+    + _table(["shape", *header], body)
+    + ("\n\n" + " ".join(notes) if notes else "")
   )
 
 
 def throughput(path: Path, data: dict) -> str:
-  """bench_training: images/s of full epochs alternating with torch eager."""
+  """bench_training: images/s of full epochs, the trainers alternating epoch by epoch."""
   rows = []
   for name, t in data.items():
     if isinstance(t, dict) and "images_per_second" in t:
       ips = t["images_per_second"]
+      ratio = t.get("median_ratio_vs_torch")
       rows.append(
         [
           name,
@@ -151,110 +155,72 @@ def throughput(path: Path, data: dict) -> str:
           statistics.median(ips),
           max(ips),
           t.get("compile_seconds", "-"),
-          f"{t['median_ratio_vs_torch']:.2f}x",
-        ]
+          "-" if ratio is None else f"{ratio:.2f}x",
+        ]  # fmt: skip
       )
-  return "Modern LeNet-5, Adam, batch 128, MNIST.\n\n" + _table(
-    ["trainer", "epochs", "images/s (median)", "best epoch", "compile s", "vs torch (median ratio)"], rows
+  ratios = "".join(
+    f" impl={k}: images/s in the config's dtype over float32, median of the rounds: {v:.2f}x."
+    for k, v in data.get("speedup_vs_float32", {}).items()
+  )
+  return (
+    "Training epochs of the command's config (its model, optimiser and batch; the images of its data), "
+    "the trainers alternating epoch by epoch."
+    + ratios
+    + "\n\n"
+    + _table(["trainer", "epochs", "images/s (median)", "best epoch", "compile s", "vs torch (median ratio)"], rows)
   )
 
 
 def time_to_accuracy(path: Path, data: dict) -> str:
-  """bench_training --time-to-accuracy: wall-clock to the target, set-up and compilation included."""
-  rows = [
-    [
-      name,
-      r["setup_seconds"],
-      r["epochs"],
-      r["seconds"],
-      ", ".join(f"{c['test_accuracy']:.2%}" for c in r["curve"]),
-    ]
-    for name, r in data["runs"].items()
-  ]
+  """bench_training --time-to-accuracy --seeds: wall-clock to the target per seed, set-up and compilation included."""
+  rows = []
+  for seed, result in data["per_seed"].items():
+    for name, r in result["runs"].items():
+      curve = ", ".join(f"{c['test_accuracy']:.2%}" for c in r["curve"])
+      reached = "yes" if r["reached"] else "no (all epochs counted)"
+      rows.append([seed, name, reached, r["epochs"], r["setup_seconds"], r["seconds"], curve])
   speedup = ", ".join(f"{k}: {v:.2f}x" for k, v in data.get("speedup_vs_torch", {}).items())
   return (
-    f"`configs/lenet_speedrun.py` to {data['target']:.0%} test accuracy; data loading "
-    f"({data['data_seconds']:.1f} s) apart. Torch's seconds / jaxconv's: {speedup}.\n\n"
-    + _table(["trainer", "set-up + compile s", "epochs", "seconds to target", "test accuracy per epoch"], rows)
-  )
-
-
-def step_breakdown(path: Path, data: dict) -> str:
-  """profile_step: ms per step charged to each layer from a profiler trace of the 50-step loop."""
-  runs = {k: v["in the loop"] for k, v in data["ms"].items() if "in the loop" in v}
-  parts = list(next(iter(runs.values())))
-  rows = [[p.strip(), *(runs[r][p] for r in runs)] for p in parts]
-  return "ms per step, each XLA op of the compiled 50-step loop charged to its layer.\n\n" + _table(
-    ["part", *runs], rows
-  )
-
-
-def transforms(path: Path, data: dict) -> str:
-  """bench_transforms: reverse-mode time of the transform mechanism against the code before it."""
-  rows = [[r["shape"], r["impl"], r["old_ms"], r["new_ms"], f"{r['ratio']:.2f}"] for r in data["rows"]]
-  return (
-    f"Forward + backward ms, {data['rounds']} rounds x {data['repeats']} repeats, before and after "
-    "the shared transform mechanism (`jaxconv/kernels/primitives.py`).\n\n"
-    + _table(["shape", "impl", "before ms", "after ms", "after / before"], rows)
+    f"`configs/lenet_speedrun.py` to {data['target']:.0%} test accuracy within {data['num_epochs']} epochs, "
+    f"batch {data['batch_size']}; data loading ({data['data_seconds']:.1f} s) apart. Median over the seeds of "
+    f"torch's seconds / jaxconv's: {speedup}.\n\n"
+    + _table(["seed", "trainer", "reached", "epochs", "set-up + compile s", "seconds", "test accuracy per epoch"], rows)
   )
 
 
 # file -> (title, command, renderer)
 PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
-  "kernels.json": ("Kernels, default XLA flags", "python experiments/compare_kernels.py --repeats 5", kernels),
-  "no_ynn_conv/kernels.json": (
-    "Kernels, XLA's YNN convolution fusion off",
-    "XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution "
-    "python experiments/compare_kernels.py --repeats 5",
+  "kernels.json": (
+    "Kernels, default XLA flags",
+    "python experiments/compare_kernels.py --impl toeplitz winograd depthwise fft im2col hybrid onednn auto tuned "
+    "--repeats 5 --no-torch",
     kernels,
   ),
-  "flax_cnn.json": (
-    "Flax's CNN: default convolution against the drop-in",
-    "python experiments/bench/bench_flax_cnn.py --rounds 3 --train_size 6400 --test_size 2000 --impl auto",
-    flax_cnn,
-  ),
-  **{
-    f"training_throughput_{i}.json": (
-      f"LeNet training throughput against PyTorch ({i})",
-      "python experiments/bench_training.py --rounds 5 --impl auto",
-      throughput,
-    )
-    for i in range(1, 7)
-  },
-  "training_auto_vs_onednn.json": (
-    "LeNet training throughput: auto (then toeplitz) against oneDNN",
-    "python experiments/bench_training.py --rounds 3 --impl auto --impl onednn",
+  "lenet_throughput_1.json": (
+    "LeNet training throughput against PyTorch eager (1)",
+    "python experiments/bench_training.py --rounds 5 --impl auto",
     throughput,
   ),
-  "time_to_accuracy.json": (
-    "Speedrun to 99% (1)",
-    "python experiments/bench_training.py --time-to-accuracy 0.99 --config configs/lenet_speedrun.py --impl auto",
+  "lenet_throughput_2.json": (
+    "LeNet training throughput against PyTorch eager (2)",
+    "python experiments/bench_training.py --rounds 5 --impl auto",
+    throughput,
+  ),
+  "lenet_speedrun_seeds.json": (
+    "Speedrun to 99% over seeds, against PyTorch eager",
+    "python experiments/bench_training.py --time-to-accuracy 0.99 --config configs/lenet_speedrun.py --seeds 0 1 2",
     time_to_accuracy,
   ),
-  "time_to_accuracy_2.json": (
-    "Speedrun to 99% (2)",
-    "python experiments/bench_training.py --time-to-accuracy 0.99 --config configs/lenet_speedrun.py --impl auto",
-    time_to_accuracy,
+  "lenet_bf16_throughput.json": (
+    "LeNet training throughput, bfloat16 against float32",
+    "python experiments/bench_training.py --config configs/lenet_bf16.py --rounds 3 --notorch",
+    throughput,
   ),
-  "step_breakdown.json": (
-    "Where a LeNet step's time goes (1)",
-    "python experiments/bench/profile_step.py --impl auto --impl toeplitz",
-    step_breakdown,
-  ),
-  "step_breakdown_2.json": (
-    "Where a LeNet step's time goes (2)",
-    "python experiments/bench/profile_step.py --impl auto --impl toeplitz",
-    step_breakdown,
-  ),
-  "step_breakdown_channels_last.json": (
-    "Where a LeNet step's time goes, oneDNN all channels-last",
-    "JAXCONV_ONEDNN_LAYOUT=channels_last python experiments/bench/profile_step.py --impl auto",
-    step_breakdown,
-  ),
-  "transforms_before_after.json": (
-    "The transform mechanism, before and after",
-    "python experiments/bench/bench_transforms.py --rounds 2 --repeats 5",
-    transforms,
+  "resnet_auto_vs_lax.json": (
+    "ResNet training throughput, auto against lax",
+    "python experiments/bench_training.py --config configs/resnet_mnist.py --impl auto --impl lax --notorch "
+    "--rounds 1 --config.data.train_size=2560",
+    throughput,
   ),
 }
 
@@ -262,10 +228,9 @@ INTRO = """# Benchmarks
 
 Results of the benchmark scripts, one section per JSON file in `docs/bench/`, rendered by
 `python experiments/bench/render_results.py`. Each section lists what its file records about the
-run and says "not recorded" for the rest; rerun its command to reproduce it (the timing scripts
-interleave the contenders in one process, so read the ratios: absolute times vary with the machine
-and its load). "File added in commit" is when the result entered the repository, not necessarily
-the code it measured.
+run: date, commit, CPU, ISA, cores, versions, XLA flags, load average and the command that
+reproduces it. The timing scripts interleave the contenders in one process, so read the ratios:
+absolute times vary with the machine and its load.
 """
 
 
