@@ -30,15 +30,8 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from jaxconv import kernels, ops, pooling
-from jaxconv.geometry import (
-  Padding,
-  check_bool,
-  check_int,
-  check_padding_mode,
-  conv_geometry,
-  normalize_ints,
-  resolve_window,
-)
+from jaxconv._checks import check_bool, check_int, normalize_ints
+from jaxconv.geometry import Padding, check_padding_mode, conv_geometry, resolve_window
 
 Initializer = nnx.initializers.Initializer
 

@@ -26,17 +26,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv import kernels
+from jaxconv._checks import check_allocatable, check_int, normalize_ints
 from jaxconv.geometry import (
   PADDING_MODES,
   Convention,
   ConvGeometry,
   Padding,
-  check_allocatable,
   check_channels,
-  check_int,
   check_padding_mode,
   conv_geometry,
-  normalize_ints,
   transpose_output_shape,
 )
 from jaxconv.kernels.taps import swap_channels

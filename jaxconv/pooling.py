@@ -37,7 +37,8 @@ from jax import lax
 from jax.sharding import PartitionSpec
 
 from jaxconv import kernels
-from jaxconv.geometry import Padding, Window, check_bool, is_int, normalize_ints, resolve_window
+from jaxconv._checks import check_bool, is_int, normalize_ints
+from jaxconv.geometry import Padding, Window, resolve_window
 from jaxconv.ops import check_rank, promote
 
 # --------------------------------------------------------------------------------------------

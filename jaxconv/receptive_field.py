@@ -31,7 +31,8 @@ import numpy as np
 from flax import nnx
 
 from jaxconv import pooling
-from jaxconv.geometry import Padding, Pair, normalize_ints, resolve_window
+from jaxconv._checks import normalize_ints
+from jaxconv.geometry import Padding, Pair, resolve_window
 
 
 @dataclasses.dataclass(frozen=True)

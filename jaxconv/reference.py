@@ -17,7 +17,8 @@ from typing import Literal
 
 import numpy as np
 
-from jaxconv.geometry import Convention, Padding, normalize_ints, resolve_window
+from jaxconv._checks import normalize_ints
+from jaxconv.geometry import Convention, Padding, resolve_window
 
 PoolMode = Literal["max", "avg"]
 

@@ -53,6 +53,7 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
   )
 
 
+@pytest.mark.slow  # runs the script end to end
 def test_user_kernels_are_compared_and_nothing_is_written_without_out(tmp_path):
   good = kernel_file(tmp_path, "user_good")
   wrong = kernel_file(tmp_path, "user_wrong", scale=" * 2.0", note=" doubled")
@@ -66,6 +67,7 @@ def test_user_kernels_are_compared_and_nothing_is_written_without_out(tmp_path):
   assert [line.split("|")[2].strip() for line in table] == ["lax", "user_good", "user_wrong"], out.stdout[-3000:]
 
 
+@pytest.mark.slow  # runs the script end to end
 def test_out_writes_json_and_markdown(tmp_path):
   good = kernel_file(tmp_path, "user_good")
   wrong = kernel_file(tmp_path, "user_wrong", scale=" * 2.0")

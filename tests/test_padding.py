@@ -13,7 +13,8 @@ from jax import lax
 from references import IMPLS, refusal
 
 import jaxconv as jc
-from jaxconv.geometry import normalize_ints, output_size, resolve_padding
+from jaxconv._checks import normalize_ints
+from jaxconv.geometry import output_size, resolve_padding
 
 
 @pytest.mark.parametrize(

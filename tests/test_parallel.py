@@ -142,6 +142,7 @@ def four(tmp_path_factory) -> dict:
   return {**result, "workdir": workdir}
 
 
+@pytest.mark.slow  # the four-device run takes ~20 s
 def test_sharded_step_matches_one_device(four):
   assert four["devices"] == 4
   # Same global batch, same 3 Adam steps: the 4-way reduction differs only in float32 rounding.
@@ -151,6 +152,7 @@ def test_sharded_step_matches_one_device(four):
   assert sharded["loss"] == pytest.approx(single["loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # the four-device run takes ~20 s
 def test_batch_is_sharded_and_state_replicated(four):
   assert four["batch_spec"] == ["data"]
   assert four["batch_shards"] == [[8, 28, 28, 1]] * 4
@@ -159,6 +161,7 @@ def test_batch_is_sharded_and_state_replicated(four):
   assert four["step_collectives"] == ["all-reduce"]
 
 
+@pytest.mark.slow  # the four-device run takes ~20 s
 def test_batches_are_gathered_where_the_data_lies(four):
   # 24 rows, 6 per device; rows block d (2 entries) indexes device d's shard.
   shards = np.arange(24 * 3).reshape(4, 6, 3)
@@ -174,6 +177,7 @@ def test_batches_are_gathered_where_the_data_lies(four):
   assert four["train_steps_collectives"] == ["all-reduce"]
 
 
+@pytest.mark.slow  # the four-device run takes ~20 s
 def test_short_run_on_four_devices_trains_and_writes_metrics(four):
   history = four["history"]
   records = [json.loads(line) for line in (four["workdir"] / lenet.METRICS_FILE).read_text().splitlines()]
@@ -206,6 +210,7 @@ def test_errors_name_the_config_field(four, field, message):
 # in this process (one device)
 
 
+@pytest.mark.slow  # the four-device run takes ~20 s
 def test_checkpoint_of_four_devices_restores_on_one(four):
   config = runpy.run_path(str(SMOKE))["get_config"]()
   config.data.test_size = TEST_SIZE

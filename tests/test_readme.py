@@ -256,7 +256,11 @@ def run_block(block: Block, namespace: dict[str, Any]) -> None:
     assert printed.getvalue().strip() == table.strip(), f"{block.page} line {block.line}: the printed table differs"
 
 
-@pytest.mark.parametrize("page", RUN_PAGES)
+# The pages whose examples train or compile the most run with the slow set (CI runs both).
+SLOW_PAGES = {"docs/layers.md", "docs/training.md", "docs/custom-kernels.md"}
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PAGES else p for p in RUN_PAGES])
 def test_page_snippets_run_and_say_true(page, tmp_path, monkeypatch):
   """A page's blocks run in order in one namespace, from a fresh folder; their commented values and tables are right."""
   monkeypatch.chdir(tmp_path)

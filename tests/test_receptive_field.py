@@ -15,7 +15,7 @@ from flax import nnx
 import jaxconv as jc
 from jaxconv import nn
 from jaxconv import receptive_field as rf
-from jaxconv.geometry import normalize_ints
+from jaxconv._checks import normalize_ints
 from jaxconv.models import LeNet
 
 W = rf.LayerWindow

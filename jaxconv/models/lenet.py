@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxconv import nn
-from jaxconv.geometry import check_int
+from jaxconv._checks import check_int
 
 VARIANTS = ("modern", "classic")
 # Names of the feature layers, which also scope their operations in profiles (``jax.named_scope``).

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxconv import nn
-from jaxconv.geometry import check_int
+from jaxconv._checks import check_int
 
 # He normal suits the convs, which feed ReLUs (after BatchNorm); the head feeds softmax.
 _CONV_INIT = nnx.initializers.he_normal()
