@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 from jax import lax
+from jax.sharding import NamedSharding
 
 from jaxconv.geometry import ConvGeometry
 from jaxconv.kernels.registry import accumulation_dtype, register
@@ -19,9 +20,8 @@ def dimension_numbers(rank: int) -> lax.ConvDimensionNumbers:
   )
 
 
-@register("lax")
-def conv_lax(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
-  """XLA's convolution, ``jax.lax.conv_general_dilated``."""
+def lax_conv(x: jax.Array, w: jax.Array, g: ConvGeometry, out_sharding: NamedSharding | None = None) -> jax.Array:
+  """``jax.lax.conv_general_dilated`` on ``g``; ``out_sharding`` as lax's (the primitives' sharding fallback)."""
   y = lax.conv_general_dilated(
     x,
     w,
@@ -31,8 +31,15 @@ def conv_lax(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
     dimension_numbers=dimension_numbers(g.rank),
     feature_group_count=g.groups,
     preferred_element_type=accumulation_dtype(x.dtype),
+    out_sharding=out_sharding,
   )
   return y.astype(x.dtype)
 
 
-__all__ = ["conv_lax", "dimension_numbers"]
+@register("lax")
+def conv_lax(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
+  """XLA's convolution, ``jax.lax.conv_general_dilated``."""
+  return lax_conv(x, w, g)
+
+
+__all__ = ["conv_lax", "dimension_numbers", "lax_conv"]

@@ -506,20 +506,9 @@ def _lax_out_sharding(a: jax.Array, b: jax.Array, keep_channels: bool) -> NamedS
 
 def _lax_conv(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   """``F`` as one ``lax.conv_general_dilated``, which XLA partitions along any axis."""
-  from jaxconv.kernels.lax import dimension_numbers  # the lax kernel module registers itself on import
+  from jaxconv.kernels.lax import lax_conv  # the lax kernel module registers itself on import
 
-  y = lax.conv_general_dilated(
-    x,
-    w,
-    window_strides=g.stride,
-    padding=g.padding,
-    rhs_dilation=g.dilation,
-    dimension_numbers=dimension_numbers(g.rank),
-    feature_group_count=g.groups,
-    preferred_element_type=registry.accumulation_dtype(x.dtype),
-    out_sharding=_lax_out_sharding(x, w, keep_channels=True),
-  )
-  return y.astype(x.dtype)
+  return lax_conv(x, w, g, out_sharding=_lax_out_sharding(x, w, keep_channels=True))
 
 
 def _lax_input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
