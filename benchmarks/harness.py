@@ -28,7 +28,6 @@ import numpy as np
 
 from benchmarks.shapes import TARGET_SHAPES, Shape, random_inputs
 from jaxconv import kernels, ops
-from jaxconv.kernels.cpu import cpu_model, isa_flags
 
 
 def select_impls(names: Sequence[str] | None) -> list[str]:
@@ -247,13 +246,6 @@ def tuned_choices(shapes: Sequence[Shape]) -> dict[str, str]:
   return {s.name: tuned.choose(s.spec()) for s in shapes}
 
 
-def _version(distribution: str) -> str:
-  try:
-    return importlib.metadata.version(distribution)
-  except importlib.metadata.PackageNotFoundError:
-    return "not installed"
-
-
 def _commit() -> str:
   """The repository's HEAD commit (``+dirty`` with uncommitted changes), or why it is unknown."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,14 +257,6 @@ def _commit() -> str:
   return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def _onednn() -> str:
-  if "onednn" not in kernels.available():
-    return "not registered"
-  from jaxconv.kernels import onednn
-
-  return onednn.info()
-
-
 def environment(torch_threads: int = 2) -> dict[str, str]:
   """What the numbers depend on: date, commit, command, CPU, ISA, cores, load, versions, XLA_FLAGS.
 
@@ -282,24 +266,30 @@ def environment(torch_threads: int = 2) -> dict[str, str]:
   Returns:
     ``{field: text}``, in the order the reports print them.
   """
+  from jaxconv.kernels import tuned  # its machine record is what a measured choice depends on: the same facts
+
+  machine = tuned.machine()
   load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
   env = {
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "commit": _commit(),
     "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
-    "cpu": cpu_model(),
-    "isa": " ".join(isa_flags()) or "unknown",
-    "cpu_count": str(os.cpu_count()),
+    "cpu": machine["cpu"],
+    "isa": " ".join(machine["isa"]) or "unknown",
+    "cpu_count": str(machine["cores"]),
     "load_average": load,
     "backend": jax.default_backend(),
     "devices": str(jax.devices()),
     "jax": jax.__version__,
-    "jaxlib": _version("jaxlib"),
-    "jaxconv": _version("jaxconv"),
-    "onednn": _onednn(),
+    "jaxlib": machine["jaxlib"],
+    "jaxconv": machine["jaxconv"],
+    "onednn": machine["onednn"],
     "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") or "(none: XLA defaults)",
   }
-  torch_version = _version("torch")
+  try:
+    torch_version = importlib.metadata.version("torch")
+  except importlib.metadata.PackageNotFoundError:
+    torch_version = "not installed"
   env["torch"] = torch_version if torch_version == "not installed" else f"{torch_version} ({torch_threads} threads)"
   return env
 
