@@ -116,3 +116,44 @@ def test_dtype_keywords(images, dtype, param_dtype, out_dtype):
   x = jnp.asarray(images)
   grads = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32)))(model)
   assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(param_dtype)}
+
+
+@pytest.mark.parametrize("impl", ["lax", "auto"])
+def test_pooling_before_relu_equals_the_layers_in_order(impl):
+  """LeNet runs max pool before ReLU; values and gradients equal the layers applied as written, bit for bit."""
+  model = LeNet(impl=impl, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  # Whole windows of zeros and of negatives put maxima at and below 0, where only the ReLU's order could matter.
+  images = rng.standard_normal((4, 28, 28, 1)).astype(np.float32)
+  images[:, :8] = 0.0
+  images[:, 8:12] = -np.abs(images[:, 8:12])
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def as_written(params, x):
+    m = nnx.merge(graphdef, params)
+    for layer in m.features.layers:
+      x = layer(x)
+    return m.classifier(x)
+
+  def as_run(params, x):
+    return nnx.merge(graphdef, params)(x)
+
+  def loss(f):
+    return lambda p: jnp.sum(f(p, images) * jnp.arange(10.0))
+
+  np.testing.assert_array_equal(as_run(params, images), as_written(params, images))
+  got, want = jax.grad(loss(as_run))(params), jax.grad(loss(as_written))(params)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_array_equal(g, w)
+
+
+def test_relu_runs_on_the_pooled_maps():
+  """The ReLUs of the features see the pooled shapes (14x14x6, 5x5x16), not the conv outputs."""
+  model = LeNet(impl="lax", rngs=nnx.Rngs(0))
+  jaxpr = jax.make_jaxpr(model)(jnp.zeros((2, 28, 28, 1))).jaxpr
+  relu_shapes = [
+    eqn.invars[0].aval.shape
+    for eqn in jaxpr.eqns
+    if eqn.primitive.name in ("custom_jvp_call", "pjit") and "relu" in str(eqn.params.get("name", eqn.params))[:200]
+  ]
+  assert relu_shapes[:2] == [(2, 14, 14, 6), (2, 5, 5, 16)], relu_shapes
