@@ -7,13 +7,21 @@ padding). A window's cells past the padded input are absent: max pooling fills t
 (as it fills its pads), average pooling adds zeros and divides by the cells inside the padded
 input (``count_include_pad``) or by the real cells.
 
-Three reductions, one tie rule. Non-overlapping windows (stride == window, no dilation) are
-reduced by a reshape into blocks ``(N, o_1, k_1, ..., o_r, k_r, C)``, whose gradient is far
-cheaper on CPU than the ``select_and_scatter`` that ``lax.reduce_window`` lowers to; other
+Three reductions, one tie rule. Non-overlapping windows (stride == window, no dilation; also
+adaptive cells that divide their axis) never use ``lax.reduce_window``, whose max gradient
+(``select_and_scatter``) is slow on CPU. Small ones (up to ``_SPLIT_MAX_TAPS`` cells for max,
+``_SPLIT_SUM_TAPS`` for sums) are reduced over their taps: one reshape to
+``(N, o_1, k_1, ..., o_r, k_r * C)`` and ``lax.split`` along each window axis give the
+``k_1 * ... * k_r`` taps ``(N, *o, C)``, which a balanced tree of elementwise maxima or adds
+combines: the forward pass is one vectorised loop over the output, reading the input once. Under
+differentiation one variadic reduce finds each window's max and first maximal tap, and the
+gradient is one select over the blocks, writing each input cell once (the taps' own transpose, a
+concatenate, and a recomputation of the max per input cell were both slower). Larger windows
+reshape into blocks ``(N, o_1, k_1, ..., o_r, k_r, C)`` and reduce over the window axes. Other
 undilated windows use ``lax.reduce_window``; dilated max windows (whose ``reduce_window`` JAX
-cannot differentiate) and the uneven cells of the adaptive pools are gathered into the same
-blocks by strided slices or index gathers. Max pooling gives a window's whole gradient to its
-first maximal element (row-major) on every path, as lax and PyTorch do.
+cannot differentiate) and the uneven cells of the adaptive pools are gathered into the same blocks
+by strided slices or index gathers. Max pooling gives a window's whole gradient to its first
+maximal element (row-major; a NaN is the max of its window) on every path, as lax and PyTorch do.
 
 >>> import jaxconv as jc
 >>> jc.max_pool(np.arange(16.0).reshape(1, 4, 4, 1), 2)[0, ..., 0].tolist()
@@ -181,9 +189,10 @@ def _tree(op: Callable, xs: Sequence[jax.Array]) -> jax.Array:
   return xs[0]
 
 
-# Windows with more taps than these keep the block reduction: measured on XLA:CPU (forward plus
-# backward, experiments/bench/bench_pooling.py), the taps' max loses from 3x3 windows on, their sum
-# from 4x4 on.
+# Windows with more taps than these keep the block reduction. Chosen from
+# experiments/bench/bench_pooling.py's taps-vs-blocks table on XLA:CPU (forward + backward, alone
+# and around a ReLU): the taps' max wins up to 2x2x2 and loses from 3x3 on (its variadic reduce
+# and select grow with the taps); their sum wins up to 3x3 and is mixed from 4x4 on.
 _SPLIT_MAX_TAPS = 8
 _SPLIT_SUM_TAPS = 9
 

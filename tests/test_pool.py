@@ -17,7 +17,7 @@ import jaxconv as jc
 from jaxconv import pooling
 from jaxconv.geometry import resolve_padding
 
-# (x shape, window, stride, padding); stride == window takes ops' reshape path, others reduce_window.
+# (x shape, window, stride, padding); stride == window takes the non-overlapping path, others reduce_window.
 CASES = {
   "2x2": ((2, 6, 6, 3), 2, None, "valid"),
   "2x2-odd-input": ((1, 7, 5, 2), 2, None, "valid"),
