@@ -7,13 +7,21 @@ padding). A window's cells past the padded input are absent: max pooling fills t
 (as it fills its pads), average pooling adds zeros and divides by the cells inside the padded
 input (``count_include_pad``) or by the real cells.
 
-Three reductions, one tie rule. Non-overlapping windows (stride == window, no dilation) are
-reduced by a reshape into blocks ``(N, o_1, k_1, ..., o_r, k_r, C)``, whose gradient is far
-cheaper on CPU than the ``select_and_scatter`` that ``lax.reduce_window`` lowers to; other
+Three reductions, one tie rule. Non-overlapping windows (stride == window, no dilation; also
+adaptive cells that divide their axis) never use ``lax.reduce_window``, whose max gradient
+(``select_and_scatter``) is slow on CPU. Small ones (up to ``_SPLIT_MAX_TAPS`` cells for max,
+``_SPLIT_SUM_TAPS`` for sums) are reduced over their taps: one reshape to
+``(N, o_1, k_1, ..., o_r, k_r * C)`` and ``lax.split`` along each window axis give the
+``k_1 * ... * k_r`` taps ``(N, *o, C)``, which a balanced tree of elementwise maxima or adds
+combines: the forward pass is one vectorised loop over the output, reading the input once. Under
+differentiation one variadic reduce finds each window's max and first maximal tap, and the
+gradient is one select over the blocks, writing each input cell once (the taps' own transpose, a
+concatenate, and a recomputation of the max per input cell were both slower). Larger windows
+reshape into blocks ``(N, o_1, k_1, ..., o_r, k_r, C)`` and reduce over the window axes. Other
 undilated windows use ``lax.reduce_window``; dilated max windows (whose ``reduce_window`` JAX
-cannot differentiate) and the uneven cells of the adaptive pools are gathered into the same
-blocks by strided slices or index gathers. Max pooling gives a window's whole gradient to its
-first maximal element (row-major) on every path, as lax and PyTorch do.
+cannot differentiate) and the uneven cells of the adaptive pools are gathered into the same blocks
+by strided slices or index gathers. Max pooling gives a window's whole gradient to its first
+maximal element (row-major; a NaN is the max of its window) on every path, as lax and PyTorch do.
 
 >>> import jaxconv as jc
 >>> jc.max_pool(np.arange(16.0).reshape(1, 4, 4, 1), 2)[0, ..., 0].tolist()
@@ -148,6 +156,168 @@ def _reduce_blocks(blocks: jax.Array, op: Callable, rank: int) -> jax.Array:
   return _block_max(blocks, rank) if op is lax.max else jnp.sum(blocks, axis=_window_axes(rank))
 
 
+# --------------------------------------------------------------------------------------------
+# taps: a non-overlapping window's cells as k_1 * ... * k_r arrays (N, *o, C), one per offset
+
+
+def _window_taps(tiles: jax.Array, window: tuple[int, ...]) -> list[jax.Array]:
+  """The taps of tiles ``(N, o_1 * k_1, ..., o_r * k_r, C)``: ``prod(window)`` arrays ``(N, *o, C)``, row-major.
+
+  One reshape to ``(N, o_1, k_1, ..., o_r, k_r * C)`` (the innermost window axis merged with the
+  channels, so its taps are contiguous runs of the last axis), then ``lax.split`` along each window
+  axis. A split's transpose is a concatenate, so the gradient writes each tap back in one pass
+  (slicing's transpose is a pad and an add per tap, several times slower).
+  """
+  n, c, rank = tiles.shape[0], tiles.shape[-1], len(window)
+  out = [m // k for m, k in zip(tiles.shape[1:-1], window)]
+  shape = [n]
+  for o, k in zip(out[:-1], window[:-1]):
+    shape += [o, k]
+  shape += [out[-1], window[-1] * c]
+  taps = [_split_rows(tiles, shape)]
+  for axis, k in enumerate(window[:-1]):
+    taps = [t for part in taps for t in lax.split(part, (1,) * k, axis=2 + 2 * axis)]
+  taps = [t for part in taps for t in lax.split(part, (c,) * window[-1], axis=2 * rank)]
+  return [lax.squeeze(t, tuple(range(2, 2 * rank, 2))) for t in taps]
+
+
+def _tree(op: Callable, xs: Sequence[jax.Array]) -> jax.Array:
+  """``op`` over xs as a balanced tree (depth log2 len(xs), so XLA fuses it into one loop without a long chain)."""
+  xs = list(xs)
+  while len(xs) > 1:
+    xs = [op(xs[i], xs[i + 1]) if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
+  return xs[0]
+
+
+# Windows with more taps than these keep the block reduction. Chosen from
+# experiments/bench/bench_pooling.py's taps-vs-blocks table on XLA:CPU (forward + backward, alone
+# and around a ReLU): the taps' max wins up to 2x2x2 and loses from 3x3 on (its variadic reduce
+# and select grow with the taps); their sum wins up to 3x3 and is mixed from 4x4 on.
+_SPLIT_MAX_TAPS = 8
+_SPLIT_SUM_TAPS = 9
+
+
+def _blocks_shape(tiles: jax.Array, window: tuple[int, ...]) -> tuple[int, ...]:
+  """The blocks ``(N, o_1, k_1, ..., o_r, k_r, C)`` of tiles ``(N, o_1 * k_1, ..., o_r * k_r, C)``."""
+  shape = [tiles.shape[0]]
+  for m, k in zip(tiles.shape[1:-1], window):
+    shape += [m // k, k]
+  return (*shape, tiles.shape[-1])
+
+
+def _first_max(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """The reducer of (value, tap) pairs that keeps the max, a NaN before any number, and the lower tap on ties.
+
+  A total order (NaN first, then larger values, then lower taps), so the result does not depend on
+  the order in which XLA combines the pairs.
+  """
+  (va, ia), (vb, ib) = a, b
+  nan_a, nan_b = va != va, vb != vb
+  tie = (va == vb) | (nan_a & nan_b)
+  take_a = (va > vb) | (nan_a & ~nan_b) | (tie & (ia < ib))
+  return lax.select(take_a, va, vb), lax.select(take_a, ia, ib)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _max_and_first(tiles: jax.Array, window: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """Each window's max and its first maximal tap (row-major; a NaN wins): ``(N, *o, C)`` each, the tap int8/int32.
+
+  One variadic reduce over the stacked taps: XLA materialises its result, so the backward pass
+  reads the tap of each window instead of recomputing the window's max for every input cell.
+  """
+  taps = _window_taps(tiles, window)
+  stacked = jnp.stack(taps, axis=-1)
+  index_dtype = np.int8 if len(taps) < 128 else np.int32
+  # zeros_like keeps stacked's sharding (an iota would be replicated, which Explicit axes reject).
+  order = jnp.zeros_like(stacked, index_dtype) + np.arange(len(taps), dtype=index_dtype)
+  inits = (np.array(-np.inf, stacked.dtype), np.array(len(taps), index_dtype))
+  y, first = lax.reduce((stacked, order), inits, _first_max, (stacked.ndim - 1,))
+  return y, first
+
+
+def _first_tangent(tangent: jax.Array, first: jax.Array, window: tuple[int, ...]) -> jax.Array:
+  """The tangent of each window's first maximal tap: tangent ``(N, o_1 * k_1, ..., C)`` -> ``(N, *o, C)``.
+
+  Written on the blocks, so that its transpose is one select that writes the whole input gradient.
+  """
+  rank = len(window)
+  axes = _window_axes(rank)
+  order_shape = [1] * (2 * rank + 2)
+  for a, k in zip(axes, window):
+    order_shape[a] = k
+  order = np.arange(math.prod(window), dtype=first.dtype).reshape(order_shape)
+  blocks = _split_rows(tangent, _blocks_shape(tangent, window))
+  return jnp.sum(jnp.where(order == jnp.expand_dims(first, axes), blocks, jnp.zeros_like(blocks)), axis=axes)
+
+
+@_max_and_first.defjvp
+def _max_and_first_jvp(
+  window: tuple[int, ...], primals: tuple[jax.Array], tangents: tuple[jax.Array]
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+  """The max's tangent is its first maximal tap's; the tap (an integer) has none (a float0 zero)."""
+  (tiles,), (tangent,) = primals, tangents
+  y, first = _max_and_first(tiles, window)
+  no_tangent = np.zeros(first.shape, jax.dtypes.float0)
+  return (y, first), (_first_tangent(tangent, first, window), no_tangent)  # type: ignore[return-value]  # float0
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _taps_max(tiles: jax.Array, window: tuple[int, ...]) -> jax.Array:
+  """Max over the non-overlapping windows of tiles ``(N, o_1 * k_1, ..., o_r * k_r, C)`` -> ``(N, *o, C)``.
+
+  Forward alone: a balanced tree of elementwise maxima over the taps, no reduction at all.
+  """
+  return _tree(lax.max, _window_taps(tiles, window))
+
+
+@_taps_max.defjvp
+def _taps_max_jvp(
+  window: tuple[int, ...], primals: tuple[jax.Array], tangents: tuple[jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+  """The first maximal element of each window (row-major) carries the tangent, as in lax and PyTorch.
+
+  Under differentiation the max comes from ``_max_and_first`` (its own JVP makes every order
+  exact), which also gives the tap that carries the tangent.
+  """
+  (tiles,), (tangent,) = primals, tangents
+  y, first = _max_and_first(tiles, window)
+  return y, _first_tangent(tangent, first, window)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _taps_sum(tiles: jax.Array, window: tuple[int, ...]) -> jax.Array:
+  """Sum over the non-overlapping windows of tiles ``(N, o_1 * k_1, ..., o_r * k_r, C)`` -> ``(N, *o, C)``.
+
+  Forward: a balanced tree of adds over the taps. The tangent sums the blocks instead, whose
+  transpose is one broadcast (the taps' would be a concatenate, slower on CPU). Still linear:
+  ``jax.linear_transpose`` transposes the taps.
+  """
+  return _tree(lax.add, _window_taps(tiles, window))
+
+
+@_taps_sum.defjvp
+def _taps_sum_jvp(
+  window: tuple[int, ...], primals: tuple[jax.Array], tangents: tuple[jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+  """The sum of the tangent's windows, over its blocks."""
+  (tiles,), (tangent,) = primals, tangents
+  blocks = _split_rows(tangent, _blocks_shape(tangent, window))
+  return _taps_sum(tiles, window), jnp.sum(blocks, axis=_window_axes(len(window)))
+
+
+def _reduce_tiles(tiles: jax.Array, op: Callable, window: tuple[int, ...]) -> jax.Array:
+  """Max (first-tie gradient) or sum over the non-overlapping windows of tiles ``(N, o_1 * k_1, ..., C)``.
+
+  Small windows go through their taps (``_window_taps``); larger ones through the blocks.
+  """
+  taps = math.prod(window)
+  if op is lax.max and taps <= _SPLIT_MAX_TAPS:
+    return _taps_max(tiles, window)
+  if op is lax.add and taps <= _SPLIT_SUM_TAPS:
+    return _taps_sum(tiles, window)
+  return _reduce_blocks(_split_rows(tiles, _blocks_shape(tiles, window)), op, len(window))
+
+
 def _strided_blocks(xp: jax.Array, g: Window) -> jax.Array:
   """Blocks of a padded xp ``(N, *padded, C)`` that holds every window: one strided slice per tap and axis."""
   blocks = xp
@@ -181,12 +351,8 @@ def reduce_windows(x: jax.Array, init: float, op: Callable, g: Window) -> jax.Ar
   xp = lax.pad(x, init_value, [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
   if dilated:
     return _reduce_blocks(_strided_blocks(xp, g), op, rank)
-  out = g.out_spatial
-  xp = xp[(slice(None), *(slice(0, o * k) for o, k in zip(out, g.kernel)))]
-  split = [x.shape[0]]
-  for o, k in zip(out, g.kernel):
-    split += [o, k]
-  return _reduce_blocks(_split_rows(xp, (*split, x.shape[-1])), op, rank)
+  tiles = xp[(slice(None), *(slice(0, o * k) for o, k in zip(g.out_spatial, g.kernel)))]
+  return _reduce_tiles(tiles, op, tuple(g.kernel))
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,6 +491,12 @@ def _adaptive_blocks(x: jax.Array, out: Sequence[int], fill: float) -> jax.Array
   return blocks
 
 
+def _even_cells(x: jax.Array, out: Sequence[int]) -> tuple[int, ...] | None:
+  """The window of adaptive cells that split x ``(N, *spatial, C)`` evenly (every ``n % o == 0``), else None."""
+  spatial = x.shape[1:-1]
+  return tuple(n // o for n, o in zip(spatial, out)) if all(n % o == 0 for n, o in zip(spatial, out)) else None
+
+
 def _adaptive_call(x: object, output_size: object) -> tuple[jax.Array, tuple[int, ...]]:
   """Validate an adaptive pool's call: x ``(N, *spatial, C)`` as a float array, and the output size."""
   (xa,) = promote(x=x)
@@ -360,6 +532,9 @@ def adaptive_max_pool(x: object, output_size: int | Sequence[int | None]) -> jax
     [2.0, 4.0]
   """
   xa, out = _adaptive_call(x, output_size)
+  window = _even_cells(xa, out)
+  if window:  # windows of n // o cells at stride n // o: the window pools' reduction
+    return _reduce_tiles(xa, lax.max, window)
   return _block_max(_adaptive_blocks(xa, out, -jnp.inf), len(out))
 
 
@@ -385,7 +560,11 @@ def adaptive_avg_pool(x: object, output_size: int | Sequence[int | None]) -> jax
   """
   xa, out = _adaptive_call(x, output_size)
   acc = kernels.accumulation_dtype(xa.dtype)
-  sums = jnp.sum(_adaptive_blocks(xa.astype(acc), out, 0.0), axis=_window_axes(len(out)))
+  window = _even_cells(xa, out)
+  if window:
+    sums = _reduce_tiles(xa.astype(acc), lax.add, window)
+  else:
+    sums = jnp.sum(_adaptive_blocks(xa.astype(acc), out, 0.0), axis=_window_axes(len(out)))
   sizes = [np.subtract(*adaptive_cells(n, o)[::-1]) for n, o in zip(xa.shape[1:-1], out)]
   return (sums / functools.reduce(np.multiply.outer, sizes).astype(acc)[..., None]).astype(xa.dtype)
 

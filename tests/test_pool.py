@@ -14,9 +14,10 @@ from jax import lax
 from references import assert_close, explicit_pairs, per_axis, random, rtol_for, with_vjp
 
 import jaxconv as jc
+from jaxconv import pooling
 from jaxconv.geometry import resolve_padding
 
-# (x shape, window, stride, padding); stride == window takes ops' reshape path, others reduce_window.
+# (x shape, window, stride, padding); stride == window takes the non-overlapping path, others reduce_window.
 CASES = {
   "2x2": ((2, 6, 6, 3), 2, None, "valid"),
   "2x2-odd-input": ((1, 7, 5, 2), 2, None, "valid"),
@@ -150,6 +151,107 @@ def test_max_pool_ties_across_window_axes_go_to_the_row_major_first(window, rng:
     dx_ref[(b, *cells[first], c)] += ct[(b, *out, c)]
   np.testing.assert_array_equal(y, y_ref)
   np.testing.assert_array_equal(dx, dx_ref)
+
+
+# --------------------------------------------------------------------------------------------
+# Non-overlapping windows: the taps path (lax.split, small windows) against the block reduction
+# it replaced and lax.reduce_window, ties and NaNs included.
+
+TAP_WINDOWS = [(2,), (4,), (2, 2), (2, 3), (1, 3), (2, 2, 2), (2, 1, 3)]
+
+
+def tiles_of(rng: np.random.Generator, window: tuple[int, ...], data: str) -> np.ndarray:
+  """x ``(2, 3 k_1, ..., 3 k_r, 3)``: ``data`` "ties" (values in {0, 1}), "constant", "nan" (ties and NaNs), "-inf"."""
+  shape = (2, *(3 * k for k in window), 3)
+  x = rng.integers(0, 2, shape).astype(np.float32)
+  if data == "constant":
+    x[:] = 1.0
+  if data == "nan":
+    x[rng.random(shape) < 0.1] = np.nan
+  if data == "-inf":  # whole windows of -inf (as ceil_mode's overhang makes), the rest ties
+    x[:, : window[0]] = -np.inf
+  return x
+
+
+def block_reduce(op):
+  """The block reduction that non-overlapping windows used before the taps path (and still use for large ones)."""
+  return lambda x, window: pooling._reduce_blocks(x.reshape(pooling._blocks_shape(x, window)), op, len(window))
+
+
+@pytest.mark.parametrize("data", ["ties", "constant", "nan", "-inf"])
+@pytest.mark.parametrize("window", TAP_WINDOWS)
+def test_taps_path_equals_the_block_reduction(window, data, rng: np.random.Generator):
+  """Values, reverse- and forward-mode derivatives of both reductions agree exactly on ties, NaNs and -inf windows."""
+  assert math.prod(window) <= pooling._SPLIT_MAX_TAPS  # these windows take the taps path
+  x = tiles_of(rng, window, data)
+  ct = rng.standard_normal((2, *(3,) * len(window), 3)).astype(np.float32)
+  for op in (lax.max, lax.add):
+    taps = functools.partial(pooling._reduce_tiles, op=op, window=window)
+    blocks = functools.partial(block_reduce(op), window=window)
+    y, (dx,) = with_vjp(taps)(x, ct)
+    y_ref, (dx_ref,) = with_vjp(blocks)(x, ct)
+    np.testing.assert_array_equal(y, y_ref)
+    if op is lax.add:  # a different summation order: equal up to rounding
+      np.testing.assert_allclose(dx, dx_ref, rtol=1e-6)
+      continue
+    np.testing.assert_array_equal(dx, dx_ref)
+    t = rng.standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(jax.jvp(taps, (x,), (t,))[1], jax.jvp(blocks, (x,), (t,))[1])
+
+
+@pytest.mark.parametrize("window", [(4,), (2, 3), (2, 2, 2)])
+def test_taps_path_equals_reduce_window_under_every_transform(window, rng: np.random.Generator):
+  """max_pool / avg_pool on the taps path: jit, grad of order 2, jacfwd, hessian and vmap equal reduce_window's."""
+  x = tiles_of(rng, window, "ties")[:1, ..., :2]  # ties, no NaN: reduce_window's rule is the same
+  dims = (1, *window, 1)
+  ref = {
+    "max": lambda x: lax.reduce_window(x, -jnp.inf, lax.max, dims, dims, "VALID"),
+    "avg": lambda x: lax.reduce_window(x, 0.0, lax.add, dims, dims, "VALID") / math.prod(window),
+  }
+  for kind, pool in (("max", jc.max_pool), ("avg", jc.avg_pool)):
+    ours = functools.partial(pool, window=window)
+    weights = np.arange(1.0, 1.0 + jax.eval_shape(ours, x).size).reshape(jax.eval_shape(ours, x).shape)
+
+    def loss(p, weights=weights):
+      return lambda x: jnp.sum(jnp.sin(p(x)) * weights)  # nonlinear: second derivatives are not zero
+
+    np.testing.assert_array_equal(jax.jit(ours)(x), ref[kind](x))
+    for transform in (jax.grad, jax.jacfwd, jax.hessian, lambda f: jax.grad(lambda x: jax.grad(f)(x).sum())):
+      np.testing.assert_allclose(transform(loss(ours))(x), transform(loss(ref[kind]))(x), rtol=1e-5, atol=1e-6)
+    batched = jax.vmap(jax.grad(loss(ours)))(x[:, None])
+    np.testing.assert_allclose(batched, jax.vmap(jax.grad(loss(ref[kind])))(x[:, None]), rtol=1e-6)
+
+
+def test_taps_path_keeps_bfloat16_and_is_linear_for_sums(rng: np.random.Generator):
+  """bf16 max_pool gradients equal reduce_window's; avg_pool stays linear (jax.linear_transpose works)."""
+  x = jnp.asarray(tiles_of(rng, (2, 2), "ties"), jnp.bfloat16)
+  rw = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  ct = jnp.asarray(rng.standard_normal((2, 3, 3, 3)), jnp.bfloat16)
+  dx = jax.vjp(lambda x: jc.max_pool(x, 2), x)[1](ct)[0]
+  assert dx.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(jax.vjp(rw, x)[1](ct)[0], np.float32))
+  xf = x.astype(jnp.float32)
+  (dx_avg,) = jax.linear_transpose(lambda x: jc.avg_pool(x, 2), xf)(ct.astype(jnp.float32))
+  np.testing.assert_allclose(dx_avg, jnp.repeat(jnp.repeat(ct.astype(jnp.float32), 2, 1), 2, 2) / 4, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "window, kind, taps_path",
+  [
+    ((2, 2), "max", True),
+    ((2, 2, 2), "max", True),
+    ((3, 3), "max", False),
+    ((3, 3), "avg", True),
+    ((4, 4), "avg", False),
+  ],
+)
+def test_small_windows_take_the_taps_path(window, kind, taps_path):
+  """Windows up to the thresholds split their taps (no reduce in the forward jaxpr); larger ones reduce blocks."""
+  x = jax.ShapeDtypeStruct((1, *(2 * k for k in window), 2), np.float32)
+  pool = functools.partial(jc.max_pool if kind == "max" else jc.avg_pool, window=window)
+  jaxpr = str(jax.make_jaxpr(pool)(x))
+  assert ("split" in jaxpr) == taps_path
+  assert ("reduce_max" in jaxpr or "reduce_sum" in jaxpr) != taps_path
 
 
 # --------------------------------------------------------------------------------------------
