@@ -83,25 +83,9 @@ class LeNet(nnx.Module):
     self.classifier = nnx.Sequential(nn.flatten, dense(flat, 120), act, dense(120, 84), act, logits)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    """x ``(N, H, W, C)`` -> logits ``(N, num_classes)``.
-
-    The layers run in ``features``' order, except that a ReLU followed by a max pool runs as the
-    pool followed by the ReLU: the two commute exactly, values and gradients alike (a ReLU is
-    non-decreasing, so ``relu(max(w)) == max(relu(w))`` for every window ``w``, and the window's
-    first maximal element is the one whose gradient both pass on, or none when the max is <= 0),
-    and pooling first leaves the ReLU, its mask and its backward a quarter of the elements.
-    """
-    for name, layer in _execution_order(tuple(zip(FEATURE_NAMES, self.features.layers, strict=True))):
+    """x ``(N, H, W, C)`` -> logits ``(N, num_classes)``."""
+    for name, layer in zip(FEATURE_NAMES, self.features.layers, strict=True):
       with jax.named_scope(name):
         x = layer(x)
     with jax.named_scope("classifier"):
       return self.classifier(x)
-
-
-def _execution_order(named: tuple[tuple[str, Any], ...]) -> list[tuple[str, Any]]:
-  """``named`` layers with each ReLU that a max pool follows moved after that pool (see ``LeNet.__call__``)."""
-  order = list(named)
-  for i in range(len(order) - 1):
-    if order[i][1] is nnx.relu and isinstance(order[i + 1][1], nn.MaxPool):
-      order[i], order[i + 1] = order[i + 1], order[i]
-  return order
