@@ -495,3 +495,26 @@ def test_pool_arguments_are_checked(fn, kwargs, exc, match):
     return
   with pytest.raises(exc, match=f"^{match}"):
     jax.jit(functools.partial(fn, **kwargs))(X)
+
+
+@pytest.mark.parametrize(
+  "pool",
+  [
+    lambda x: jc.max_pool(x, 2),  # the taps path
+    lambda x: jc.max_pool(x, 3, 2, padding=1),  # reduce_window
+    lambda x: jc.adaptive_max_pool(x, 4),  # uneven cells of 6
+  ],
+)
+def test_16bit_max_pools_run_in_float32_and_equal_it(pool, rng: np.random.Generator):
+  """bf16 max pools reduce in float32 (the jaxpr says so); values and gradients equal the float32 pool's."""
+  x32 = jnp.asarray(rng.permutation(216).reshape(2, 6, 6, 3) - 100.0, jnp.float32)  # exact in bf16
+  x = x32.astype(jnp.bfloat16)
+  assert "f32[2,6,6,3]" in str(jax.make_jaxpr(pool)(x))
+  y = pool(x)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(y.astype(np.float32), pool(x32))
+  ct32 = jnp.asarray(rng.integers(-8, 8, y.shape), jnp.float32)  # small integers: sums exact in bf16
+  (dx,) = jax.vjp(pool, x)[1](ct32.astype(jnp.bfloat16))
+  (want,) = jax.vjp(pool, x32)[1](ct32)
+  assert dx.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(dx.astype(np.float32), want)
