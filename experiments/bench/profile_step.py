@@ -42,6 +42,7 @@ import optax
 from absl import app, flags
 from flax import nnx
 
+from benchmarks.harness import environment, gemm_peak_gflops
 from jaxconv import training
 from jaxconv.models import LeNet
 from jaxconv.models.lenet import FEATURE_NAMES
@@ -241,11 +242,32 @@ def torch_parts(repeats: int, batch: int) -> tuple[dict[str, float], str, int]:
   return result, torch.__version__, torch.get_num_threads()
 
 
+def step_gflop(batch: int) -> float:
+  """GFLOP of one LeNet training step, as XLA's cost analysis counts the step on the lax kernel.
+
+  The lax kernel's convolutions are XLA ops that the cost analysis counts (a custom call, such as
+  oneDNN's, counts nothing), so this is the step's arithmetic whatever kernel runs it.
+  """
+  model = LeNet(impl="lax", rngs=nnx.Rngs(0))
+  tx = optax.adam(1e-3)
+  graphdef, state = training.create_state(model, tx)
+  data = training.Batch(jnp.zeros((batch, 28, 28, 1)), jnp.zeros((batch,), jnp.int32))
+  compiled = jax.jit(training.make_train_step(graphdef, tx)).lower(state, data, jax.random.key(0)).compile()
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, list) else analysis
+  return float(analysis["flops"]) / 1e9
+
+
 def main(argv: list[str]) -> None:
   """Profile every impl (and torch) and print one table of ms per part."""
   del argv
   impls = FLAGS.impl or ["auto", "toeplitz"]
-  results: dict = {"load_average_before": os.getloadavg(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "ms": {}}
+  results: dict = {
+    "env": environment(),
+    "load_average_before": os.getloadavg(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "ms": {},
+  }
   for impl in impls:
     results["ms"][f"jaxconv {impl}"] = jax_parts(impl, FLAGS.repeats, FLAGS.batch_size)
   if FLAGS.torch:
@@ -255,6 +277,10 @@ def main(argv: list[str]) -> None:
     except ImportError:
       print("torch is not installed: profiling jaxconv only")
   results["load_average_after"] = os.getloadavg()
+  # The step's floor if all its arithmetic ran at the rate of XLA's best float32 GEMM, measured here.
+  results["step_gflop"] = step_gflop(FLAGS.batch_size)
+  results["gemm_peak_gflops"] = gemm_peak_gflops()
+  results["gemm_bound_ms"] = 1e3 * results["step_gflop"] / results["gemm_peak_gflops"]
   columns = list(results["ms"])
   flat = {
     c: {k: v for k, v in ms.items() if k != "in the loop"} | ms.get("in the loop", {})
@@ -273,6 +299,10 @@ def main(argv: list[str]) -> None:
   for row in rows:
     cells = (flat[c].get(row) for c in columns)
     print(f"{row:<24}" + "".join(f"{'-' if v is None else f'{v:.3f}':>18}" for v in cells))
+  print(
+    f"GEMM-bound step: {results['step_gflop']:.3f} GFLOP (XLA's count of the step on lax) at the "
+    f"{results['gemm_peak_gflops']:.0f} GFLOP/s of a jitted float32 2048^3 jnp.dot = {results['gemm_bound_ms']:.2f} ms"
+  )
   if FLAGS.out:
     Path(FLAGS.out).write_text(json.dumps(results, indent=2) + "\n")
 
