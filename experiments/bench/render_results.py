@@ -189,6 +189,34 @@ def time_to_accuracy(path: Path, data: dict) -> str:
 
 
 # file -> (title, command, renderer)
+def step_breakdown(path: Path, data: dict) -> str:
+  """profile_step: ms per part of a LeNet training step per trainer, the in-loop ops by layer, the GEMM bound."""
+  columns = list(data["ms"])
+  flat = {
+    c: {k: v for k, v in ms.items() if k != "in the loop"} | ms.get("in the loop", {}) for c, ms in data["ms"].items()
+  }
+  rows = list(dict.fromkeys(key for column in flat.values() for key in column))
+  body = [
+    [
+      row.strip() if not row.startswith("  ") else f"in the loop: {row.strip()}",
+      *(flat[c].get(row, "-") for c in columns),
+    ]
+    for row in rows
+  ]
+  notes = [
+    'Each part runs jitted alone, forward then backward, median ms per call; "step" is one training step, '
+    '"step in a 50-step loop" a step of the compiled loop the training runs. The "in the loop" rows charge '
+    "each XLA op of that loop to its layer from a profiler trace (ops on concurrent threads both count)."
+  ]
+  if data.get("gemm_bound_ms"):
+    notes.append(
+      f"GEMM-bound step: {data['step_gflop']:.3f} GFLOP (XLA's cost analysis of the step on the lax kernel) at "
+      f"{data['gemm_peak_gflops']:.0f} GFLOP/s (a jitted float32 2048^3 `jnp.dot`, same run) = "
+      f"{data['gemm_bound_ms']:.2f} ms."
+    )
+  return " ".join(notes) + "\n\n" + _table(["part (ms)", *columns], body)
+
+
 PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
   "kernels.json": (
     "Kernels, default XLA flags",
@@ -205,6 +233,11 @@ PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
     "LeNet training throughput against PyTorch eager (2)",
     "python experiments/bench_training.py --rounds 5 --impl auto",
     throughput,
+  ),
+  "lenet_step_breakdown.json": (
+    "Where a LeNet training step's time goes, against PyTorch eager",
+    "python experiments/bench/profile_step.py --impl auto --impl toeplitz",
+    step_breakdown,
   ),
   "lenet_speedrun_seeds.json": (
     "Speedrun to 99% over seeds, against PyTorch eager",
