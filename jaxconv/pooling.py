@@ -128,6 +128,14 @@ def _window_axes(rank: int) -> tuple[int, ...]:
   return tuple(range(2, 2 * rank + 1, 2))
 
 
+def _tap_order(window: tuple[int, ...], dtype: np.dtype | type = np.int64) -> np.ndarray:
+  """Each cell's row-major tap in its window, shaped to broadcast over blocks ``(N, o_1, k_1, ..., o_r, k_r, C)``."""
+  shape = [1] * (2 * len(window) + 2)
+  for a, k in zip(_window_axes(len(window)), window):
+    shape[a] = k
+  return np.arange(math.prod(window)).astype(dtype).reshape(shape)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _block_max(blocks: jax.Array, rank: int) -> jax.Array:
   """Max over the windows of blocks ``(N, o_1, k_1, ..., o_r, k_r, C)`` -> ``(N, *o, C)``."""
@@ -140,11 +148,7 @@ def _block_max_jvp(rank: int, primals: tuple[jax.Array], tangents: tuple[jax.Arr
   (blocks,), (tangent,) = primals, tangents
   axes = _window_axes(rank)
   y = jnp.max(blocks, axis=axes, keepdims=True)
-  window = tuple(blocks.shape[a] for a in axes)
-  order_shape = [1] * blocks.ndim
-  for a, k in zip(axes, window):
-    order_shape[a] = k
-  order = np.arange(math.prod(window)).reshape(order_shape)
+  order = _tap_order(tuple(blocks.shape[a] for a in axes))
   # A NaN is the max of its window (jnp.max propagates it), so it, not nothing, takes the tangent.
   is_max = (blocks == y) | (jnp.isnan(blocks) & jnp.isnan(y))
   first = jnp.min(jnp.where(is_max, order, order.size), axis=axes, keepdims=True)
@@ -240,12 +244,8 @@ def _first_tangent(tangent: jax.Array, first: jax.Array, window: tuple[int, ...]
 
   Written on the blocks, so that its transpose is one select that writes the whole input gradient.
   """
-  rank = len(window)
-  axes = _window_axes(rank)
-  order_shape = [1] * (2 * rank + 2)
-  for a, k in zip(axes, window):
-    order_shape[a] = k
-  order = np.arange(math.prod(window), dtype=first.dtype).reshape(order_shape)
+  axes = _window_axes(len(window))
+  order = _tap_order(window, first.dtype)
   blocks = _split_rows(tangent, _blocks_shape(tangent, window))
   return jnp.sum(jnp.where(order == jnp.expand_dims(first, axes), blocks, jnp.zeros_like(blocks)), axis=axes)
 
@@ -356,10 +356,11 @@ def reduce_windows(x: jax.Array, init: float, op: Callable, g: Window) -> jax.Ar
 
 
 def _widened(x: jax.Array, pool: Callable[[jax.Array], jax.Array]) -> jax.Array:
-  """``pool`` (a max) run on x in its accumulation dtype (float32 for 16-bit floats), cast back.
+  """``pool`` run on x in its accumulation dtype (float32 for 16-bit floats), its result cast back.
 
-  A max, its first-tie rule and its gradient are exact in any wider type, and XLA:CPU reduces and
-  selects 16-bit floats 3-4x slower than float32 (LeNet's 2x2 pools, forward + backward).
+  Sums accumulate in float32, as the kernels do. A max, its first-tie rule and its gradient are
+  exact in any wider type, and XLA:CPU reduces and selects 16-bit floats 3-4x slower than float32
+  (LeNet's 2x2 max pools, forward + backward).
   """
   wide = kernels.accumulation_dtype(x.dtype)
   return pool(x) if wide == x.dtype else pool(x.astype(wide)).astype(x.dtype)
@@ -447,10 +448,9 @@ def avg_pool(
   include = check_bool(count_include_pad, "count_include_pad")
   g = pool_window(xa, window, stride, padding, 1, ceil_mode)
   acc = kernels.accumulation_dtype(xa.dtype)
-  sums = reduce_windows(xa.astype(acc), 0.0, lax.add, g)
   counts = window_counts(g, include)
   divisor = np.asarray(g.taps, acc) if (counts == g.taps).all() else counts.astype(acc)[..., None]
-  return (sums / divisor).astype(xa.dtype)
+  return _widened(xa, lambda wide: reduce_windows(wide, 0.0, lax.add, g) / divisor)
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,9 +544,13 @@ def adaptive_max_pool(x: object, output_size: int | Sequence[int | None]) -> jax
   """
   xa, out = _adaptive_call(x, output_size)
   window = _even_cells(xa, out)
-  if window:  # windows of n // o cells at stride n // o: the window pools' reduction
-    return _widened(xa, lambda wide: _reduce_tiles(wide, lax.max, window))
-  return _widened(xa, lambda wide: _block_max(_adaptive_blocks(wide, out, -jnp.inf), len(out)))
+
+  def pool(wide: jax.Array) -> jax.Array:
+    if window:  # windows of n // o cells at stride n // o: the window pools' reduction
+      return _reduce_tiles(wide, lax.max, window)
+    return _block_max(_adaptive_blocks(wide, out, -jnp.inf), len(out))
+
+  return _widened(xa, pool)
 
 
 def adaptive_avg_pool(x: object, output_size: int | Sequence[int | None]) -> jax.Array:
@@ -570,14 +574,18 @@ def adaptive_avg_pool(x: object, output_size: int | Sequence[int | None]) -> jax
     [1.0, 3.0]
   """
   xa, out = _adaptive_call(x, output_size)
-  acc = kernels.accumulation_dtype(xa.dtype)
   window = _even_cells(xa, out)
-  if window:
-    sums = _reduce_tiles(xa.astype(acc), lax.add, window)
-  else:
-    sums = jnp.sum(_adaptive_blocks(xa.astype(acc), out, 0.0), axis=_window_axes(len(out)))
   sizes = [np.subtract(*adaptive_cells(n, o)[::-1]) for n, o in zip(xa.shape[1:-1], out)]
-  return (sums / functools.reduce(np.multiply.outer, sizes).astype(acc)[..., None]).astype(xa.dtype)
+  cells = functools.reduce(np.multiply.outer, sizes)
+
+  def mean(wide: jax.Array) -> jax.Array:
+    if window:  # the window pools' reduction, as in adaptive_max_pool
+      sums = _reduce_tiles(wide, lax.add, window)
+    else:
+      sums = jnp.sum(_adaptive_blocks(wide, out, 0.0), axis=_window_axes(len(out)))
+    return sums / cells.astype(wide.dtype)[..., None]
+
+  return _widened(xa, mean)
 
 
 __all__ = [
