@@ -16,7 +16,9 @@ Parts timed alone are not what they cost inside the step: there XLA fuses each l
 elementwise work with its neighbours' and recomputes cheap producers inside every consumer. So
 ``--trace`` (the default) also profiles the compiled loop with ``jax.profiler`` and charges each
 XLA op to the layer whose ``jax.named_scope`` (``LeNet`` scopes each layer) its ``op_name`` holds,
-forward or backward: the indented rows, ms per step.
+forward or backward: the indented rows, ms per step. Last, the step's GEMM bound: its FLOPs (XLA's
+cost analysis of the step on the lax kernel) at the rate of a jitted float32 2048^3 ``jnp.dot``
+timed in the same run.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from absl import app, flags
 from flax import nnx
 
 from benchmarks.harness import environment, gemm_peak_gflops
+from experiments.bench.render_results import step_columns
 from jaxconv import training
 from jaxconv.models import LeNet
 from jaxconv.models.lenet import FEATURE_NAMES
@@ -282,11 +285,7 @@ def main(argv: list[str]) -> None:
   results["gemm_peak_gflops"] = gemm_peak_gflops()
   results["gemm_bound_ms"] = 1e3 * results["step_gflop"] / results["gemm_peak_gflops"]
   columns = list(results["ms"])
-  flat = {
-    c: {k: v for k, v in ms.items() if k != "in the loop"} | ms.get("in the loop", {})
-    for c, ms in results["ms"].items()
-  }
-  rows = dict.fromkeys(key for column in flat.values() for key in column)
+  flat, rows = step_columns(results["ms"])
   print(
     f"\nbatch {FLAGS.batch_size}, ms per call (median of {FLAGS.repeats}), load average "
     f"{results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}, "

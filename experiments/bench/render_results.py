@@ -188,14 +188,18 @@ def time_to_accuracy(path: Path, data: dict) -> str:
   )
 
 
-# file -> (title, command, renderer)
+def step_columns(ms: dict[str, dict]) -> tuple[dict[str, dict[str, float]], list[str]]:
+  """profile_step's ``ms`` (trainer -> part -> ms, plus an "in the loop" dict) as flat columns and their rows."""
+  flat = {
+    c: {k: v for k, v in parts.items() if k != "in the loop"} | parts.get("in the loop", {}) for c, parts in ms.items()
+  }
+  return flat, list(dict.fromkeys(key for column in flat.values() for key in column))
+
+
 def step_breakdown(path: Path, data: dict) -> str:
   """profile_step: ms per part of a LeNet training step per trainer, the in-loop ops by layer, the GEMM bound."""
   columns = list(data["ms"])
-  flat = {
-    c: {k: v for k, v in ms.items() if k != "in the loop"} | ms.get("in the loop", {}) for c, ms in data["ms"].items()
-  }
-  rows = list(dict.fromkeys(key for column in flat.values() for key in column))
+  flat, rows = step_columns(data["ms"])
   body = [
     [
       row.strip() if not row.startswith("  ") else f"in the loop: {row.strip()}",
@@ -217,6 +221,7 @@ def step_breakdown(path: Path, data: dict) -> str:
   return " ".join(notes) + "\n\n" + _table(["part (ms)", *columns], body)
 
 
+# file -> (title, command, renderer)
 PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
   "kernels.json": (
     "Kernels, default XLA flags",
