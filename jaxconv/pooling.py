@@ -22,6 +22,8 @@ undilated windows use ``lax.reduce_window``; dilated max windows (whose ``reduce
 cannot differentiate) and the uneven cells of the adaptive pools are gathered into the same blocks
 by strided slices or index gathers. Max pooling gives a window's whole gradient to its first
 maximal element (row-major; a NaN is the max of its window) on every path, as lax and PyTorch do.
+16-bit inputs are pooled in float32 and the result cast back: exact for a max and its gradient,
+float32 accumulation for sums, and 3-4x faster than bfloat16 on XLA:CPU.
 
 >>> import jaxconv as jc
 >>> jc.max_pool(np.arange(16.0).reshape(1, 4, 4, 1), 2)[0, ..., 0].tolist()
