@@ -37,6 +37,7 @@ from jaxconv.geometry import (
   conv_geometry,
   transpose_output_shape,
 )
+from jaxconv.kernels.primitives import add_bias, conv_bias
 from jaxconv.kernels.taps import swap_channels
 
 # --------------------------------------------------------------------------------------------
@@ -94,15 +95,6 @@ def geometry_of(
   )
 
 
-def add_bias(y: jax.Array, b: jax.Array | None) -> jax.Array:
-  """``y + b`` over the channel axis; ``b`` of shape ``(C_out,)`` or None."""
-  if b is None:
-    return y
-  # Added in the accumulation dtype so that b's gradient (a sum over N and space) is too.
-  acc = kernels.accumulation_dtype(y.dtype)
-  return (y.astype(acc) + b.astype(acc)).astype(y.dtype)
-
-
 # --------------------------------------------------------------------------------------------
 # dispatch
 
@@ -120,13 +112,15 @@ def fill_padding(x: jax.Array, g: ConvGeometry, padding_mode: str) -> tuple[jax.
   return xp, dataclasses.replace(g, spatial=g.padded, padding=((0, 0),) * g.rank)
 
 
-def run_conv(x: jax.Array, w: jax.Array, g: ConvGeometry, impl: str | None, padding_mode: str = "zeros") -> jax.Array:
-  """The correlation y ``(N, *out, C_out)`` of a validated call, on the kernel ``impl``."""
+def run_conv(
+  x: jax.Array, w: jax.Array, g: ConvGeometry, impl: str | None, padding_mode: str = "zeros", b: jax.Array | None = None
+) -> jax.Array:
+  """The correlation y ``(N, *out, C_out)`` of a validated call plus the bias ``b`` (or None), on kernel ``impl``."""
   name = check_impl(impl)
   x, g = fill_padding(x, g, padding_mode)
   if g.empty:
-    return jnp.zeros(g.out_shape, x.dtype)
-  return kernels.conv(x, w, g, name)
+    return add_bias(jnp.zeros(g.out_shape, x.dtype), b)
+  return conv_bias(x, w, b, g, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +275,7 @@ def conv(
   check_rank("x", xa, (3, 4, 5), "(N, *spatial, C_in) with 1-3 spatial axes")
   g = geometry_of(xa, wa, stride=stride, padding=padding, dilation=dilation, groups=groups)
   check_bias(ba, g.out_channels)
-  return add_bias(run_conv(xa, wa, g, impl, padding_mode), ba)
+  return run_conv(xa, wa, g, impl, padding_mode, ba)
 
 
 def transpose_geometry(

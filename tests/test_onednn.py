@@ -90,6 +90,46 @@ def test_values_and_transposes_match_lax(rng, case):
 
 
 @needs_onednn
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}*{c[1]}")
+def test_bias_functions_match_lax(rng, case):
+  """forward_bias adds b inside the forward primitive; kernel_grad_bias also gives dy's sum (oneDNN's diff_bias)."""
+  g = _geometry(case)
+  x, w, dy = _operands(rng, g)
+  b = jnp.asarray(rng.standard_normal(g.out_channels), jnp.float32)
+  jit = jax.jit(lambda f, *a: f(*a, g), static_argnums=0)
+  np.testing.assert_allclose(jit(onednn.forward_bias, x, w, b), _lax(x, w, g) + b, rtol=1e-5, atol=1e-5)
+  dw, db = jit(onednn.kernel_grad_bias, x, dy)
+  np.testing.assert_allclose(dw, _lax_kernel_grad(x, dy, g), rtol=1e-5, atol=2e-5)
+  np.testing.assert_allclose(db, dy.sum(axis=tuple(range(dy.ndim - 1))), rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_bias_and_its_gradient_come_from_the_kernel_calls(rng):
+  """jc.conv(x, w, b, impl="onednn"): no XLA add in the forward, no XLA reduction for b's gradient.
+
+  The compiled programs call the fused targets; the same calls on lax add and reduce (the check
+  can fail).
+  """
+  import jaxconv as jc
+
+  x = jnp.asarray(rng.standard_normal((4, 12, 12, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((5, 5, 3, 6)), jnp.float32)
+  b = jnp.asarray(rng.standard_normal(6), jnp.float32)
+  ct = jnp.asarray(rng.standard_normal((4, 12, 12, 6)), jnp.float32)
+  for impl, fused in (("onednn", True), ("lax", False)):
+    f = lambda x, w, b, impl=impl: jc.conv(x, w, b, padding=2, impl=impl)
+    forward = jax.jit(f).lower(x, w, b).compile().as_text()
+    backward = jax.jit(lambda x, w, b, ct, f=f: jax.vjp(f, x, w, b)[1](ct)).lower(x, w, b, ct).compile().as_text()
+    assert ("jaxconv_onednn_forward_bias" in forward) == fused, impl
+    assert ("jaxconv_onednn_backward_weights_bias" in backward) == fused, impl
+    assert (" reduce(" not in backward) == fused, impl
+    got = jax.vjp(f, x, w, b)[1](ct)
+    want = jax.vjp(lambda x, w, b: _lax(x, w, _geometry(((4, 12, 12, 3), (5, 5, 3, 6), {"padding": 2}))) + b, x, w, b)
+    for a, e in zip(got, want[1](ct)):
+      np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-3)
+
+
+@needs_onednn
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0)], ids=["first", "second", "both"])
 @pytest.mark.parametrize("which", ["forward", "input_grad", "kernel_grad"])
 def test_vmap_matches_lax(rng, which, in_axes):
@@ -218,9 +258,14 @@ def test_16_bit_kernel_gradients_of_narrow_outputs_run_in_float32(rng, c_out, na
   jaxpr = str(jax.make_jaxpr(lambda x, dy: onednn.kernel_grad(x, dy, g))(x, dy))
   assert ("f32[" in jaxpr) == narrow  # float32 operands only on the narrow path
   if onednn.supports_onednn(g) is None:
-    got = np.asarray(onednn.kernel_grad(x, dy, g).astype(jnp.float32))
     want = np.asarray(_lax_kernel_grad(x.astype(jnp.float32), dy.astype(jnp.float32), g))
+    got = np.asarray(onednn.kernel_grad(x, dy, g).astype(jnp.float32))
     np.testing.assert_allclose(got, want, atol=1e-2 * np.abs(want).max())
+    dw, db = onednn.kernel_grad_bias(x, dy, g)
+    assert dw.dtype == db.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(dw.astype(jnp.float32)), want, atol=1e-2 * np.abs(want).max())
+    sums = np.asarray(dy.astype(jnp.float32)).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(np.asarray(db.astype(jnp.float32)), sums, atol=1e-2 * np.abs(sums).max())
 
 
 def test_wait_policy_is_set_for_the_load_only(monkeypatch):

@@ -118,6 +118,30 @@ def test_replace_of_a_kernel_with_its_own_transposes(rng, name):
   assert all(not np.any(np.asarray(g)) for g in grad(x, w))
 
 
+def test_fused_bias_functions_are_what_runs(rng, name):
+  """A kernel's forward_bias and kernel_grad_bias serve b's forward and gradient: no add, no reduction of its own."""
+  x, w, b = random(rng, (2, 6, 6, 2), (3, 3, 2, 3), (3,))
+  (ct,) = random(rng, (2, 4, 4, 3))
+  lax_kernel_grad = lambda x, dy, g: jax.vjp(lambda w: conv_lax(x, w, g), jnp.zeros(g.w_shape, x.dtype))[1](dy)[0]
+  # Marked: the fused forward adds 1 more, the fused gradient doubles b's; what runs shows which ran.
+  kernels.register(
+    name,
+    forward_bias=lambda x, w, b, g: conv_lax(x, w, g) + b + 1.0,
+    kernel_grad_bias=lambda x, dy, g: (lax_kernel_grad(x, dy, g), 2.0 * dy.sum(axis=(0, 1, 2))),
+  )(scaled(1.0))
+  f = lambda x, w, b: jc.conv(x, w, b, impl=name)
+  y, pull = jax.vjp(f, x, w, b)
+  want_y, want_pull = jax.vjp(lambda x, w, b: jc.conv(x, w, b, impl="lax"), x, w, b)
+  assert_close(y, want_y + 1.0, 1e-5)
+  (dx, dw, db), (want_dx, want_dw, want_db) = pull(ct), want_pull(ct)
+  assert_close(dx, want_dx, 1e-5)
+  assert_close(dw, want_dw, 1e-5)
+  assert_close(db, 2.0 * want_db, 1e-5)
+  # Without b (or with only b differentiated) the plain functions run.
+  assert_close(jc.conv(x, w, impl=name), jc.conv(x, w, impl="lax"), 1e-5)
+  assert_close(jax.grad(lambda b: f(x, w, b).sum())(b), jax.grad(lambda b: jc.conv(x, w, b, impl="lax").sum())(b), 1e-5)
+
+
 def test_replace_registers_a_new_name_too(name):
   kernels.register(name, replace=True)(scaled(1.0))
   assert name in kernels.available()

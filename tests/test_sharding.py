@@ -138,6 +138,16 @@ for kind in ("auto", "explicit"):
     out[f"{name}/{kind}"] = run(op, (x,), (P("data"),), kind)
 
 
+# A bias in the kernel's own calls (oneDNN's forward_bias and kernel_grad_bias) and its gradient.
+bias_impl = "onednn" if "onednn" in jc.available_impls() else "im2col"
+conv_bias = lambda x, w, b: jc.conv(x, w, b, padding="same", impl=bias_impl)
+bias_op = lambda x, w, b: (
+  conv_bias(x, w, b), *jax.grad(lambda *a: jnp.sum(jnp.sin(conv_bias(*a))), argnums=(0, 1, 2))(x, w, b))
+bias = rng.standard_normal(4).astype(np.float32)
+for kind in ("auto", "explicit"):
+  out[f"conv+bias/{kind}"] = run(bias_op, (x, w, bias), (P("data"), P(), P()), kind)
+
+
 # The Flax drop-in: one SGD step of a small CNN whose convolutions are jaxconv's.
 class CNN(nnx.Module):
   def __init__(self, rngs):
@@ -302,6 +312,16 @@ def test_ops_and_their_gradients_keep_the_batch_sharded(ops, name, kind):
   case = ops[f"{name}/{kind}"]
   y, dx, dw = case["specs"]
   assert y[:1] == ["data"] and dx[:1] == ["data"] and not any(dw), case
+  assert not case["gathered"] and case["collectives"] == ["all-reduce"], case
+  assert case["error"] < 1e-4, case
+
+
+@pytest.mark.parametrize("kind", ["auto", "explicit"])
+def test_conv_with_a_bias_keeps_the_batch_sharded(ops, kind):
+  """The fused bias (oneDNN's, where built): y and dx split like the batch, dw and db all-reduced."""
+  case = ops[f"conv+bias/{kind}"]
+  y, dx, dw, db = case["specs"]
+  assert y[:1] == ["data"] and dx[:1] == ["data"] and not any(dw) and not any(db), case
   assert not case["gathered"] and case["collectives"] == ["all-reduce"], case
   assert case["error"] < 1e-4, case
 

@@ -394,6 +394,47 @@ def test_check_grads_order_2(impl: str):
 
 
 # --------------------------------------------------------------------------------------------
+# a bias in the kernel's own calls (forward_bias, kernel_grad_bias): their two primitives' rules
+
+BIAS_IMPLS = tuple(impl for impl in IMPLS if kernels.get(impl).forward_bias is not None)
+# Cheap ones in the fast run (each rule of both primitives: jvp, transposes, both batchings);
+# every transform of conv in the slow run.
+BIAS_FAST = ("jit", "grad", "grad2", "vjp", "jvp", "vmap-x", "vmap-both", "vmap-of-grad")
+
+
+def _bias_of(w: jax.Array) -> jax.Array:
+  """A bias derived from the kernel, so that w's derivatives of every order reach the bias's too."""
+  return 0.5 * w[0, 0, 0, :] + 0.25
+
+
+def _check_bias_transforms(impl: str, names: tuple[str, ...]) -> None:
+  fn = FUNCTIONS["conv"]
+  kw = _served(impl, fn)
+  f = lambda x, w: jc.conv(x, w, _bias_of(w), impl=impl, **kw)
+  ref = lambda x, w: _lax_conv(x, w, **kw) + _bias_of(w)
+  actual = _run_all(f, _operands("conv"), names)
+  expected = _run_all(ref, _operands("conv"), names)
+  failures = {n: _mismatch(actual[n], jax.tree.map(np.asarray, expected[n])) for n in names}
+  failures = {n: why for n, why in failures.items() if why is not None}
+  assert not failures, f"conv(impl={impl!r}, {kw}) with a bias differs from lax under: {failures}"
+
+
+def test_bias_impls_include_onednn_where_available():
+  assert ("onednn" in BIAS_IMPLS) == ("onednn" in IMPLS)
+
+
+@pytest.mark.parametrize("impl", BIAS_IMPLS)
+def test_fused_bias_transforms_match_lax(impl: str):
+  _check_bias_transforms(impl, BIAS_FAST)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", BIAS_IMPLS)
+def test_fused_bias_every_transform_matches_lax(impl: str):
+  _check_bias_transforms(impl, tuple(n for n in GRID["conv"] if n not in BIAS_FAST))
+
+
+# --------------------------------------------------------------------------------------------
 # zero-size inputs
 
 ZERO_SIZE = {

@@ -19,6 +19,16 @@ kernel's fast functions, never a trace through its internals. Batching: an extra
 per-example operand alone (x of F, dy of Bx) folds into the batch; anything else (a batch of
 kernels, per-example kernel gradients) maps the primitive over that axis with ``lax.map``.
 
+The bias. ``conv_bias_p(x, w, b) = F(x, w) + b`` and ``kernel_bias_grad_p(x, dy) = (Bw(x, dy),
+sum(dy))`` serve kernels that add a bias and give its gradient in the same call
+(``forward_bias``, ``kernel_grad_bias``: oneDNN). ``conv_bias_p`` is linear in x alone and in
+(w, b) together, so its tangent is ``F(dx, w) + conv_bias_p(x, dw, db)`` and the transpose of the
+second term is one ``kernel_bias_grad_p`` call; ``kernel_bias_grad_p`` is linear in dy (its
+transpose is ``conv_bias_p`` again) and in x (``Bx(dy, ct_dw)``). They are bound only where
+nothing is sharded Explicitly; on several devices they lower to the three primitives above plus
+XLA's add and reduction, which partition as those do. Kernels without the fused functions get
+the same add and reduction, unchanged.
+
 Sharding, for every kernel (``docs/sharding.md``). Under ``jax.jit`` with a batch-sharded x (or
 dy), each device runs the kernel on its own rows: the outputs of ``F`` and ``Bx`` stay sharded
 like the batch, and ``Bw`` is each shard's kernel gradient followed by one all-reduce (``psum``).
@@ -617,8 +627,231 @@ def conv_kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry, impl: str) ->
   return _bind_kernel_grad(x, dy, g, registry.resolve(impl, g).name)
 
 
+# --------------------------------------------------------------------------------------------
+# the bias (see the module docstring)
+
+
+def add_bias(y: jax.Array, b: jax.Array | None) -> jax.Array:
+  """``y + b`` over the channel axis; ``b`` of shape ``(C_out,)`` or None."""
+  if b is None:
+    return y
+  # Added in the accumulation dtype so that b's gradient (a sum over N and space) is too.
+  acc = registry.accumulation_dtype(y.dtype)
+  return (y.astype(acc) + b.astype(acc)).astype(y.dtype)
+
+
+def _channel_sum(dy: jax.Array) -> jax.Array:
+  """dy ``(N, *spatial, C)`` summed over N and space (the bias's gradient), in the accumulation dtype, as dy's dtype."""
+  acc = registry.accumulation_dtype(dy.dtype)
+  return jnp.sum(dy.astype(acc), axis=tuple(range(dy.ndim - 1))).astype(dy.dtype)
+
+
+def _geometry_for(a, geometry: ConvGeometry) -> ConvGeometry:
+  return geometry.with_batch(a.shape[0]) if a.shape[0] != geometry.batch else geometry
+
+
+conv_bias_p = core.Primitive("jaxconv_conv_bias")
+kernel_bias_grad_p = core.Primitive("jaxconv_conv_kernel_bias_grad")
+kernel_bias_grad_p.multiple_results = True
+
+
+def _conv_bias_abstract(x, w, b, *, impl: str, geometry: ConvGeometry):
+  return jax.core.ShapedArray(_geometry_for(x, geometry).out_shape, x.dtype)
+
+
+def _kernel_bias_grad_abstract(x, dy, *, impl: str, geometry: ConvGeometry):
+  return [jax.core.ShapedArray(geometry.w_shape, x.dtype), jax.core.ShapedArray((geometry.out_channels,), x.dtype)]
+
+
+def _conv_bias_local(x: jax.Array, w: jax.Array, b: jax.Array, *, impl: str, geometry: ConvGeometry) -> jax.Array:
+  """The kernel's fused forward on one device (or its forward and an add)."""
+  g = _geometry_for(x, geometry)
+  kernel = registry.get(impl)
+  if g.empty or kernel.forward_bias is None:
+    y = jnp.zeros(g.out_shape, x.dtype) if g.empty else _forward(kernel)(x, w, g)
+    return add_bias(y, b)
+  return kernel.forward_bias(x, w, b, g)
+
+
+def _kernel_bias_grad_local(x: jax.Array, dy: jax.Array, *, impl: str, geometry: ConvGeometry):
+  """The kernel's fused kernel and bias gradients on one device (or its kernel gradient and a reduction)."""
+  g = _geometry_for(x, geometry)
+  kernel = registry.get(impl)
+  if g.empty or kernel.kernel_grad_bias is None:
+    dw = jnp.zeros(g.w_shape, x.dtype) if g.empty else _kernel_grad(kernel)(x, dy, g)
+    return [dw, _channel_sum(dy)]
+  return list(kernel.kernel_grad_bias(x, dy, g))
+
+
+def _conv_bias_split(x: jax.Array, w: jax.Array, b: jax.Array, *, impl: str, geometry: ConvGeometry) -> jax.Array:
+  """On several devices: the forward primitive (partitioned as it is) and XLA's add."""
+  return add_bias(conv_p.bind(x, w, impl=impl, geometry=geometry), b)
+
+
+def _kernel_bias_grad_split(x: jax.Array, dy: jax.Array, *, impl: str, geometry: ConvGeometry):
+  """On several devices: the kernel-gradient primitive (partitioned as it is) and XLA's reduction."""
+  return [kernel_grad_p.bind(x, dy, impl=impl, geometry=geometry), _channel_sum(dy)]
+
+
+def _fused_lowering(local: Callable, split: Callable, multiple_results: bool):
+  def lowering(ctx: mlir.LoweringRuleContext, *args, impl: str, geometry: ConvGeometry):
+    fn = split if _multi_device(ctx) else local
+    return mlir.lower_fun(functools.partial(fn, impl=impl, geometry=geometry), multiple_results)(ctx, *args)
+
+  return lowering
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_bias(prim: core.Primitive, impl: str, geometry: ConvGeometry):
+  return jax.jit(functools.partial(prim.bind, impl=impl, geometry=geometry))
+
+
+registry.add_replace_hook(_compiled_bias.cache_clear)
+conv_bias_p.def_abstract_eval(_conv_bias_abstract)
+kernel_bias_grad_p.def_abstract_eval(_kernel_bias_grad_abstract)
+conv_bias_p.def_impl(lambda *args, impl, geometry: _compiled_bias(conv_bias_p, impl, geometry)(*args))
+kernel_bias_grad_p.def_impl(lambda *args, impl, geometry: _compiled_bias(kernel_bias_grad_p, impl, geometry)(*args))
+mlir.register_lowering(conv_bias_p, _fused_lowering(_conv_bias_local, _conv_bias_split, False))
+mlir.register_lowering(kernel_bias_grad_p, _fused_lowering(_kernel_bias_grad_local, _kernel_bias_grad_split, True))
+
+
+def _zero(t) -> bool:
+  return type(t) is ad.Zero
+
+
+def _zero_like(y: jax.Array) -> ad.Zero:
+  """The symbolic zero tangent of ``y``."""
+  return ad.Zero(jax.typeof(y).to_tangent_aval())
+
+
+def _bias_linear(x: jax.Array, dw, db, g: ConvGeometry, impl: str) -> jax.Array | None:
+  """``F(x, dw) + db``, linear in (dw, db), either a symbolic zero: one fused call for both; None for zero."""
+  if _zero(dw):
+    return None if _zero(db) else add_bias(jnp.zeros(_geometry_for(x, g).out_shape, x.dtype), db)
+  if _zero(db):
+    return _bind_conv(x, dw, g, impl)
+  return conv_bias_p.bind(x, dw, db, impl=impl, geometry=g)
+
+
+def _conv_bias_jvp(primals, tangents, *, impl: str, geometry: ConvGeometry):
+  x, w, b = primals
+  dx, dw, db = tangents
+  y = conv_bias_p.bind(x, w, b, impl=impl, geometry=geometry)
+  parts = [] if _zero(dx) else [_bind_conv(dx, w, geometry, impl)]
+  term = _bias_linear(x, dw, db, geometry, impl)
+  if term is not None:
+    parts.append(term)
+  if not parts:
+    return y, _zero_like(y)
+  return y, functools.reduce(jnp.add, parts)
+
+
+def _conv_bias_transpose(ct, x, w, b, *, impl: str, geometry: ConvGeometry):
+  """Linear in x (w, b known: the add's constant has no cotangent) or in (w, b) (x known)."""
+  if ad.is_undefined_primal(x):
+    ct_x = None if _zero(ct) else _bind_input_grad(ct, w, geometry, impl)
+    return [ct_x, None, None]
+  if _zero(ct):
+    return [None, None, None]
+  want_w, want_b = ad.is_undefined_primal(w), ad.is_undefined_primal(b)
+  if want_w and want_b:
+    dw, db = kernel_bias_grad_p.bind(x, ct, impl=impl, geometry=geometry)
+    return [None, dw, db]
+  if want_w:
+    return [None, _bind_kernel_grad(x, ct, geometry, impl), None]
+  return [None, None, _channel_sum(ct)]
+
+
+def _kernel_bias_grad_jvp(primals, tangents, *, impl: str, geometry: ConvGeometry):
+  x, dy = primals
+  dx, ddy = tangents
+  out = kernel_bias_grad_p.bind(x, dy, impl=impl, geometry=geometry)
+  t_dw, t_db = (None, None) if _zero(ddy) else kernel_bias_grad_p.bind(x, ddy, impl=impl, geometry=geometry)
+  if not _zero(dx):
+    term = _bind_kernel_grad(dx, dy, geometry, impl)
+    t_dw = term if t_dw is None else t_dw + term
+  tangents_out = [_zero_like(out[0]) if t_dw is None else t_dw, _zero_like(out[1]) if t_db is None else t_db]
+  return out, tangents_out
+
+
+def _kernel_bias_grad_transpose(cts, x, dy, *, impl: str, geometry: ConvGeometry):
+  """Linear in dy (x known: ``F(x, ct_dw) + ct_db``) or in x (dy known: ``Bx(dy, ct_dw)``; db has no x)."""
+  ct_dw, ct_db = cts
+  if ad.is_undefined_primal(dy):
+    return [None, _bias_linear(x, ct_dw, ct_db, geometry, impl)]
+  return [None if _zero(ct_dw) else _bind_input_grad(dy, ct_dw, geometry, impl), None]
+
+
+ad.primitive_jvps[conv_bias_p] = _conv_bias_jvp
+ad.primitive_transposes[conv_bias_p] = _conv_bias_transpose
+ad.primitive_jvps[kernel_bias_grad_p] = _kernel_bias_grad_jvp
+ad.primitive_transposes[kernel_bias_grad_p] = _kernel_bias_grad_transpose
+
+
+def _conv_bias_batcher(args, dims, *, impl: str, geometry: ConvGeometry):
+  """vmap: an extra axis of x alone folds into its batch (as for ``conv_p``); anything else maps."""
+  (x, w, b), (dx, dw, db) = args, dims
+  if dw is None and db is None:
+    x = jnp.moveaxis(x, dx, 1)
+    n, size = x.shape[:2]
+    y = conv_bias(x.reshape(n * size, *x.shape[2:]), w, b, geometry.with_batch(n * size), impl)
+    return y.reshape(n, size, *y.shape[1:]), 1
+  return _map_over(lambda x, w, b: conv_bias(x, w, b, geometry, impl), args, dims), 0
+
+
+def _kernel_bias_grad_batcher(args, dims, *, impl: str, geometry: ConvGeometry):
+  """vmap: mapped over the batched operands (a per-example kernel gradient is one call per example)."""
+  out = _map_over(lambda x, dy: tuple(kernel_bias_grad_p.bind(x, dy, impl=impl, geometry=geometry)), args, dims)
+  return list(out), [0, 0]
+
+
+def _map_over(fn: Callable, args: Sequence[jax.Array], dims: Sequence[int | None]):
+  """``lax.map`` of ``fn`` over the batched ``args`` (moved to axis 0), the others closed over (not broadcast)."""
+  batched = [i for i, d in enumerate(dims) if d is not None]
+
+  def one(mapped):
+    full = list(args)
+    for i, value in zip(batched, mapped):
+      full[i] = value
+    return fn(*full)
+
+  return lax.map(one, tuple(jnp.moveaxis(args[i], dims[i], 0) for i in batched))  # type: ignore[arg-type]  # batched
+
+
+batching.primitive_batchers[conv_bias_p] = _conv_bias_batcher
+batching.primitive_batchers[kernel_bias_grad_p] = _kernel_bias_grad_batcher
+
+
+def conv_bias(x: jax.Array, w: jax.Array, b: jax.Array | None, g: ConvGeometry, impl: str) -> jax.Array:
+  """``y = F(x, w) + b`` by the kernel ``impl``: in one call where it adds biases (``forward_bias``).
+
+  Args:
+    x: ``(N, *spatial, C_in)``.
+    w: ``(*kernel, C_in // groups, C_out)``.
+    b: ``(C_out,)`` in x's dtype, or None.
+    g: the validated geometry of the call.
+    impl: a registered kernel name.
+
+  Returns:
+    y ``(N, *out_spatial, C_out)``; b's gradient comes with the kernel's in one call where the
+    kernel gives both (``kernel_grad_bias``). Sharded operands (Explicit axes) and kernels
+    without the fused functions get ``conv`` and XLA's add.
+
+  Raises:
+    ValueError: ``impl`` is unknown or refuses ``g``.
+  """
+  kernel = registry.resolve(impl, g)
+  unsharded = all(not any(_explicit_specs(jax.typeof(a))) for a in (x, w) + (() if b is None else (b,)))
+  if b is None or kernel.forward_bias is None or not unsharded:
+    return add_bias(_bind_conv(x, w, g, kernel.name), b)
+  return conv_bias_p.bind(x, w, b, impl=kernel.name, geometry=g)
+
+
 __all__ = [
+  "add_bias",
   "conv",
+  "conv_bias",
+  "conv_bias_p",
   "conv_input_grad",
   "conv_kernel_grad",
   "conv_p",
@@ -626,5 +859,6 @@ __all__ = [
   "auto_layout",
   "explicit_layout",
   "input_grad_p",
+  "kernel_bias_grad_p",
   "kernel_grad_p",
 ]

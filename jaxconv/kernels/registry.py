@@ -13,6 +13,15 @@ written backward passes gives them here. Either way ``jaxconv.kernels.primitives
 into bilinear primitives whose derivatives and batching rules call each other, so every
 registered kernel works under jit, grad of any order, vjp, jvp, jacfwd, jacrev, hessian and vmap.
 
+A kernel may also add a bias in the same call, and give its gradient with the kernel gradient
+(where the library it wraps does both in one pass over the data, as oneDNN does)::
+
+    forward_bias(x, w, b, g) -> y                 y = forward(x, w, g) + b, b (C_out,) in x's dtype
+    kernel_grad_bias(x, dy, g) -> (dw, db)        db = dy summed over N and space, in x's dtype
+
+both accumulated in at least float32. A kernel without them gets ``forward`` plus an XLA add, and
+``kernel_grad`` plus an XLA reduction.
+
 A kernel refuses what it cannot serve through ``supports(g)`` (a reason, or None). ``local``
 says whether a non-finite input value stays within the outputs whose windows see it, as in
 lax: transform-based kernels (FFT, Winograd, banded matrices) spread an inf or NaN further.
@@ -36,6 +45,8 @@ import numpy as np
 from jaxconv.geometry import ConvGeometry
 
 Forward = Callable[[jax.Array, jax.Array, ConvGeometry], jax.Array]
+ForwardBias = Callable[[jax.Array, jax.Array, jax.Array, ConvGeometry], jax.Array]
+KernelGradBias = Callable[[jax.Array, jax.Array, ConvGeometry], tuple[jax.Array, jax.Array]]
 Supports = Callable[[ConvGeometry], "str | None"]
 
 
@@ -51,6 +62,8 @@ class Kernel:
   local: bool = True
   dispatch: Callable[[ConvGeometry], str] | None = None
   description: str = ""
+  forward_bias: ForwardBias | None = None
+  kernel_grad_bias: KernelGradBias | None = None
 
   def refusal(self, g: ConvGeometry) -> str | None:
     """Why this kernel cannot serve ``g``, or None."""
@@ -79,6 +92,8 @@ def register(
   dispatch: Callable[[ConvGeometry], str] | None = None,
   description: str = "",
   replace: bool = False,
+  forward_bias: ForwardBias | None = None,
+  kernel_grad_bias: KernelGradBias | None = None,
 ) -> Callable[[Forward], Forward]:
   """Decorator: register ``forward`` under ``name`` with its optional transposes and refusals.
 
@@ -94,6 +109,9 @@ def register(
     replace: replace a kernel already registered under ``name``. The new functions are what
       every later call runs, eager or under an already-compiled ``jax.jit``, ``jax.grad`` and the
       layers: the caches that hold compiled programs are cleared (``jax.clear_caches()``).
+    forward_bias: ``(x, w, b, g) -> forward(x, w, g) + b`` in one call; None: forward, then an add.
+    kernel_grad_bias: ``(x, dy, g) -> (dw, db)``, the kernel gradient and dy summed over N and
+      space, in one call; None: kernel_grad, then a reduction.
 
   Returns:
     The decorator, which registers its argument and returns it unchanged.
@@ -114,7 +132,9 @@ def register(
         f"a kernel named {name!r} is already registered; pass replace=True to register(...) to replace it"
       )
     doc = description or (forward.__doc__ or "").strip().partition("\n")[0]
-    _REGISTRY[name] = Kernel(name, forward, input_grad, kernel_grad, supports, local, dispatch, doc)
+    _REGISTRY[name] = Kernel(
+      name, forward, input_grad, kernel_grad, supports, local, dispatch, doc, forward_bias, kernel_grad_bias
+    )
     if replacing:
       _forget_compiled()
     return forward
@@ -200,7 +220,9 @@ __all__ = [
   "FUNCTION_DEFAULT",
   "LAYER_DEFAULT",
   "Forward",
+  "ForwardBias",
   "Kernel",
+  "KernelGradBias",
   "Supports",
   "accumulation_dtype",
   "add_replace_hook",
