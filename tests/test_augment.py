@@ -46,6 +46,28 @@ def test_shift_matches_numpy_pad_and_crop(rng, fill):
   np.testing.assert_array_equal(np.asarray(got), shifted_reference(x, shifts, fill))
 
 
+@pytest.mark.parametrize("fill", [None, -0.5])
+@pytest.mark.parametrize("max_shift", [0, 1, 3])
+def test_shift_with_max_shift_pads_less_and_gives_the_same_images(rng, fill, max_shift):
+  x = images_of(rng)
+  shifts = np.array(
+    [[0, 0], [max_shift, -max_shift], [-max_shift, max_shift], [max_shift, 0], [0, -max_shift]], np.int32
+  )
+  shift = jax.jit(augment.shift, static_argnums=(2, 3))
+  got = shift(jnp.asarray(x), jnp.asarray(shifts), fill, max_shift)
+  np.testing.assert_array_equal(np.asarray(got), shifted_reference(x, shifts, fill))
+  # The pad is max_shift cells on each side, not a whole image.
+  n, h, w, c = x.shape
+  text = shift.lower(jnp.asarray(x), jnp.asarray(shifts), fill, max_shift).as_text()
+  assert f"tensor<{n}x{h + 2 * max_shift}x{w + 2 * max_shift}x{c}xf32>" in text or not max_shift
+  assert f"tensor<{n}x{3 * h}x{3 * w}x{c}xf32>" not in text
+
+
+def test_shift_refuses_a_bad_max_shift(rng):
+  with pytest.raises(ValueError, match="max_shift must be None or an int >= 0; got -1"):
+    augment.shift(jnp.asarray(images_of(rng)), jnp.zeros((5, 2), jnp.int32), None, -1)
+
+
 def test_shift_inside_the_image_is_a_roll(rng):
   x = np.zeros((1, 10, 10, 1), np.float32)
   x[0, 3:6, 2:5, 0] = rng.standard_normal((3, 3))

@@ -109,24 +109,29 @@ def _check_per_image(name: str, value: jax.Array, shape: tuple[int, ...], images
     )
 
 
-def shift(images: jax.Array, shifts: jax.Array, fill: float | None = None) -> jax.Array:
+def shift(images: jax.Array, shifts: jax.Array, fill: float | None = None, max_shift: int | None = None) -> jax.Array:
   """Translate each image by whole pixels: ``out[n, i, j] = images[n, i - dy, j - dx]``.
 
-  images ``(N, H, W, C)``; shifts ``(N, 2)`` int ``(dy, dx)``, each ``|d|`` at most the image size.
-  Pixels from outside the image are the nearest edge pixel (``fill=None``) or ``fill``.
+  images ``(N, H, W, C)``; shifts ``(N, 2)`` int ``(dy, dx)``, each ``|d|`` at most ``max_shift``
+  (None: the image size). Pixels from outside the image are the nearest edge pixel
+  (``fill=None``) or ``fill``.
   """
   _check_images(images)
   _check_per_image("shifts", shifts, (2,), images)
   if not jnp.issubdtype(shifts.dtype, jnp.integer):
     raise TypeError(f"shifts must have an integer dtype; got {shifts.dtype}")
   _, h, w, c = images.shape
-  pad = ((0, 0), (h, h), (w, w), (0, 0))
-  # Padding by a whole image on each side lets every shift up to the image size be one slice.
+  if max_shift is not None and (not isinstance(max_shift, int) or isinstance(max_shift, bool) or max_shift < 0):
+    raise ValueError(f"max_shift must be None or an int >= 0; got {max_shift!r}")
+  # Padding by the largest shift on each side makes every shift one slice (the default, a whole
+  # image, serves any shift up to the image size; a smaller pad is less to write and gather).
+  rh, rw = (h, w) if max_shift is None else (min(max_shift, h), min(max_shift, w))
+  pad = ((0, 0), (rh, rh), (rw, rw), (0, 0))
   padded = jnp.pad(images, pad, mode="edge") if fill is None else jnp.pad(images, pad, constant_values=fill)
   shifts = shifts.astype(jnp.int32)
 
   def one(image: jax.Array, d: jax.Array) -> jax.Array:
-    return lax.dynamic_slice(image, (h - d[0], w - d[1], 0), (h, w, c))
+    return lax.dynamic_slice(image, (rh - d[0], rw - d[1], 0), (h, w, c))
 
   return jax.vmap(one)(padded, shifts)
 
@@ -196,7 +201,7 @@ def augment(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Arr
   k_shift, k_warp = jax.random.split(key)
   shifts = sample_shifts(k_shift, n, config.max_shift)
   if not config.warps:
-    return shift(images, shifts, config.fill)
+    return shift(images, shifts, config.fill, config.max_shift)
   matrices = sample_affine(k_warp, n, config)
   # out[p] = warped[p - t]: the shift moves the output grid, so it enters after the matrix.
   offsets = -jnp.einsum("nij,nj->ni", matrices, shifts.astype(matrices.dtype))
