@@ -14,7 +14,13 @@
 // or are blocked too (and reordered per call) where channels-last code is slow (see Build).
 // Primitives (and their reorders) are cached per problem: creating one JIT-compiles code.
 //
-// Exported C symbols: the three FFI handlers, plus jaxconv_onednn_info / jaxconv_onednn_probe for
+// The bias: forward can add one (y = conv(x, w) + b) and backward-weights can also give its
+// gradient (db = dy summed over N and space, oneDNN's diff_bias, computed in the same pass over dy).
+// The bias and its gradient are float32 (C_out,) whatever the activations' dtype: jaxconv adds
+// biases in the accumulation dtype. These calls take no vmap axes (jaxconv's primitives fold or
+// map them before the call).
+//
+// Exported C symbols: the five FFI handlers, plus jaxconv_onednn_info / jaxconv_onednn_probe for
 // Python (ctypes) to check at trace time that a problem is implementable, with oneDNN's message.
 
 #include <dlfcn.h>
@@ -29,6 +35,7 @@
 #include <memory>
 #include <mutex>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -47,10 +54,11 @@ struct Problem {
   int64_t op = kForward;
   dnnl::memory::data_type dtype = dnnl::memory::data_type::f32;
   int64_t rank = 0, batch = 0, in_channels = 0, out_channels = 0, groups = 1;
+  bool bias = false;  // forward adds a float32 bias; backward-weights also gives its gradient
   std::vector<int64_t> spatial, kernel, out_spatial, stride, dilation, pad_lo, pad_hi;
 
   std::vector<int64_t> Key() const {
-    std::vector<int64_t> key = {op, static_cast<int64_t>(dtype), rank, batch, in_channels, out_channels, groups};
+    std::vector<int64_t> key = {op, static_cast<int64_t>(dtype), rank, batch, in_channels, out_channels, groups, bias};
     for (const auto* v : {&spatial, &kernel, &out_spatial, &stride, &dilation, &pad_lo, &pad_hi}) {
       key.insert(key.end(), v->begin(), v->end());
     }
@@ -118,6 +126,8 @@ struct Entry {
   dnnl::primitive conv;
   std::string impl;
   std::array<Operand, 3> operands;  // a, b, out
+  int bias_arg = 0;                  // DNNL_ARG_BIAS or DNNL_ARG_DIFF_BIAS with a bias, else 0
+  dnnl::memory::desc bias;           // float32 (C_out,)
   size_t scratchpad = 0;             // bytes
 };
 
@@ -154,9 +164,20 @@ std::unique_ptr<Entry> Build(const Problem& p, bool any_activations) {
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   // float32 stays float32: no implicit down-conversion to bf16/tf32 where the CPU has it.
   attr.set_fpmath_mode(dnnl::fpmath_mode::strict);
-  auto hint = dnnl::convolution_forward::primitive_desc(engine, dnnl::prop_kind::forward_training, algo, src_any,
-                                                         weights_any, dst_any, stride, dilation, lo, hi, attr);
+  const dnnl::memory::desc bias({p.out_channels}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::a);
+  const bool forward_bias = p.bias && p.op == kForward;
+  auto hint = forward_bias ? dnnl::convolution_forward::primitive_desc(engine, dnnl::prop_kind::forward_training, algo,
+                                                                       src_any, weights_any, bias, dst_any, stride,
+                                                                       dilation, lo, hi, attr)
+                           : dnnl::convolution_forward::primitive_desc(engine, dnnl::prop_kind::forward_training, algo,
+                                                                       src_any, weights_any, dst_any, stride, dilation,
+                                                                       lo, hi, attr);
   auto entry = std::make_unique<Entry>();
+  if (p.bias && p.op == kBackwardData) throw std::invalid_argument("backward-data has no bias");
+  if (p.bias) {
+    entry->bias_arg = p.op == kForward ? DNNL_ARG_BIAS : DNNL_ARG_DIFF_BIAS;
+    entry->bias = bias;
+  }
   if (p.op == kForward) {
     entry->conv = dnnl::convolution_forward(hint);
     entry->impl = hint.impl_info_str();
@@ -174,8 +195,10 @@ std::unique_ptr<Entry> Build(const Problem& p, bool any_activations) {
                        MakeOperand(DNNL_ARG_WEIGHTS, weights, pd.weights_desc(), true),
                        MakeOperand(DNNL_ARG_DIFF_SRC, src, pd.diff_src_desc(), false)};
   } else {
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(engine, algo, src_any, weights_any, dst_any, stride,
-                                                                 dilation, lo, hi, hint, attr);
+    auto pd = p.bias ? dnnl::convolution_backward_weights::primitive_desc(engine, algo, src_any, weights_any, bias, dst_any,
+                                                                          stride, dilation, lo, hi, hint, attr)
+                     : dnnl::convolution_backward_weights::primitive_desc(engine, algo, src_any, weights_any, dst_any,
+                                                                          stride, dilation, lo, hi, hint, attr);
     entry->conv = dnnl::convolution_backward_weights(pd);
     entry->impl = pd.impl_info_str();
     entry->scratchpad = pd.scratchpad_desc().get_size();
@@ -186,17 +209,18 @@ std::unique_ptr<Entry> Build(const Problem& p, bool any_activations) {
   return entry;
 }
 
-void Run(const Entry& entry, void* a, void* b, void* out);
+void Run(const Entry& entry, void* a, void* b, void* out, void* bias = nullptr);
 
 // Zero-filled buffers of an entry's user layouts, to time it on.
 struct Buffers {
-  std::vector<char> data[3];
+  std::vector<char> data[4];
   explicit Buffers(const Entry& entry) {
     for (int i = 0; i < 3; ++i) data[i].assign(entry.operands[i].user.get_size(), 0);
+    data[3].assign(entry.bias.get_size(), 0);
   }
   double Seconds(const Entry& entry) {
     auto start = std::chrono::steady_clock::now();
-    Run(entry, data[0].data(), data[1].data(), data[2].data());
+    Run(entry, data[0].data(), data[1].data(), data[2].data(), entry.bias_arg ? data[3].data() : nullptr);
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
 };
@@ -293,10 +317,11 @@ class ThreadCap {
 };
 
 // Runs one problem on raw pointers: a = x (forward, backward-weights) or dy (backward-data);
-// b = w (forward, backward-data) or dy (backward-weights); out = y, dx or dw.
-void Execute(const Problem& p, void* a, void* b, void* out) { Run(Lookup(p), a, b, out); }
+// b = w (forward, backward-data) or dy (backward-weights); out = y, dx or dw; bias = b (forward) or
+// db (backward-weights) with p.bias.
+void Execute(const Problem& p, void* a, void* b, void* out, void* bias = nullptr) { Run(Lookup(p), a, b, out, bias); }
 
-void Run(const Entry& entry, void* a, void* b, void* out) {
+void Run(const Entry& entry, void* a, void* b, void* out, void* bias) {
   dnnl::engine& engine = Engine();
   dnnl::stream stream(engine);
   void* user[3] = {a, b, out};
@@ -320,6 +345,7 @@ void Run(const Entry& entry, void* a, void* b, void* out) {
     if (o.reorder && i < 2) o.convert.execute(stream, mine, memories[i]);
     args[o.arg] = memories[i];
   }
+  if (entry.bias_arg != 0) args[entry.bias_arg] = dnnl::memory(entry.bias, engine, bias);
   if (entry.scratchpad > 0) {
     const dnnl::memory::desc bytes({static_cast<int64_t>(entry.scratchpad)}, dnnl::memory::data_type::u8, dnnl::memory::format_tag::a);
     args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(bytes, engine, base + offsets[3]);
@@ -339,9 +365,11 @@ int64_t OutputSize(int64_t n, int64_t k, int64_t s, int64_t d, int64_t lo, int64
 
 // The problem of a call from its activation shape (N, *spatial, C_in), weight shape and geometry.
 Problem MakeProblem(int64_t op, dnnl::memory::data_type dtype, const int64_t* x_shape, const int64_t* w_shape, int64_t rank,
-                    const int64_t* stride, const int64_t* dilation, const int64_t* lo, const int64_t* hi, int64_t groups) {
+                    const int64_t* stride, const int64_t* dilation, const int64_t* lo, const int64_t* hi, int64_t groups,
+                    bool bias = false) {
   Problem p;
   p.op = op;
+  p.bias = bias;
   p.dtype = dtype;
   p.rank = rank;
   p.batch = x_shape[0];
@@ -370,9 +398,10 @@ bool DnnlType(ffi::DataType type, dnnl::memory::data_type* out) {
 }
 
 // One FFI call: operands a, b and result out as in Execute, each with `lead` vmap axes in front.
+// `bias`, where given, is the float32 (C_out,) bias (forward) or its gradient (backward-weights).
 ffi::Error Call(int64_t op, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out, ffi::Span<const int64_t> stride,
                 ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> lo, ffi::Span<const int64_t> hi, int64_t groups,
-                int64_t threads) {
+                int64_t threads, ffi::AnyBuffer* bias = nullptr) {
   try {
     const int64_t rank = static_cast<int64_t>(stride.size());
     if (rank < 1 || rank > 3 || dilation.size() != stride.size() || lo.size() != stride.size() || hi.size() != stride.size()) {
@@ -405,7 +434,14 @@ ffi::Error Call(int64_t op, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer o
       x_shape[0] *= count;
       count = 1;
     }
-    Problem p = MakeProblem(op, dtype, x_shape.data(), w_dims, rank, stride.begin(), dilation.begin(), lo.begin(), hi.begin(), groups);
+    if (bias != nullptr) {
+      auto bias_dims = bias->dimensions();
+      if (lead != 0 || bias->element_type() != ffi::DataType::F32 || bias_dims.size() != 1 || bias_dims[0] != w_dims[rank + 1]) {
+        return ffi::Error::InvalidArgument("onednn conv: the bias must be float32 (C_out,), without vmap axes");
+      }
+    }
+    Problem p = MakeProblem(op, dtype, x_shape.data(), w_dims, rank, stride.begin(), dilation.begin(), lo.begin(), hi.begin(), groups,
+                            bias != nullptr);
     // The result's own shape must be what the geometry gives.
     const int64_t* check = op == kForward ? od.begin() + lead : (op == kBackwardData ? ad.begin() + lead : bd.begin() + lead);
     for (int64_t i = 0; i < rank; ++i) {
@@ -413,7 +449,7 @@ ffi::Error Call(int64_t op, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer o
     }
     const ThreadCap cap(threads);
     if (count == 1) {
-      Execute(p, a.untyped_data(), b.untyped_data(), out.untyped_data());
+      Execute(p, a.untyped_data(), b.untyped_data(), out.untyped_data(), bias == nullptr ? nullptr : bias->untyped_data());
       return ffi::Error::Success();
     }
     // One call per vmap index; an operand of size 1 on a vmap axis is broadcast along it.
@@ -474,6 +510,44 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxconv_onednn_forward, JAXCONV_BIND(kForward), JA
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxconv_onednn_backward_data, JAXCONV_BIND(kBackwardData), JAXCONV_SIGNATURE);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxconv_onednn_backward_weights, JAXCONV_BIND(kBackwardWeights), JAXCONV_SIGNATURE);
 
+// With the bias: forward(x, w, b) -> y and backward-weights(x, dy) -> (dw, db).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    jaxconv_onednn_forward_bias,
+    [](ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer bias, ffi::Result<ffi::AnyBuffer> out,
+       ffi::Span<const int64_t> stride, ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> lo,
+       ffi::Span<const int64_t> hi, int64_t groups,
+       int64_t threads) { return Call(kForward, a, b, *out, stride, dilation, lo, hi, groups, threads, &bias); },
+    ffi::Ffi::Bind()
+        .Arg<ffi::AnyBuffer>()
+        .Arg<ffi::AnyBuffer>()
+        .Arg<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>()
+        .Attr<ffi::Span<const int64_t>>("stride")
+        .Attr<ffi::Span<const int64_t>>("dilation")
+        .Attr<ffi::Span<const int64_t>>("pad_lo")
+        .Attr<ffi::Span<const int64_t>>("pad_hi")
+        .Attr<int64_t>("groups")
+        .Attr<int64_t>("threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    jaxconv_onednn_backward_weights_bias,
+    [](ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> bias,
+       ffi::Span<const int64_t> stride, ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> lo,
+       ffi::Span<const int64_t> hi, int64_t groups, int64_t threads) {
+      ffi::AnyBuffer db = *bias;
+      return Call(kBackwardWeights, a, b, *out, stride, dilation, lo, hi, groups, threads, &db);
+    },
+    ffi::Ffi::Bind()
+        .Arg<ffi::AnyBuffer>()
+        .Arg<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>()
+        .Attr<ffi::Span<const int64_t>>("stride")
+        .Attr<ffi::Span<const int64_t>>("dilation")
+        .Attr<ffi::Span<const int64_t>>("pad_lo")
+        .Attr<ffi::Span<const int64_t>>("pad_hi")
+        .Attr<int64_t>("groups")
+        .Attr<int64_t>("threads"));
+
 // Python-side checks (ctypes). Returned strings live until the next call on the same thread.
 namespace {
 thread_local std::string message;
@@ -495,14 +569,15 @@ extern "C" const char* jaxconv_onednn_info() {
 
 // Builds (and caches) the primitive of one problem: nullptr when oneDNN implements it, else why not.
 // dtype: 0 float32, 1 bfloat16, 2 float16. Shapes are the unbatched x (N, *spatial, C_in) and w.
+// bias: 1 for forward with a bias or backward-weights with its gradient.
 extern "C" const char* jaxconv_onednn_probe(int64_t op, int64_t dtype, int64_t rank, const int64_t* x_shape,
                                             const int64_t* w_shape, const int64_t* stride, const int64_t* dilation,
-                                            const int64_t* lo, const int64_t* hi, int64_t groups) {
+                                            const int64_t* lo, const int64_t* hi, int64_t groups, int64_t bias) {
   static const dnnl::memory::data_type types[] = {dnnl::memory::data_type::f32, dnnl::memory::data_type::bf16,
                                                   dnnl::memory::data_type::f16};
   try {
     if (dtype < 0 || dtype > 2) throw std::invalid_argument("unknown dtype code");
-    Lookup(MakeProblem(op, types[dtype], x_shape, w_shape, rank, stride, dilation, lo, hi, groups));
+    Lookup(MakeProblem(op, types[dtype], x_shape, w_shape, rank, stride, dilation, lo, hi, groups, bias != 0));
     return nullptr;
   } catch (const dnnl::error& e) {
     message = std::string("oneDNN has no implementation (") + e.what() + ")";
