@@ -491,17 +491,17 @@ ffi::Error Call(int64_t op, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer o
      ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> lo, ffi::Span<const int64_t> hi, int64_t groups, \
      int64_t threads) { return Call(OP, a, b, *out, stride, dilation, lo, hi, groups, threads); }
 
-#define JAXCONV_SIGNATURE                                      \
-  ffi::Ffi::Bind()                                             \
-      .Arg<ffi::AnyBuffer>()                                   \
-      .Arg<ffi::AnyBuffer>()                                   \
-      .Ret<ffi::AnyBuffer>()                                   \
-      .Attr<ffi::Span<const int64_t>>("stride")                \
-      .Attr<ffi::Span<const int64_t>>("dilation")              \
-      .Attr<ffi::Span<const int64_t>>("pad_lo")                \
-      .Attr<ffi::Span<const int64_t>>("pad_hi")                \
-      .Attr<int64_t>("groups")                                 \
+// The geometry attributes every handler takes after its buffers.
+#define JAXCONV_ATTRS(BUFFERS)                     \
+  BUFFERS.Attr<ffi::Span<const int64_t>>("stride") \
+      .Attr<ffi::Span<const int64_t>>("dilation")  \
+      .Attr<ffi::Span<const int64_t>>("pad_lo")    \
+      .Attr<ffi::Span<const int64_t>>("pad_hi")    \
+      .Attr<int64_t>("groups")                     \
       .Attr<int64_t>("threads")
+
+#define JAXCONV_SIGNATURE \
+  JAXCONV_ATTRS(ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>())
 
 // Everything else is hidden (-fvisibility=hidden); these are the library's interface.
 #pragma GCC visibility push(default)
@@ -517,17 +517,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
        ffi::Span<const int64_t> stride, ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> lo,
        ffi::Span<const int64_t> hi, int64_t groups,
        int64_t threads) { return Call(kForward, a, b, *out, stride, dilation, lo, hi, groups, threads, &bias); },
-    ffi::Ffi::Bind()
-        .Arg<ffi::AnyBuffer>()
-        .Arg<ffi::AnyBuffer>()
-        .Arg<ffi::AnyBuffer>()
-        .Ret<ffi::AnyBuffer>()
-        .Attr<ffi::Span<const int64_t>>("stride")
-        .Attr<ffi::Span<const int64_t>>("dilation")
-        .Attr<ffi::Span<const int64_t>>("pad_lo")
-        .Attr<ffi::Span<const int64_t>>("pad_hi")
-        .Attr<int64_t>("groups")
-        .Attr<int64_t>("threads"));
+    JAXCONV_ATTRS(ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     jaxconv_onednn_backward_weights_bias,
     [](ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> bias,
@@ -536,17 +526,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
       ffi::AnyBuffer db = *bias;
       return Call(kBackwardWeights, a, b, *out, stride, dilation, lo, hi, groups, threads, &db);
     },
-    ffi::Ffi::Bind()
-        .Arg<ffi::AnyBuffer>()
-        .Arg<ffi::AnyBuffer>()
-        .Ret<ffi::AnyBuffer>()
-        .Ret<ffi::AnyBuffer>()
-        .Attr<ffi::Span<const int64_t>>("stride")
-        .Attr<ffi::Span<const int64_t>>("dilation")
-        .Attr<ffi::Span<const int64_t>>("pad_lo")
-        .Attr<ffi::Span<const int64_t>>("pad_hi")
-        .Attr<int64_t>("groups")
-        .Attr<int64_t>("threads"));
+    JAXCONV_ATTRS(ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
 
 // Python-side checks (ctypes). Returned strings live until the next call on the same thread.
 namespace {
