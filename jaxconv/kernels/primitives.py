@@ -277,6 +277,11 @@ def _local(geometry: ConvGeometry, channels: Axes, sizes: dict[str, int]) -> Con
 # the primitives
 
 
+def _geometry_for(a: jax.Array | jax.core.ShapedArray, geometry: ConvGeometry) -> ConvGeometry:
+  """``geometry`` with the batch of ``a``, which batching or sharding may have changed."""
+  return geometry.with_batch(a.shape[0]) if a.shape[0] != geometry.batch else geometry
+
+
 def _primitive(
   name: str, raw_of: Callable[[registry.Kernel], Raw], shape_of: Callable[[ConvGeometry], tuple[int, ...]]
 ):
@@ -288,11 +293,8 @@ def _primitive(
   """
   prim = core.Primitive("jaxconv_conv" if name == "conv" else f"jaxconv_conv_{name}")
 
-  def geometry_for(a: jax.Array | jax.core.ShapedArray, geometry: ConvGeometry) -> ConvGeometry:
-    return geometry.with_batch(a.shape[0]) if a.shape[0] != geometry.batch else geometry
-
   def abstract_eval(a, b, *, impl: str, geometry: ConvGeometry):
-    shape = shape_of(geometry_for(a, geometry))
+    shape = shape_of(_geometry_for(a, geometry))
     layout = explicit_layout(name, a, b, geometry.groups)
     if not layout.native:
       raise ValueError(
@@ -305,7 +307,7 @@ def _primitive(
     return jax.core.ShapedArray(shape, a.dtype, sharding=NamedSharding(a.sharding.mesh, spec))
 
   def lower(a: jax.Array, b: jax.Array, *, impl: str, geometry: ConvGeometry) -> jax.Array:
-    g = geometry_for(a, geometry)
+    g = _geometry_for(a, geometry)
     # ``jaxconv.ops`` answers empty calls before binding, but batching can still empty one here:
     # vmap over a zero-size axis folds into a batch of 0 (kernels need at least one element).
     if g.empty:
@@ -461,6 +463,19 @@ ad.defbilinear(input_grad_p, _input_grad_t_dy, _input_grad_t_w)
 ad.defbilinear(kernel_grad_p, _kernel_grad_t_x, _kernel_grad_t_dy)
 
 
+def _map_over(fn: Callable, args: Sequence[jax.Array], dims: Sequence[int | None]):
+  """``lax.map`` of ``fn`` over the batched ``args`` (moved to axis 0), the others closed over (not broadcast)."""
+  batched = [i for i, d in enumerate(dims) if d is not None]
+
+  def one(mapped):
+    full = list(args)
+    for i, value in zip(batched, mapped):
+      full[i] = value
+    return fn(*full)
+
+  return lax.map(one, tuple(jnp.moveaxis(args[i], dims[i], 0) for i in batched))  # type: ignore[arg-type]  # batched
+
+
 def _batcher(prim: core.Primitive, folds: bool):
   """vmap rule: fold an extra axis of the per-example first operand into its batch, else map."""
 
@@ -475,12 +490,7 @@ def _batcher(prim: core.Primitive, folds: bool):
       return y.reshape(n, size, *y.shape[1:]), 1
     # An unbatched operand is closed over, not broadcast: a batch of kernels would otherwise
     # hold one copy of x per kernel.
-    bind = functools.partial(_bind, prim, impl=impl, geometry=geometry)
-    if da is None:
-      return lax.map(lambda b: bind(a, b), jnp.moveaxis(b, db, 0)), 0
-    if db is None:
-      return lax.map(lambda a: bind(a, b), jnp.moveaxis(a, da, 0)), 0
-    return lax.map(lambda ab: bind(*ab), (jnp.moveaxis(a, da, 0), jnp.moveaxis(b, db, 0))), 0
+    return _map_over(functools.partial(_bind, prim, impl=impl, geometry=geometry), args, dims), 0
 
   return rule
 
@@ -646,10 +656,6 @@ def _channel_sum(dy: jax.Array) -> jax.Array:
   return jnp.sum(dy.astype(acc), axis=tuple(range(dy.ndim - 1))).astype(dy.dtype)
 
 
-def _geometry_for(a, geometry: ConvGeometry) -> ConvGeometry:
-  return geometry.with_batch(a.shape[0]) if a.shape[0] != geometry.batch else geometry
-
-
 conv_bias_p = core.Primitive("jaxconv_conv_bias")
 kernel_bias_grad_p = core.Primitive("jaxconv_conv_kernel_bias_grad")
 kernel_bias_grad_p.multiple_results = True
@@ -803,19 +809,6 @@ def _kernel_bias_grad_batcher(args, dims, *, impl: str, geometry: ConvGeometry):
   """vmap: mapped over the batched operands (a per-example kernel gradient is one call per example)."""
   out = _map_over(lambda x, dy: tuple(kernel_bias_grad_p.bind(x, dy, impl=impl, geometry=geometry)), args, dims)
   return list(out), [0, 0]
-
-
-def _map_over(fn: Callable, args: Sequence[jax.Array], dims: Sequence[int | None]):
-  """``lax.map`` of ``fn`` over the batched ``args`` (moved to axis 0), the others closed over (not broadcast)."""
-  batched = [i for i, d in enumerate(dims) if d is not None]
-
-  def one(mapped):
-    full = list(args)
-    for i, value in zip(batched, mapped):
-      full[i] = value
-    return fn(*full)
-
-  return lax.map(one, tuple(jnp.moveaxis(args[i], dims[i], 0) for i in batched))  # type: ignore[arg-type]  # batched
 
 
 batching.primitive_batchers[conv_bias_p] = _conv_bias_batcher
