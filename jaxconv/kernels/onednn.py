@@ -56,6 +56,7 @@ import jax
 import numpy as np
 
 from jaxconv.geometry import ConvGeometry
+from jaxconv.kernels.primitives import add_bias, channel_sum
 from jaxconv.kernels.registry import register
 
 # The oneDNN distribution the extension is built and run against (see the module docstring).
@@ -265,12 +266,17 @@ def input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   return _call("input_grad", dy, w, g, (dy.shape[0], *g.spatial, g.in_channels))
 
 
+def _kernel_grad_problem(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> tuple[jax.Array, jax.Array, ConvGeometry]:
+  """The operands and geometry backward-weights runs on: float32 ones where ``narrow_16bit_kernel_grad(g)``."""
+  if not narrow_16bit_kernel_grad(g):
+    return x, dy, g
+  return x.astype(np.float32), dy.astype(np.float32), dataclasses.replace(g, dtype=np.dtype(np.float32))
+
+
 def kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
   """oneDNN's backward-weights: x ``(N, *spatial, C_in)``, dy -> dw ``(*kernel, C_in // groups, C_out)``."""
-  if narrow_16bit_kernel_grad(g):
-    g32 = dataclasses.replace(g, dtype=np.dtype(np.float32))
-    return _call("kernel_grad", x.astype(np.float32), dy.astype(np.float32), g32, g.w_shape).astype(x.dtype)
-  return _call("kernel_grad", x, dy, g, g.w_shape)
+  xk, dyk, gk = _kernel_grad_problem(x, dy, g)
+  return _call("kernel_grad", xk, dyk, gk, g.w_shape).astype(x.dtype)
 
 
 def narrow_16bit_kernel_grad(g: ConvGeometry) -> bool:
@@ -288,7 +294,7 @@ def narrow_16bit_kernel_grad(g: ConvGeometry) -> bool:
 def forward_bias(x: jax.Array, w: jax.Array, b: jax.Array, g: ConvGeometry) -> jax.Array:
   """oneDNN's forward with the bias added inside: x ``(N, *spatial, C_in)``, w, b ``(C_out,)`` -> y."""
   if not _bias_ok(g, "forward"):
-    return (forward(x, w, g).astype(np.float32) + b.astype(np.float32)).astype(x.dtype)
+    return add_bias(forward(x, w, g), b)
   shape = (x.shape[0], *g.out_spatial, g.out_channels)
   call = jax.ffi.ffi_call(_TARGETS["forward_bias"], jax.ShapeDtypeStruct(shape, x.dtype))
   return _attrs_call(call, g, x, w, b.astype(np.float32))
@@ -296,11 +302,9 @@ def forward_bias(x: jax.Array, w: jax.Array, b: jax.Array, g: ConvGeometry) -> j
 
 def kernel_grad_bias(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> tuple[jax.Array, jax.Array]:
   """oneDNN's backward-weights with ``diff_bias``: x, dy -> dw and db ``(C_out,)`` (dy's sum over N and space)."""
-  narrow = narrow_16bit_kernel_grad(g)
-  gk = dataclasses.replace(g, dtype=np.dtype(np.float32)) if narrow else g
+  xk, dyk, gk = _kernel_grad_problem(x, dy, g)
   if not _bias_ok(gk, "kernel_grad"):
-    return kernel_grad(x, dy, g), jax.numpy.sum(dy.astype(np.float32), axis=tuple(range(dy.ndim - 1))).astype(x.dtype)
-  xk, dyk = (x.astype(np.float32), dy.astype(np.float32)) if narrow else (x, dy)
+    return kernel_grad(x, dy, g), channel_sum(dy)
   results = (jax.ShapeDtypeStruct(g.w_shape, xk.dtype), jax.ShapeDtypeStruct((g.out_channels,), np.float32))
   dw, db = _attrs_call(jax.ffi.ffi_call(_TARGETS["kernel_grad_bias"], results), gk, xk, dyk)
   return dw.astype(x.dtype), db.astype(x.dtype)

@@ -650,7 +650,7 @@ def add_bias(y: jax.Array, b: jax.Array | None) -> jax.Array:
   return (y.astype(acc) + b.astype(acc)).astype(y.dtype)
 
 
-def _channel_sum(dy: jax.Array) -> jax.Array:
+def channel_sum(dy: jax.Array) -> jax.Array:
   """dy ``(N, *spatial, C)`` summed over N and space (the bias's gradient), in the accumulation dtype, as dy's dtype."""
   acc = registry.accumulation_dtype(dy.dtype)
   return jnp.sum(dy.astype(acc), axis=tuple(range(dy.ndim - 1))).astype(dy.dtype)
@@ -685,7 +685,7 @@ def _kernel_bias_grad_local(x: jax.Array, dy: jax.Array, *, impl: str, geometry:
   kernel = registry.get(impl)
   if g.empty or kernel.kernel_grad_bias is None:
     dw = jnp.zeros(g.w_shape, x.dtype) if g.empty else _kernel_grad(kernel)(x, dy, g)
-    return [dw, _channel_sum(dy)]
+    return [dw, channel_sum(dy)]
   return list(kernel.kernel_grad_bias(x, dy, g))
 
 
@@ -696,7 +696,7 @@ def _conv_bias_split(x: jax.Array, w: jax.Array, b: jax.Array, *, impl: str, geo
 
 def _kernel_bias_grad_split(x: jax.Array, dy: jax.Array, *, impl: str, geometry: ConvGeometry):
   """On several devices: the kernel-gradient primitive (partitioned as it is) and XLA's reduction."""
-  return [kernel_grad_p.bind(x, dy, impl=impl, geometry=geometry), _channel_sum(dy)]
+  return [kernel_grad_p.bind(x, dy, impl=impl, geometry=geometry), channel_sum(dy)]
 
 
 def _fused_lowering(local: Callable, split: Callable, multiple_results: bool):
@@ -765,7 +765,7 @@ def _conv_bias_transpose(ct, x, w, b, *, impl: str, geometry: ConvGeometry):
     return [None, dw, db]
   if want_w:
     return [None, _bind_kernel_grad(x, ct, geometry, impl), None]
-  return [None, None, _channel_sum(ct)]
+  return [None, None, channel_sum(ct)]
 
 
 def _kernel_bias_grad_jvp(primals, tangents, *, impl: str, geometry: ConvGeometry):
@@ -842,6 +842,7 @@ def conv_bias(x: jax.Array, w: jax.Array, b: jax.Array | None, g: ConvGeometry, 
 
 __all__ = [
   "add_bias",
+  "channel_sum",
   "conv",
   "conv_bias",
   "conv_bias_p",
