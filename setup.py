@@ -1,5 +1,9 @@
 """Builds jaxconv's one native part, the oneDNN convolution extension ``jaxconv/_onednn*.so``.
 
+It is ``csrc/onednn_conv.cc`` (oneDNN's primitives) and ``csrc/direct_conv.cc`` (its own direct
+loops for narrow input gradients), compiled with OpenMP: the direct loops share oneDNN's GNU OpenMP
+runtime (``libgomp``).
+
 Everything else is in pyproject.toml. The extension is a plain shared library of XLA FFI handlers
 (loaded with ctypes, no Python C API), compiled against XLA's FFI headers (from ``jaxlib``) and
 oneDNN's headers (``onednn-devel-cpu-gomp``), both build requirements, and linked to
@@ -96,10 +100,12 @@ setup(
   ext_modules=[
     Extension(
       "jaxconv._onednn",
-      sources=["csrc/onednn_conv.cc"],
+      sources=["csrc/onednn_conv.cc", "csrc/direct_conv.cc"],
+      depends=["csrc/direct_conv.h"],
       language="c++",
       libraries=["dnnl", "dl"],
-      extra_compile_args=["-std=c++17", "-O2", "-g0", "-fvisibility=hidden"],
+      extra_compile_args=["-std=c++17", "-O2", "-g0", "-fvisibility=hidden", "-fopenmp"],
+      extra_link_args=["-fopenmp"],
       optional=True,
     )
   ],

@@ -20,6 +20,9 @@
 // biases in the accumulation dtype. These calls take no vmap axes (jaxconv's primitives fold or
 // map them before the call).
 //
+// Narrow float32 input gradients run on this extension's own direct loops instead (direct_conv.h;
+// the rule is Direct below), and the process runs one problem at a time (Execute).
+//
 // Exported C symbols: the five FFI handlers, plus jaxconv_onednn_info / jaxconv_onednn_probe for
 // Python (ctypes) to check at trace time that a problem is implementable, with oneDNN's message.
 
@@ -40,6 +43,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "direct_conv.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
@@ -316,10 +320,48 @@ class ThreadCap {
   int previous_ = 0;
 };
 
+// Whether `p` runs on jaxconv's direct loops (direct_conv.h) instead of oneDNN's primitive: a float32
+// 2-D backward-data with stride 1, no dilation, no groups and pads of at most K - 1, into fewer input
+// channels than a vector has float32 lanes (16 with AVX-512, 8 otherwise), at most kMaxWidth wide.
+// oneDNN vectorizes backward-data over C_in: into LeNet's 6 channels it pads them to 16 and reorders
+// dy and dx to and from its blocked layout, 0.85-0.9 ms per call where the direct loops take
+// 0.45-0.55. Its forward and backward-weights on narrow outputs did not lose that way: the direct
+// forward and a direct backward-weights made a LeNet training step no faster and 5% slower
+// respectively, so those stay oneDNN's. $JAXCONV_ONEDNN_DIRECT=0 (read per call) turns this off.
+bool Direct(const Problem& p) {
+  const char* env = std::getenv("JAXCONV_ONEDNN_DIRECT");
+  if (env != nullptr && std::string(env) == "0") return false;
+  if (p.op != kBackwardData || p.dtype != dnnl::memory::data_type::f32 || p.rank != 2 || p.groups != 1) return false;
+  for (int64_t i = 0; i < 2; ++i) {
+    if (p.stride[i] != 1 || p.dilation[i] != 1 || p.pad_lo[i] < 0 || p.pad_hi[i] < 0) return false;
+    if (p.pad_lo[i] > p.kernel[i] - 1 || p.pad_hi[i] > p.kernel[i] - 1) return false;  // the flipped pads must be >= 0
+  }
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const int64_t lanes = __builtin_cpu_supports("avx512f") ? 16 : 8;
+#else
+  static const int64_t lanes = 4;
+#endif
+  return p.in_channels < lanes && p.spatial[1] <= jaxconv_direct::kMaxWidth;
+}
+
 // Runs one problem on raw pointers: a = x (forward, backward-weights) or dy (backward-data);
 // b = w (forward, backward-data) or dy (backward-weights); out = y, dx or dw; bias = b (forward) or
 // db (backward-weights) with p.bias.
-void Execute(const Problem& p, void* a, void* b, void* out, void* bias = nullptr) { Run(Lookup(p), a, b, out, bias); }
+// One problem at a time in the process: XLA runs independent custom calls (a convolution's input and
+// kernel gradients) on two of its threads at once, and each call brings its own OpenMP team, so that
+// four threads shared two cores; in a LeNet training step conv2's two gradients then took 1.1-1.25
+// ms each instead of 0.4-0.9 one after the other (the step was 5-10% slower).
+void Execute(const Problem& p, void* a, void* b, void* out, void* bias = nullptr) {
+  static std::mutex one_at_a_time;
+  std::lock_guard<std::mutex> lock(one_at_a_time);
+  if (Direct(p)) {
+    const jaxconv_direct::Shape s{p.batch, p.spatial[0], p.spatial[1], p.in_channels, p.kernel[0], p.kernel[1],
+                                  p.out_channels, p.pad_lo[0], p.pad_lo[1], p.pad_hi[0], p.pad_hi[1]};
+    jaxconv_direct::BackwardData(s, static_cast<const float*>(a), static_cast<const float*>(b), static_cast<float*>(out));
+    return;
+  }
+  Run(Lookup(p), a, b, out, bias);
+}
 
 void Run(const Entry& entry, void* a, void* b, void* out, void* bias) {
   dnnl::engine& engine = Engine();

@@ -89,6 +89,52 @@ def test_values_and_transposes_match_lax(rng, case):
   np.testing.assert_allclose(jit(onednn.kernel_grad, x, dy), _lax_kernel_grad(x, dy, g), rtol=1e-5, atol=2e-5)
 
 
+# Backward-data problems for the extension's direct loops (2-D float32, stride 1, pads <= K - 1, few
+# input channels, dx at most 64 wide), then the edges where oneDNN's primitive keeps them.
+DIRECT_CASES = [
+  ((3, 14, 14, 6), (5, 5, 6, 16), {}),  # LeNet's conv2
+  ((2, 28, 28, 1), (5, 5, 1, 6), {"padding": 2}),  # LeNet's conv1
+  ((2, 9, 13, 3), (3, 4, 3, 5), {"padding": ((1, 2), (0, 3))}),  # uneven pads, up to K - 1
+  ((1, 5, 64, 2), (2, 3, 2, 7), {"padding": 1}),  # the widest dx
+  ((1, 20, 19, 7), (2, 1, 7, 3), {}),  # a 1-wide kernel
+]
+ONEDNN_CASES = [
+  ((1, 5, 65, 2), (2, 3, 2, 7), {"padding": 1}),  # dx 65 wide
+  ((2, 7, 8, 3), (3, 3, 3, 4), {"padding": ((3, 0), (0, 0))}),  # a pad of K
+  ((2, 7, 8, 16), (3, 3, 16, 4), {}),  # 16 input channels fill a vector
+  ((2, 9, 8, 3), (3, 3, 3, 4), {"stride": (2, 1)}),
+  ((2, 9, 8, 3), (3, 3, 3, 4), {"dilation": 2}),
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize(("case", "direct"), [(c, True) for c in DIRECT_CASES] + [(c, False) for c in ONEDNN_CASES])
+def test_direct_input_gradients_match_lax_and_the_primitive(rng, monkeypatch, case, direct):
+  """The direct loops run exactly where their rule says (they round differently from oneDNN's primitive)."""
+  g = _geometry(case)
+  _, w, dy = _operands(rng, g)
+  call = jax.jit(lambda dy, w: onednn.input_grad(dy, w, g))
+  ours = np.asarray(call(dy, w))
+  monkeypatch.setenv(onednn.DIRECT_ENV, "0")  # read by the extension on every call: same executable
+  primitive = np.asarray(call(dy, w))
+  want = _lax_input_grad(dy, w, g)
+  # Sums of up to 400 unit-normal products: float32 rounding reaches a few 1e-5.
+  np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(primitive, want, rtol=1e-5, atol=1e-4)
+  assert np.array_equal(ours, primitive) != direct
+
+
+@needs_onednn
+def test_direct_input_gradients_under_vmap(rng):
+  g = _geometry(DIRECT_CASES[2])
+  _, w, dy = _operands(rng, g)
+  dys, ws = jnp.stack([dy, -2 * dy]), jnp.stack([w, 0.5 * w])
+  for in_axes, a, b in [((0, None), dys, w), ((0, 0), dys, ws)]:
+    got = jax.jit(jax.vmap(lambda p, q: onednn.input_grad(p, q, g), in_axes=in_axes))(a, b)
+    want = jax.vmap(lambda p, q: _lax_input_grad(p, q, g), in_axes=in_axes)(a, b)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @needs_onednn
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}*{c[1]}")
 def test_bias_functions_match_lax(rng, case):

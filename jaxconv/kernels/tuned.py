@@ -19,8 +19,8 @@ The choice is stored in ``tuned.json`` under the cache directory (``cache_path()
                                      "repeats": ..., "date": ...}}}
 
 ``<id>`` is a hash of the machine entry (CPU model, ISA flags, core count, backend and device,
-versions of jax, jaxlib, oneDNN and jaxconv, ``XLA_FLAGS`` and the thread and layout settings of
-``SPEED_SETTINGS``), so a different machine, library or setting measures anew; ``<geometry>``
+versions of jax, jaxlib, oneDNN and jaxconv, ``XLA_FLAGS`` and the thread, layout and direct-loop
+settings of ``SPEED_SETTINGS``), so a different machine, library or setting measures anew; ``<geometry>``
 names x's and w's shapes, stride, dilation, padding, groups and dtype.
 Another process on the same machine reads the choice instead of measuring. A choice whose
 ``candidates`` differ from the kernels that now serve the call (a kernel registered or removed
@@ -70,7 +70,13 @@ FORMAT = 1
 # cannot win, and a slow kernel on a large call would otherwise cost minutes.
 HOPELESS_FACTOR = 20.0
 # Settings that change the kernels' speed, recorded (when set) with the machine.
-SPEED_SETTINGS = ("XLA_FLAGS", "OMP_NUM_THREADS", "JAXCONV_ONEDNN_THREADS", "JAXCONV_ONEDNN_LAYOUT")
+SPEED_SETTINGS = (
+  "XLA_FLAGS",
+  "OMP_NUM_THREADS",
+  "JAXCONV_ONEDNN_THREADS",
+  "JAXCONV_ONEDNN_LAYOUT",
+  "JAXCONV_ONEDNN_DIRECT",
+)
 logger = logging.getLogger(__name__)
 _lock = threading.RLock()
 _memory: dict[tuple[str, str], str] = {}  # (cache file, key) -> kernel, this process
