@@ -13,9 +13,11 @@ namespace {
 
 // 16 float32 lanes: one AVX-512 register, two AVX2 ones, four SSE ones (GCC splits the operations).
 typedef float Vec __attribute__((vector_size(64)));
+typedef int32_t IndexVec __attribute__((vector_size(64)));
 constexpr int64_t kLanes = 16;
 constexpr int kMaxOutBlock = 8;  // output channels per pass over the input rows
 constexpr int kRowBlock = 2;     // output rows per pass: twice the accumulators, each input row loaded once
+constexpr int64_t kMaxAccumulators = 28;  // of the 32 AVX-512 registers, for SingleChannelWeights
 
 // Each hot loop is compiled for AVX-512, for AVX with FMA and for the baseline, and the loader picks
 // by the CPU's features. (Not "arch=..." clones: their resolver tests the CPU model, and a Sapphire
@@ -136,6 +138,135 @@ ForwardFn ForwardKernel(int64_t out_block, int64_t vectors) {
   }
 }
 
+// Backward-weights with one input channel, for batch elements [n0, n1): sums[i][j][k] (KH x KW x P
+// vectors) and bias_sums[k] (P vectors) accumulate x's rows, each pixel repeated o times ("expanded",
+// so that lane t of a dy row chunk, pixel t / o and channel t % o, meets its input pixel) times dy's
+// rows. P chunks of 16 lanes hold a whole number of pixels; chunk k's lanes are channels
+// (16 k + l) % o.
+template <int KW, int P>
+JAXCONV_CLONES void SingleChannelWeights(const Shape& s, const float* x, const float* dy, int64_t n0, int64_t n1, float* sums,
+                                         float* bias_sums) {
+  const int64_t o = s.out_channels, ho = s.out_height(), wo = s.out_width(), h = s.height, w = s.width;
+  const int64_t row = wo * o;
+  const int64_t groups = (row + P * kLanes - 1) / (P * kLanes), dy_stride = groups * P * kLanes;
+  const int64_t e_chunks = groups * P + ((KW - 1) * o + kLanes - 1) / kLanes + 1, e_stride = e_chunks * kLanes;
+  // The padded input row, the expanded rows of one batch element, and its dy rows padded with zeros
+  // to whole groups; all written before they are read (loads right after overlapping stores stall).
+  std::vector<float> padded(std::max(s.pad_left + w, e_stride / o) + 2 * kLanes, 0.0f);
+  std::vector<float> expanded(h * e_stride, 0.0f), dy_rows(ho * dy_stride, 0.0f);
+  IndexVec repeat[P];  // chunk k of the expanded row from 16 pixels starting at (16 k) / o
+  for (int k = 0; k < P; ++k) {
+    for (int l = 0; l < kLanes; ++l) repeat[k][l] = static_cast<int32_t>((k * kLanes + l) / o - (k * kLanes) / o);
+  }
+  Vec bias_acc[P];
+  for (int k = 0; k < P; ++k) bias_acc[k] = Vec{};
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t r = 0; r < h; ++r) {
+      std::memcpy(padded.data() + s.pad_left, x + (n * h + r) * w, w * sizeof(float));
+      for (int64_t c = 0; c < e_chunks; ++c) {
+        Vec pixels;
+        JAXCONV_LOAD(pixels, padded.data() + (c * kLanes) / o);
+        const Vec chunk = __builtin_shuffle(pixels, repeat[c % P]);
+        std::memcpy(expanded.data() + r * e_stride + c * kLanes, &chunk, sizeof(Vec));
+      }
+    }
+    for (int64_t y = 0; y < ho; ++y) {
+      std::memcpy(dy_rows.data() + y * dy_stride, dy + (n * ho + y) * row, row * sizeof(float));
+      for (int64_t g = 0; g < groups; ++g) {
+        #pragma GCC unroll 16
+        for (int k = 0; k < P; ++k) {
+          Vec d;
+          JAXCONV_LOAD(d, dy_rows.data() + y * dy_stride + (g * P + k) * kLanes);
+          bias_acc[k] += d;
+        }
+      }
+    }
+    for (int64_t i = 0; i < s.kernel_h; ++i) {
+      Vec acc[KW][P];
+      #pragma GCC unroll 16
+      for (int j = 0; j < KW; ++j) {
+        #pragma GCC unroll 16
+        for (int k = 0; k < P; ++k) acc[j][k] = Vec{};
+      }
+      const int64_t y_lo = std::max<int64_t>(0, s.pad_top - i), y_hi = std::min<int64_t>(ho, h + s.pad_top - i);
+      for (int64_t y = y_lo; y < y_hi; ++y) {
+        const float* d = dy_rows.data() + y * dy_stride;
+        const float* e = expanded.data() + (y + i - s.pad_top) * e_stride;
+        for (int64_t g = 0; g < groups; ++g) {
+          #pragma GCC unroll 16
+          for (int k = 0; k < P; ++k) {
+            Vec dv;
+            JAXCONV_LOAD(dv, d + (g * P + k) * kLanes);
+            #pragma GCC unroll 16
+            for (int j = 0; j < KW; ++j) {
+              Vec ev;
+              JAXCONV_LOAD(ev, e + (g * P + k) * kLanes + j * o);
+              acc[j][k] += ev * dv;
+            }
+          }
+        }
+      }
+      #pragma GCC unroll 16
+      for (int j = 0; j < KW; ++j) {
+        #pragma GCC unroll 16
+        for (int k = 0; k < P; ++k) {
+          float* sum = sums + ((i * KW + j) * P + k) * kLanes;
+          Vec t;
+          JAXCONV_LOAD(t, sum);
+          t += acc[j][k];
+          std::memcpy(sum, &t, sizeof(Vec));
+        }
+      }
+    }
+  }
+  for (int k = 0; k < P; ++k) {
+    Vec t;
+    JAXCONV_LOAD(t, bias_sums + k * kLanes);
+    t += bias_acc[k];
+    std::memcpy(bias_sums + k * kLanes, &t, sizeof(Vec));
+  }
+}
+
+using WeightsFn = void (*)(const Shape&, const float*, const float*, int64_t, int64_t, float*, float*);
+
+// Chunks per whole number of pixels: o / gcd(o, 16).
+int64_t Period(int64_t o) {
+  int64_t a = o, b = kLanes;
+  while (b != 0) {
+    const int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return o / a;
+}
+
+template <int P>
+WeightsFn WeightsFor(int64_t kw) {
+  switch (kw) {
+    case 1: return SingleChannelWeights<1, P>;
+    case 2: return SingleChannelWeights<2, P>;
+    case 3: return SingleChannelWeights<3, P>;
+    case 4: return SingleChannelWeights<4, P>;
+    case 5: return SingleChannelWeights<5, P>;
+    case 6: return SingleChannelWeights<6, P>;
+    case 7: return SingleChannelWeights<7, P>;
+    default: return nullptr;
+  }
+}
+
+// The instance for (kw, o), or nullptr where KW x P accumulators would not fit in registers.
+WeightsFn WeightsKernel(int64_t kw, int64_t o) {
+  const int64_t period = Period(o);
+  if (kw * period > kMaxAccumulators) return nullptr;
+  switch (period) {
+    case 1: return WeightsFor<1>(kw);
+    case 3: return WeightsFor<3>(kw);
+    case 5: return WeightsFor<5>(kw);
+    case 7: return WeightsFor<7>(kw);
+    default: return nullptr;
+  }
+}
+
 // This thread's buffer of `size` floats, all zero; kept between calls (OpenMP's threads persist).
 float* Zeroed(size_t size) {
   thread_local std::vector<float> buffer;
@@ -181,6 +312,33 @@ void BackwardData(const Shape& s, const float* dy, const float* w, float* dx) {
   const Shape t{s.batch, s.out_height(), s.out_width(), o, kh, kw, c,
                 kh - 1 - s.pad_top, kw - 1 - s.pad_left, kh - 1 - s.pad_bottom, kw - 1 - s.pad_right};
   Forward(t, dy, flipped.data(), dx);
+}
+
+bool SingleChannelWeightsServes(const Shape& s) {
+  return s.in_channels == 1 && s.out_width() <= kMaxWidth && WeightsKernel(s.kernel_w, s.out_channels) != nullptr;
+}
+
+void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, float* dw, float* db) {
+  const int64_t o = s.out_channels, kh = s.kernel_h, kw = s.kernel_w, period = Period(o);
+  const WeightsFn pass = WeightsKernel(kw, o);
+  const size_t count = static_cast<size_t>((kh * kw + 1) * period * kLanes);
+  std::vector<float> total(count, 0.0f);
+#pragma omp parallel
+  {
+    std::vector<float> sums(count, 0.0f);
+    const int64_t t = omp_get_thread_num(), threads = omp_get_num_threads();
+    pass(s, x, dy, s.batch * t / threads, s.batch * (t + 1) / threads, sums.data(), sums.data() + kh * kw * period * kLanes);
+#pragma omp critical
+    for (size_t e = 0; e < count; ++e) total[e] += sums[e];
+  }
+  // Lane l of chunk k is channel (16 k + l) % o.
+  std::fill(dw, dw + kh * kw * o, 0.0f);
+  for (int64_t tap = 0; tap < kh * kw; ++tap) {
+    for (int64_t lane = 0; lane < period * kLanes; ++lane) dw[tap * o + lane % o] += total[tap * period * kLanes + lane];
+  }
+  if (db == nullptr) return;
+  std::fill(db, db + o, 0.0f);
+  for (int64_t lane = 0; lane < period * kLanes; ++lane) db[lane % o] += total[kh * kw * period * kLanes + lane];
 }
 
 }  // namespace jaxconv_direct

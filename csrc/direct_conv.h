@@ -1,4 +1,6 @@
-// Direct convolution vectorized over the output's width: the input gradient into few channels.
+// Direct convolution loops for the gradients oneDNN computes slowly: the input gradient into few
+// channels (vectorized over the output's width), and the kernel gradient of a convolution from one
+// input channel (vectorized over dy's flattened (width, channel) rows).
 //
 // oneDNN's convolutions vectorize over a channel axis (16 float32 lanes on AVX-512); its
 // backward-data vectorizes over C_in, which a convolution from few channels fills badly: LeNet's
@@ -22,6 +24,15 @@
 // Error: float32 products summed in float32 in another order than lax's or oneDNN's, so results
 // agree with them to about C * KH * KW float32 roundings of the largest partial sums.
 // Batch elements are spread over OpenMP threads, statically.
+//
+// SingleChannelWeightsBias (C = 1): every input row is "expanded", each pixel repeated O times, so
+// that a 16-lane chunk of a dy row (channels-last: pixel t / O, channel t % O at lane t) meets its
+// input pixel at the same lanes, shifted by j * O for kernel column j. Per batch element and kernel
+// row i, KW x P vector accumulators (P = O / gcd(O, 16) chunks hold a whole number of pixels) sum
+// the products over the output rows; the lanes are folded into channels once at the end, and db is
+// the sum of dy's chunks. Cost: N * Ho * KH' * KW * ceil(Wo * O / 16) vector multiply-adds, plus
+// expanding N * H rows (one permute per chunk). Error: as above, with sums over N * Ho * Wo terms
+// (in per-thread partial sums), like any float32 kernel gradient.
 
 #pragma once
 
@@ -45,5 +56,12 @@ void Forward(const Shape& s, const float* x, const float* w, float* y);
 
 // dx (N, H, W, C) from dy (N, Ho, Wo, O) and w (KH, KW, C, O).
 void BackwardData(const Shape& s, const float* dy, const float* w, float* dx);
+
+// Whether SingleChannelWeightsBias takes `s`: one input channel, an output at most kMaxWidth wide,
+// and KW x P accumulators (P = C_out / gcd(C_out, 16)) that fit in registers.
+bool SingleChannelWeightsServes(const Shape& s);
+
+// dw (KH, KW, 1, O) and, when not null, db (O,) from x (N, H, W, 1) and dy (N, Ho, Wo, O).
+void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, float* dw, float* db);
 
 }  // namespace jaxconv_direct

@@ -20,8 +20,9 @@
 // biases in the accumulation dtype. These calls take no vmap axes (jaxconv's primitives fold or
 // map them before the call).
 //
-// Narrow float32 input gradients run on this extension's own direct loops instead (direct_conv.h;
-// the rule is Direct below), and the process runs one problem at a time (Execute).
+// Narrow float32 input gradients, and kernel gradients from one input channel, run on this
+// extension's own direct loops instead (direct_conv.h; the rule is Direct below), and the process
+// runs one problem at a time (Execute).
 //
 // Exported C symbols: the five FFI handlers, plus jaxconv_onednn_info / jaxconv_onednn_probe for
 // Python (ctypes) to check at trace time that a problem is implementable, with oneDNN's message.
@@ -320,18 +321,25 @@ class ThreadCap {
   int previous_ = 0;
 };
 
-// Whether `p` runs on jaxconv's direct loops (direct_conv.h) instead of oneDNN's primitive: a float32
-// 2-D backward-data with stride 1, no dilation, no groups and pads of at most K - 1, into fewer input
-// channels than a vector has float32 lanes (16 with AVX-512, 8 otherwise), at most kMaxWidth wide.
-// oneDNN vectorizes backward-data over C_in: into LeNet's 6 channels it pads them to 16 and reorders
-// dy and dx to and from its blocked layout, 0.85-0.9 ms per call where the direct loops take
-// 0.45-0.55. Its forward and backward-weights on narrow outputs did not lose that way: the direct
-// forward and a direct backward-weights made a LeNet training step no faster and 5% slower
-// respectively, so those stay oneDNN's. $JAXCONV_ONEDNN_DIRECT=0 (read per call) turns this off.
+// Whether `p` runs on jaxconv's direct loops (direct_conv.h) instead of oneDNN's primitive: float32,
+// 2-D, stride 1, no dilation, no groups, pads of at most K - 1, and either
+//   - backward-data into fewer input channels than a vector has float32 lanes (16 with AVX-512, 8
+//     otherwise), dx at most kMaxWidth wide. oneDNN vectorizes backward-data over C_in: into LeNet's
+//     6 channels it pads them to 16 and reorders dy and dx to and from its blocked layout, 0.85-0.9
+//     ms per call where the direct loops take 0.45-0.55; or
+//   - backward-weights with one input channel (SingleChannelWeightsServes): LeNet's conv1 with its
+//     bias gradient, 0.33 ms against oneDNN's 0.4-0.55, and the training step 4% faster.
+// A direct forward was no faster than oneDNN's in the step, so forward stays oneDNN's.
+// $JAXCONV_ONEDNN_DIRECT=0 (read per call) turns the direct loops off.
+jaxconv_direct::Shape DirectShape(const Problem& p) {
+  return {p.batch,        p.spatial[0], p.spatial[1], p.in_channels, p.kernel[0], p.kernel[1],
+          p.out_channels, p.pad_lo[0],  p.pad_lo[1],  p.pad_hi[0],   p.pad_hi[1]};
+}
+
 bool Direct(const Problem& p) {
   const char* env = std::getenv("JAXCONV_ONEDNN_DIRECT");
   if (env != nullptr && std::string(env) == "0") return false;
-  if (p.op != kBackwardData || p.dtype != dnnl::memory::data_type::f32 || p.rank != 2 || p.groups != 1) return false;
+  if (p.op == kForward || p.dtype != dnnl::memory::data_type::f32 || p.rank != 2 || p.groups != 1) return false;
   for (int64_t i = 0; i < 2; ++i) {
     if (p.stride[i] != 1 || p.dilation[i] != 1 || p.pad_lo[i] < 0 || p.pad_hi[i] < 0) return false;
     if (p.pad_lo[i] > p.kernel[i] - 1 || p.pad_hi[i] > p.kernel[i] - 1) return false;  // the flipped pads must be >= 0
@@ -341,6 +349,7 @@ bool Direct(const Problem& p) {
 #else
   static const int64_t lanes = 4;
 #endif
+  if (p.op == kBackwardWeights) return jaxconv_direct::SingleChannelWeightsServes(DirectShape(p));
   return p.in_channels < lanes && p.spatial[1] <= jaxconv_direct::kMaxWidth;
 }
 
@@ -355,9 +364,11 @@ void Execute(const Problem& p, void* a, void* b, void* out, void* bias = nullptr
   static std::mutex one_at_a_time;
   std::lock_guard<std::mutex> lock(one_at_a_time);
   if (Direct(p)) {
-    const jaxconv_direct::Shape s{p.batch, p.spatial[0], p.spatial[1], p.in_channels, p.kernel[0], p.kernel[1],
-                                  p.out_channels, p.pad_lo[0], p.pad_lo[1], p.pad_hi[0], p.pad_hi[1]};
-    jaxconv_direct::BackwardData(s, static_cast<const float*>(a), static_cast<const float*>(b), static_cast<float*>(out));
+    const jaxconv_direct::Shape s = DirectShape(p);
+    const auto* fa = static_cast<const float*>(a);
+    const auto* fb = static_cast<const float*>(b);
+    if (p.op == kBackwardData) jaxconv_direct::BackwardData(s, fa, fb, static_cast<float*>(out));
+    if (p.op == kBackwardWeights) jaxconv_direct::SingleChannelWeightsBias(s, fa, fb, static_cast<float*>(out), static_cast<float*>(bias));
     return;
   }
   Run(Lookup(p), a, b, out, bias);

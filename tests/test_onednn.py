@@ -124,15 +124,60 @@ def test_direct_input_gradients_match_lax_and_the_primitive(rng, monkeypatch, ca
   assert np.array_equal(ours, primitive) != direct
 
 
+# Backward-weights problems for the direct loops with one input channel (2-D float32, stride 1, pads
+# <= K - 1, KW x P accumulators fit, P = C_out / gcd(C_out, 16)), then where oneDNN keeps them.
+DIRECT_WEIGHT_CASES = [
+  ((3, 28, 28, 1), (5, 5, 1, 6), {"padding": 2}),  # LeNet's conv1: P = 3
+  ((3, 9, 13, 1), (3, 4, 1, 5), {"padding": ((1, 2), (0, 3))}),  # P = 5, uneven pads
+  ((2, 20, 40, 1), (7, 7, 1, 3), {"padding": 3}),  # KW = 7
+  ((2, 8, 8, 1), (3, 3, 1, 8), {"padding": 1}),  # P = 1
+]
+ONEDNN_WEIGHT_CASES = [
+  ((2, 8, 8, 1), (3, 3, 1, 9), {"padding": 1}),  # P = 9: too many accumulators
+  ((2, 8, 12, 1), (3, 8, 1, 4), {}),  # KW = 8
+  ((2, 8, 8, 2), (3, 3, 2, 6), {"padding": 1}),  # two input channels
+  ((1, 5, 70, 1), (2, 3, 1, 6), {}),  # dy 68 wide
+]
+
+
 @needs_onednn
-def test_direct_input_gradients_under_vmap(rng):
+@pytest.mark.parametrize(
+  ("case", "direct"), [(c, True) for c in DIRECT_WEIGHT_CASES] + [(c, False) for c in ONEDNN_WEIGHT_CASES]
+)
+def test_direct_kernel_gradients_match_lax_and_the_primitive(rng, monkeypatch, case, direct):
+  """With and without the bias's gradient; equality with the primitive tells which code ran."""
+  g = _geometry(case)
+  x, _, dy = _operands(rng, g)
+  calls = [
+    jax.jit(lambda x, dy: (onednn.kernel_grad(x, dy, g),)),
+    jax.jit(lambda x, dy: onednn.kernel_grad_bias(x, dy, g)),
+  ]
+  ours = [np.asarray(a) for call in calls for a in call(x, dy)]
+  monkeypatch.setenv(onednn.DIRECT_ENV, "0")
+  primitive = [np.asarray(a) for call in calls for a in call(x, dy)]
+  want = [_lax_kernel_grad(x, dy, g)] * 2 + [jnp.sum(dy, axis=(0, 1, 2))]
+  for got in (ours, primitive):
+    for a, b in zip(got, want, strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)  # sums of up to 2,400 unit normal products
+  assert [np.array_equal(a, b) for a, b in zip(ours, primitive, strict=True)] == [not direct] * 3
+
+
+@needs_onednn
+def test_direct_loops_under_vmap(rng):
+  """vmapped operands reach the extension as leading axes, one direct call per member."""
   g = _geometry(DIRECT_CASES[2])
   _, w, dy = _operands(rng, g)
   dys, ws = jnp.stack([dy, -2 * dy]), jnp.stack([w, 0.5 * w])
   for in_axes, a, b in [((0, None), dys, w), ((0, 0), dys, ws)]:
     got = jax.jit(jax.vmap(lambda p, q: onednn.input_grad(p, q, g), in_axes=in_axes))(a, b)
     want = jax.vmap(lambda p, q: _lax_input_grad(p, q, g), in_axes=in_axes)(a, b)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  g = _geometry(DIRECT_WEIGHT_CASES[1])
+  x, _, dy = _operands(rng, g)
+  xs, dys = jnp.stack([x, x + 1]), jnp.stack([dy, -dy])
+  got = jax.jit(jax.vmap(lambda p, q: onednn.kernel_grad(p, q, g)))(xs, dys)
+  want = jax.vmap(lambda p, q: _lax_kernel_grad(p, q, g))(xs, dys)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 @needs_onednn

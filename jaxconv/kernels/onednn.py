@@ -23,16 +23,18 @@ the extension so that the extension's ``libdnnl.so.3`` dependency resolves to it
 loaded at import: the first ``supports_onednn`` call does it, and every failure (no extension
 built, no library, no CPU engine, an unsupported problem) becomes its reason string.
 
-Narrow input gradients: oneDNN's backward-data vectorizes over C_in, so into few channels it pads
-them to a vector (16 float32 lanes on AVX-512) and reorders dy and dx to and from its blocked layout
-on every call. Where that loses, the extension runs its own direct loops instead
-(``csrc/direct_conv.h``: vectorized over the output's width, with the flipped kernel): float32
-2-D backward-data with stride 1, no dilation, no groups, pads of at most K - 1, fewer input channels
-than a vector has lanes and dx at most 64 wide. On LeNet's conv2 (6 <- 16 channels, batch 128) the
-call fell from 0.85-0.9 ms to 0.45-0.55 ms. ``$JAXCONV_ONEDNN_DIRECT=0`` (read on each call) keeps
-oneDNN's primitive there. The extension also runs one problem at a time per process: XLA calls
-independent custom calls from two of its threads at once, each with its own OpenMP team, and the
-four threads on two cores made both calls slower than the two in turn.
+Narrow gradients: oneDNN's backward-data vectorizes over C_in, so into few channels it pads them to
+a vector (16 float32 lanes on AVX-512) and reorders dy and dx to and from its blocked layout on
+every call. Where that loses, the extension runs its own direct loops instead
+(``csrc/direct_conv.h``): float32 2-D backward-data with stride 1, no dilation, no groups, pads of
+at most K - 1, fewer input channels than a vector has lanes and dx at most 64 wide (vectorized over
+dx's width, with the flipped kernel), and the backward-weights of such a convolution from one input
+channel (vectorized over dy's rows, with the bias's gradient). On LeNet's conv2 the input gradient
+fell from 0.85-0.9 ms to 0.45-0.55 ms a call (batch 128), and conv1's kernel gradient from 0.4-0.55
+to 0.33 ms. ``$JAXCONV_ONEDNN_DIRECT=0`` (read on each call) keeps oneDNN's primitives there. The
+extension also runs one problem at a time per process: XLA calls independent custom calls from two
+of its threads at once, each with its own OpenMP team, and the four threads on two cores made both
+calls slower than the two in turn.
 
 16-bit kernel gradients: where a convolution has at most ``NARROW_16BIT_OUT`` (16) output channels
 per group, its bfloat16 or float16 backward-weights converts x and dy to float32, runs oneDNN's
