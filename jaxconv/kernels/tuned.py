@@ -323,7 +323,7 @@ def measure(g: ConvGeometry, names: Sequence[str], repeats: int) -> dict[str, fl
       try:
         programs[name] = _program(name, g)
         _seconds(programs[name], args)  # compiles
-        first[name] = _seconds(programs[name], args)  # the first warm run
+        first[name] = _timer(name, programs[name], args)  # the first warm run
       except Exception as e:  # a user's kernel may fail here; the others can still be chosen
         logger.warning("jaxconv tuned: kernel %r failed on %s and is not a candidate: %s", name, geometry_key(g), e)
         programs.pop(name, None)
