@@ -1,8 +1,8 @@
 """Builds jaxconv's one native part, the oneDNN convolution extension ``jaxconv/_onednn*.so``.
 
 It is ``csrc/onednn_conv.cc`` (oneDNN's primitives) and ``csrc/direct_conv.cc`` (its own direct
-loops for narrow input gradients), compiled with OpenMP: the direct loops share oneDNN's GNU OpenMP
-runtime (``libgomp``).
+loops for narrow input gradients and single-channel kernel gradients), compiled with OpenMP: the
+direct loops share oneDNN's GNU OpenMP runtime (``libgomp``).
 
 Everything else is in pyproject.toml. The extension is a plain shared library of XLA FFI handlers
 (loaded with ctypes, no Python C API), compiled against XLA's FFI headers (from ``jaxlib``) and

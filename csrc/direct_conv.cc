@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 namespace jaxconv_direct {
@@ -230,15 +231,7 @@ JAXCONV_CLONES void SingleChannelWeights(const Shape& s, const float* x, const f
 using WeightsFn = void (*)(const Shape&, const float*, const float*, int64_t, int64_t, float*, float*);
 
 // Chunks per whole number of pixels: o / gcd(o, 16).
-int64_t Period(int64_t o) {
-  int64_t a = o, b = kLanes;
-  while (b != 0) {
-    const int64_t t = a % b;
-    a = b;
-    b = t;
-  }
-  return o / a;
-}
+int64_t Period(int64_t o) { return o / std::gcd(o, kLanes); }
 
 template <int P>
 WeightsFn WeightsFor(int64_t kw) {

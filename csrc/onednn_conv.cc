@@ -368,7 +368,9 @@ void Execute(const Problem& p, void* a, void* b, void* out, void* bias = nullptr
     const auto* fa = static_cast<const float*>(a);
     const auto* fb = static_cast<const float*>(b);
     if (p.op == kBackwardData) jaxconv_direct::BackwardData(s, fa, fb, static_cast<float*>(out));
-    if (p.op == kBackwardWeights) jaxconv_direct::SingleChannelWeightsBias(s, fa, fb, static_cast<float*>(out), static_cast<float*>(bias));
+    if (p.op == kBackwardWeights) {
+      jaxconv_direct::SingleChannelWeightsBias(s, fa, fb, static_cast<float*>(out), static_cast<float*>(bias));
+    }
     return;
   }
   Run(Lookup(p), a, b, out, bias);
