@@ -21,7 +21,7 @@ import pytest
 import jaxconv as jc
 from jaxconv import kernels
 from jaxconv.geometry import conv_geometry
-from jaxconv.kernels import registry, tuned
+from jaxconv.kernels import auto, registry, tuned
 
 ROOT = Path(__file__).resolve().parent.parent
 X_SHAPE, W_SHAPE = (2, 9, 9, 3), (3, 3, 3, 4)
@@ -218,6 +218,29 @@ def test_a_user_kernel_that_is_fastest_is_chosen(monkeypatch, cache):
   x, w = jnp.ones(X_SHAPE), jnp.ones(W_SHAPE)
   jaxpr = str(jax.make_jaxpr(lambda x, w: jc.conv(x, w, padding="same", impl="tuned"))(x, w))
   assert "impl=user_fastest" in jaxpr
+
+
+@pytest.mark.parametrize("rule_slow_at_first", [True, False])
+def test_a_disagreement_with_the_static_rule_is_timed_again(monkeypatch, cache, rule_slow_at_first):
+  g = geometry()
+  rule = auto.choose(g)
+  other = next(name for name in FAST if name != rule)
+  monkeypatch.setattr(tuned, "candidates", lambda g: [rule, other])
+  monkeypatch.setenv(tuned.REPEATS_ENV, "3")
+  runs = {rule: 0, other: 0}
+
+  # A fake clock: the rule's kernel takes 1 s in its first warm run and first round (or always 0.1 s),
+  # and 0.1 s after; the other one always 0.5 s.
+  def timer(name, fn, args):
+    runs[name] += 1
+    if name == other:
+      return 0.5
+    return 1.0 if rule_slow_at_first and runs[name] <= 1 + 3 else 0.1
+
+  monkeypatch.setattr(tuned, "_timer", timer)
+  assert tuned.choose(g) == rule
+  second_look = 3 if rule_slow_at_first else 0
+  assert runs == {rule: 1 + 3 + second_look, other: 1 + 3 + second_look}
 
 
 def test_tuned_serves_layers_and_the_lax_drop_in(monkeypatch, cache, rng):
