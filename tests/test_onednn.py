@@ -399,3 +399,21 @@ def test_import_succeeds_without_the_library():
   env = dict(os.environ, **{onednn.LIBRARY_ENV: "/nonexistent/libdnnl.so.3"})
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
   assert "could not be loaded" in out.stdout
+
+
+@needs_onednn
+def test_without_native_bfloat16_auto_falls_back_with_onednns_reason():
+  # oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA, read when it loads) has no bfloat16 convolution: the
+  # refusal names the reason, and auto runs LeNet's conv2 on another kernel; float32 is unaffected.
+  code = (
+    "import jax.numpy as jnp; from jaxconv.geometry import conv_geometry; from jaxconv.kernels import auto, onednn; "
+    "g = conv_geometry((8, 14, 14, 6), (5, 5, 6, 16), jnp.bfloat16); "
+    "f = conv_geometry((8, 14, 14, 6), (5, 5, 6, 16), jnp.float32); "
+    "print(onednn.supports_onednn(g)); print(auto.choose(g)); print(onednn.supports_onednn(f), auto.choose(f))"
+  )
+  env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+  reason, choice, float32 = out.stdout.strip().splitlines()[-3:]
+  assert "bfloat16" in reason and "oneDNN has no implementation" in reason
+  assert choice not in ("onednn", "auto")
+  assert float32 == "None onednn"
