@@ -308,8 +308,8 @@ def measure(g: ConvGeometry, names: Sequence[str], repeats: int) -> dict[str, fl
   kernels (so that machine noise hits all alike); a kernel whose second run took ``HOPELESS_FACTOR``
   times the best one is not timed again (its time is that run's). Where the fastest is not the kernel
   that ``"auto"``'s static rule names, the two are timed ``repeats`` times more, alternately: a
-  disagreement with the rule gets a second look before it is stored (once, a whole round of one
-  kernel's runs came out 2.5x slow). A kernel that fails to compile or run is left out (logged).
+  disagreement with the rule gets a second look before it is stored (a whole round of one kernel's
+  runs has been measured 2.5x too slow). A kernel that fails to compile or run is left out (logged).
   Runs outside any trace, so it may be called while ``jax.jit`` traces; the arrays are put on the
   device once, so that no run times a transfer.
 
