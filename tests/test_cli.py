@@ -57,8 +57,16 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("program", PROGRAMS)
-@pytest.mark.parametrize("case", sorted(CASES))
+# Both programs are one main (experiments.lenet.cli) under two names: the fast set runs every case on
+# the README's train_lenet.py and one on train.py, the slow set the rest of train.py's (2 s each).
+REFUSAL_GRID = [
+  pytest.param(program, case, marks=[pytest.mark.slow] if program == "train.py" and case != "model_name" else [])
+  for program in PROGRAMS
+  for case in sorted(CASES)
+]
+
+
+@pytest.mark.parametrize(("program", "case"), REFUSAL_GRID)
 def test_refusals_are_one_line_and_leave_no_workdir(tmp_path, program, case):
   empty = tmp_path / "empty"
   empty.mkdir()

@@ -100,7 +100,12 @@ def test_classic_gradients_agree_with_patches(images):
 
 @pytest.mark.parametrize(
   "dtype, param_dtype, out_dtype",
-  [(None, jnp.float32, jnp.float32), (jnp.bfloat16, jnp.float32, jnp.bfloat16), (None, jnp.bfloat16, jnp.float32)],
+  [
+    # float32 throughout is every other test's setting; here in the slow set (4 s).
+    pytest.param(None, jnp.float32, jnp.float32, marks=pytest.mark.slow),
+    (jnp.bfloat16, jnp.float32, jnp.bfloat16),
+    (None, jnp.bfloat16, jnp.float32),
+  ],
 )
 def test_dtype_keywords(images, dtype, param_dtype, out_dtype):
   """Parameters in param_dtype; logits in flax's promoted dtype (float32 x: float32 unless dtype); grads too."""
