@@ -244,6 +244,12 @@ def kernels() -> dict:
   return run_script(KERNELS)
 
 
+# The ops grid (pools, bias, vmap, the Flax drop-in, model and spatial splits on both kinds of axes)
+# is one ~20 s subprocess per worker: the slow set runs it (CI's second pytest run); the README's
+# fast set runs the per-kernel cases (the kernels fixture) and the layout rules.
+ops_grid = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def ops() -> dict:
   return run_script(OPS)
@@ -308,6 +314,7 @@ def test_kernel_gradient_is_all_reduced_not_gathered(kernels):
 @pytest.mark.parametrize(
   "name", ["conv_transpose", "conv_transpose[auto]", "conv_general_dilated", "conv_general_dilated[nhwc]"]
 )
+@ops_grid
 def test_ops_and_their_gradients_keep_the_batch_sharded(ops, name, kind):
   case = ops[f"{name}/{kind}"]
   y, dx, dw = case["specs"]
@@ -316,6 +323,7 @@ def test_ops_and_their_gradients_keep_the_batch_sharded(ops, name, kind):
   assert case["error"] < 1e-4, case
 
 
+@ops_grid
 @pytest.mark.parametrize("kind", ["auto", "explicit"])
 def test_conv_with_a_bias_keeps_the_batch_sharded(ops, kind):
   """The fused bias (oneDNN's, where built): y and dx split like the batch, dw and db all-reduced."""
@@ -326,6 +334,7 @@ def test_conv_with_a_bias_keeps_the_batch_sharded(ops, kind):
   assert case["error"] < 1e-4, case
 
 
+@ops_grid
 @pytest.mark.parametrize("kind", ["auto", "explicit"])
 def test_vmap_over_a_batch_sharded_input(ops, kind):
   case = ops[f"vmap/{kind}"]
@@ -350,6 +359,7 @@ def test_vmap_over_a_batch_sharded_input(ops, kind):
     "adaptive_max_pool[uneven]",
   ],
 )
+@ops_grid
 def test_pools_and_their_gradients_keep_the_batch_sharded(ops, name, kind):
   case = ops[f"{name}/{kind}"]
   y, dx = case["specs"]
@@ -357,6 +367,7 @@ def test_pools_and_their_gradients_keep_the_batch_sharded(ops, name, kind):
   assert case["collectives"] == [] and case["error"] < 1e-5, case
 
 
+@ops_grid
 @pytest.mark.parametrize("kind", ["auto", "explicit"])
 def test_flax_drop_in_train_step_stays_data_parallel(ops, kind):
   case = ops[f"nnx_train_step/{kind}"]
@@ -366,6 +377,7 @@ def test_flax_drop_in_train_step_stays_data_parallel(ops, kind):
   assert case["error"] < 1e-5, case
 
 
+@ops_grid
 @pytest.mark.parametrize("kind", ["auto", "explicit"])
 @pytest.mark.parametrize("impl", ["im2col", "onednn"])
 def test_kernel_split_over_output_channels_is_model_parallel(ops, impl, kind):
@@ -378,6 +390,7 @@ def test_kernel_split_over_output_channels_is_model_parallel(ops, impl, kind):
   assert case["collectives"] == ["all-reduce"] and case["error"] < 1e-4, case
 
 
+@ops_grid
 @pytest.mark.parametrize("kind", ["auto", "explicit"])
 @pytest.mark.parametrize("impl", ["im2col", "onednn"])
 def test_batch_and_model_axes_together(ops, impl, kind):
@@ -389,6 +402,7 @@ def test_batch_and_model_axes_together(ops, impl, kind):
   assert not activation_gathers(case) and case["error"] < 1e-4, case
 
 
+@ops_grid
 @pytest.mark.parametrize("impl", ["im2col", "onednn"])
 def test_spatial_split_is_answered_by_lax_on_explicit_axes(ops, impl):
   if f"spatial/{impl}/explicit" not in ops:
@@ -401,6 +415,7 @@ def test_spatial_split_is_answered_by_lax_on_explicit_axes(ops, impl):
   assert case["error"] < 1e-4, case
 
 
+@ops_grid
 @pytest.mark.parametrize("impl", ["im2col", "onednn"])
 def test_spatial_split_on_auto_axes_is_moved_to_the_batch_with_a_warning(ops, impl):
   if f"spatial/{impl}/auto" not in ops:
