@@ -344,12 +344,12 @@ bool Direct(const Problem& p) {
     if (p.stride[i] != 1 || p.dilation[i] != 1 || p.pad_lo[i] < 0 || p.pad_hi[i] < 0) return false;
     if (p.pad_lo[i] > p.kernel[i] - 1 || p.pad_hi[i] > p.kernel[i] - 1) return false;  // the flipped pads must be >= 0
   }
+  if (p.op == kBackwardWeights) return jaxconv_direct::SingleChannelWeightsServes(DirectShape(p));
 #if defined(__x86_64__) && defined(__GNUC__)
   static const int64_t lanes = __builtin_cpu_supports("avx512f") ? 16 : 8;
 #else
   static const int64_t lanes = 4;
 #endif
-  if (p.op == kBackwardWeights) return jaxconv_direct::SingleChannelWeightsServes(DirectShape(p));
   return p.in_channels < lanes && p.spatial[1] <= jaxconv_direct::kMaxWidth;
 }
 
