@@ -376,6 +376,14 @@ void Execute(const Problem& p, void* a, void* b, void* out, void* bias = nullptr
   Run(Lookup(p), a, b, out, bias);
 }
 
+// Reorders of at most this many bytes run on the calling thread alone: waking the OpenMP team
+// (whose workers wait passively, see ThreadCap) costs more than copying them. LeNet's weights
+// (0.6 and 9.6 KB) are reordered three times a training step; keeping those reorders on one thread
+// took the step from 3.43 to 3.31 ms (2-core Xeon, median of three alternating runs).
+constexpr size_t kSmallReorderBytes = 64 * 1024;
+
+bool SmallReorder(const Operand& o) { return o.user.get_size() <= kSmallReorderBytes; }
+
 void Run(const Entry& entry, void* a, void* b, void* out, void* bias) {
   dnnl::engine& engine = Engine();
   dnnl::stream stream(engine);
@@ -397,7 +405,10 @@ void Run(const Entry& entry, void* a, void* b, void* out, void* bias) {
     const Operand& o = entry.operands[i];
     dnnl::memory mine(o.user, engine, user[i]);
     memories[i] = o.reorder ? dnnl::memory(o.inner, engine, base + offsets[i]) : mine;
-    if (o.reorder && i < 2) o.convert.execute(stream, mine, memories[i]);
+    if (o.reorder && i < 2) {
+      const ThreadCap cap(SmallReorder(o) ? 1 : 0);
+      o.convert.execute(stream, mine, memories[i]);
+    }
     args[o.arg] = memories[i];
   }
   if (entry.bias_arg != 0) args[entry.bias_arg] = dnnl::memory(entry.bias, engine, bias);
@@ -409,6 +420,7 @@ void Run(const Entry& entry, void* a, void* b, void* out, void* bias) {
   const Operand& result = entry.operands[2];
   if (result.reorder) {
     dnnl::memory mine(result.user, engine, out);
+    const ThreadCap cap(SmallReorder(result) ? 1 : 0);
     result.convert.execute(stream, memories[2], mine);
   }
   stream.wait();
