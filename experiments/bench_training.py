@@ -43,6 +43,7 @@ from ml_collections import config_flags
 
 from benchmarks.harness import environment
 from experiments import lenet
+from experiments.lenet.config import compiler_options
 from experiments.lenet.torch_twin import torch_lenet, torch_params
 from jaxconv import nn, parallel, training
 from jaxconv.training import augment
@@ -106,8 +107,9 @@ def jax_trainer(config: ml_collections.ConfigDict, mesh, train_data: training.Ba
   state = [parallel.replicate(state, mesh)]
   start = time.perf_counter()
   train_steps, _ = training.compile_steps(
-    graphdef, tx, state[0], train_data, test_data, config.batch_size, config.eval_batch_size, mesh
-  )
+    graphdef, tx, state[0], train_data, test_data, config.batch_size, config.eval_batch_size, mesh,
+    compiler_options=compiler_options(config),
+  )  # fmt: skip
   compile_seconds = time.perf_counter() - start
   epoch = [0]
 
@@ -282,6 +284,7 @@ def jax_speedrun(config: ml_collections.ConfigDict, mesh, train_data: training.B
   train_steps, evaluate = training.compile_steps(
     graphdef, tx, state, train_data, test_data, config.batch_size, config.eval_batch_size, mesh,
     augmentation=augment.from_config(config.augment), label_smoothing=float(config.label_smoothing),
+    compiler_options=compiler_options(config),
   )  # fmt: skip
   yield 0, float("nan"), clock.stop()
   for epoch in range(1, config.num_epochs + 1):

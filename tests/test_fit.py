@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from jaxconv import nn, training
-from jaxconv.training import loop
+from jaxconv.training import loop, trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMINGS = ("epoch_seconds", "images_per_second", "eval_seconds", "compile_seconds", "elapsed_seconds")
@@ -182,6 +182,17 @@ def bad_labels() -> tuple[np.ndarray, np.ndarray]:
     ({"augment": {"max_shift": 1}}, TypeError, r"augment must be a jaxconv.training.AugmentConfig"),
     ({"optimizer": "adam"}, TypeError, r"optimizer must be an optax.GradientTransformation"),
     ({"mesh": "data"}, TypeError, r"mesh must be a jax.sharding.Mesh"),
+    ({"compiler_options": ["x"]}, TypeError, r"compiler_options must be a mapping"),
+    (
+      {"compiler_options": {"xla_cpu_prefer_vector_width": 512}},
+      TypeError,
+      r"compiler_options must map str names to str or bool values; got 'xla_cpu_prefer_vector_width': 512",
+    ),
+    (
+      {"compiler_options": {"no_such_option": "1"}},
+      ValueError,
+      r"compiler_options=.*XLA refuses them:.*no_such_option",
+    ),
   ],
 )
 def test_bad_arguments_are_refused_naming_them(tmp_path, change, error, message):
@@ -190,6 +201,26 @@ def test_bad_arguments_are_refused_naming_them(tmp_path, change, error, message)
   with pytest.raises(error, match=message):
     training.fit(Small(rngs=nnx.Rngs(0)), optimizer, train, workdir=tmp_path / "run", **arguments)
   assert not (tmp_path / "run").exists()  # refused before the workdir was made
+
+
+def test_compiler_options_reach_both_compiled_programs(monkeypatch):
+  compiled = []
+  compile_steps = trainer.compile_steps
+  monkeypatch.setattr(trainer, "compile_steps", lambda *a, **k: compiled.append(compile_steps(*a, **k)) or compiled[-1])
+  train, test = data(64), data(32, seed=1)
+  runs = []
+  for options in (None, {"xla_cpu_experimental_ynn_fusion_type": ""}):
+    model = Small(rngs=nnx.Rngs(0))
+    training.fit(model, optax.adam(1e-2), train, epochs=1, test=test, batch_size=16, compiler_options=options)
+    runs.append(leaves(model))
+  (default_steps, default_eval), (steps, evaluate) = compiled
+  if "__ynn_fusion" not in default_steps.as_text():
+    pytest.skip("this jaxlib fuses none of the model's ops with YNNPACK")
+  # Without YNNPACK's fusions the dense layer's dots are XLA's own, in training and in evaluation.
+  assert "__ynn_fusion" in default_eval.as_text()
+  assert "__ynn_fusion" not in steps.as_text() and "__ynn_fusion" not in evaluate.as_text()
+  for a, b in zip(*runs, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_a_model_that_does_not_give_logits_is_refused():

@@ -69,6 +69,7 @@ def test_shipped_configs_are_valid(name):
     ("model.dtype", "float64", r"config.model.dtype must be None or one of"),
     ("momentum", 1.0, r"config.momentum must be a number in \[0, 1\)"),
     ("data.train_size", -1, "config.data.train_size must be an int >= 0"),
+    ("compiler_options", {"xla_cpu_prefer_vector_width": 512}, "config.compiler_options must be a dict of XLA"),
   ],
 )
 def test_validate_config_names_the_field(field, value, message):

@@ -16,7 +16,10 @@ Parts timed alone are not what they cost inside the step: there XLA fuses each l
 elementwise work with its neighbours' and recomputes cheap producers inside every consumer. So
 ``--trace`` (the default) also profiles the compiled loop with ``jax.profiler`` and charges each
 XLA op to the layer whose ``jax.named_scope`` (``LeNet`` scopes each layer) its ``op_name`` holds,
-forward or backward: the indented rows, ms per step. Last, the step's GEMM bound: its FLOPs (XLA's
+forward or backward: the indented rows, ms per step. jaxconv's parts and steps are compiled with
+the training programs' XLA options (``compiler_options`` in ``configs/default.py``);
+``--compiler_options=xla_defaults`` compiles them with XLA's defaults, and ``both`` profiles each
+kernel both ways (the second column named "XLA defaults"). Last, the step's GEMM bound: its FLOPs (XLA's
 cost analysis of the step on the lax kernel) at the rate of a jitted float32 2048^3 ``jnp.dot``
 timed in the same run.
 """
@@ -45,6 +48,7 @@ from absl import app, flags
 from flax import nnx
 
 from benchmarks.harness import environment, gemm_peak_gflops
+from configs import default
 from experiments.bench.render_results import step_columns
 from jaxconv import training
 from jaxconv.models import LeNet
@@ -56,6 +60,12 @@ flags.DEFINE_integer("repeats", 200, "Timed calls per part.")
 flags.DEFINE_integer("batch_size", 128, "Images per step.")
 flags.DEFINE_boolean("torch", True, "Also profile PyTorch eager (skipped if torch is not installed).")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_enum(
+  "compiler_options",
+  "programs",
+  ["programs", "xla_defaults", "both"],
+  "Compile jaxconv with the training programs' XLA options, XLA's defaults, or both (one column each).",
+)
 flags.DEFINE_boolean("trace", True, "Also break the compiled loop's steps down by layer from a jax.profiler trace.")
 
 PARTS = ("conv1", "relu+pool1", "conv2", "relu+pool2", "classifier", "loss", "adam")
@@ -73,9 +83,9 @@ def median_ms(call: Callable[[], object], repeats: int) -> float:
   return 1e3 * statistics.median(times)
 
 
-def blocking(fn: Callable, *args) -> Callable[[], object]:
-  """``fn(*args)`` jitted, as a call that waits for its result."""
-  jitted = jax.jit(fn)
+def blocking(fn: Callable, *args, options: dict | None = None) -> Callable[[], object]:
+  """``fn(*args)`` jitted (with XLA ``options``), as a call that waits for its result."""
+  jitted = jax.jit(fn, compiler_options=options or None)
   return lambda: jax.block_until_ready(jitted(*args))
 
 
@@ -89,8 +99,9 @@ def vjp_of(fn: Callable, *primals) -> Callable:
   return run
 
 
-def jax_parts(impl: str, repeats: int, batch: int) -> dict[str, float]:
-  """ms per part of the jaxconv LeNet with kernel ``impl``; also the whole step alone and in the loop."""
+def jax_parts(impl: str, repeats: int, batch: int, options: dict) -> dict[str, float]:
+  """ms per part of the jaxconv LeNet with kernel ``impl``, compiled with XLA ``options``; also the whole step
+  alone and in the loop."""
   model = LeNet(impl=impl, rngs=nnx.Rngs(0))
   conv1, act1, pool1, conv2, act2, pool2 = model.features.layers
   rng = np.random.default_rng(0)
@@ -119,25 +130,27 @@ def jax_parts(impl: str, repeats: int, batch: int) -> dict[str, float]:
 
   calls = {
     # The images are an argument, not a constant XLA could fold; only the parameters get gradients.
-    "conv1": blocking(lambda p, x: vjp_of(lambda p: f1(p, x), p)(p), p1, images),
-    "relu+pool1": blocking(vjp_of(lambda h: pool1(act1(h)), h1), h1),
-    "conv2": blocking(vjp_of(f2, p2, a1), p2, a1),
-    "relu+pool2": blocking(vjp_of(lambda h: pool2(act2(h)), h2), h2),
-    "classifier": blocking(vjp_of(fc, pc, a2), pc, a2),
+    "conv1": blocking(lambda p, x: vjp_of(lambda p: f1(p, x), p)(p), p1, images, options=options),
+    "relu+pool1": blocking(vjp_of(lambda h: pool1(act1(h)), h1), h1, options=options),
+    "conv2": blocking(vjp_of(f2, p2, a1), p2, a1, options=options),
+    "relu+pool2": blocking(vjp_of(lambda h: pool2(act2(h)), h2), h2, options=options),
+    "classifier": blocking(vjp_of(fc, pc, a2), pc, a2, options=options),
     "loss": blocking(
-      vjp_of(lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).mean(), logits), logits
+      vjp_of(lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).mean(), logits),
+      logits,
+      options=options,
     ),
-    "adam": blocking(adam, grads, state.opt_state, state.params),
+    "adam": blocking(adam, grads, state.opt_state, state.params, options=options),
   }
   result = {name: median_ms(call, repeats) for name, call in calls.items()}
   result["sum of parts"] = sum(result[name] for name in PARTS)
   step = training.make_train_step(graphdef, tx)  # plain cross-entropy, no augmentation
   key = jax.random.key(0)
   data = training.Batch(images, labels)
-  result["step"] = median_ms(blocking(step, state, data, key), repeats)
+  result["step"] = median_ms(blocking(step, state, data, key, options=options), repeats)
   zero, idx = training.zero_metrics(), jnp.tile(jnp.arange(batch), (LOOP_STEPS, 1))
   args = (state, zero, data, idx, jnp.asarray(0), jnp.asarray(LOOP_STEPS), key)
-  steps = jax.jit(training.make_train_steps(step)).lower(*args).compile()  # timed and traced below
+  steps = jax.jit(training.make_train_steps(step)).lower(*args).compile(options or None)  # timed and traced below
   loop = lambda: jax.block_until_ready(steps(*args))
   result[f"step in a {LOOP_STEPS}-step loop"] = median_ms(loop, max(repeats // LOOP_STEPS, 5)) / LOOP_STEPS
   result["dispatch floor"] = median_ms(blocking(lambda *a: a[0], p2, a1), repeats)
@@ -271,8 +284,13 @@ def main(argv: list[str]) -> None:
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "ms": {},
   }
+  programs = default.get_config().compiler_options.to_dict()
+  results["compiler_options"] = programs if FLAGS.compiler_options != "xla_defaults" else {}
+  variants = {"programs": [("", programs)], "xla_defaults": [("", {})]}
+  variants["both"] = [("", programs), (" (XLA defaults)", {})]
   for impl in impls:
-    results["ms"][f"jaxconv {impl}"] = jax_parts(impl, FLAGS.repeats, FLAGS.batch_size)
+    for suffix, options in variants[FLAGS.compiler_options]:
+      results["ms"][f"jaxconv {impl}{suffix}"] = jax_parts(impl, FLAGS.repeats, FLAGS.batch_size, options)
   if FLAGS.torch:
     try:
       ms, version, threads = torch_parts(FLAGS.repeats, FLAGS.batch_size)

@@ -49,10 +49,13 @@ log = logging.getLogger("jaxconv.program")
 # what it computes. num_epochs extends (or ends) a run: the schedule stretches over the new total
 # from the step reached. steps_per_call only groups the same steps into compiled calls;
 # eval_batch_size, mesh and distributed move float32 rounding of the sums and gradients across
-# devices, not the model (a checkpoint restores onto any mesh); model.impl picks a kernel of the
-# same convolution, with the same parameters. Every other field (data, model.variant, batch size,
-# seed, optimiser and schedule, and any field a later config adds) must match the checkpoint's.
-RESUME_SAFE = ("num_epochs", "steps_per_call", "eval_batch_size", "model.impl", "mesh", "distributed")
+# devices, not the model (a checkpoint restores onto any mesh), and compiler_options the rounding
+# of XLA's own code; model.impl picks a kernel of the same convolution, with the same parameters.
+# Every other field (data, model.variant, batch size, seed, optimiser and schedule, and any field a
+# later config adds) must match the checkpoint's.
+RESUME_SAFE = (
+  "num_epochs", "steps_per_call", "eval_batch_size", "model.impl", "mesh", "distributed", "compiler_options",
+)  # fmt: skip
 
 
 def get_field(config: ml_collections.ConfigDict, name: str) -> Any:
@@ -118,6 +121,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check_field(config, "schedule", str, lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
   check_field(config, "warmup_epochs", (float, int), _finite(lambda v: v >= 0), "a finite number >= 0")
   check_field(config, "label_smoothing", (float, int), _finite(lambda v: 0 <= v < 1), "a number in [0, 1)")
+  if "compiler_options" in config:
+    scalar = (str, bool)
+    check_field(
+      config, "compiler_options", ml_collections.ConfigDict, lambda v: all(isinstance(x, scalar) for x in v.values()),
+      "a dict of XLA option names to str or bool values",
+    )  # fmt: skip
   if "augment" not in config:
     raise ValueError("config.augment is missing")
   try:
@@ -170,6 +179,11 @@ def augment_config(config: ml_collections.ConfigDict) -> augment.AugmentConfig |
   """The ``AugmentConfig`` of ``config.augment``, or None when it changes nothing."""
   block = augment.from_config(config.augment)
   return block if block.enabled else None
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """``config.compiler_options`` as the dict ``fit`` takes (empty where a config has no such field)."""
+  return config.compiler_options.to_dict() if "compiler_options" in config else {}
 
 
 def config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from experiments.lenet.config import RESUME_SAFE, augment_config, config_record, validate_config
+from experiments.lenet.config import RESUME_SAFE, augment_config, compiler_options, config_record, validate_config
 from experiments.lenet.data import NUM_CLASSES, load_data
 from experiments.lenet.recipe import create_optimizer, learning_rate_schedule, model_spec
 from experiments.lenet.report import CURVES_FILE, METRICS_FILE, Progress, plot_curves
@@ -84,6 +84,7 @@ def train_and_evaluate(
     build_model(spec, rngs=nnx.Rngs(config.seed)), create_optimizer(config, steps, schedule), train,
     epochs=config.num_epochs, test=test, batch_size=config.batch_size, seed=config.seed, workdir=workdir, mesh=mesh,
     augment=augment_config(config), steps_per_call=config.steps_per_call, eval_batch_size=config.eval_batch_size,
+    compiler_options=compiler_options(config),
     label_smoothing=float(config.label_smoothing), record=config_record(config), resume_safe=RESUME_SAFE,
     learning_rate=schedule, extra_meta={inference.MODEL_META: spec, inference.NORMALIZATION_META: normalization},
     start_time=start_time, progress=lambda label, total: Progress(total, label),

@@ -8,7 +8,8 @@ per call, not once per batch. Evaluation is one compiled ``scan`` over the whole
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ from jaxconv.training.steps import Metrics, make_evaluate, make_train_step, make
 
 __all__ = [
   "NonFiniteLossError",
+  "check_compiler_options",
   "check_finite_loss",
   "check_labels",
   "compile_steps",
@@ -35,6 +37,7 @@ __all__ = [
   "steps_per_epoch",
 ]
 
+CompilerOptions = Mapping[str, str | bool]
 PAD_LABEL = -1  # the label of the rows that place_eval adds; user labels are checked to be >= 0
 
 
@@ -54,6 +57,33 @@ def check_finite_loss(metrics: Metrics, epoch: int) -> None:
   loss = mean_loss(metrics)
   if not math.isfinite(loss):
     raise NonFiniteLossError(epoch, loss)
+
+
+def check_compiler_options(options: Any) -> dict[str, str | bool]:
+  """``options`` as a dict of XLA compiler options; ``TypeError``/``ValueError`` naming ``compiler_options``.
+
+  Args:
+    options: None, or a mapping of XLA option names (``DebugOptions`` fields, as in ``XLA_FLAGS``
+      without the dashes) to str or bool values (numbers as strings: ``"512"``).
+
+  Returns:
+    The options as a dict (empty for None), checked by compiling a trivial program with them, so
+    that an option XLA does not know is refused before the training program is traced.
+  """
+  if options is None:
+    return {}
+  if not isinstance(options, Mapping):
+    raise TypeError(f"compiler_options must be a mapping of option names to values, or None; got {options!r}")
+  for name, value in options.items():
+    if not isinstance(name, str) or not isinstance(value, str | bool):
+      raise TypeError(f"compiler_options must map str names to str or bool values; got {name!r}: {value!r}")
+  options = dict(options)
+  if options:
+    try:
+      jax.jit(lambda: jnp.zeros(())).lower().compile(compiler_options=options)
+    except jax.errors.JaxRuntimeError as e:
+      raise ValueError(f"compiler_options={options!r}: XLA refuses them: {e}") from None
+  return options
 
 
 def check_labels(labels: np.ndarray, num_classes: int, split: str) -> None:
@@ -131,13 +161,15 @@ def compile_steps(
   augmentation: augment.AugmentConfig | None = None,
   label_smoothing: float = 0.0,
   eval_graphdef: nnx.GraphDef | None = None,
+  compiler_options: CompilerOptions | None = None,
 ):
   """Ahead-of-time compiled ``train_steps`` and ``evaluate`` for these shapes, data parallel over ``mesh``.
 
   State and metrics are replicated, the data and each epoch's ``idx`` (``epoch_batches``) split
   along their examples. ``graphdef`` is the model in training mode; ``eval_graphdef`` (default
   ``graphdef``) the one evaluation runs, in ``model.eval()`` mode. ``evaluate(model_variables(state),
-  test)`` gives the summed test metrics; it is None without ``test``.
+  test)`` gives the summed test metrics; it is None without ``test``. Both are compiled with
+  ``compiler_options`` (XLA option names to values, as ``check_compiler_options`` takes them).
   """
   replicated, examples = parallel.sharding(mesh), parallel.sharding(mesh, parallel.DATA_AXIS)
   steps = steps_per_epoch(train.labels.shape[0], batch_size, parallel.num_shards(mesh))
@@ -160,7 +192,8 @@ def compile_steps(
     out_shardings=replicated,
     donate_argnums=0,
   )
-  train_steps = jitted.lower(state, zero_metrics(), train, idx, 0, 0, epoch_key(0, 0)).compile()
+  options = dict(compiler_options or {}) or None
+  train_steps = jitted.lower(state, zero_metrics(), train, idx, 0, 0, epoch_key(0, 0)).compile(compiler_options=options)
   if test is None:
     return train_steps, None
   evaluate = jax.jit(
@@ -168,7 +201,7 @@ def compile_steps(
     in_shardings=(replicated, examples),
     out_shardings=replicated,
   )
-  return train_steps, evaluate.lower(model_variables(state), test).compile()
+  return train_steps, evaluate.lower(model_variables(state), test).compile(compiler_options=options)
 
 
 def run_epoch(
