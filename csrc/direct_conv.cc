@@ -2,8 +2,6 @@
 
 #include "direct_conv.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -260,7 +258,13 @@ WeightsFn WeightsKernel(int64_t kw, int64_t o) {
   }
 }
 
-// This thread's buffer of `size` floats, all zero; kept between calls (OpenMP's threads persist).
+// Batch elements per chunk of work: 16 chunks for a batch of 128, so that two threads that start
+// apart still share the work evenly.
+constexpr int64_t kBatchChunk = 8;
+
+int64_t Chunks(int64_t batch) { return (batch + kBatchChunk - 1) / kBatchChunk; }
+
+// This thread's buffer of `size` floats, all zero; kept between calls (the pool's threads persist).
 float* Zeroed(size_t size) {
   thread_local std::vector<float> buffer;
   buffer.assign(size, 0.0f);
@@ -269,15 +273,14 @@ float* Zeroed(size_t size) {
 
 }  // namespace
 
-void Forward(const Shape& s, const float* x, const float* w, float* y) {
+void Forward(const Shape& s, const float* x, const float* w, float* y, const ParallelFor& parallel) {
   const int64_t ho = s.out_height(), wo = s.out_width(), stride = RowStride(s);
   const int64_t vectors = Vectors(wo);
   const size_t planar_size = static_cast<size_t>(s.in_channels * s.height * stride + kLanes);
-#pragma omp parallel
-  {
+  parallel(Chunks(s.batch), [&](int64_t chunk) {
     float* planar = Zeroed(planar_size);
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < s.batch; ++n) {
+    const int64_t n1 = std::min(s.batch, (chunk + 1) * kBatchChunk);
+    for (int64_t n = chunk * kBatchChunk; n < n1; ++n) {
       ToPlanar(s, x + n * s.height * s.width * s.in_channels, stride, planar);
       float* yn = y + n * ho * wo * s.out_channels;
       for (int64_t o0 = 0; o0 < s.out_channels; o0 += kMaxOutBlock) {
@@ -288,10 +291,10 @@ void Forward(const Shape& s, const float* x, const float* w, float* y) {
         }
       }
     }
-  }
+  });
 }
 
-void BackwardData(const Shape& s, const float* dy, const float* w, float* dx) {
+void BackwardData(const Shape& s, const float* dy, const float* w, float* dx, const ParallelFor& parallel) {
   // dx = correlate(dy, w flipped in space with C and O swapped), padded by K - 1 - pad.
   const int64_t kh = s.kernel_h, kw = s.kernel_w, c = s.in_channels, o = s.out_channels;
   std::vector<float> flipped(static_cast<size_t>(kh * kw * c * o));
@@ -304,25 +307,27 @@ void BackwardData(const Shape& s, const float* dy, const float* w, float* dx) {
   }
   const Shape t{s.batch, s.out_height(), s.out_width(), o, kh, kw, c,
                 kh - 1 - s.pad_top, kw - 1 - s.pad_left, kh - 1 - s.pad_bottom, kw - 1 - s.pad_right};
-  Forward(t, dy, flipped.data(), dx);
+  Forward(t, dy, flipped.data(), dx, parallel);
 }
 
 bool SingleChannelWeightsServes(const Shape& s) {
   return s.in_channels == 1 && s.out_width() <= kMaxWidth && WeightsKernel(s.kernel_w, s.out_channels) != nullptr;
 }
 
-void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, float* dw, float* db) {
+void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, float* dw, float* db,
+                              const ParallelFor& parallel) {
   const int64_t o = s.out_channels, kh = s.kernel_h, kw = s.kernel_w, period = Period(o);
   const WeightsFn pass = WeightsKernel(kw, o);
   const size_t count = static_cast<size_t>((kh * kw + 1) * period * kLanes);
-  std::vector<float> total(count, 0.0f);
-#pragma omp parallel
-  {
-    std::vector<float> sums(count, 0.0f);
-    const int64_t t = omp_get_thread_num(), threads = omp_get_num_threads();
-    pass(s, x, dy, s.batch * t / threads, s.batch * (t + 1) / threads, sums.data(), sums.data() + kh * kw * period * kLanes);
-#pragma omp critical
-    for (size_t e = 0; e < count; ++e) total[e] += sums[e];
+  const int64_t chunks = Chunks(s.batch);
+  std::vector<float> partial(count * chunks, 0.0f), total(count, 0.0f);
+  parallel(chunks, [&](int64_t chunk) {
+    float* sums = partial.data() + chunk * count;
+    const int64_t n0 = chunk * kBatchChunk, n1 = std::min(s.batch, n0 + kBatchChunk);
+    pass(s, x, dy, n0, n1, sums, sums + kh * kw * period * kLanes);
+  });
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    for (size_t e = 0; e < count; ++e) total[e] += partial[chunk * count + e];
   }
   // Lane l of chunk k is channel (16 k + l) % o.
   std::fill(dw, dw + kh * kw * o, 0.0f);

@@ -23,7 +23,7 @@
 // planar buffers and the output out of the accumulators.
 // Error: float32 products summed in float32 in another order than lax's or oneDNN's, so results
 // agree with them to about C * KH * KW float32 roundings of the largest partial sums.
-// Batch elements are spread over OpenMP threads, statically.
+// Batch elements are split into chunks of kBatchChunk, run by the caller's ParallelFor.
 //
 // SingleChannelWeightsBias (C = 1): every input row is "expanded", each pixel repeated O times, so
 // that a 16-lane chunk of a dy row (channels-last: pixel t / O, channel t % O at lane t) meets its
@@ -37,8 +37,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 namespace jaxconv_direct {
+
+// Runs body(chunk) once for every chunk in [0, chunks), on any threads, and returns when all have
+// run. The loops split their work into chunks that write disjoint outputs (or their own partial
+// sums, added in chunk order), so the results do not depend on which thread ran which chunk.
+using Body = std::function<void(int64_t chunk)>;
+using ParallelFor = std::function<void(int64_t chunks, const Body& body)>;
 
 // The widest output row the loops take (4 vectors of 16 lanes).
 constexpr int64_t kMaxWidth = 64;
@@ -52,16 +59,17 @@ struct Shape {
 };
 
 // y = correlate(x, w): x (N, H, W, C), w (KH, KW, C, O), y (N, Ho, Wo, O).
-void Forward(const Shape& s, const float* x, const float* w, float* y);
+void Forward(const Shape& s, const float* x, const float* w, float* y, const ParallelFor& parallel);
 
 // dx (N, H, W, C) from dy (N, Ho, Wo, O) and w (KH, KW, C, O).
-void BackwardData(const Shape& s, const float* dy, const float* w, float* dx);
+void BackwardData(const Shape& s, const float* dy, const float* w, float* dx, const ParallelFor& parallel);
 
 // Whether SingleChannelWeightsBias takes `s`: one input channel, an output at most kMaxWidth wide,
 // and KW x P accumulators (P = C_out / gcd(C_out, 16)) that fit in registers.
 bool SingleChannelWeightsServes(const Shape& s);
 
 // dw (KH, KW, 1, O) and, when not null, db (O,) from x (N, H, W, 1) and dy (N, Ho, Wo, O).
-void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, float* dw, float* db);
+void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, float* dw, float* db,
+                              const ParallelFor& parallel);
 
 }  // namespace jaxconv_direct

@@ -163,6 +163,35 @@ def test_direct_kernel_gradients_match_lax_and_the_primitive(rng, monkeypatch, c
 
 
 @needs_onednn
+def test_direct_loops_give_the_same_bits_on_any_threads(rng, monkeypatch):
+  """The direct loops share a batch's chunks between the calling thread and XLA's pool; each chunk writes its
+  own rows or partial sums (added in chunk order), so one thread, the whole pool and concurrent calls agree."""
+  gx = _geometry(((37, 14, 14, 6), (5, 5, 6, 16), {}))  # LeNet's conv2: 5 chunks of 8, the last one short
+  gw = _geometry(((37, 28, 28, 1), (5, 5, 1, 6), {"padding": 2}))  # LeNet's conv1
+  _, w, dy = _operands(rng, gx)
+  x, _, dyw = _operands(rng, gw)
+
+  def run() -> list[np.ndarray]:
+    return [np.asarray(a) for a in (onednn.input_grad(dy, w, gx), *onednn.kernel_grad_bias(x, dyw, gw))]
+
+  pooled = run()
+  np.testing.assert_allclose(pooled[0], _lax_input_grad(dy, w, gx), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(pooled[1], _lax_kernel_grad(x, dyw, gw), rtol=1e-5, atol=1e-2)  # 29,008 terms
+  np.testing.assert_allclose(pooled[2], jnp.sum(dyw, axis=(0, 1, 2)), rtol=1e-5, atol=1e-2)
+  concurrent: list[list[np.ndarray]] = []
+  threads = [threading.Thread(target=lambda: concurrent.extend(run() for _ in range(3))) for _ in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  monkeypatch.setenv(onednn.THREADS_ENV, "1")  # the calling thread alone
+  single = run()
+  assert len(concurrent) == 9
+  for got in [*concurrent, single]:
+    assert all(np.array_equal(a, b) for a, b in zip(got, pooled, strict=True))
+
+
+@needs_onednn
 def test_direct_loops_under_vmap(rng):
   """vmapped operands reach the extension as leading axes, one direct call per member."""
   g = _geometry(DIRECT_CASES[2])

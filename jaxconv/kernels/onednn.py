@@ -51,9 +51,13 @@ two cost 0.5-0.75 ms of 4.5). Both run in float32 for the bias whatever the acti
 Threads: oneDNN runs its primitives on its own OpenMP team, not on XLA's intra-op pool (that
 needs oneDNN's threadpool runtime, which no PyPI build has). Its workers wait passively between
 primitives (``OMP_WAIT_POLICY=passive`` unless the user set it: spinning workers took the cores
-from XLA's threads, see ``_load``). ``$JAXCONV_ONEDNN_THREADS`` (read when a call is traced) caps
-the team for that call only: the calling thread's OpenMP count is put back when it returns. The
-default (0) leaves OpenMP's default, one thread per core (measured faster than one thread).
+from XLA's threads, see ``_load``), and waking them costs each call 0.1-0.2 ms on small problems,
+so weight reorders of at most 64 KiB run on the calling thread alone. The extension's direct
+loops run on XLA's intra-op pool instead (the FFI's thread pool, whose threads are often still
+awake from XLA's own work), with the calling thread taking chunks too. ``$JAXCONV_ONEDNN_THREADS``
+(read when a call is traced) caps the threads of that call only, on either: the calling thread's
+OpenMP count is put back when it returns. The default (0) leaves OpenMP's default, one thread per
+core (measured faster than one thread), and the whole intra-op pool.
 """
 
 from __future__ import annotations
