@@ -61,10 +61,13 @@ struct Problem {
   dnnl::memory::data_type dtype = dnnl::memory::data_type::f32;
   int64_t rank = 0, batch = 0, in_channels = 0, out_channels = 0, groups = 1;
   bool bias = false;  // forward adds a float32 bias; backward-weights also gives its gradient
+  // > 0: the primitive is built for (and run with) this many OpenMP threads. oneDNN fixes a
+  // primitive's work split, and the size of the team it starts, when it builds it.
+  int64_t threads = 0;
   std::vector<int64_t> spatial, kernel, out_spatial, stride, dilation, pad_lo, pad_hi;
 
   std::vector<int64_t> Key() const {
-    std::vector<int64_t> key = {op, static_cast<int64_t>(dtype), rank, batch, in_channels, out_channels, groups, bias};
+    std::vector<int64_t> key = {op, static_cast<int64_t>(dtype), rank, batch, in_channels, out_channels, groups, bias, threads};
     for (const auto* v : {&spatial, &kernel, &out_spatial, &stride, &dilation, &pad_lo, &pad_hi}) {
       key.insert(key.end(), v->begin(), v->end());
     }
@@ -283,17 +286,6 @@ std::unique_ptr<Entry> Build(const Problem& p) {
   return layout == "tune" && Faster(*blocked, *entry) ? std::move(blocked) : std::move(entry);
 }
 
-// The cached entry of a problem, built on first use; throws dnnl::error when oneDNN cannot do it.
-const Entry& Lookup(const Problem& p) {
-  static std::mutex mutex;
-  static std::map<std::vector<int64_t>, std::unique_ptr<Entry>> cache;
-  std::vector<int64_t> key = p.Key();
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = cache.find(key);
-  if (it == cache.end()) it = cache.emplace(std::move(key), Build(p)).first;
-  return *it->second;
-}
-
 // oneDNN's OpenMP threads: at most `threads` for the lifetime of this object (0 = the runtime's default,
 // left alone). OpenMP's thread count is per calling thread and sticks, and XLA calls from its own
 // threads, so the cap is set per call and the thread's own count put back when the call ends: a cap
@@ -321,6 +313,21 @@ class ThreadCap {
   SetFn set_ = nullptr;
   int previous_ = 0;
 };
+
+// The cached entry of a problem, built on first use; throws dnnl::error when oneDNN cannot do it.
+const Entry& Lookup(const Problem& p) {
+  static std::mutex mutex;
+  static std::map<std::vector<int64_t>, std::unique_ptr<Entry>> cache;
+  std::vector<int64_t> key = p.Key();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    const ThreadCap cap(p.threads);
+    it = cache.emplace(std::move(key), Build(p)).first;
+  }
+  return *it->second;
+}
+
 
 // Whether `p` runs on jaxconv's direct loops (direct_conv.h) instead of oneDNN's primitive: float32,
 // 2-D, stride 1, no dilation, no groups, pads of at most K - 1, and either
@@ -354,6 +361,40 @@ bool Direct(const Problem& p) {
   return p.in_channels < lanes && p.spatial[1] <= jaxconv_direct::kMaxWidth;
 }
 
+// Problems of at most kSplitFlops are split along the batch into one part per thread of the team,
+// each run by a single-threaded primitive of its own (built for the part's batch, with one OpenMP
+// thread, so that it starts no team) on the calling thread or a pool thread. A small primitive
+// gains little from oneDNN's OpenMP team, whose passive workers take 0.1-0.2 ms to wake (see
+// SharedJob), while the pool's threads are often awake. In LeNet's training step (batch 128, two
+// parts) conv1's forward fell from 0.31 to 0.24 ms, conv2's from 0.40 to 0.25 ms and conv2's kernel
+// gradient from 0.35 to 0.24 ms; the step from 3.0-3.26 to 2.76-2.87 ms. Two parts beat four (2.7-2.8
+// against 2.9-3.0 ms). Backward-weights parts give partial sums of dw and db, added in part order.
+// Only float32 backward-weights is split (16-bit partial sums would round). The ResNet config's
+// 462-MFLOP convolutions are not split, its stem, strided and projection convolutions are: its
+// epochs ran at 1,925 and 1,994 images/s against 1,897 and 1,982 without the split (alternating).
+// $JAXCONV_ONEDNN_SPLIT=0 (read per call) turns it off.
+constexpr double kSplitFlops = 256e6;
+
+int64_t Product(const std::vector<int64_t>& v) {
+  int64_t n = 1;
+  for (int64_t d : v) n *= d;
+  return n;
+}
+
+bool SplitsBatch(const Problem& p) {
+  const char* env = std::getenv("JAXCONV_ONEDNN_SPLIT");
+  if (env != nullptr && std::string(env) == "0") return false;
+  if (p.batch < 2 || (p.op == kBackwardWeights && p.dtype != dnnl::memory::data_type::f32)) return false;
+  const double flops = 2.0 * p.batch * Product(p.out_spatial) * p.out_channels * Product(p.kernel) * (p.in_channels / p.groups);
+  return flops <= kSplitFlops;
+}
+
+size_t ByteWidth(dnnl::memory::data_type type) { return type == dnnl::memory::data_type::f32 ? 4 : 2; }
+
+// Forward-declared: RunSplit is defined after SharedJob, whose comment it shares.
+void RunSplit(const Problem& p, void* a, void* b, void* out, void* bias, const jaxconv_direct::ParallelFor& parallel,
+              int64_t parts);
+
 // The direct loops run on XLA's intra-op pool (the FFI's ThreadPool), not on an OpenMP team: the
 // pool's threads are often still awake from XLA's own work when a call comes, where OpenMP's
 // passive workers must be woken (0.1-0.2 ms a call). On LeNet's training step the input gradient of
@@ -374,13 +415,18 @@ struct SharedJob {
   }
 };
 
-// Chunks on the calling thread and at most `threads` - 1 of the pool's (0: as many as it has).
-jaxconv_direct::ParallelFor OnPool(ffi::ThreadPool* pool, int64_t threads) {
-  return [pool, threads](int64_t chunks, const jaxconv_direct::Body& body) {
+// The threads a call may use: the caller and the pool's other threads, at most `threads` (0: no cap).
+int64_t TeamSize(ffi::ThreadPool* pool, int64_t threads) {
+  const int64_t size = std::max<int64_t>(pool->num_threads(), 1);
+  return threads > 0 ? std::min(threads, size) : size;
+}
+
+// Chunks on the calling thread and team - 1 of the pool's threads.
+jaxconv_direct::ParallelFor OnPool(ffi::ThreadPool* pool, int64_t team) {
+  return [pool, team](int64_t chunks, const jaxconv_direct::Body& body) {
     auto job = std::make_shared<SharedJob>();
     job->chunks = chunks;
     job->body = &body;
-    const int64_t team = threads > 0 ? std::min<int64_t>(threads, pool->num_threads()) : pool->num_threads();
     const int64_t helpers = std::min<int64_t>(team, chunks) - 1;
     for (int64_t h = 0; h < helpers; ++h) pool->Schedule([job] { job->Work(); });
     job->Work();
@@ -392,6 +438,46 @@ jaxconv_direct::ParallelFor OnPool(ffi::ThreadPool* pool, int64_t threads) {
   };
 }
 
+void RunSplit(const Problem& p, void* a, void* b, void* out, void* bias, const jaxconv_direct::ParallelFor& parallel,
+              int64_t parts) {
+  const size_t width = ByteWidth(p.dtype);
+  const size_t x_bytes = width * Product(p.spatial) * p.in_channels, y_bytes = width * Product(p.out_spatial) * p.out_channels;
+  const size_t dw_size = Product(p.kernel) * (p.in_channels / p.groups) * p.out_channels, db_size = bias ? p.out_channels : 0;
+  std::vector<float> partial(p.op == kBackwardWeights ? parts * (dw_size + db_size) : 0);
+  char* ca = static_cast<char*>(a);
+  char* cb = static_cast<char*>(b);
+  char* cout = static_cast<char*>(out);
+  parallel(parts, [&](int64_t part) {
+    const int64_t n0 = p.batch * part / parts, n1 = p.batch * (part + 1) / parts;
+    Problem sub = p;
+    sub.batch = n1 - n0;
+    sub.threads = 1;
+    const Entry& entry = Lookup(sub);
+    const ThreadCap one(1);
+    if (p.op == kForward) {
+      Run(entry, ca + n0 * x_bytes, b, cout + n0 * y_bytes, bias);
+    } else if (p.op == kBackwardData) {
+      Run(entry, ca + n0 * y_bytes, b, cout + n0 * x_bytes);
+    } else {
+      float* dw = partial.data() + part * (dw_size + db_size);
+      Run(entry, ca + n0 * x_bytes, cb + n0 * y_bytes, dw, bias ? dw + dw_size : nullptr);
+    }
+  });
+  if (p.op != kBackwardWeights) return;
+  auto* dw = static_cast<float*>(out);
+  auto* db = static_cast<float*>(bias);
+  for (size_t i = 0; i < dw_size; ++i) {
+    float sum = partial[i];
+    for (int64_t part = 1; part < parts; ++part) sum += partial[part * (dw_size + db_size) + i];
+    dw[i] = sum;
+  }
+  for (size_t i = 0; i < db_size; ++i) {
+    float sum = partial[dw_size + i];
+    for (int64_t part = 1; part < parts; ++part) sum += partial[part * (dw_size + db_size) + dw_size + i];
+    db[i] = sum;
+  }
+}
+
 // Runs one problem on raw pointers: a = x (forward, backward-weights) or dy (backward-data);
 // b = w (forward, backward-data) or dy (backward-weights); out = y, dx or dw; bias = b (forward) or
 // db (backward-weights) with p.bias. `parallel` runs the direct loops' chunks.
@@ -399,7 +485,8 @@ jaxconv_direct::ParallelFor OnPool(ffi::ThreadPool* pool, int64_t threads) {
 // kernel gradients) on two of its threads at once, and each call brings its own OpenMP team, so that
 // four threads shared two cores; in a LeNet training step conv2's two gradients then took 1.1-1.25
 // ms each instead of 0.4-0.9 one after the other (the step was 5-10% slower).
-void Execute(const Problem& p, void* a, void* b, void* out, void* bias, const jaxconv_direct::ParallelFor& parallel) {
+void Execute(const Problem& p, void* a, void* b, void* out, void* bias, const jaxconv_direct::ParallelFor& parallel,
+             int64_t team) {
   static std::mutex one_at_a_time;
   std::lock_guard<std::mutex> lock(one_at_a_time);
   if (Direct(p)) {
@@ -412,6 +499,7 @@ void Execute(const Problem& p, void* a, void* b, void* out, void* bias, const ja
     }
     return;
   }
+  if (team > 1 && SplitsBatch(p)) return RunSplit(p, a, b, out, bias, parallel, std::min(team, p.batch));
   Run(Lookup(p), a, b, out, bias);
 }
 
@@ -554,9 +642,10 @@ ffi::Error Call(int64_t op, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer o
       if (check[1 + i] != p.out_spatial[i]) return ffi::Error::InvalidArgument("onednn conv: output shape does not match the geometry");
     }
     const ThreadCap cap(threads);
-    const jaxconv_direct::ParallelFor parallel = OnPool(pool, threads);
+    const int64_t team = TeamSize(pool, threads);
+    const jaxconv_direct::ParallelFor parallel = OnPool(pool, team);
     if (count == 1) {
-      Execute(p, a.untyped_data(), b.untyped_data(), out.untyped_data(), bias == nullptr ? nullptr : bias->untyped_data(), parallel);
+      Execute(p, a.untyped_data(), b.untyped_data(), out.untyped_data(), bias == nullptr ? nullptr : bias->untyped_data(), parallel, team);
       return ffi::Error::Success();
     }
     // One call per vmap index; an operand of size 1 on a vmap axis is broadcast along it.
@@ -581,7 +670,7 @@ ffi::Error Call(int64_t op, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer o
         a_step *= ad[i];
         b_step *= bd[i];
       }
-      Execute(p, a_ptr + a_off * a_bytes, b_ptr + b_off * b_bytes, out_ptr + index * out_bytes, nullptr, parallel);
+      Execute(p, a_ptr + a_off * a_bytes, b_ptr + b_off * b_bytes, out_ptr + index * out_bytes, nullptr, parallel, team);
     }
     return ffi::Error::Success();
   } catch (const dnnl::error& e) {

@@ -192,6 +192,39 @@ def test_direct_loops_give_the_same_bits_on_any_threads(rng, monkeypatch):
 
 
 @needs_onednn
+def test_small_problems_split_along_the_batch_match_lax(rng, monkeypatch):
+  """Small float32 problems run as one single-threaded primitive per part of the batch (uneven parts here),
+  on the calling thread and XLA's pool; the kernel gradient adds the parts' partial sums in order."""
+  g = _geometry(((37, 14, 14, 16), (5, 5, 16, 16), {"padding": 1}))  # 16 input channels: no direct loops
+  x, w, dy = _operands(rng, g)
+  b = jnp.asarray(rng.standard_normal(g.out_channels), jnp.float32)
+
+  def run() -> list[np.ndarray]:
+    calls = (onednn.forward_bias(x, w, b, g), onednn.input_grad(dy, w, g), *onednn.kernel_grad_bias(x, dy, g))
+    return [np.asarray(a) for a in calls]
+
+  want = [_lax(x, w, g) + b, _lax_input_grad(dy, w, g), _lax_kernel_grad(x, dy, g), jnp.sum(dy, axis=(0, 1, 2))]
+  split = run()
+  monkeypatch.setenv(onednn.SPLIT_ENV, "0")  # read by the extension on every call
+  whole = run()
+  for got in (split, whole):
+    for a, c, atol in zip(got, want, (1e-4, 1e-4, 1e-2, 1e-3), strict=True):
+      np.testing.assert_allclose(a, c, rtol=1e-5, atol=atol)
+  # The parts' sums round differently from one primitive's over the whole batch: the split ran.
+  assert not np.array_equal(split[2], whole[2]) and not np.array_equal(split[3], whole[3])
+  monkeypatch.delenv(onednn.SPLIT_ENV)
+  concurrent: list[list[np.ndarray]] = []
+  threads = [threading.Thread(target=lambda: concurrent.extend(run() for _ in range(3))) for _ in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(concurrent) == 9
+  for got in concurrent:
+    assert all(np.array_equal(a, c) for a, c in zip(got, split, strict=True))
+
+
+@needs_onednn
 def test_direct_loops_under_vmap(rng):
   """vmapped operands reach the extension as leading axes, one direct call per member."""
   g = _geometry(DIRECT_CASES[2])
