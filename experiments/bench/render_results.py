@@ -212,6 +212,11 @@ def step_breakdown(path: Path, data: dict) -> str:
     '"step in a 50-step loop" a step of the compiled loop the training runs. The "in the loop" rows charge '
     "each XLA op of that loop to its layer from a profiler trace (ops on concurrent threads both count)."
   ]
+  if data.get("compiler_options") is not None:
+    notes.append(
+      f"The jaxconv columns are compiled with the training programs' XLA options ({data['compiler_options']}), "
+      'a column marked "(XLA defaults)" with XLA\'s defaults.'
+    )
   if data.get("gemm_bound_ms"):
     notes.append(
       f"GEMM-bound step: {data['step_gflop']:.3f} GFLOP (XLA's cost analysis of the step on the lax kernel) at "
@@ -239,9 +244,14 @@ PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
     "python experiments/bench_training.py --rounds 5 --impl auto",
     throughput,
   ),
+  "lenet_step_breakdown_before.json": (
+    "Where a LeNet training step's time went before the batch split, against PyTorch eager",
+    "python experiments/bench/profile_step.py --impl auto (at the commit measured)",
+    step_breakdown,
+  ),
   "lenet_step_breakdown.json": (
     "Where a LeNet training step's time goes, against PyTorch eager",
-    "python experiments/bench/profile_step.py --impl auto --impl toeplitz",
+    "python experiments/bench/profile_step.py --impl auto --compiler_options both",
     step_breakdown,
   ),
   "lenet_speedrun_seeds.json": (
