@@ -284,3 +284,36 @@ def test_warmup_as_long_as_the_run_is_clipped_with_a_warning(caplog):
   assert "warming up over the first 0.5" in caplog.text
   values = np.array([float(lr(step)) for step in range(11)])
   assert np.argmax(values) == 5 and values[-1] < 0.01 * values.max()
+
+
+def _ynnpack_fusions(options: dict | None) -> dict[str, int]:
+  """How many ops of each kind XLA hands to YNNPACK in LeNet's compiled training step, with ``options``."""
+  import collections
+  import re
+
+  from jaxconv import parallel
+  from jaxconv.models import LeNet
+
+  mesh = parallel.make_mesh(1)
+  train = training.place_train(np.zeros((128, 28, 28, 1), np.float32), np.zeros(128, np.int32), mesh)
+  tx = optax.adam(1e-3)
+  graphdef, state = training.create_state(LeNet(rngs=nnx.Rngs(0)), tx)
+  steps, _ = training.compile_steps(graphdef, tx, state, train, None, 128, 128, mesh, compiler_options=options)
+  kinds: collections.Counter = collections.Counter()
+  for line in steps.as_text().splitlines():
+    match = re.match(r'\s*(?:ROOT )?%ynn_fusion[\w.]* = .*?op_name="([^"]*)"', line)
+    if match:
+      kinds[match.group(1).rsplit("/", 1)[-1]] += 1
+  return dict(kinds)
+
+
+def test_the_programs_compiler_options_take_only_the_dots_from_ynnpack():
+  from experiments.lenet.config import compiler_options
+
+  defaults, ours = _ynnpack_fusions(None), _ynnpack_fusions(compiler_options(default.get_config()))
+  if not defaults:
+    pytest.skip("this jaxlib hands none of LeNet's ops to YNNPACK")
+  # The dense layers' dots move to XLA's own code; the reductions (bias gradients here, BatchNorm's
+  # statistics in a ResNet) stay with YNNPACK.
+  assert defaults.get("dot_general", 0) > 0 and "dot_general" not in ours
+  assert ours == {k: v for k, v in defaults.items() if k != "dot_general"} and ours.get("reduce_sum", 0) > 0

@@ -384,9 +384,9 @@ def fit(
     compiler_options: XLA options the training and evaluation programs are compiled with
       (``DebugOptions`` field names, as in ``XLA_FLAGS`` without the dashes, to values), or None
       for XLA's defaults; an option XLA does not know is refused before anything is compiled.
-      The training programs pass ``{"xla_cpu_experimental_ynn_fusion_type": ""}`` (the dense
-      layers' dots on XLA's own code rather than YNNPACK's: a LeNet step 6% faster on a 2-core
-      Xeon, ``docs/speed.md``).
+      The training programs pass ``{"xla_cpu_experimental_ynn_fusion_type":
+      "LIBRARY_FUSION_TYPE_REDUCE"}``: dense layers' dots on XLA's own code rather than YNNPACK's
+      (``docs/training.md``).
 
   Returns:
     One dict per epoch, resumed epochs included: ``epoch``, ``train_loss``, ``train_accuracy``,
