@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -162,6 +163,18 @@ def test_direct_kernel_gradients_match_lax_and_the_primitive(rng, monkeypatch, c
   assert [np.array_equal(a, b) for a, b in zip(ours, primitive, strict=True)] == [not direct] * 3
 
 
+def _concurrently(run: Callable[[], list[np.ndarray]], threads: int = 3, calls: int = 3) -> list[list[np.ndarray]]:
+  """Every result of ``run()``, called ``calls`` times on each of ``threads`` Python threads at once."""
+  results: list[list[np.ndarray]] = []
+  workers = [threading.Thread(target=lambda: results.extend(run() for _ in range(calls))) for _ in range(threads)]
+  for t in workers:
+    t.start()
+  for t in workers:
+    t.join()
+  assert len(results) == threads * calls
+  return results
+
+
 @needs_onednn
 def test_direct_loops_give_the_same_bits_on_any_threads(rng, monkeypatch):
   """The direct loops share a batch's chunks between the calling thread and XLA's pool; each chunk writes its
@@ -178,15 +191,9 @@ def test_direct_loops_give_the_same_bits_on_any_threads(rng, monkeypatch):
   np.testing.assert_allclose(pooled[0], _lax_input_grad(dy, w, gx), rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(pooled[1], _lax_kernel_grad(x, dyw, gw), rtol=1e-5, atol=1e-2)  # 29,008 terms
   np.testing.assert_allclose(pooled[2], jnp.sum(dyw, axis=(0, 1, 2)), rtol=1e-5, atol=1e-2)
-  concurrent: list[list[np.ndarray]] = []
-  threads = [threading.Thread(target=lambda: concurrent.extend(run() for _ in range(3))) for _ in range(3)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join()
+  concurrent = _concurrently(run)
   monkeypatch.setenv(onednn.THREADS_ENV, "1")  # the calling thread alone
   single = run()
-  assert len(concurrent) == 9
   for got in [*concurrent, single]:
     assert all(np.array_equal(a, b) for a, b in zip(got, pooled, strict=True))
 
@@ -213,14 +220,7 @@ def test_small_problems_split_along_the_batch_match_lax(rng, monkeypatch):
   # The parts' sums round differently from one primitive's over the whole batch: the split ran.
   assert not np.array_equal(split[2], whole[2]) and not np.array_equal(split[3], whole[3])
   monkeypatch.delenv(onednn.SPLIT_ENV)
-  concurrent: list[list[np.ndarray]] = []
-  threads = [threading.Thread(target=lambda: concurrent.extend(run() for _ in range(3))) for _ in range(3)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join()
-  assert len(concurrent) == 9
-  for got in concurrent:
+  for got in _concurrently(run):
     assert all(np.array_equal(a, c) for a, c in zip(got, split, strict=True))
 
 
