@@ -328,7 +328,6 @@ const Entry& Lookup(const Problem& p) {
   return *it->second;
 }
 
-
 // Whether `p` runs on jaxconv's direct loops (direct_conv.h) instead of oneDNN's primitive: float32,
 // 2-D, stride 1, no dilation, no groups, pads of at most K - 1, and either
 //   - backward-data into fewer input channels than a vector has float32 lanes (16 with AVX-512, 8
@@ -391,10 +390,6 @@ bool SplitsBatch(const Problem& p) {
 
 size_t ByteWidth(dnnl::memory::data_type type) { return type == dnnl::memory::data_type::f32 ? 4 : 2; }
 
-// Forward-declared: RunSplit is defined after SharedJob, whose comment it shares.
-void RunSplit(const Problem& p, void* a, void* b, void* out, void* bias, const jaxconv_direct::ParallelFor& parallel,
-              int64_t parts);
-
 // The direct loops run on XLA's intra-op pool (the FFI's ThreadPool), not on an OpenMP team: the
 // pool's threads are often still awake from XLA's own work when a call comes, where OpenMP's
 // passive workers must be woken (0.1-0.2 ms a call). On LeNet's training step the input gradient of
@@ -438,6 +433,7 @@ jaxconv_direct::ParallelFor OnPool(ffi::ThreadPool* pool, int64_t team) {
   };
 }
 
+// `p` run as `parts` parts of its batch (see kSplitFlops), on `parallel`'s threads.
 void RunSplit(const Problem& p, void* a, void* b, void* out, void* bias, const jaxconv_direct::ParallelFor& parallel,
               int64_t parts) {
   const size_t width = ByteWidth(p.dtype);
