@@ -273,6 +273,14 @@ float* Zeroed(size_t size) {
 
 }  // namespace
 
+void SumInOrder(const float* parts, int64_t chunks, int64_t stride, int64_t size, float* out) {
+  for (int64_t i = 0; i < size; ++i) {
+    float sum = parts[i];
+    for (int64_t c = 1; c < chunks; ++c) sum += parts[c * stride + i];
+    out[i] = sum;
+  }
+}
+
 void Forward(const Shape& s, const float* x, const float* w, float* y, const ParallelFor& parallel) {
   const int64_t ho = s.out_height(), wo = s.out_width(), stride = RowStride(s);
   const int64_t vectors = Vectors(wo);
@@ -320,15 +328,13 @@ void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, f
   const WeightsFn pass = WeightsKernel(kw, o);
   const size_t count = static_cast<size_t>((kh * kw + 1) * period * kLanes);
   const int64_t chunks = Chunks(s.batch);
-  std::vector<float> partial(count * chunks, 0.0f), total(count, 0.0f);
+  std::vector<float> partial(count * chunks, 0.0f), total(count);
   parallel(chunks, [&](int64_t chunk) {
     float* sums = partial.data() + chunk * count;
     const int64_t n0 = chunk * kBatchChunk, n1 = std::min(s.batch, n0 + kBatchChunk);
     pass(s, x, dy, n0, n1, sums, sums + kh * kw * period * kLanes);
   });
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    for (size_t e = 0; e < count; ++e) total[e] += partial[chunk * count + e];
-  }
+  SumInOrder(partial.data(), chunks, count, count, total.data());
   // Lane l of chunk k is channel (16 k + l) % o.
   std::fill(dw, dw + kh * kw * o, 0.0f);
   for (int64_t tap = 0; tap < kh * kw; ++tap) {

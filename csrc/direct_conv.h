@@ -32,7 +32,7 @@
 // the products over the output rows; the lanes are folded into channels once at the end, and db is
 // the sum of dy's chunks. Cost: N * Ho * KH' * KW * ceil(Wo * O / 16) vector multiply-adds, plus
 // expanding N * H rows (one permute per chunk). Error: as above, with sums over N * Ho * Wo terms
-// (in per-thread partial sums), like any float32 kernel gradient.
+// (in per-chunk partial sums, SumInOrder), like any float32 kernel gradient.
 
 #pragma once
 
@@ -46,6 +46,10 @@ namespace jaxconv_direct {
 // sums, added in chunk order), so the results do not depend on which thread ran which chunk.
 using Body = std::function<void(int64_t chunk)>;
 using ParallelFor = std::function<void(int64_t chunks, const Body& body)>;
+
+// out[i] = the sum over chunks c of parts[c * stride + i], for i < size, added in chunk order: how
+// the loops (and the extension's batch split) combine their per-chunk partial sums.
+void SumInOrder(const float* parts, int64_t chunks, int64_t stride, int64_t size, float* out);
 
 // The widest output row the loops take (4 vectors of 16 lanes).
 constexpr int64_t kMaxWidth = 64;

@@ -343,9 +343,14 @@ jaxconv_direct::Shape DirectShape(const Problem& p) {
           p.out_channels, p.pad_lo[0],  p.pad_lo[1],  p.pad_hi[0],   p.pad_hi[1]};
 }
 
+// Whether the switch `name` (read on each call, so that tests can flip it between calls) is "0".
+bool TurnedOff(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && std::string(value) == "0";
+}
+
 bool Direct(const Problem& p) {
-  const char* env = std::getenv("JAXCONV_ONEDNN_DIRECT");
-  if (env != nullptr && std::string(env) == "0") return false;
+  if (TurnedOff("JAXCONV_ONEDNN_DIRECT")) return false;
   if (p.op == kForward || p.dtype != dnnl::memory::data_type::f32 || p.rank != 2 || p.groups != 1) return false;
   for (int64_t i = 0; i < 2; ++i) {
     if (p.stride[i] != 1 || p.dilation[i] != 1 || p.pad_lo[i] < 0 || p.pad_hi[i] < 0) return false;
@@ -381,14 +386,11 @@ int64_t Product(const std::vector<int64_t>& v) {
 }
 
 bool SplitsBatch(const Problem& p) {
-  const char* env = std::getenv("JAXCONV_ONEDNN_SPLIT");
-  if (env != nullptr && std::string(env) == "0") return false;
+  if (TurnedOff("JAXCONV_ONEDNN_SPLIT")) return false;
   if (p.batch < 2 || (p.op == kBackwardWeights && p.dtype != dnnl::memory::data_type::f32)) return false;
   const double flops = 2.0 * p.batch * Product(p.out_spatial) * p.out_channels * Product(p.kernel) * (p.in_channels / p.groups);
   return flops <= kSplitFlops;
 }
-
-size_t ByteWidth(dnnl::memory::data_type type) { return type == dnnl::memory::data_type::f32 ? 4 : 2; }
 
 // The direct loops run on XLA's intra-op pool (the FFI's ThreadPool), not on an OpenMP team: the
 // pool's threads are often still awake from XLA's own work when a call comes, where OpenMP's
@@ -436,7 +438,7 @@ jaxconv_direct::ParallelFor OnPool(ffi::ThreadPool* pool, int64_t team) {
 // `p` run as `parts` parts of its batch (see kSplitFlops), on `parallel`'s threads.
 void RunSplit(const Problem& p, void* a, void* b, void* out, void* bias, const jaxconv_direct::ParallelFor& parallel,
               int64_t parts) {
-  const size_t width = ByteWidth(p.dtype);
+  const size_t width = dnnl::memory::data_type_size(p.dtype);
   const size_t x_bytes = width * Product(p.spatial) * p.in_channels, y_bytes = width * Product(p.out_spatial) * p.out_channels;
   const size_t dw_size = Product(p.kernel) * (p.in_channels / p.groups) * p.out_channels, db_size = bias ? p.out_channels : 0;
   std::vector<float> partial(p.op == kBackwardWeights ? parts * (dw_size + db_size) : 0);
@@ -460,18 +462,9 @@ void RunSplit(const Problem& p, void* a, void* b, void* out, void* bias, const j
     }
   });
   if (p.op != kBackwardWeights) return;
-  auto* dw = static_cast<float*>(out);
-  auto* db = static_cast<float*>(bias);
-  for (size_t i = 0; i < dw_size; ++i) {
-    float sum = partial[i];
-    for (int64_t part = 1; part < parts; ++part) sum += partial[part * (dw_size + db_size) + i];
-    dw[i] = sum;
-  }
-  for (size_t i = 0; i < db_size; ++i) {
-    float sum = partial[dw_size + i];
-    for (int64_t part = 1; part < parts; ++part) sum += partial[part * (dw_size + db_size) + dw_size + i];
-    db[i] = sum;
-  }
+  const int64_t stride = dw_size + db_size;
+  jaxconv_direct::SumInOrder(partial.data(), parts, stride, dw_size, static_cast<float*>(out));
+  if (bias) jaxconv_direct::SumInOrder(partial.data() + dw_size, parts, stride, db_size, static_cast<float*>(bias));
 }
 
 // Runs one problem on raw pointers: a = x (forward, backward-weights) or dy (backward-data);
