@@ -4,8 +4,10 @@ that learns, exact resume after kills."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -18,8 +20,10 @@ from flax import nnx
 
 from configs import default
 from experiments import lenet
-from jaxconv import training
+from experiments.lenet.config import compiler_options
+from jaxconv import parallel, training
 from jaxconv.data import load_mnist
+from jaxconv.models import LeNet
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "smoke.py"
@@ -288,18 +292,12 @@ def test_warmup_as_long_as_the_run_is_clipped_with_a_warning(caplog):
 
 def _ynnpack_fusions(options: dict | None) -> dict[str, int]:
   """How many ops of each kind XLA hands to YNNPACK in LeNet's compiled training step, with ``options``."""
-  import collections
-  import re
-
-  from jaxconv import parallel
-  from jaxconv.models import LeNet
-
   mesh = parallel.make_mesh(1)
   train = training.place_train(np.zeros((128, 28, 28, 1), np.float32), np.zeros(128, np.int32), mesh)
   tx = optax.adam(1e-3)
   graphdef, state = training.create_state(LeNet(rngs=nnx.Rngs(0)), tx)
   steps, _ = training.compile_steps(graphdef, tx, state, train, None, 128, 128, mesh, compiler_options=options)
-  kinds: collections.Counter = collections.Counter()
+  kinds: Counter = Counter()
   for line in steps.as_text().splitlines():
     match = re.match(r'\s*(?:ROOT )?%ynn_fusion[\w.]* = .*?op_name="([^"]*)"', line)
     if match:
@@ -308,8 +306,6 @@ def _ynnpack_fusions(options: dict | None) -> dict[str, int]:
 
 
 def test_the_programs_compiler_options_take_only_the_dots_from_ynnpack():
-  from experiments.lenet.config import compiler_options
-
   defaults, ours = _ynnpack_fusions(None), _ynnpack_fusions(compiler_options(default.get_config()))
   if not defaults:
     pytest.skip("this jaxlib hands none of LeNet's ops to YNNPACK")

@@ -286,8 +286,11 @@ def main(argv: list[str]) -> None:
   }
   programs = default.get_config().compiler_options.to_dict()
   results["compiler_options"] = programs if FLAGS.compiler_options != "xla_defaults" else {}
-  variants = {"programs": [("", programs)], "xla_defaults": [("", {})]}
-  variants["both"] = [("", programs), (" (XLA defaults)", {})]
+  variants = {
+    "programs": [("", programs)],
+    "xla_defaults": [("", {})],
+    "both": [("", programs), (" (XLA defaults)", {})],
+  }
   for impl in impls:
     for suffix, options in variants[FLAGS.compiler_options]:
       results["ms"][f"jaxconv {impl}{suffix}"] = jax_parts(impl, FLAGS.repeats, FLAGS.batch_size, options)

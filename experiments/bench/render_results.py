@@ -212,7 +212,7 @@ def step_breakdown(path: Path, data: dict) -> str:
     '"step in a 50-step loop" a step of the compiled loop the training runs. The "in the loop" rows charge '
     "each XLA op of that loop to its layer from a profiler trace (ops on concurrent threads both count)."
   ]
-  if data.get("compiler_options") is not None:
+  if data.get("compiler_options"):
     notes.append(
       f"The jaxconv columns are compiled with the training programs' XLA options ({data['compiler_options']}), "
       'a column marked "(XLA defaults)" with XLA\'s defaults.'
