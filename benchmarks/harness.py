@@ -3,7 +3,8 @@
 For each named shape and kernel: check forward values and both gradients against ``"lax"``,
 then time the forward pass and forward+backward (``jax.value_and_grad`` of ``0.5 * sum(y**2)``
 w.r.t. x and w) with all kernels (and PyTorch CPU, when importable) interleaved in one process:
-warm-up excluded, ``block_until_ready``, median of the repeats. Results are rows of plain dicts;
+warm-up excluded, ``block_until_ready``, median of the repeats (a repeat of a fast call is the mean of
+back-to-back calls filling ``min_sample_ms``). Results are rows of plain dicts;
 ``benchmarks.report`` writes them as JSON and as a markdown table.
 """
 
@@ -158,12 +159,36 @@ def run_once(fn: Callable[[], object]) -> float:
   return (time.perf_counter() - start) * 1e3
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-  """Each call timed ``repeats`` times, round-robin so that machine noise hits all alike (ms)."""
+def calls_per_sample(call: Callable[[], object], min_sample_ms: float) -> int:
+  """How many back-to-back calls of ``call`` fill one sample of at least ``min_sample_ms`` (at least 1)."""
+  if min_sample_ms <= 0:
+    return 1
+  once = min(run_once(call) for _ in range(3))
+  return max(1, math.ceil(min_sample_ms / max(once, 1e-3)))
+
+
+def run_sample(call: Callable[[], object], number: int) -> float:
+  """Mean wall time in ms of ``number`` back-to-back calls, each waited for."""
+  start = time.perf_counter()
+  for _ in range(number):
+    jax.block_until_ready(call())
+  return (time.perf_counter() - start) * 1e3 / number
+
+
+def time_interleaved(
+  calls: dict[str, Callable[[], object]], repeats: int, min_sample_ms: float = 0.0
+) -> dict[str, list[float]]:
+  """Each call timed ``repeats`` times, round-robin so that machine noise hits all alike (ms per call).
+
+  With ``min_sample_ms``, a sample of a fast call is the mean of as many back-to-back calls as fill
+  that time: a single call of a millisecond varies with the scheduler and with whether idle threads
+  must first wake, which a training loop, calling again at once, does not see.
+  """
+  numbers = {name: calls_per_sample(call, min_sample_ms) for name, call in calls.items()}
   times: dict[str, list[float]] = {name: [] for name in calls}
   for _ in range(repeats):
     for name, call in calls.items():
-      times[name].append(run_once(call))
+      times[name].append(run_sample(call, numbers[name]))
   return times
 
 
@@ -175,11 +200,13 @@ def bench_shape(
   with_torch: bool,
   max_call_ms: float,
   peak_gflops: float | None = None,
+  min_sample_ms: float = 0.0,
 ) -> list[dict[str, Any]]:
   """One row per kernel for ``shape``: errors vs lax, median fwd / fwd+bwd ms, GFLOP/s, ratios.
 
   With ``peak_gflops`` (``gemm_peak_gflops()``), each timed row also gets ``fb_peak_fraction``:
-  its forward+backward GFLOP/s over the machine's GEMM rate.
+  its forward+backward GFLOP/s over the machine's GEMM rate. ``min_sample_ms`` is
+  ``time_interleaved``'s.
   """
   spec = shape.spec()
   x, w, ct = random_inputs(shape)
@@ -212,7 +239,7 @@ def bench_shape(
     for torch_call in torch_calls:
       torch_call()
     calls["torch/fwd"], calls["torch/fb"] = torch_calls
-  times = time_interleaved(calls, repeats)
+  times = time_interleaved(calls, repeats, min_sample_ms)
   for key, samples in times.items():
     impl, mode = key.split("/")
     rows[impl][f"{mode}_ms"] = statistics.median(samples)
@@ -372,6 +399,7 @@ def run(
   repeats: int = 10,
   with_torch: bool = True,
   max_call_ms: float = 3000.0,
+  min_sample_ms: float = 0.0,
   log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
   """Benchmark ``impls`` (plus lax) on ``shapes``; returns rows, the target summary and the environment.
@@ -383,11 +411,21 @@ def run(
   env = environment()
   peak = gemm_peak_gflops(repeats=max(repeats, 3))
   env["gemm_peak_gflops"] = f"{peak:.0f} (jitted float32 2048^3 matmul, best of {max(repeats, 3)})"
+  env["timing"] = (
+    f"median of {repeats} samples per kernel and mode, kernels round-robin; a sample is the mean of as many "
+    f"back-to-back calls as fill {min_sample_ms:g} ms (one call if slower)"
+  )
   log(f"float32 GEMM peak: {peak:.0f} GFLOP/s")
   for shape in shapes:
     log(f"{shape.name}: {shape.describe()}")
     shape_rows = bench_shape(
-      shape, impls, repeats=repeats, with_torch=with_torch, max_call_ms=max_call_ms, peak_gflops=peak
+      shape,
+      impls,
+      repeats=repeats,
+      with_torch=with_torch,
+      max_call_ms=max_call_ms,
+      peak_gflops=peak,
+      min_sample_ms=min_sample_ms,
     )
     for r in shape_rows:
       fields = (
@@ -403,6 +441,7 @@ def run(
 __all__ = [
   "auto_choices",
   "bench_shape",
+  "calls_per_sample",
   "check",
   "compiled_peak_bytes",
   "environment",
@@ -412,6 +451,7 @@ __all__ = [
   "relative_error",
   "run",
   "run_once",
+  "run_sample",
   "select_impls",
   "summarize",
   "time_interleaved",

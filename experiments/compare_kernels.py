@@ -44,7 +44,13 @@ def parse_args() -> argparse.Namespace:
     metavar="NAME",
     help=f"shapes (default: all): {', '.join(shapes.SHAPES_BY_NAME)}",
   )
-  parser.add_argument("--repeats", type=int, default=10, help="timed calls per kernel and mode (median reported)")
+  parser.add_argument("--repeats", type=int, default=10, help="timed samples per kernel and mode (median reported)")
+  parser.add_argument(
+    "--min-sample-ms",
+    type=float,
+    default=20.0,
+    help="a timed sample of a faster call is the mean of back-to-back calls filling this time (0: one call)",
+  )
   parser.add_argument(
     "--no-torch", action="store_true", help="leave out the PyTorch columns even when torch is importable"
   )
@@ -100,7 +106,14 @@ def main() -> None:
     impls = harness.select_impls(args.impl)
   except ValueError as e:
     sys.exit(f"compare_kernels.py: {e}")
-  results = harness.run(cases, impls, repeats=args.repeats, with_torch=not args.no_torch, max_call_ms=args.max_call_ms)
+  results = harness.run(
+    cases,
+    impls,
+    repeats=args.repeats,
+    with_torch=not args.no_torch,
+    max_call_ms=args.max_call_ms,
+    min_sample_ms=args.min_sample_ms,
+  )
   if args.memory:
     results["memory"] = {
       f"{impl} on resnet_3x3": harness.memory_ratio(shapes.SHAPES_BY_NAME["resnet_3x3"], impl)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -377,6 +378,25 @@ def test_bench_rows_and_report():
   assert (
     "| tiny | im2col |" in table and "| tiny | " in "\n".join(bench.summary_table(summary)) and "XLA_FLAGS" in table
   )
+
+
+def test_bench_samples_of_fast_calls_fill_the_minimum_time():
+  """A sample of a fast call averages back-to-back calls filling ``min_sample_ms``; slow calls run once."""
+  counts = {"fast": 0, "slow": 0}
+
+  def fast():
+    counts["fast"] += 1
+
+  def slow():
+    counts["slow"] += 1
+    time.sleep(0.03)
+
+  times = bench.time_interleaved({"fast": fast, "slow": slow}, repeats=2, min_sample_ms=5.0)
+  assert counts["slow"] == 3 + 2  # three calls to size the sample, then one per repeat
+  per_sample = bench.calls_per_sample(fast, 5.0)
+  assert per_sample > 100 and counts["fast"] > 3 + 2 * 100
+  assert all(t < 0.05 for t in times["fast"]) and all(t > 25 for t in times["slow"])
+  assert bench.calls_per_sample(fast, 0.0) == 1
 
 
 def test_bench_geomean_of_auto_over_target_shapes():
