@@ -130,7 +130,9 @@ def kernels(path: Path, data: dict) -> str:
   if summary.get("target_geomean_auto_speedup"):
     notes.append(f"Geometric mean of lax / auto over the target shapes: {summary['target_geomean_auto_speedup']:.2f}x.")
   if summary.get("tuned_worst_vs_fastest"):
-    notes.append(f"tuned / the fastest kernel, worst shape: {summary['tuned_worst_vs_fastest']:.2f}x.")
+    notes.append(f"tuned / the fastest kernel, worst shape (medians): {summary['tuned_worst_vs_fastest']:.2f}x.")
+  if data.get("env", {}).get("timing"):
+    notes.append(f"Timing: {data['env']['timing']}.")
   return (
     "Forward + backward (value and gradients w.r.t. x and w of `0.5 * sum(y**2)`), fastest of the repeats, ms; "
     "`-` where a kernel refuses the call. The GEMM peak is a jitted float32 2048^3 `jnp.dot` timed in the same "
