@@ -177,8 +177,9 @@ def _concurrently(run: Callable[[], list[np.ndarray]], threads: int = 3, calls: 
 
 @needs_onednn
 def test_direct_loops_give_the_same_bits_on_any_threads(rng, monkeypatch):
-  """The direct loops share a batch's chunks between the calling thread and XLA's pool; each chunk writes its
-  own rows or partial sums (added in chunk order), so one thread, the whole pool and concurrent calls agree."""
+  """The direct loops share a batch's chunks between the calling thread, XLA's pool and calls waiting for their
+  turn; each chunk writes its own rows or partial sums (added in chunk order), so one thread, the whole pool,
+  concurrent calls and one program with both (independent) calls agree."""
   gx = _geometry(((37, 14, 14, 6), (5, 5, 6, 16), {}))  # LeNet's conv2: 5 chunks of 8, the last one short
   gw = _geometry(((37, 28, 28, 1), (5, 5, 1, 6), {"padding": 2}))  # LeNet's conv1
   _, w, dy = _operands(rng, gx)
@@ -192,9 +193,11 @@ def test_direct_loops_give_the_same_bits_on_any_threads(rng, monkeypatch):
   np.testing.assert_allclose(pooled[1], _lax_kernel_grad(x, dyw, gw), rtol=1e-5, atol=1e-2)  # 29,008 terms
   np.testing.assert_allclose(pooled[2], jnp.sum(dyw, axis=(0, 1, 2)), rtol=1e-5, atol=1e-2)
   concurrent = _concurrently(run)
+  both = jax.jit(lambda dy, w, x, dyw: (onednn.input_grad(dy, w, gx), *onednn.kernel_grad_bias(x, dyw, gw)))
+  together = [np.asarray(a) for a in both(dy, w, x, dyw)]
   monkeypatch.setenv(onednn.THREADS_ENV, "1")  # the calling thread alone
   single = run()
-  for got in [*concurrent, single]:
+  for got in [*concurrent, together, single]:
     assert all(np.array_equal(a, b) for a, b in zip(got, pooled, strict=True))
 
 
