@@ -1,6 +1,7 @@
 """Where a LeNet-5 training step's time goes: each part's forward + backward, jaxconv beside PyTorch eager.
 
-  python experiments/bench/profile_step.py [--impl onednn --impl toeplitz ...] [--repeats 200] [--out FILE]
+  python experiments/bench/profile_step.py [--impl onednn --impl toeplitz ...] [--dtype float32 --dtype bfloat16]
+      [--repeats 200] [--out FILE]
 
 The modern LeNet-5 at batch 128 on 28x28x1 images is cut into the parts of its training step:
 conv1 (gradients of its parameters only: the images need none), ReLU + 2x2 max-pool after it,
@@ -66,6 +67,12 @@ flags.DEFINE_enum(
   ["programs", "xla_defaults", "both"],
   "Compile jaxconv with the training programs' XLA options, XLA's defaults, or both (one column each).",
 )
+flags.DEFINE_multi_enum(
+  "dtype",
+  ["float32"],
+  ["float32", "bfloat16"],
+  "LeNet's computation dtypes (its dtype keyword; parameters stay float32), one column each.",
+)
 flags.DEFINE_boolean("trace", True, "Also break the compiled loop's steps down by layer from a jax.profiler trace.")
 
 PARTS = ("conv1", "relu+pool1", "conv2", "relu+pool2", "classifier", "loss", "adam")
@@ -99,10 +106,10 @@ def vjp_of(fn: Callable, *primals) -> Callable:
   return run
 
 
-def jax_parts(impl: str, repeats: int, batch: int, options: dict) -> dict[str, float]:
-  """ms per part of the jaxconv LeNet with kernel ``impl``, compiled with XLA ``options``; also the whole step
-  alone and in the loop."""
-  model = LeNet(impl=impl, rngs=nnx.Rngs(0))
+def jax_parts(impl: str, repeats: int, batch: int, options: dict, dtype: str = "float32") -> dict[str, float]:
+  """ms per part of the jaxconv LeNet with kernel ``impl`` computing in ``dtype``, compiled with XLA ``options``;
+  also the whole step alone and in the loop."""
+  model = LeNet(impl=impl, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
   conv1, act1, pool1, conv2, act2, pool2 = model.features.layers
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.standard_normal((batch, 28, 28, 1), np.float32))
@@ -292,8 +299,10 @@ def main(argv: list[str]) -> None:
     "both": [("", programs), (" (XLA defaults)", {})],
   }
   for impl in impls:
-    for suffix, options in variants[FLAGS.compiler_options]:
-      results["ms"][f"jaxconv {impl}{suffix}"] = jax_parts(impl, FLAGS.repeats, FLAGS.batch_size, options)
+    for dtype in FLAGS.dtype:
+      for suffix, options in variants[FLAGS.compiler_options]:
+        name = f"jaxconv {impl}{'' if dtype == 'float32' else ' ' + dtype}{suffix}"
+        results["ms"][name] = jax_parts(impl, FLAGS.repeats, FLAGS.batch_size, options, dtype)
   if FLAGS.torch:
     try:
       ms, version, threads = torch_parts(FLAGS.repeats, FLAGS.batch_size)
