@@ -273,6 +273,33 @@ PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
     throughput,
   ),
 }
+# The same scripts on a second machine (docs/bench/amd_epyc/): AVX-512 with AVX512-BF16 but no AMX.
+OTHER_MACHINE = "amd_epyc"
+_BF16 = "python experiments/bench_training.py --config configs/lenet_bf16.py --rounds 3 --notorch"
+PAGES |= {
+  f"{OTHER_MACHINE}/{name}": (f"{title} (AMD EPYC)", command, renderer)
+  for name, (title, command, renderer) in PAGES.items()
+  if name in ("kernels.json", "lenet_throughput_1.json", "lenet_throughput_2.json")
+}
+PAGES |= {
+  f"{OTHER_MACHINE}/lenet_step_breakdown.json": (
+    "Where a LeNet training step's time goes, float32 and bfloat16, against PyTorch eager (AMD EPYC)",
+    "python experiments/bench/profile_step.py --impl auto --dtype float32 --dtype bfloat16",
+    step_breakdown,
+  ),
+  f"{OTHER_MACHINE}/lenet_speedrun_seeds.json": (f"{PAGES['lenet_speedrun_seeds.json'][0]} (AMD EPYC)",)
+  + PAGES["lenet_speedrun_seeds.json"][1:],
+  f"{OTHER_MACHINE}/lenet_bf16_throughput.json": (
+    "LeNet training throughput, bfloat16 against float32 (AMD EPYC, 1)",
+    _BF16,
+    throughput,
+  ),
+  f"{OTHER_MACHINE}/lenet_bf16_throughput_2.json": (
+    "LeNet training throughput, bfloat16 against float32 (AMD EPYC, 2)",
+    _BF16,
+    throughput,
+  ),
+}
 
 INTRO = """# Benchmarks
 
@@ -280,7 +307,9 @@ Results of the benchmark scripts, one section per JSON file in `docs/bench/`, re
 `python experiments/bench/render_results.py`. Each section lists what its file records about the
 run: date, commit, CPU, ISA, cores, versions, XLA flags, load average and the command that
 reproduces it. The timing scripts interleave the contenders in one process, so read the ratios:
-absolute times vary with the machine and its load.
+absolute times vary with the machine and its load. The sections marked "(AMD EPYC)" ran the same
+scripts on a second 2-core machine, with AVX-512 and AVX512-BF16 but without AMX, where the others
+ran on an Intel Xeon with AMX.
 """
 
 
