@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.mark.slow
-def test_one_round_on_512_images(tmp_path):
+def test_one_round_on_512_images(tmp_path, run_script):
   out = tmp_path / "bench.json"
-  cli = [
-    sys.executable,
-    "experiments/bench/bench_flax_cnn.py",
-    "--rounds=1",
-    "--train-size=512",
-    "--test-size=256",
-    "--impl=auto",
-    f"--out={out}",
-  ]
-  proc = subprocess.run(
-    cli, capture_output=True, text=True, check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
-  )
+  args = ["--rounds=1", "--train-size=512", "--test-size=256", "--impl=auto", f"--out={out}"]
+  proc = run_script("experiments/bench/bench_flax_cnn.py", *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(out.read_text())
   assert results["images_per_epoch"] == 512
