@@ -275,31 +275,27 @@ PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
 }
 # The same scripts on a second machine (docs/bench/amd_epyc/): AVX-512 with AVX512-BF16 but no AMX.
 OTHER_MACHINE = "amd_epyc"
-_BF16 = "python experiments/bench_training.py --config configs/lenet_bf16.py --rounds 3 --notorch"
+
+
+def _on_other_machine(name: str, title_suffix: str = "") -> tuple[str, str, Callable[[Path, dict], str]]:
+  """The page entry of ``name`` (a file here), for the other machine's run of the same command."""
+  title, command, renderer = PAGES[name]
+  return f"{title} (AMD EPYC{title_suffix})", command, renderer
+
+
 PAGES |= {
-  f"{OTHER_MACHINE}/{name}": (f"{title} (AMD EPYC)", command, renderer)
-  for name, (title, command, renderer) in PAGES.items()
-  if name in ("kernels.json", "lenet_throughput_1.json", "lenet_throughput_2.json")
+  f"{OTHER_MACHINE}/{name}": _on_other_machine(name)
+  for name in ("kernels.json", "lenet_throughput_1.json", "lenet_throughput_2.json", "lenet_speedrun_seeds.json")
 }
-PAGES |= {
-  f"{OTHER_MACHINE}/lenet_step_breakdown.json": (
-    "Where a LeNet training step's time goes, float32 and bfloat16, against PyTorch eager (AMD EPYC)",
-    "python experiments/bench/profile_step.py --impl auto --dtype float32 --dtype bfloat16",
-    step_breakdown,
-  ),
-  f"{OTHER_MACHINE}/lenet_speedrun_seeds.json": (f"{PAGES['lenet_speedrun_seeds.json'][0]} (AMD EPYC)",)
-  + PAGES["lenet_speedrun_seeds.json"][1:],
-  f"{OTHER_MACHINE}/lenet_bf16_throughput.json": (
-    "LeNet training throughput, bfloat16 against float32 (AMD EPYC, 1)",
-    _BF16,
-    throughput,
-  ),
-  f"{OTHER_MACHINE}/lenet_bf16_throughput_2.json": (
-    "LeNet training throughput, bfloat16 against float32 (AMD EPYC, 2)",
-    _BF16,
-    throughput,
-  ),
-}
+PAGES[f"{OTHER_MACHINE}/lenet_step_breakdown.json"] = (
+  "Where a LeNet training step's time goes, float32 and bfloat16, against PyTorch eager (AMD EPYC)",
+  "python experiments/bench/profile_step.py --impl auto --dtype float32 --dtype bfloat16",
+  step_breakdown,
+)
+for _run in (1, 2):
+  PAGES[f"{OTHER_MACHINE}/lenet_bf16_throughput_{_run}.json"] = _on_other_machine(
+    "lenet_bf16_throughput.json", f", {_run}"
+  )
 
 INTRO = """# Benchmarks
 
