@@ -16,7 +16,6 @@ typedef int32_t IndexVec __attribute__((vector_size(64)));
 constexpr int64_t kLanes = 16;
 constexpr int kMaxOutBlock = 8;  // output channels per pass over the input rows
 constexpr int kRowBlock = 2;     // output rows per pass: twice the accumulators, each input row loaded once
-constexpr int64_t kMaxAccumulators = 28;  // of the 32 AVX-512 registers, for SingleChannelWeights
 
 // Each hot loop is compiled for AVX-512, for AVX with FMA and for the baseline, and the loader picks
 // by the CPU's features. (Not "arch=..." clones: their resolver tests the CPU model, and a Sapphire
@@ -137,124 +136,181 @@ ForwardFn ForwardKernel(int64_t out_block, int64_t vectors) {
   }
 }
 
-// Backward-weights with one input channel, for batch elements [n0, n1): sums[i][j][k] (KH x KW x P
-// vectors) and bias_sums[k] (P vectors) accumulate x's rows, each pixel repeated o times ("expanded",
-// so that lane t of a dy row chunk, pixel t / o and channel t % o, meets its input pixel) times dy's
-// rows. P chunks of 16 lanes hold a whole number of pixels; chunk k's lanes are channels
-// (16 k + l) % o.
-template <int KW, int P>
-JAXCONV_CLONES void SingleChannelWeights(const Shape& s, const float* x, const float* dy, int64_t n0, int64_t n1, float* sums,
-                                         float* bias_sums) {
-  const int64_t o = s.out_channels, ho = s.out_height(), wo = s.out_width(), h = s.height, w = s.width;
-  const int64_t row = wo * o;
-  const int64_t groups = (row + P * kLanes - 1) / (P * kLanes), dy_stride = groups * P * kLanes;
-  const int64_t e_chunks = groups * P + ((KW - 1) * o + kLanes - 1) / kLanes + 1, e_stride = e_chunks * kLanes;
-  // The padded input row, the expanded rows of one batch element, and its dy rows padded with zeros
-  // to whole groups; all written before they are read (loads right after overlapping stores stall).
-  std::vector<float> padded(std::max(s.pad_left + w, e_stride / o) + 2 * kLanes, 0.0f);
-  std::vector<float> expanded(h * e_stride, 0.0f), dy_rows(ho * dy_stride, 0.0f);
-  IndexVec repeat[P];  // chunk k of the expanded row from 16 pixels starting at (16 k) / o
-  for (int k = 0; k < P; ++k) {
+// The single-channel loops (C = 1) put a row's pixels and channels on the lanes: a row of y or dy
+// (channels-last, Wo * O floats) is cut into chunks of 16 lanes, lane t being pixel t / O and channel
+// t % O, and an input row is "expanded" to match, each pixel repeated O times, so that the input
+// pixel of output lane t under kernel column j sits at lane t + j * O of the expanded row. Chunk c's
+// channels depend only on its phase k = c % P (P = O / gcd(O, 16) chunks hold a whole number of
+// pixels). The kernels are unrolled over the K x K taps, held in registers (AVX-512 has 32): the
+// weights (forward) or the accumulators (kernel gradient) of one phase, K * K <= kMaxTaps of them.
+constexpr int kMaxTaps = 25;
+constexpr int kSingleRows = 7;  // output rows per forward pass (7 accumulators and K x K <= 25 weights in registers)
+
+int64_t Period(int64_t o) { return o / std::gcd(o, kLanes); }
+
+int64_t Chunks16(int64_t floats) { return (floats + kLanes - 1) / kLanes; }
+
+// The expanded rows of one batch element: pixels of row r at rows + r * stride, `chunks` chunks each.
+// `padded` holds one input row with its left padding (PaddedRowFloats floats, zero outside the row).
+JAXCONV_CLONES void ExpandRows(const Shape& s, const float* xn, int64_t chunks, int64_t stride, float* padded, float* rows) {
+  const int64_t o = s.out_channels, period = Period(o);
+  IndexVec repeat[kLanes];  // chunk k takes 16 pixels from (16 k) / o on: lane l is the (repeat[k][l])th (period <= 16)
+  for (int64_t k = 0; k < period; ++k) {
     for (int l = 0; l < kLanes; ++l) repeat[k][l] = static_cast<int32_t>((k * kLanes + l) / o - (k * kLanes) / o);
   }
-  Vec bias_acc[P];
-  for (int k = 0; k < P; ++k) bias_acc[k] = Vec{};
-  for (int64_t n = n0; n < n1; ++n) {
-    for (int64_t r = 0; r < h; ++r) {
-      std::memcpy(padded.data() + s.pad_left, x + (n * h + r) * w, w * sizeof(float));
-      for (int64_t c = 0; c < e_chunks; ++c) {
+  for (int64_t r = 0; r < s.height; ++r) {
+    std::memcpy(padded + s.pad_left, xn + r * s.width, s.width * sizeof(float));
+    for (int64_t c0 = 0; c0 < chunks; c0 += period) {
+      for (int64_t k = 0; k < period && c0 + k < chunks; ++k) {
+        const int64_t c = c0 + k;
         Vec pixels;
-        JAXCONV_LOAD(pixels, padded.data() + (c * kLanes) / o);
-        const Vec chunk = __builtin_shuffle(pixels, repeat[c % P]);
-        std::memcpy(expanded.data() + r * e_stride + c * kLanes, &chunk, sizeof(Vec));
+        JAXCONV_LOAD(pixels, padded + (c * kLanes) / o);
+        const Vec chunk = __builtin_shuffle(pixels, repeat[k]);
+        std::memcpy(rows + r * stride + c * kLanes, &chunk, sizeof(Vec));
       }
     }
+  }
+}
+
+// dy's Ho rows of `row` floats (one batch element) into `rows`, `stride` floats apart; the sum of
+// their chunks of each phase k added to sums[k * 16, (k + 1) * 16) (db's partial sums).
+JAXCONV_CLONES void CopyRows(const float* dyn, int64_t ho, int64_t row, int64_t stride, int64_t chunks, int64_t period,
+                             float* rows, float* sums) {
+  for (int64_t y = 0; y < ho; ++y) std::memcpy(rows + y * stride, dyn + y * row, row * sizeof(float));
+  for (int64_t k = 0; k < period; ++k) {
+    Vec sum;
+    JAXCONV_LOAD(sum, sums + k * kLanes);
     for (int64_t y = 0; y < ho; ++y) {
-      std::memcpy(dy_rows.data() + y * dy_stride, dy + (n * ho + y) * row, row * sizeof(float));
-      for (int64_t g = 0; g < groups; ++g) {
-        #pragma GCC unroll 16
-        for (int k = 0; k < P; ++k) {
-          Vec d;
-          JAXCONV_LOAD(d, dy_rows.data() + y * dy_stride + (g * P + k) * kLanes);
-          bias_acc[k] += d;
-        }
+      for (int64_t c = k; c < chunks; c += period) {
+        Vec d;
+        JAXCONV_LOAD(d, rows + y * stride + c * kLanes);
+        sum += d;
       }
     }
-    for (int64_t i = 0; i < s.kernel_h; ++i) {
-      Vec acc[KW][P];
+    std::memcpy(sums + k * kLanes, &sum, sizeof(Vec));
+  }
+}
+
+// Expanded chunks a row needs: those under the output row's chunks, shifted by up to (KW - 1) * O lanes.
+int64_t ExpandedChunks(const Shape& s, int64_t out_chunks) {
+  return out_chunks + Chunks16((s.kernel_w - 1) * s.out_channels) + 1;
+}
+
+// Floats of ExpandRows' padded row.
+int64_t PaddedRowFloats(const Shape& s, int64_t chunks) {
+  return std::max(s.pad_left + s.width, (chunks * kLanes) / s.out_channels) + 2 * kLanes;
+}
+
+// Lane patterns of the P phases: patterns[(tap * P + k) * 16 + l] = values[tap * o + (16 k + l) % o].
+std::vector<float> PhasePatterns(const float* values, int64_t taps, int64_t o) {
+  const int64_t period = Period(o);
+  std::vector<float> patterns(taps * period * kLanes + kLanes);
+  for (int64_t tap = 0; tap < taps; ++tap) {
+    for (int64_t lane = 0; lane < period * kLanes; ++lane) patterns[tap * period * kLanes + lane] = values[tap * o + lane % o];
+  }
+  return patterns;
+}
+
+// Output rows [y0, y0 + kSingleRows) of one batch element: rows[t] is the expanded input row that
+// kernel row i of output row y0 + q reads at t = q + i (a zero row in the padding); out rows of
+// `out_stride` floats get `chunks` chunks each. The K x K weight patterns of a phase stay in
+// registers; each expanded chunk is loaded once for the kSingleRows output rows that use it, whose
+// accumulators are independent enough to hide the multiply-adds' latency.
+template <int K>
+JAXCONV_CLONES void SingleChannelForwardRows(const float* const* rows, const float* weights, const float* bias, int64_t period,
+                                             int64_t o, int64_t chunks, float* out, int64_t out_stride) {
+  for (int64_t k = 0; k < period; ++k) {
+    Vec w[K][K];
+    #pragma GCC unroll 16
+    for (int i = 0; i < K; ++i) {
       #pragma GCC unroll 16
-      for (int j = 0; j < KW; ++j) {
+      for (int j = 0; j < K; ++j) JAXCONV_LOAD(w[i][j], weights + ((i * K + j) * period + k) * kLanes);
+    }
+    for (int64_t c = k; c < chunks; c += period) {
+      Vec acc[kSingleRows];
+      #pragma GCC unroll 16
+      for (int q = 0; q < kSingleRows; ++q) JAXCONV_LOAD(acc[q], bias + k * kLanes);
+      #pragma GCC unroll 16
+      for (int t = 0; t < kSingleRows + K - 1; ++t) {
         #pragma GCC unroll 16
-        for (int k = 0; k < P; ++k) acc[j][k] = Vec{};
-      }
-      const int64_t y_lo = std::max<int64_t>(0, s.pad_top - i), y_hi = std::min<int64_t>(ho, h + s.pad_top - i);
-      for (int64_t y = y_lo; y < y_hi; ++y) {
-        const float* d = dy_rows.data() + y * dy_stride;
-        const float* e = expanded.data() + (y + i - s.pad_top) * e_stride;
-        for (int64_t g = 0; g < groups; ++g) {
+        for (int j = 0; j < K; ++j) {
+          Vec e;
+          JAXCONV_LOAD(e, rows[t] + c * kLanes + j * o);
           #pragma GCC unroll 16
-          for (int k = 0; k < P; ++k) {
-            Vec dv;
-            JAXCONV_LOAD(dv, d + (g * P + k) * kLanes);
-            #pragma GCC unroll 16
-            for (int j = 0; j < KW; ++j) {
-              Vec ev;
-              JAXCONV_LOAD(ev, e + (g * P + k) * kLanes + j * o);
-              acc[j][k] += ev * dv;
-            }
+          for (int q = 0; q < kSingleRows; ++q) {
+            if (t - q >= 0 && t - q < K) acc[q] += e * w[t - q][j];
           }
         }
       }
       #pragma GCC unroll 16
-      for (int j = 0; j < KW; ++j) {
+      for (int q = 0; q < kSingleRows; ++q) std::memcpy(out + q * out_stride + c * kLanes, &acc[q], sizeof(Vec));
+    }
+  }
+}
+
+// sums[(tap * P + k) * 16 + l] += the products of one batch element: expanded input row r (of h, at
+// expanded + r * stride) times dy row r + pad_top - i for kernel row i (dy_rows + y * stride, zero
+// rows outside the output), over `chunks` chunks a row. The K x K accumulators of a phase stay in registers.
+template <int K>
+JAXCONV_CLONES void SingleChannelWeightsRows(const float* expanded, const float* dy_rows, int64_t h, int64_t stride,
+                                             int64_t pad_top, int64_t period, int64_t o, int64_t chunks, float* sums) {
+  for (int64_t k = 0; k < period; ++k) {
+    Vec acc[K][K];
+    #pragma GCC unroll 16
+    for (int i = 0; i < K; ++i) {
+      #pragma GCC unroll 16
+      for (int j = 0; j < K; ++j) acc[i][j] = Vec{};
+    }
+    for (int64_t r = 0; r < h; ++r) {
+      const float* e = expanded + r * stride;
+      const float* d = dy_rows + (r + pad_top) * stride;
+      for (int64_t c = k; c < chunks; c += period) {
+        Vec ev[K];
         #pragma GCC unroll 16
-        for (int k = 0; k < P; ++k) {
-          float* sum = sums + ((i * KW + j) * P + k) * kLanes;
-          Vec t;
-          JAXCONV_LOAD(t, sum);
-          t += acc[j][k];
-          std::memcpy(sum, &t, sizeof(Vec));
+        for (int j = 0; j < K; ++j) JAXCONV_LOAD(ev[j], e + c * kLanes + j * o);
+        #pragma GCC unroll 16
+        for (int i = 0; i < K; ++i) {
+          Vec dv;
+          JAXCONV_LOAD(dv, d - i * stride + c * kLanes);
+          #pragma GCC unroll 16
+          for (int j = 0; j < K; ++j) acc[i][j] += ev[j] * dv;
         }
       }
     }
-  }
-  for (int k = 0; k < P; ++k) {
-    Vec t;
-    JAXCONV_LOAD(t, bias_sums + k * kLanes);
-    t += bias_acc[k];
-    std::memcpy(bias_sums + k * kLanes, &t, sizeof(Vec));
-  }
-}
-
-using WeightsFn = void (*)(const Shape&, const float*, const float*, int64_t, int64_t, float*, float*);
-
-// Chunks per whole number of pixels: o / gcd(o, 16).
-int64_t Period(int64_t o) { return o / std::gcd(o, kLanes); }
-
-template <int P>
-WeightsFn WeightsFor(int64_t kw) {
-  switch (kw) {
-    case 1: return SingleChannelWeights<1, P>;
-    case 2: return SingleChannelWeights<2, P>;
-    case 3: return SingleChannelWeights<3, P>;
-    case 4: return SingleChannelWeights<4, P>;
-    case 5: return SingleChannelWeights<5, P>;
-    case 6: return SingleChannelWeights<6, P>;
-    case 7: return SingleChannelWeights<7, P>;
-    default: return nullptr;
+    #pragma GCC unroll 16
+    for (int i = 0; i < K; ++i) {
+      #pragma GCC unroll 16
+      for (int j = 0; j < K; ++j) {
+        float* sum = sums + ((i * K + j) * period + k) * kLanes;
+        Vec t;
+        JAXCONV_LOAD(t, sum);
+        t += acc[i][j];
+        std::memcpy(sum, &t, sizeof(Vec));
+      }
+    }
   }
 }
 
-// The instance for (kw, o), or nullptr where KW x P accumulators would not fit in registers.
-WeightsFn WeightsKernel(int64_t kw, int64_t o) {
-  const int64_t period = Period(o);
-  if (kw * period > kMaxAccumulators) return nullptr;
-  switch (period) {
-    case 1: return WeightsFor<1>(kw);
-    case 3: return WeightsFor<3>(kw);
-    case 5: return WeightsFor<5>(kw);
-    case 7: return WeightsFor<7>(kw);
-    default: return nullptr;
+using SingleForwardFn = void (*)(const float* const*, const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t);
+using SingleWeightsFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
+
+SingleForwardFn SingleForwardKernel(int64_t k) {
+  switch (k) {
+    case 1: return SingleChannelForwardRows<1>;
+    case 2: return SingleChannelForwardRows<2>;
+    case 3: return SingleChannelForwardRows<3>;
+    case 4: return SingleChannelForwardRows<4>;
+    default: return SingleChannelForwardRows<5>;
+  }
+}
+
+SingleWeightsFn SingleWeightsKernel(int64_t k) {
+  switch (k) {
+    case 1: return SingleChannelWeightsRows<1>;
+    case 2: return SingleChannelWeightsRows<2>;
+    case 3: return SingleChannelWeightsRows<3>;
+    case 4: return SingleChannelWeightsRows<4>;
+    default: return SingleChannelWeightsRows<5>;
   }
 }
 
@@ -264,11 +320,11 @@ constexpr int64_t kBatchChunk = 8;
 
 int64_t Chunks(int64_t batch) { return (batch + kBatchChunk - 1) / kBatchChunk; }
 
-// This thread's buffer of `size` floats, all zero; kept between calls (the pool's threads persist).
-float* Zeroed(size_t size) {
-  thread_local std::vector<float> buffer;
-  buffer.assign(size, 0.0f);
-  return buffer.data();
+// This thread's buffer number `slot` of `size` floats, all zero; kept between calls (the pool's threads persist).
+float* Zeroed(size_t size, int slot = 0) {
+  thread_local std::vector<float> buffers[3];
+  buffers[slot].assign(size, 0.0f);
+  return buffers[slot].data();
 }
 
 }  // namespace
@@ -318,31 +374,75 @@ void BackwardData(const Shape& s, const float* dy, const float* w, float* dx, co
   Forward(t, dy, flipped.data(), dx, parallel);
 }
 
-bool SingleChannelWeightsServes(const Shape& s) {
-  return s.in_channels == 1 && s.out_width() <= kMaxWidth && WeightsKernel(s.kernel_w, s.out_channels) != nullptr;
+bool SingleChannelServes(const Shape& s) {
+  return s.in_channels == 1 && s.kernel_h == s.kernel_w && s.kernel_h * s.kernel_w <= kMaxTaps && s.out_channels < kLanes;
+}
+
+void SingleChannelForward(const Shape& s, const float* x, const float* w, const float* b, float* y, const ParallelFor& parallel) {
+  const int64_t o = s.out_channels, period = Period(o), k = s.kernel_h, ho = s.out_height(), h = s.height;
+  const int64_t row = s.out_width() * o, chunks = Chunks16(row), out_stride = chunks * kLanes;
+  const int64_t e_chunks = ExpandedChunks(s, chunks), stride = e_chunks * kLanes;
+  const std::vector<float> weights = PhasePatterns(w, k * k, o);
+  const std::vector<float> zero_bias(o, 0.0f);
+  const std::vector<float> bias = PhasePatterns(b != nullptr ? b : zero_bias.data(), 1, o);
+  const SingleForwardFn pass = SingleForwardKernel(k);
+  parallel(Chunks(s.batch), [&](int64_t chunk) {
+    float* padded = Zeroed(PaddedRowFloats(s, e_chunks), 0);
+    float* expanded = Zeroed((h + 1) * stride, 1);  // the last row stays zero: the padding's rows
+    float* out = Zeroed(kSingleRows * out_stride, 2);
+    const float* zero_row = expanded + h * stride;
+    const int64_t n1 = std::min(s.batch, (chunk + 1) * kBatchChunk);
+    for (int64_t n = chunk * kBatchChunk; n < n1; ++n) {
+      ExpandRows(s, x + n * h * s.width, e_chunks, stride, padded, expanded);
+      for (int64_t y0 = 0; y0 < ho; y0 += kSingleRows) {
+        const float* rows[kSingleRows + 5 - 1];
+        for (int64_t t = 0; t < kSingleRows + k - 1; ++t) {
+          const int64_t r = y0 + t - s.pad_top;
+          rows[t] = r >= 0 && r < h ? expanded + r * stride : zero_row;
+        }
+        pass(rows, weights.data(), bias.data(), period, o, chunks, out, out_stride);
+        for (int64_t q = 0; q < std::min<int64_t>(kSingleRows, ho - y0); ++q) {
+          std::memcpy(y + (n * ho + y0 + q) * row, out + q * out_stride, row * sizeof(float));
+        }
+      }
+    }
+  });
 }
 
 void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, float* dw, float* db,
                               const ParallelFor& parallel) {
-  const int64_t o = s.out_channels, kh = s.kernel_h, kw = s.kernel_w, period = Period(o);
-  const WeightsFn pass = WeightsKernel(kw, o);
-  const size_t count = static_cast<size_t>((kh * kw + 1) * period * kLanes);
-  const int64_t chunks = Chunks(s.batch);
-  std::vector<float> partial(count * chunks, 0.0f), total(count);
-  parallel(chunks, [&](int64_t chunk) {
+  const int64_t o = s.out_channels, period = Period(o), k = s.kernel_h, ho = s.out_height(), h = s.height;
+  const int64_t row = s.out_width() * o, chunks = Chunks16(row);
+  const int64_t e_chunks = ExpandedChunks(s, chunks), stride = e_chunks * kLanes;
+  // dy's rows y from pad_top - K + 1 to h - 1 + pad_top, zero outside [0, Ho) and past each row.
+  const int64_t dy_first = s.pad_top - k + 1, dy_rows = std::max(ho, h + s.pad_top) - dy_first;
+  const size_t count = static_cast<size_t>((k * k + 1) * period * kLanes);
+  const int64_t batch_chunks = Chunks(s.batch);
+  std::vector<float> partial(count * batch_chunks, 0.0f), total(count);
+  const SingleWeightsFn pass = SingleWeightsKernel(k);
+  parallel(batch_chunks, [&](int64_t chunk) {
     float* sums = partial.data() + chunk * count;
-    const int64_t n0 = chunk * kBatchChunk, n1 = std::min(s.batch, n0 + kBatchChunk);
-    pass(s, x, dy, n0, n1, sums, sums + kh * kw * period * kLanes);
+    float* padded = Zeroed(PaddedRowFloats(s, e_chunks), 0);
+    float* expanded = Zeroed(h * stride, 1);
+    float* dy_padded = Zeroed(dy_rows * stride, 2);
+    float* dy_zero = dy_padded - dy_first * stride;  // row 0 of dy
+    float* bias_sums = sums + k * k * period * kLanes;
+    const int64_t n1 = std::min(s.batch, (chunk + 1) * kBatchChunk);
+    for (int64_t n = chunk * kBatchChunk; n < n1; ++n) {
+      ExpandRows(s, x + n * h * s.width, e_chunks, stride, padded, expanded);
+      CopyRows(dy + n * ho * row, ho, row, stride, chunks, period, dy_zero, bias_sums);
+      pass(expanded, dy_zero, h, stride, s.pad_top, period, o, chunks, sums);
+    }
   });
-  SumInOrder(partial.data(), chunks, count, count, total.data());
-  // Lane l of chunk k is channel (16 k + l) % o.
-  std::fill(dw, dw + kh * kw * o, 0.0f);
-  for (int64_t tap = 0; tap < kh * kw; ++tap) {
+  SumInOrder(partial.data(), batch_chunks, count, count, total.data());
+  // Lane l of phase p is channel (16 p + l) % o.
+  std::fill(dw, dw + k * k * o, 0.0f);
+  for (int64_t tap = 0; tap < k * k; ++tap) {
     for (int64_t lane = 0; lane < period * kLanes; ++lane) dw[tap * o + lane % o] += total[tap * period * kLanes + lane];
   }
   if (db == nullptr) return;
   std::fill(db, db + o, 0.0f);
-  for (int64_t lane = 0; lane < period * kLanes; ++lane) db[lane % o] += total[kh * kw * period * kLanes + lane];
+  for (int64_t lane = 0; lane < period * kLanes; ++lane) db[lane % o] += total[k * k * period * kLanes + lane];
 }
 
 }  // namespace jaxconv_direct

@@ -1,6 +1,8 @@
-// Direct convolution loops for the gradients oneDNN computes slowly: the input gradient into few
-// channels (vectorized over the output's width), and the kernel gradient of a convolution from one
-// input channel (vectorized over dy's flattened (width, channel) rows).
+// Direct convolution loops for the problems oneDNN computes slowly: the input gradient into few
+// channels (vectorized over the output's width), and the forward and kernel gradient of a
+// convolution from one input channel (vectorized over the flattened (width, channel) rows of y and
+// dy). They are written for AVX-512's 32 registers of 16 float32 lanes (the extension runs them only
+// there; see Direct in onednn_conv.cc).
 //
 // oneDNN's convolutions vectorize over a channel axis (16 float32 lanes on AVX-512); its
 // backward-data vectorizes over C_in, which a convolution from few channels fills badly: LeNet's
@@ -25,14 +27,22 @@
 // agree with them to about C * KH * KW float32 roundings of the largest partial sums.
 // Batch elements are split into chunks of kBatchChunk, run by the caller's ParallelFor.
 //
-// SingleChannelWeightsBias (C = 1): every input row is "expanded", each pixel repeated O times, so
-// that a 16-lane chunk of a dy row (channels-last: pixel t / O, channel t % O at lane t) meets its
-// input pixel at the same lanes, shifted by j * O for kernel column j. Per batch element and kernel
-// row i, KW x P vector accumulators (P = O / gcd(O, 16) chunks hold a whole number of pixels) sum
-// the products over the output rows; the lanes are folded into channels once at the end, and db is
-// the sum of dy's chunks. Cost: N * Ho * KH' * KW * ceil(Wo * O / 16) vector multiply-adds, plus
-// expanding N * H rows (one permute per chunk). Error: as above, with sums over N * Ho * Wo terms
-// (in per-chunk partial sums, SumInOrder), like any float32 kernel gradient.
+// Single-channel loops (C = 1, square kernels of at most 5 x 5, O < 16), for LeNet's conv1: the
+// lanes hold a row's (width, channel) pairs, channels-last, so that y's and dy's rows are used as
+// they lie. Every input row is "expanded", each pixel repeated O times, so that lane t of an output
+// row chunk (pixel t / O, channel t % O) meets its input pixel under kernel column j at lane
+// t + j * O of the expanded row; chunk c's channels repeat with period P = O / gcd(O, 16) chunks.
+// For each phase k = c % P, the K x K weight patterns (SingleChannelForward, kSingleRows output rows
+// a pass, each expanded chunk loaded once for all of them) or the K x K accumulators
+// (SingleChannelWeightsBias: each expanded chunk and dy chunk loaded once for the K x K products of
+// an input row) stay in registers, so that loads (as dear as a multiply-add for 64 bytes on Zen 4,
+// and dearer across a cache line) stay below one per multiply-add. SingleChannelWeightsBias folds
+// the lanes into channels once at the end, and db is the sum of dy's chunks.
+// Cost: N * Ho * K' * K * ceil(Wo * O / 16) vector multiply-adds each (K' <= K the kernel rows on
+// real input rows; the forward also multiplies the padding's zero rows), plus expanding N * H rows
+// (one permute per chunk). Error: float32 products summed in float32 in another order than lax's
+// or oneDNN's; the kernel gradient sums N * Ho * Wo terms (in per-chunk partial sums, SumInOrder),
+// like any float32 kernel gradient.
 
 #pragma once
 
@@ -68,9 +78,13 @@ void Forward(const Shape& s, const float* x, const float* w, float* y, const Par
 // dx (N, H, W, C) from dy (N, Ho, Wo, O) and w (KH, KW, C, O).
 void BackwardData(const Shape& s, const float* dy, const float* w, float* dx, const ParallelFor& parallel);
 
-// Whether SingleChannelWeightsBias takes `s`: one input channel, an output at most kMaxWidth wide,
-// and KW x P accumulators (P = C_out / gcd(C_out, 16)) that fit in registers.
-bool SingleChannelWeightsServes(const Shape& s);
+// Whether the single-channel loops take `s`: one input channel, a square kernel of at most 5 x 5,
+// fewer than 16 output channels.
+bool SingleChannelServes(const Shape& s);
+
+// y (N, Ho, Wo, O) = correlate(x, w) + b from x (N, H, W, 1), w (KH, KW, 1, O) and, when not null, b (O,).
+void SingleChannelForward(const Shape& s, const float* x, const float* w, const float* b, float* y,
+                          const ParallelFor& parallel);
 
 // dw (KH, KW, 1, O) and, when not null, db (O,) from x (N, H, W, 1) and dy (N, Ho, Wo, O).
 void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, float* dw, float* db,

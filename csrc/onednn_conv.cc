@@ -329,15 +329,19 @@ const Entry& Lookup(const Problem& p) {
   return *it->second;
 }
 
-// Whether `p` runs on jaxconv's direct loops (direct_conv.h) instead of oneDNN's primitive: float32,
-// 2-D, stride 1, no dilation, no groups, pads of at most K - 1, and either
-//   - backward-data into fewer input channels than a vector has float32 lanes (16 with AVX-512, 8
-//     otherwise), dx at most kMaxWidth wide. oneDNN vectorizes backward-data over C_in: into LeNet's
-//     6 channels it pads them to 16 and reorders dy and dx to and from its blocked layout, 0.85-0.9
-//     ms per call where the direct loops take 0.45-0.55; or
-//   - backward-weights with one input channel (SingleChannelWeightsServes): LeNet's conv1 with its
-//     bias gradient, 0.33 ms against oneDNN's 0.4-0.55, and the training step 4% faster.
-// A direct forward was no faster than oneDNN's in the step, so forward stays oneDNN's.
+// Whether `p` runs on jaxconv's direct loops (direct_conv.h) instead of oneDNN's primitive: on a
+// CPU with AVX-512, float32, 2-D, stride 1, no dilation, no groups, pads of at most K - 1, and either
+//   - backward-data into fewer than 16 input channels, dx at most kMaxWidth wide. oneDNN vectorizes
+//     backward-data over C_in: into LeNet's 6 channels it pads them to 16 and reorders dy and dx to
+//     and from its blocked layout, 0.85-0.9 ms per call where the direct loops take 0.45-0.55; or
+//   - forward or backward-weights from one input channel (SingleChannelServes): LeNet's conv1, with
+//     its bias or bias gradient. On a 2-core AMD EPYC (Zen 4) in LeNet's training step conv1's
+//     forward fell from 0.38 to 0.27 ms and its kernel gradient from 0.41 to 0.27 ms (the step from
+//     2.88 to 2.63 ms), where oneDNN fills 6 of a vector's 16 lanes with output channels.
+// The loops keep their vectors of 16 float32 in registers, which AVX2's 16 registers of 8 cannot: on
+// that AMD EPYC, compiled for AVX2 with FMA, conv2's input gradient took 4.5 ms and conv1's kernel
+// gradient 2.0 ms against 0.65 and 0.33 for oneDNN limited to AVX2 ($ONEDNN_MAX_CPU_ISA=AVX2), so
+// without AVX-512 every problem stays oneDNN's.
 // $JAXCONV_ONEDNN_DIRECT=0 (read per call) turns the direct loops off.
 jaxconv_direct::Shape DirectShape(const Problem& p) {
   return {p.batch,        p.spatial[0], p.spatial[1], p.in_channels, p.kernel[0], p.kernel[1],
@@ -351,19 +355,19 @@ bool TurnedOff(const char* name) {
 }
 
 bool Direct(const Problem& p) {
-  if (TurnedOff("JAXCONV_ONEDNN_DIRECT")) return false;
-  if (p.op == kForward || p.dtype != dnnl::memory::data_type::f32 || p.rank != 2 || p.groups != 1) return false;
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+#else
+  static const bool avx512 = false;
+#endif
+  if (!avx512 || TurnedOff("JAXCONV_ONEDNN_DIRECT")) return false;
+  if (p.dtype != dnnl::memory::data_type::f32 || p.rank != 2 || p.groups != 1) return false;
   for (int64_t i = 0; i < 2; ++i) {
     if (p.stride[i] != 1 || p.dilation[i] != 1 || p.pad_lo[i] < 0 || p.pad_hi[i] < 0) return false;
     if (p.pad_lo[i] > p.kernel[i] - 1 || p.pad_hi[i] > p.kernel[i] - 1) return false;  // the flipped pads must be >= 0
   }
-  if (p.op == kBackwardWeights) return jaxconv_direct::SingleChannelWeightsServes(DirectShape(p));
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const int64_t lanes = __builtin_cpu_supports("avx512f") ? 16 : 8;
-#else
-  static const int64_t lanes = 4;
-#endif
-  return p.in_channels < lanes && p.spatial[1] <= jaxconv_direct::kMaxWidth;
+  if (p.op != kBackwardData) return jaxconv_direct::SingleChannelServes(DirectShape(p));
+  return p.in_channels < 16 && p.spatial[1] <= jaxconv_direct::kMaxWidth;
 }
 
 // Problems of at most kSplitFlops are split along the batch into one part per thread of the team,
@@ -547,6 +551,9 @@ void Execute(const Problem& p, void* a, void* b, void* out, void* bias, const ja
     const jaxconv_direct::Shape s = DirectShape(p);
     const auto* fa = static_cast<const float*>(a);
     const auto* fb = static_cast<const float*>(b);
+    if (p.op == kForward) {
+      jaxconv_direct::SingleChannelForward(s, fa, fb, static_cast<const float*>(bias), static_cast<float*>(out), parallel);
+    }
     if (p.op == kBackwardData) jaxconv_direct::BackwardData(s, fa, fb, static_cast<float*>(out), parallel);
     if (p.op == kBackwardWeights) {
       jaxconv_direct::SingleChannelWeightsBias(s, fa, fb, static_cast<float*>(out), static_cast<float*>(bias), parallel);

@@ -22,7 +22,7 @@ import pytest
 from jax import lax
 
 from jaxconv.geometry import ConvGeometry, conv_geometry
-from jaxconv.kernels import onednn
+from jaxconv.kernels import cpu, onednn
 from jaxconv.kernels.lax import dimension_numbers
 
 _REASON = onednn._load()
@@ -90,14 +90,19 @@ def test_values_and_transposes_match_lax(rng, case):
   np.testing.assert_allclose(jit(onednn.kernel_grad, x, dy), _lax_kernel_grad(x, dy, g), rtol=1e-5, atol=2e-5)
 
 
-# Backward-data problems for the extension's direct loops (2-D float32, stride 1, pads <= K - 1, few
-# input channels, dx at most 64 wide), then the edges where oneDNN's primitive keeps them.
+# The extension runs its direct loops on CPUs with AVX-512 only (elsewhere they would spill their
+# 16-lane vectors, and oneDNN's primitives are faster): where the loops serve a case, they run here.
+AVX512 = "avx512f" in cpu.isa_flags()
+
+# Backward-data problems for the extension's direct loops (2-D float32, stride 1, pads <= K - 1, fewer
+# than 16 input channels, dx at most 64 wide), then the edges where oneDNN's primitive keeps them.
 DIRECT_CASES = [
   ((3, 14, 14, 6), (5, 5, 6, 16), {}),  # LeNet's conv2
   ((2, 28, 28, 1), (5, 5, 1, 6), {"padding": 2}),  # LeNet's conv1
   ((2, 9, 13, 3), (3, 4, 3, 5), {"padding": ((1, 2), (0, 3))}),  # uneven pads, up to K - 1
   ((1, 5, 64, 2), (2, 3, 2, 7), {"padding": 1}),  # the widest dx
   ((1, 20, 19, 7), (2, 1, 7, 3), {}),  # a 1-wide kernel
+  ((2, 7, 8, 15), (3, 3, 15, 4), {}),  # 15 input channels
 ]
 ONEDNN_CASES = [
   ((1, 5, 65, 2), (2, 3, 2, 7), {"padding": 1}),  # dx 65 wide
@@ -122,29 +127,32 @@ def test_direct_input_gradients_match_lax_and_the_primitive(rng, monkeypatch, ca
   # Sums of up to 400 unit-normal products: float32 rounding reaches a few 1e-5.
   np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(primitive, want, rtol=1e-5, atol=1e-4)
-  assert np.array_equal(ours, primitive) != direct
+  assert np.array_equal(ours, primitive) != (direct and AVX512)
 
 
-# Backward-weights problems for the direct loops with one input channel (2-D float32, stride 1, pads
-# <= K - 1, KW x P accumulators fit, P = C_out / gcd(C_out, 16)), then where oneDNN keeps them.
-DIRECT_WEIGHT_CASES = [
-  ((3, 28, 28, 1), (5, 5, 1, 6), {"padding": 2}),  # LeNet's conv1: P = 3
-  ((3, 9, 13, 1), (3, 4, 1, 5), {"padding": ((1, 2), (0, 3))}),  # P = 5, uneven pads
-  ((2, 20, 40, 1), (7, 7, 1, 3), {"padding": 3}),  # KW = 7
+# Forward and backward-weights problems for the single-channel loops (2-D float32, stride 1, pads
+# <= K - 1, one input channel, a square kernel of at most 5 x 5, fewer than 16 output channels), then
+# where oneDNN keeps them.
+SINGLE_CHANNEL_CASES = [
+  ((3, 28, 28, 1), (5, 5, 1, 6), {"padding": 2}),  # LeNet's conv1: channels repeat every P = 3 chunks
+  ((3, 9, 13, 1), (3, 3, 1, 5), {"padding": ((1, 2), (0, 2))}),  # P = 5, uneven pads
+  ((2, 20, 40, 1), (4, 4, 1, 3), {"padding": 3}),  # an even kernel, rows of 37 * 3 floats
   ((2, 8, 8, 1), (3, 3, 1, 8), {"padding": 1}),  # P = 1
+  ((2, 8, 8, 1), (3, 3, 1, 15), {"padding": 1}),  # P = 15
+  ((1, 6, 90, 1), (1, 1, 1, 7), {}),  # a 1 x 1 kernel, rows of 90 * 7 floats
 ]
-ONEDNN_WEIGHT_CASES = [
-  ((2, 8, 8, 1), (3, 3, 1, 9), {"padding": 1}),  # P = 9: too many accumulators
-  ((2, 8, 12, 1), (3, 8, 1, 4), {}),  # KW = 8
+ONEDNN_SINGLE_CHANNEL_CASES = [
+  ((2, 8, 8, 1), (3, 3, 1, 16), {"padding": 1}),  # 16 output channels fill a vector
+  ((2, 8, 12, 1), (3, 4, 1, 4), {}),  # not square
+  ((2, 12, 12, 1), (6, 6, 1, 4), {}),  # 6 x 6
   ((2, 8, 8, 2), (3, 3, 2, 6), {"padding": 1}),  # two input channels
-  ((1, 5, 70, 1), (2, 3, 1, 6), {}),  # dy 68 wide
+  ((2, 9, 8, 1), (3, 3, 1, 4), {"stride": 2}),
 ]
+SINGLE_CHANNEL_PARAMS = [(c, True) for c in SINGLE_CHANNEL_CASES] + [(c, False) for c in ONEDNN_SINGLE_CHANNEL_CASES]
 
 
 @needs_onednn
-@pytest.mark.parametrize(
-  ("case", "direct"), [(c, True) for c in DIRECT_WEIGHT_CASES] + [(c, False) for c in ONEDNN_WEIGHT_CASES]
-)
+@pytest.mark.parametrize(("case", "direct"), SINGLE_CHANNEL_PARAMS)
 def test_direct_kernel_gradients_match_lax_and_the_primitive(rng, monkeypatch, case, direct):
   """With and without the bias's gradient; equality with the primitive tells which code ran."""
   g = _geometry(case)
@@ -160,7 +168,26 @@ def test_direct_kernel_gradients_match_lax_and_the_primitive(rng, monkeypatch, c
   for got in (ours, primitive):
     for a, b in zip(got, want, strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)  # sums of up to 2,400 unit normal products
-  assert [np.array_equal(a, b) for a, b in zip(ours, primitive, strict=True)] == [not direct] * 3
+  assert [np.array_equal(a, b) for a, b in zip(ours, primitive, strict=True)] == [not (direct and AVX512)] * 3
+
+
+@needs_onednn
+@pytest.mark.parametrize(("case", "direct"), SINGLE_CHANNEL_PARAMS)
+def test_direct_forwards_match_lax_and_the_primitive(rng, monkeypatch, case, direct):
+  """With and without a bias; equality with the primitive (with a bias) tells which code ran."""
+  g = _geometry(case)
+  x, w, _ = _operands(rng, g)
+  b = jnp.asarray(rng.standard_normal(g.out_channels), jnp.float32)
+  calls = [jax.jit(lambda x, w, b: onednn.forward(x, w, g)), jax.jit(lambda x, w, b: onednn.forward_bias(x, w, b, g))]
+  ours = [np.asarray(call(x, w, b)) for call in calls]
+  monkeypatch.setenv(onednn.DIRECT_ENV, "0")
+  primitive = [np.asarray(call(x, w, b)) for call in calls]
+  want = [_lax(x, w, g), _lax(x, w, g) + b]
+  for got in (ours, primitive):
+    for a, c in zip(got, want, strict=True):
+      np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)  # sums of up to 25 unit normal products
+  # The loops add the bias first, oneDNN last (without one, both sum a value's products in the same order).
+  assert np.array_equal(ours[1], primitive[1]) != (direct and AVX512)
 
 
 def _concurrently(run: Callable[[], list[np.ndarray]], threads: int = 3, calls: int = 3) -> list[list[np.ndarray]]:
@@ -237,7 +264,7 @@ def test_direct_loops_under_vmap(rng):
     got = jax.jit(jax.vmap(lambda p, q: onednn.input_grad(p, q, g), in_axes=in_axes))(a, b)
     want = jax.vmap(lambda p, q: _lax_input_grad(p, q, g), in_axes=in_axes)(a, b)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-  g = _geometry(DIRECT_WEIGHT_CASES[1])
+  g = _geometry(SINGLE_CHANNEL_CASES[1])
   x, _, dy = _operands(rng, g)
   xs, dys = jnp.stack([x, x + 1]), jnp.stack([dy, -dy])
   got = jax.jit(jax.vmap(lambda p, q: onednn.kernel_grad(p, q, g)))(xs, dys)

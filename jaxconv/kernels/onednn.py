@@ -23,15 +23,19 @@ the extension so that the extension's ``libdnnl.so.3`` dependency resolves to it
 loaded at import: the first ``supports_onednn`` call does it, and every failure (no extension
 built, no library, no CPU engine, an unsupported problem) becomes its reason string.
 
-Narrow gradients: oneDNN's backward-data vectorizes over C_in, so into few channels it pads them to
-a vector (16 float32 lanes on AVX-512) and reorders dy and dx to and from its blocked layout on
-every call. Where that loses, the extension runs its own direct loops instead
-(``csrc/direct_conv.h``): float32 2-D backward-data with stride 1, no dilation, no groups, pads of
-at most K - 1, fewer input channels than a vector has lanes and dx at most 64 wide (vectorized over
-dx's width, with the flipped kernel), and the backward-weights of such a convolution from one input
-channel (vectorized over dy's rows, with the bias's gradient). On LeNet's conv2 the input gradient
-fell from 0.85-0.9 ms to 0.45-0.55 ms a call (batch 128), and conv1's kernel gradient from 0.4-0.55
-to 0.33 ms. ``$JAXCONV_ONEDNN_DIRECT=0`` (read on each call) keeps oneDNN's primitives there. The
+Narrow channels: oneDNN vectorizes over a channel axis, so a convolution with few channels on that
+axis fills a vector (16 float32 lanes on AVX-512) badly, and its backward-data reorders dy and dx
+to and from a blocked layout on every call. Where that loses, on CPUs with AVX-512, the extension
+runs its own direct loops instead (``csrc/direct_conv.h``), for float32 2-D problems with stride 1,
+no dilation, no groups and pads of at most K - 1: backward-data into fewer than 16 input channels,
+dx at most 64 wide (vectorized over dx's width, with the flipped kernel), and the forward and
+backward-weights of a convolution from one input channel with a square kernel of at most 5 x 5 and
+fewer than 16 output channels (vectorized over the flattened (width, channel) rows of y and dy,
+with the bias and the bias's gradient). On LeNet's conv2 the input gradient fell from 0.85-0.9 ms to
+0.45-0.55 ms a call (batch 128, Sapphire Rapids); on a Zen 4 EPYC conv1's forward from 0.38 to 0.27
+ms and its kernel gradient from 0.41 to 0.27 ms. Without AVX-512 the loops' 16-lane vectors would
+not fit AVX2's registers (there they ran 3-7x slower than oneDNN), so oneDNN's primitives run.
+``$JAXCONV_ONEDNN_DIRECT=0`` (read on each call) keeps oneDNN's primitives there. The
 extension also runs one problem at a time per process: XLA calls independent custom calls from two
 of its threads at once, each with its own OpenMP team, and the four threads on two cores made both
 calls slower than the two in turn. A call waiting for its turn takes chunks of the running call's
