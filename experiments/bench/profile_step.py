@@ -321,13 +321,14 @@ def main(argv: list[str]) -> None:
     f"{results['load_average_before'][0]:.1f} -> {results['load_average_after'][0]:.1f}, "
     f"XLA_FLAGS={results['xla_flags']!r}"
   )
-  print(f"{'part':<24}" + "".join(f"{c:>18}" for c in columns))
+  width = max(18, *(len(c) + 2 for c in columns))
+  print(f"{'part':<24}" + "".join(f"{c:>{width}}" for c in columns))
   in_loop = next(iter(flat.values()), {})
   if any(k.startswith("  ") for k in in_loop):
     print("(indented rows: ms per step of the compiled loop's ops by layer, from a profiler trace)")
   for row in rows:
     cells = (flat[c].get(row) for c in columns)
-    print(f"{row:<24}" + "".join(f"{'-' if v is None else f'{v:.3f}':>18}" for v in cells))
+    print(f"{row:<24}" + "".join(f"{'-' if v is None else f'{v:.3f}':>{width}}" for v in cells))
   print(
     f"GEMM-bound step: {results['step_gflop']:.3f} GFLOP (XLA's count of the step on lax) at the "
     f"{results['gemm_peak_gflops']:.0f} GFLOP/s of a jitted float32 2048^3 jnp.dot = {results['gemm_bound_ms']:.2f} ms"
