@@ -287,6 +287,11 @@ PAGES |= {
   f"{OTHER_MACHINE}/{name}": _on_other_machine(name)
   for name in ("kernels.json", "lenet_throughput_1.json", "lenet_throughput_2.json", "lenet_speedrun_seeds.json")
 }
+PAGES[f"{OTHER_MACHINE}/lenet_step_breakdown_before.json"] = (
+  "Where a LeNet training step's time went before conv1's single-channel loops, float32 and bfloat16 (AMD EPYC)",
+  "python experiments/bench/profile_step.py --impl auto --dtype float32 --dtype bfloat16 (at the commit measured)",
+  step_breakdown,
+)
 PAGES[f"{OTHER_MACHINE}/lenet_step_breakdown.json"] = (
   "Where a LeNet training step's time goes, float32 and bfloat16, against PyTorch eager (AMD EPYC)",
   "python experiments/bench/profile_step.py --impl auto --dtype float32 --dtype bfloat16",
