@@ -451,6 +451,24 @@ def test_16_bit_kernel_gradients_of_narrow_outputs_run_in_float32(rng, c_out, na
     np.testing.assert_allclose(np.asarray(db.astype(jnp.float32)), sums, atol=1e-2 * np.abs(sums).max())
 
 
+@pytest.mark.parametrize(("c_in", "c_out", "widened"), [(1, 6, True), (1, 16, True), (1, 32, False), (2, 6, False)])
+def test_16_bit_forwards_from_one_channel_run_in_float32(rng, c_in, c_out, widened):
+  """bf16 forward from one input channel into <= 16 outputs converts to float32 (the single-channel loops)."""
+  g = conv_geometry((4, 12, 12, c_in), (5, 5, c_in, c_out), jnp.bfloat16, padding=2)
+  assert onednn.single_channel_16bit_forward(g) == widened
+  assert not onednn.single_channel_16bit_forward(conv_geometry((4, 12, 12, c_in), (5, 5, c_in, c_out), jnp.float32))
+  x = jnp.asarray(rng.standard_normal(g.x_shape), jnp.bfloat16)
+  w = jnp.asarray(rng.standard_normal(g.w_shape), jnp.bfloat16)
+  b = jnp.asarray(rng.standard_normal(c_out), jnp.float32)
+  jaxpr = str(jax.make_jaxpr(lambda x, w: onednn.forward(x, w, g))(x, w))
+  assert ("f32[" in jaxpr) == widened  # float32 operands only on the widened path
+  if onednn.supports_onednn(g) is None:
+    want = np.asarray(_lax(x.astype(jnp.float32), w.astype(jnp.float32), g))
+    for got in (onednn.forward(x, w, g), onednn.forward_bias(x, w, b, g) - b.astype(jnp.bfloat16)):
+      assert got.dtype == jnp.bfloat16
+      np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), want, atol=2e-2 * np.abs(want).max())
+
+
 def test_wait_policy_is_set_for_the_load_only(monkeypatch):
   monkeypatch.delenv(onednn.WAIT_POLICY_ENV, raising=False)
   onednn._load.__wrapped__()
