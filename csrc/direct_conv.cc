@@ -142,8 +142,8 @@ ForwardFn ForwardKernel(int64_t out_block, int64_t vectors) {
 // pixel of output lane t under kernel column j sits at lane t + j * O of the expanded row. Chunk c's
 // channels depend only on its phase k = c % P (P = O / gcd(O, 16) chunks hold a whole number of
 // pixels). The kernels are unrolled over the K x K taps, held in registers (AVX-512 has 32): the
-// weights (forward) or the accumulators (kernel gradient) of one phase, K * K <= kMaxTaps of them.
-constexpr int kMaxTaps = 25;
+// weights (forward) or the accumulators (kernel gradient) of one phase, K * K <= 25 of them.
+constexpr int kMaxSingleKernel = 5;
 constexpr int kSingleRows = 7;  // output rows per forward pass (7 accumulators and K x K <= 25 weights in registers)
 
 int64_t Period(int64_t o) { return o / std::gcd(o, kLanes); }
@@ -294,23 +294,24 @@ JAXCONV_CLONES void SingleChannelWeightsRows(const float* expanded, const float*
 using SingleForwardFn = void (*)(const float* const*, const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t);
 using SingleWeightsFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
 
-SingleForwardFn SingleForwardKernel(int64_t k) {
-  switch (k) {
-    case 1: return SingleChannelForwardRows<1>;
-    case 2: return SingleChannelForwardRows<2>;
-    case 3: return SingleChannelForwardRows<3>;
-    case 4: return SingleChannelForwardRows<4>;
-    default: return SingleChannelForwardRows<5>;
-  }
+// The forward and kernel-gradient instances for a K x K kernel (1 <= K <= 5).
+struct SingleChannelKernels {
+  SingleForwardFn forward;
+  SingleWeightsFn weights;
+};
+
+template <int K>
+SingleChannelKernels SingleKernelsOf() {
+  return {SingleChannelForwardRows<K>, SingleChannelWeightsRows<K>};
 }
 
-SingleWeightsFn SingleWeightsKernel(int64_t k) {
+SingleChannelKernels SingleKernels(int64_t k) {
   switch (k) {
-    case 1: return SingleChannelWeightsRows<1>;
-    case 2: return SingleChannelWeightsRows<2>;
-    case 3: return SingleChannelWeightsRows<3>;
-    case 4: return SingleChannelWeightsRows<4>;
-    default: return SingleChannelWeightsRows<5>;
+    case 1: return SingleKernelsOf<1>();
+    case 2: return SingleKernelsOf<2>();
+    case 3: return SingleKernelsOf<3>();
+    case 4: return SingleKernelsOf<4>();
+    default: return SingleKernelsOf<5>();
   }
 }
 
@@ -375,7 +376,7 @@ void BackwardData(const Shape& s, const float* dy, const float* w, float* dx, co
 }
 
 bool SingleChannelServes(const Shape& s) {
-  return s.in_channels == 1 && s.kernel_h == s.kernel_w && s.kernel_h * s.kernel_w <= kMaxTaps && s.out_channels < kLanes;
+  return s.in_channels == 1 && s.kernel_h == s.kernel_w && s.kernel_h <= kMaxSingleKernel && s.out_channels < kLanes;
 }
 
 void SingleChannelForward(const Shape& s, const float* x, const float* w, const float* b, float* y, const ParallelFor& parallel) {
@@ -385,7 +386,7 @@ void SingleChannelForward(const Shape& s, const float* x, const float* w, const 
   const std::vector<float> weights = PhasePatterns(w, k * k, o);
   const std::vector<float> zero_bias(o, 0.0f);
   const std::vector<float> bias = PhasePatterns(b != nullptr ? b : zero_bias.data(), 1, o);
-  const SingleForwardFn pass = SingleForwardKernel(k);
+  const SingleForwardFn pass = SingleKernels(k).forward;
   parallel(Chunks(s.batch), [&](int64_t chunk) {
     float* padded = Zeroed(PaddedRowFloats(s, e_chunks), 0);
     float* expanded = Zeroed((h + 1) * stride, 1);  // the last row stays zero: the padding's rows
@@ -395,7 +396,7 @@ void SingleChannelForward(const Shape& s, const float* x, const float* w, const 
     for (int64_t n = chunk * kBatchChunk; n < n1; ++n) {
       ExpandRows(s, x + n * h * s.width, e_chunks, stride, padded, expanded);
       for (int64_t y0 = 0; y0 < ho; y0 += kSingleRows) {
-        const float* rows[kSingleRows + 5 - 1];
+        const float* rows[kSingleRows + kMaxSingleKernel - 1];
         for (int64_t t = 0; t < kSingleRows + k - 1; ++t) {
           const int64_t r = y0 + t - s.pad_top;
           rows[t] = r >= 0 && r < h ? expanded + r * stride : zero_row;
@@ -419,7 +420,7 @@ void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, f
   const size_t count = static_cast<size_t>((k * k + 1) * period * kLanes);
   const int64_t batch_chunks = Chunks(s.batch);
   std::vector<float> partial(count * batch_chunks, 0.0f), total(count);
-  const SingleWeightsFn pass = SingleWeightsKernel(k);
+  const SingleWeightsFn pass = SingleKernels(k).weights;
   parallel(batch_chunks, [&](int64_t chunk) {
     float* sums = partial.data() + chunk * count;
     float* padded = Zeroed(PaddedRowFloats(s, e_chunks), 0);
