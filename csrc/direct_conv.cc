@@ -150,23 +150,43 @@ int64_t Period(int64_t o) { return o / std::gcd(o, kLanes); }
 
 int64_t Chunks16(int64_t floats) { return (floats + kLanes - 1) / kLanes; }
 
-// The expanded rows of one batch element: pixels of row r at rows + r * stride, `chunks` chunks each.
-// `padded` holds one input row with its left padding (PaddedRowFloats floats, zero outside the row).
-JAXCONV_CLONES void ExpandRows(const Shape& s, const float* xn, int64_t chunks, int64_t stride, float* padded, float* rows) {
-  const int64_t o = s.out_channels, period = Period(o);
-  IndexVec repeat[kLanes];  // chunk k takes 16 pixels from (16 k) / o on: lane l is the (repeat[k][l])th (period <= 16)
-  for (int64_t k = 0; k < period; ++k) {
-    for (int l = 0; l < kLanes; ++l) repeat[k][l] = static_cast<int32_t>((k * kLanes + l) / o - (k * kLanes) / o);
+// The lane layout of a single-channel problem, derived once per call: chunks of y's and dy's rows,
+// of the expanded input rows, and the pattern that expands 16 pixels into each chunk phase.
+struct SingleChannelRows {
+  int64_t period;           // P: chunks that hold a whole number of pixels
+  int64_t row;              // floats of a y or dy row: Wo * O
+  int64_t chunks;           // chunks of such a row
+  int64_t stride;           // floats of an expanded row: the row's chunks, shifted by up to (K - 1) * O lanes
+  int64_t padded;           // floats of ExpandRows' padded input row
+  IndexVec repeat[kLanes];  // chunk k takes 16 pixels from (16 k) / O on: lane l is the (repeat[k][l])th (P < 16)
+
+  explicit SingleChannelRows(const Shape& s) {
+    const int64_t o = s.out_channels;
+    period = Period(o);
+    row = s.out_width() * o;
+    chunks = Chunks16(row);
+    const int64_t expanded_chunks = chunks + Chunks16((s.kernel_w - 1) * o) + 1;
+    stride = expanded_chunks * kLanes;
+    padded = std::max(s.pad_left + s.width, stride / o) + 2 * kLanes;
+    for (int64_t k = 0; k < period; ++k) {
+      for (int l = 0; l < kLanes; ++l) repeat[k][l] = static_cast<int32_t>((k * kLanes + l) / o - (k * kLanes) / o);
+    }
   }
+};
+
+// The expanded rows of one batch element: pixels of row r at rows + r * g.stride. `padded` holds
+// one input row with its left padding (g.padded floats, zero outside the row).
+JAXCONV_CLONES void ExpandRows(const Shape& s, const SingleChannelRows& g, const float* xn, float* padded, float* rows) {
+  const int64_t o = s.out_channels, chunks = g.stride / kLanes;
   for (int64_t r = 0; r < s.height; ++r) {
     std::memcpy(padded + s.pad_left, xn + r * s.width, s.width * sizeof(float));
-    for (int64_t c0 = 0; c0 < chunks; c0 += period) {
-      for (int64_t k = 0; k < period && c0 + k < chunks; ++k) {
+    for (int64_t c0 = 0; c0 < chunks; c0 += g.period) {
+      for (int64_t k = 0; k < g.period && c0 + k < chunks; ++k) {
         const int64_t c = c0 + k;
         Vec pixels;
         JAXCONV_LOAD(pixels, padded + (c * kLanes) / o);
-        const Vec chunk = __builtin_shuffle(pixels, repeat[k]);
-        std::memcpy(rows + r * stride + c * kLanes, &chunk, sizeof(Vec));
+        const Vec chunk = __builtin_shuffle(pixels, g.repeat[k]);
+        std::memcpy(rows + r * g.stride + c * kLanes, &chunk, sizeof(Vec));
       }
     }
   }
@@ -191,16 +211,6 @@ JAXCONV_CLONES void CopyRows(const float* dyn, int64_t ho, int64_t row, int64_t 
   }
 }
 
-// Expanded chunks a row needs: those under the output row's chunks, shifted by up to (KW - 1) * O lanes.
-int64_t ExpandedChunks(const Shape& s, int64_t out_chunks) {
-  return out_chunks + Chunks16((s.kernel_w - 1) * s.out_channels) + 1;
-}
-
-// Floats of ExpandRows' padded row.
-int64_t PaddedRowFloats(const Shape& s, int64_t chunks) {
-  return std::max(s.pad_left + s.width, (chunks * kLanes) / s.out_channels) + 2 * kLanes;
-}
-
 // Lane patterns of the P phases: patterns[(tap * P + k) * 16 + l] = values[tap * o + (16 k + l) % o].
 std::vector<float> PhasePatterns(const float* values, int64_t taps, int64_t o) {
   const int64_t period = Period(o);
@@ -209,6 +219,16 @@ std::vector<float> PhasePatterns(const float* values, int64_t taps, int64_t o) {
     for (int64_t lane = 0; lane < period * kLanes; ++lane) patterns[tap * period * kLanes + lane] = values[tap * o + lane % o];
   }
   return patterns;
+}
+
+// The inverse fold: out[tap * o + m] = the sum of lanes[(tap * P + k) * 16 + l] over the lanes with
+// (16 k + l) % o == m, for `taps` taps.
+void FoldPhases(const float* lanes, int64_t taps, int64_t o, float* out) {
+  const int64_t period = Period(o);
+  std::fill(out, out + taps * o, 0.0f);
+  for (int64_t tap = 0; tap < taps; ++tap) {
+    for (int64_t lane = 0; lane < period * kLanes; ++lane) out[tap * o + lane % o] += lanes[tap * period * kLanes + lane];
+  }
 }
 
 // Output rows [y0, y0 + kSingleRows) of one batch element: rows[t] is the expanded input row that
@@ -380,30 +400,30 @@ bool SingleChannelServes(const Shape& s) {
 }
 
 void SingleChannelForward(const Shape& s, const float* x, const float* w, const float* b, float* y, const ParallelFor& parallel) {
-  const int64_t o = s.out_channels, period = Period(o), k = s.kernel_h, ho = s.out_height(), h = s.height;
-  const int64_t row = s.out_width() * o, chunks = Chunks16(row), out_stride = chunks * kLanes;
-  const int64_t e_chunks = ExpandedChunks(s, chunks), stride = e_chunks * kLanes;
+  const int64_t o = s.out_channels, k = s.kernel_h, ho = s.out_height(), h = s.height;
+  const SingleChannelRows g(s);
+  const int64_t out_stride = g.chunks * kLanes;
   const std::vector<float> weights = PhasePatterns(w, k * k, o);
   const std::vector<float> zero_bias(o, 0.0f);
   const std::vector<float> bias = PhasePatterns(b != nullptr ? b : zero_bias.data(), 1, o);
   const SingleForwardFn pass = SingleKernels(k).forward;
   parallel(Chunks(s.batch), [&](int64_t chunk) {
-    float* padded = Zeroed(PaddedRowFloats(s, e_chunks), 0);
-    float* expanded = Zeroed((h + 1) * stride, 1);  // the last row stays zero: the padding's rows
+    float* padded = Zeroed(g.padded, 0);
+    float* expanded = Zeroed((h + 1) * g.stride, 1);  // the last row stays zero: the padding's rows
     float* out = Zeroed(kSingleRows * out_stride, 2);
-    const float* zero_row = expanded + h * stride;
+    const float* zero_row = expanded + h * g.stride;
     const int64_t n1 = std::min(s.batch, (chunk + 1) * kBatchChunk);
     for (int64_t n = chunk * kBatchChunk; n < n1; ++n) {
-      ExpandRows(s, x + n * h * s.width, e_chunks, stride, padded, expanded);
+      ExpandRows(s, g, x + n * h * s.width, padded, expanded);
       for (int64_t y0 = 0; y0 < ho; y0 += kSingleRows) {
         const float* rows[kSingleRows + kMaxSingleKernel - 1];
         for (int64_t t = 0; t < kSingleRows + k - 1; ++t) {
           const int64_t r = y0 + t - s.pad_top;
-          rows[t] = r >= 0 && r < h ? expanded + r * stride : zero_row;
+          rows[t] = r >= 0 && r < h ? expanded + r * g.stride : zero_row;
         }
-        pass(rows, weights.data(), bias.data(), period, o, chunks, out, out_stride);
+        pass(rows, weights.data(), bias.data(), g.period, o, g.chunks, out, out_stride);
         for (int64_t q = 0; q < std::min<int64_t>(kSingleRows, ho - y0); ++q) {
-          std::memcpy(y + (n * ho + y0 + q) * row, out + q * out_stride, row * sizeof(float));
+          std::memcpy(y + (n * ho + y0 + q) * g.row, out + q * out_stride, g.row * sizeof(float));
         }
       }
     }
@@ -412,38 +432,31 @@ void SingleChannelForward(const Shape& s, const float* x, const float* w, const 
 
 void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, float* dw, float* db,
                               const ParallelFor& parallel) {
-  const int64_t o = s.out_channels, period = Period(o), k = s.kernel_h, ho = s.out_height(), h = s.height;
-  const int64_t row = s.out_width() * o, chunks = Chunks16(row);
-  const int64_t e_chunks = ExpandedChunks(s, chunks), stride = e_chunks * kLanes;
+  const int64_t o = s.out_channels, k = s.kernel_h, ho = s.out_height(), h = s.height;
+  const SingleChannelRows g(s);
   // dy's rows y from pad_top - K + 1 to h - 1 + pad_top, zero outside [0, Ho) and past each row.
   const int64_t dy_first = s.pad_top - k + 1, dy_rows = std::max(ho, h + s.pad_top) - dy_first;
-  const size_t count = static_cast<size_t>((k * k + 1) * period * kLanes);
+  const int64_t taps = k * k, count = (taps + 1) * g.period * kLanes;  // dw's taps, then db
   const int64_t batch_chunks = Chunks(s.batch);
   std::vector<float> partial(count * batch_chunks, 0.0f), total(count);
   const SingleWeightsFn pass = SingleKernels(k).weights;
   parallel(batch_chunks, [&](int64_t chunk) {
     float* sums = partial.data() + chunk * count;
-    float* padded = Zeroed(PaddedRowFloats(s, e_chunks), 0);
-    float* expanded = Zeroed(h * stride, 1);
-    float* dy_padded = Zeroed(dy_rows * stride, 2);
-    float* dy_zero = dy_padded - dy_first * stride;  // row 0 of dy
-    float* bias_sums = sums + k * k * period * kLanes;
+    float* padded = Zeroed(g.padded, 0);
+    float* expanded = Zeroed(h * g.stride, 1);
+    float* dy_padded = Zeroed(dy_rows * g.stride, 2);
+    float* dy_zero = dy_padded - dy_first * g.stride;  // row 0 of dy
+    float* bias_sums = sums + taps * g.period * kLanes;
     const int64_t n1 = std::min(s.batch, (chunk + 1) * kBatchChunk);
     for (int64_t n = chunk * kBatchChunk; n < n1; ++n) {
-      ExpandRows(s, x + n * h * s.width, e_chunks, stride, padded, expanded);
-      CopyRows(dy + n * ho * row, ho, row, stride, chunks, period, dy_zero, bias_sums);
-      pass(expanded, dy_zero, h, stride, s.pad_top, period, o, chunks, sums);
+      ExpandRows(s, g, x + n * h * s.width, padded, expanded);
+      CopyRows(dy + n * ho * g.row, ho, g.row, g.stride, g.chunks, g.period, dy_zero, bias_sums);
+      pass(expanded, dy_zero, h, g.stride, s.pad_top, g.period, o, g.chunks, sums);
     }
   });
   SumInOrder(partial.data(), batch_chunks, count, count, total.data());
-  // Lane l of phase p is channel (16 p + l) % o.
-  std::fill(dw, dw + k * k * o, 0.0f);
-  for (int64_t tap = 0; tap < k * k; ++tap) {
-    for (int64_t lane = 0; lane < period * kLanes; ++lane) dw[tap * o + lane % o] += total[tap * period * kLanes + lane];
-  }
-  if (db == nullptr) return;
-  std::fill(db, db + o, 0.0f);
-  for (int64_t lane = 0; lane < period * kLanes; ++lane) db[lane % o] += total[k * k * period * kLanes + lane];
+  FoldPhases(total.data(), taps, o, dw);
+  if (db != nullptr) FoldPhases(total.data() + taps * g.period * kLanes, 1, o, db);
 }
 
 }  // namespace jaxconv_direct
