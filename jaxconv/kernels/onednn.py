@@ -301,11 +301,16 @@ def input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
   return _call("input_grad", dy, w, g, (dy.shape[0], *g.spatial, g.in_channels))
 
 
+def _in_float32(widen: bool, a: jax.Array, b: jax.Array, g: ConvGeometry) -> tuple[jax.Array, jax.Array, ConvGeometry]:
+  """``a``, ``b`` and ``g`` as they are, or (``widen``) as float32 operands of a float32 problem."""
+  if not widen:
+    return a, b, g
+  return a.astype(np.float32), b.astype(np.float32), dataclasses.replace(g, dtype=np.dtype(np.float32))
+
+
 def _kernel_grad_problem(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> tuple[jax.Array, jax.Array, ConvGeometry]:
   """The operands and geometry backward-weights runs on: float32 ones where ``narrow_16bit_kernel_grad(g)``."""
-  if not narrow_16bit_kernel_grad(g):
-    return x, dy, g
-  return x.astype(np.float32), dy.astype(np.float32), dataclasses.replace(g, dtype=np.dtype(np.float32))
+  return _in_float32(narrow_16bit_kernel_grad(g), x, dy, g)
 
 
 def kernel_grad(x: jax.Array, dy: jax.Array, g: ConvGeometry) -> jax.Array:
@@ -340,9 +345,7 @@ def single_channel_16bit_forward(g: ConvGeometry) -> bool:
 
 def _forward_problem(x: jax.Array, w: jax.Array, g: ConvGeometry) -> tuple[jax.Array, jax.Array, ConvGeometry]:
   """The operands and geometry the forward runs on: float32 ones where ``single_channel_16bit_forward(g)``."""
-  if not single_channel_16bit_forward(g):
-    return x, w, g
-  return x.astype(np.float32), w.astype(np.float32), dataclasses.replace(g, dtype=np.dtype(np.float32))
+  return _in_float32(single_channel_16bit_forward(g), x, w, g)
 
 
 def forward_bias(x: jax.Array, w: jax.Array, b: jax.Array, g: ConvGeometry) -> jax.Array:
