@@ -31,6 +31,68 @@ constexpr int kRowBlock = 2;     // output rows per pass: twice the accumulators
 
 int64_t Vectors(int64_t width) { return (width + kLanes - 1) / kLanes; }
 
+// Widening and rounding (see Bf16 in direct_conv.h); the float32 overloads copy.
+void ToFloats(const float* in, int64_t n, float* out) { std::memcpy(out, in, n * sizeof(float)); }
+
+typedef uint32_t BitsVec __attribute__((vector_size(64)));
+typedef uint16_t HalfBitsVec __attribute__((vector_size(32)));
+
+JAXCONV_CLONES void ToFloats(const Bf16* in, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    HalfBitsVec half;
+    std::memcpy(&half, in + i, sizeof(half));
+    const BitsVec bits = __builtin_convertvector(half, BitsVec) << 16;
+    std::memcpy(out + i, &bits, sizeof(bits));
+  }
+  for (; i < n; ++i) {
+    const uint32_t u = static_cast<uint32_t>(in[i].bits) << 16;
+    std::memcpy(out + i, &u, sizeof(float));
+  }
+}
+
+void FromFloats(const float* in, int64_t n, float* out) { std::memcpy(out, in, n * sizeof(float)); }
+
+// A float32's bits (u, one or a vector of them) rounded to bfloat16's, in place: to nearest even; a
+// NaN stays a NaN of its sign, made quiet (XLA's convert gives the same bits). By reference, so that
+// no 64-byte vector crosses a call boundary (whose ABI differs between the clones).
+template <typename U>
+void RoundToBf16(U& u) {
+  u = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+JAXCONV_CLONES void FromFloats(const float* in, int64_t n, Bf16* out) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    BitsVec u;
+    std::memcpy(&u, in + i, sizeof(u));
+    RoundToBf16(u);
+    const HalfBitsVec half = __builtin_convertvector(u, HalfBitsVec);
+    std::memcpy(out + i, &half, sizeof(half));
+  }
+  for (; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, in + i, sizeof(float));
+    RoundToBf16(u);
+    out[i].bits = static_cast<uint16_t>(u);
+  }
+}
+
+// n values of `in` as float32: `in` itself, or widened into `buffer`.
+const float* AsFloats(const float* in, int64_t, float*) { return in; }
+
+const float* AsFloats(const Bf16* in, int64_t n, float* buffer) {
+  ToFloats(in, n, buffer);
+  return buffer;
+}
+
+template <typename T>
+std::vector<float> Floats(const T* in, int64_t n) {
+  std::vector<float> out(n);
+  ToFloats(in, n, out.data());
+  return out;
+}
+
 // The planar buffer's row stride: the padded row, and every vector load past it reads zeros.
 int64_t RowStride(const Shape& s) {
   return std::max(s.pad_left + s.width, kLanes * Vectors(s.out_width()) + s.kernel_w - 1);
@@ -341,11 +403,20 @@ constexpr int64_t kBatchChunk = 8;
 
 int64_t Chunks(int64_t batch) { return (batch + kBatchChunk - 1) / kBatchChunk; }
 
-// This thread's buffer number `slot` of `size` floats, all zero; kept between calls (the pool's threads persist).
-float* Zeroed(size_t size, int slot = 0) {
-  thread_local std::vector<float> buffers[3];
-  buffers[slot].assign(size, 0.0f);
+// This thread's buffer number `slot` of at least `size` floats; kept between calls (the pool's threads persist).
+constexpr int kSlots = 4;
+
+float* Scratch(size_t size, int slot) {
+  thread_local std::vector<float> buffers[kSlots];
+  if (buffers[slot].size() < size) buffers[slot].resize(size);
   return buffers[slot].data();
+}
+
+// The same, its first `size` floats zero.
+float* Zeroed(size_t size, int slot = 0) {
+  float* buffer = Scratch(size, slot);
+  std::fill(buffer, buffer + size, 0.0f);
+  return buffer;
 }
 
 }  // namespace
@@ -399,11 +470,12 @@ bool SingleChannelServes(const Shape& s) {
   return s.in_channels == 1 && s.kernel_h == s.kernel_w && s.kernel_h <= kMaxSingleKernel && s.out_channels < kLanes;
 }
 
-void SingleChannelForward(const Shape& s, const float* x, const float* w, const float* b, float* y, const ParallelFor& parallel) {
+template <typename T>
+void SingleChannelForward(const Shape& s, const T* x, const T* w, const float* b, T* y, const ParallelFor& parallel) {
   const int64_t o = s.out_channels, k = s.kernel_h, ho = s.out_height(), h = s.height;
   const SingleChannelRows g(s);
   const int64_t out_stride = g.chunks * kLanes;
-  const std::vector<float> weights = PhasePatterns(w, k * k, o);
+  const std::vector<float> weights = PhasePatterns(Floats(w, k * k * o).data(), k * k, o);
   const std::vector<float> zero_bias(o, 0.0f);
   const std::vector<float> bias = PhasePatterns(b != nullptr ? b : zero_bias.data(), 1, o);
   const SingleForwardFn pass = SingleKernels(k).forward;
@@ -411,10 +483,11 @@ void SingleChannelForward(const Shape& s, const float* x, const float* w, const 
     float* padded = Zeroed(g.padded, 0);
     float* expanded = Zeroed((h + 1) * g.stride, 1);  // the last row stays zero: the padding's rows
     float* out = Zeroed(kSingleRows * out_stride, 2);
+    float* widened = Scratch(h * s.width, 3);
     const float* zero_row = expanded + h * g.stride;
     const int64_t n1 = std::min(s.batch, (chunk + 1) * kBatchChunk);
     for (int64_t n = chunk * kBatchChunk; n < n1; ++n) {
-      ExpandRows(s, g, x + n * h * s.width, padded, expanded);
+      ExpandRows(s, g, AsFloats(x + n * h * s.width, h * s.width, widened), padded, expanded);
       for (int64_t y0 = 0; y0 < ho; y0 += kSingleRows) {
         const float* rows[kSingleRows + kMaxSingleKernel - 1];
         for (int64_t t = 0; t < kSingleRows + k - 1; ++t) {
@@ -423,7 +496,7 @@ void SingleChannelForward(const Shape& s, const float* x, const float* w, const 
         }
         pass(rows, weights.data(), bias.data(), g.period, o, g.chunks, out, out_stride);
         for (int64_t q = 0; q < std::min<int64_t>(kSingleRows, ho - y0); ++q) {
-          std::memcpy(y + (n * ho + y0 + q) * g.row, out + q * out_stride, g.row * sizeof(float));
+          FromFloats(out + q * out_stride, g.row, y + (n * ho + y0 + q) * g.row);
         }
       }
     }
@@ -458,5 +531,8 @@ void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, f
   FoldPhases(total.data(), taps, o, dw);
   if (db != nullptr) FoldPhases(total.data() + taps * g.period * kLanes, 1, o, db);
 }
+
+template void SingleChannelForward(const Shape&, const float*, const float*, const float*, float*, const ParallelFor&);
+template void SingleChannelForward(const Shape&, const Bf16*, const Bf16*, const float*, Bf16*, const ParallelFor&);
 
 }  // namespace jaxconv_direct

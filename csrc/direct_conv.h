@@ -82,9 +82,17 @@ void BackwardData(const Shape& s, const float* dy, const float* w, float* dx, co
 // fewer than 16 output channels.
 bool SingleChannelServes(const Shape& s);
 
-// y (N, Ho, Wo, O) = correlate(x, w) + b from x (N, H, W, 1), w (KH, KW, 1, O) and, when not null, b (O,).
-void SingleChannelForward(const Shape& s, const float* x, const float* w, const float* b, float* y,
-                          const ParallelFor& parallel);
+// A bfloat16 value: the upper 16 bits of a float32.
+struct Bf16 {
+  uint16_t bits;
+};
+
+// y (N, Ho, Wo, O) = correlate(x, w) + b from x (N, H, W, 1), w (KH, KW, 1, O) and, when not null,
+// the float32 b (O,); T = float or Bf16. The loops compute in float32: Bf16 operands are widened as
+// they are read (exactly) and y rounded to nearest even as it is written, as XLA's convert rounds,
+// so a bfloat16 call gives the bits of the float32 call on the widened operands, rounded.
+template <typename T>
+void SingleChannelForward(const Shape& s, const T* x, const T* w, const float* b, T* y, const ParallelFor& parallel);
 
 // dw (KH, KW, 1, O) and, when not null, db (O,) from x (N, H, W, 1) and dy (N, Ho, Wo, O).
 void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, float* dw, float* db,

@@ -330,14 +330,18 @@ const Entry& Lookup(const Problem& p) {
 }
 
 // Whether `p` runs on jaxconv's direct loops (direct_conv.h) instead of oneDNN's primitive: on a
-// CPU with AVX-512, float32, 2-D, stride 1, no dilation, no groups, pads of at most K - 1, and either
+// CPU with AVX-512, float32 (and the bfloat16 forward below), 2-D, stride 1, no dilation, no groups,
+// pads of at most K - 1, and either
 //   - backward-data into fewer than 16 input channels, dx at most kMaxWidth wide. oneDNN vectorizes
 //     backward-data over C_in: into LeNet's 6 channels it pads them to 16 and reorders dy and dx to
 //     and from its blocked layout, 0.85-0.9 ms per call where the direct loops take 0.45-0.55; or
 //   - forward or backward-weights from one input channel (SingleChannelServes): LeNet's conv1, with
 //     its bias or bias gradient. On a 2-core AMD EPYC (Zen 4) in LeNet's training step conv1's
 //     forward fell from 0.38 to 0.27 ms and its kernel gradient from 0.41 to 0.27 ms (the step from
-//     2.88 to 2.63 ms), where oneDNN fills 6 of a vector's 16 lanes with output channels.
+//     2.88 to 2.63 ms), where oneDNN fills 6 of a vector's 16 lanes with output channels. The
+//     forward also takes bfloat16 operands (read and written as bfloat16, computed in float32);
+//     bfloat16 backward-data stays oneDNN's, whose AMX code ran LeNet's conv2 input gradient in
+//     0.19-0.21 ms on a 2-core Xeon against the float32 loops' 0.57-0.70.
 // The loops keep their vectors of 16 float32 in registers, which AVX2's 16 registers of 8 cannot: on
 // that AMD EPYC, compiled for AVX2 with FMA, conv2's input gradient took 4.5 ms and conv1's kernel
 // gradient 2.0 ms against 0.65 and 0.33 for oneDNN limited to AVX2 ($ONEDNN_MAX_CPU_ISA=AVX2), so
@@ -361,7 +365,8 @@ bool Direct(const Problem& p) {
   static const bool avx512 = false;
 #endif
   if (!avx512 || TurnedOff("JAXCONV_ONEDNN_DIRECT")) return false;
-  if (p.dtype != dnnl::memory::data_type::f32 || p.rank != 2 || p.groups != 1) return false;
+  const bool bf16_forward = p.dtype == dnnl::memory::data_type::bf16 && p.op == kForward;
+  if ((p.dtype != dnnl::memory::data_type::f32 && !bf16_forward) || p.rank != 2 || p.groups != 1) return false;
   for (int64_t i = 0; i < 2; ++i) {
     if (p.stride[i] != 1 || p.dilation[i] != 1 || p.pad_lo[i] < 0 || p.pad_hi[i] < 0) return false;
     if (p.pad_lo[i] > p.kernel[i] - 1 || p.pad_hi[i] > p.kernel[i] - 1) return false;  // the flipped pads must be >= 0
@@ -551,9 +556,13 @@ void Execute(const Problem& p, void* a, void* b, void* out, void* bias, const ja
     const jaxconv_direct::Shape s = DirectShape(p);
     const auto* fa = static_cast<const float*>(a);
     const auto* fb = static_cast<const float*>(b);
-    if (p.op == kForward) {
-      jaxconv_direct::SingleChannelForward(s, fa, fb, static_cast<const float*>(bias), static_cast<float*>(out), parallel);
+    const auto* fbias = static_cast<const float*>(bias);
+    if (p.op == kForward && p.dtype == dnnl::memory::data_type::bf16) {
+      using jaxconv_direct::Bf16;
+      return jaxconv_direct::SingleChannelForward(s, static_cast<const Bf16*>(a), static_cast<const Bf16*>(b), fbias,
+                                                  static_cast<Bf16*>(out), parallel);
     }
+    if (p.op == kForward) jaxconv_direct::SingleChannelForward(s, fa, fb, fbias, static_cast<float*>(out), parallel);
     if (p.op == kBackwardData) jaxconv_direct::BackwardData(s, fa, fb, static_cast<float*>(out), parallel);
     if (p.op == kBackwardWeights) {
       jaxconv_direct::SingleChannelWeightsBias(s, fa, fb, static_cast<float*>(out), static_cast<float*>(bias), parallel);
@@ -823,6 +832,16 @@ extern "C" const char* jaxconv_onednn_probe(int64_t op, int64_t dtype, int64_t r
     message = e.what();
   }
   return message.c_str();
+}
+
+// Whether the problem (as in jaxconv_onednn_probe) runs on the direct loops (Direct): 1 or 0.
+extern "C" int64_t jaxconv_onednn_direct(int64_t op, int64_t dtype, int64_t rank, const int64_t* x_shape,
+                                         const int64_t* w_shape, const int64_t* stride, const int64_t* dilation,
+                                         const int64_t* lo, const int64_t* hi, int64_t groups) {
+  static const dnnl::memory::data_type types[] = {dnnl::memory::data_type::f32, dnnl::memory::data_type::bf16,
+                                                  dnnl::memory::data_type::f16};
+  if (dtype < 0 || dtype > 2) return 0;
+  return Direct(MakeProblem(op, types[dtype], x_shape, w_shape, rank, stride, dilation, lo, hi, groups, false)) ? 1 : 0;
 }
 
 #pragma GCC visibility pop

@@ -451,22 +451,52 @@ def test_16_bit_kernel_gradients_of_narrow_outputs_run_in_float32(rng, c_out, na
     np.testing.assert_allclose(np.asarray(db.astype(jnp.float32)), sums, atol=1e-2 * np.abs(sums).max())
 
 
-@pytest.mark.parametrize(("c_in", "c_out", "widened"), [(1, 6, True), (1, 16, True), (1, 32, False), (2, 6, False)])
-def test_16_bit_forwards_from_one_channel_run_in_float32(rng, c_in, c_out, widened):
-  """bf16 forward from one input channel into <= 16 outputs converts to float32 (the single-channel loops)."""
+@pytest.mark.parametrize(
+  ("c_in", "c_out", "in_float32", "loops"),
+  [(1, 6, True, True), (1, 16, True, False), (1, 32, False, False), (2, 6, False, False)],
+)
+def test_16_bit_forwards_from_one_channel_run_in_float32(rng, c_in, c_out, in_float32, loops):
+  """bf16 forward from one input channel into <= 16 outputs computes in float32: on the single-channel loops,
+  which take bfloat16 operands themselves (on AVX-512), or on float32 operands (elsewhere, and into 16 outputs)."""
   g = conv_geometry((4, 12, 12, c_in), (5, 5, c_in, c_out), jnp.bfloat16, padding=2)
-  assert onednn.single_channel_16bit_forward(g) == widened
+  assert onednn.single_channel_16bit_forward(g) == in_float32
   assert not onednn.single_channel_16bit_forward(conv_geometry((4, 12, 12, c_in), (5, 5, c_in, c_out), jnp.float32))
+  native = loops and AVX512
+  assert onednn._direct(g, "forward") == native
   x = jnp.asarray(rng.standard_normal(g.x_shape), jnp.bfloat16)
   w = jnp.asarray(rng.standard_normal(g.w_shape), jnp.bfloat16)
   b = jnp.asarray(rng.standard_normal(c_out), jnp.float32)
   jaxpr = str(jax.make_jaxpr(lambda x, w: onednn.forward(x, w, g))(x, w))
-  assert ("f32[" in jaxpr) == widened  # float32 operands only on the widened path
+  assert ("f32[" in jaxpr) == (in_float32 and not native)  # float32 operands only where widened here
   if onednn.supports_onednn(g) is None:
     want = np.asarray(_lax(x.astype(jnp.float32), w.astype(jnp.float32), g))
     for got in (onednn.forward(x, w, g), onednn.forward_bias(x, w, b, g) - b.astype(jnp.bfloat16)):
       assert got.dtype == jnp.bfloat16
       np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), want, atol=2e-2 * np.abs(want).max())
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", SINGLE_CHANNEL_CASES[:4])
+def test_bfloat16_single_channel_forwards_give_the_float32_bits_rounded(rng, monkeypatch, case):
+  """Where the loops take bfloat16 operands (AVX-512), they widen them exactly and round y once, to nearest even
+  as XLA's convert does: the bits of the float32 call on the widened operands, rounded (NaN and inf included);
+  with the loops off, the same from the widened float32 problem."""
+  x_shape, w_shape, kwargs = case
+  g = conv_geometry(x_shape, w_shape, jnp.bfloat16, **kwargs)
+  g32 = _geometry(case)
+  x = rng.standard_normal(x_shape).astype(np.float32)
+  x[0, 0, 0, 0], x[-1, -1, -1, 0] = np.nan, np.inf  # a NaN's and an inf's neighbourhoods
+  x, w = (jnp.asarray(a, jnp.bfloat16) for a in (x, rng.standard_normal(w_shape)))
+  b = jnp.asarray(rng.standard_normal(g.out_channels), jnp.float32)
+  wide = lambda a: a.astype(jnp.float32)
+  for direct in ("1", "0"):  # read per call by the extension, and when a call is traced
+    monkeypatch.setenv(onednn.DIRECT_ENV, direct)
+    want = [onednn.forward(wide(x), wide(w), g32), onednn.forward_bias(wide(x), wide(w), b, g32)]
+    want = [np.asarray(a.astype(jnp.bfloat16)).view(np.uint16) for a in want]
+    assert np.isnan(want[0].view(jnp.bfloat16).astype(np.float32)).any()
+    got = [onednn.forward(x, w, g), onednn.forward_bias(x, w, b, g)]
+    assert all(a.dtype == jnp.bfloat16 for a in got)
+    assert [np.array_equal(np.asarray(a).view(np.uint16), c) for a, c in zip(got, want, strict=True)] == [True, True]
 
 
 def test_wait_policy_is_set_for_the_load_only(monkeypatch):

@@ -49,11 +49,16 @@ float32 primitive and rounds dw back. oneDNN 3.2's bfloat16 backward-weights on 
 (LeNet's 1 -> 6 and 6 -> 16) ran 1.5-2x slower than float32 on an AMX-BF16 Xeon, and a LeNet
 training step with bfloat16 convolutions fell from 1.6x to 1.0x the float32 step's time with this
 rule; from 32 output channels on, bfloat16 ran faster and keeps its own code. Likewise a 16-bit
-forward from one input channel into at most 16 outputs (LeNet's conv1) runs in float32, where it
-takes the extension's single-channel loops: on a Zen 4 EPYC (AVX512-BF16, no AMX) LeNet's bfloat16
-conv1 forward fell from 0.64 to 0.40 ms, the conversions included, and the bfloat16 training step
-from 3.42 to 3.13 ms. Products of 16-bit values are exact in float32 and the sums are float32 in
-either code, so only the summation order differs.
+forward from one input channel into at most 16 outputs (LeNet's conv1) runs in float32, on the
+extension's single-channel loops: on a Zen 4 EPYC (AVX512-BF16, no AMX) LeNet's bfloat16 conv1
+forward fell from 0.64 to 0.40 ms, the conversions included, and the bfloat16 training step from
+3.42 to 3.13 ms. Where those loops serve a bfloat16 forward (AVX-512, ``_direct``), they take the
+bfloat16 operands themselves, widening them as they read them and rounding y to nearest even as
+they write it, which gives the bits of the float32 loops on converted operands without XLA's two
+conversion passes: LeNet's conv1 forward (batch 128, one jitted call, with the conversions) fell
+from 0.88 to 0.33 ms on a 2-core Xeon with AMX. float16, and CPUs without AVX-512, convert in XLA.
+Products of 16-bit values are exact in float32 and the sums are float32 in either code, so only the
+summation order differs.
 
 The bias: ``forward_bias`` adds a bias inside oneDNN's forward primitive and ``kernel_grad_bias``
 has backward-weights also give its gradient (oneDNN's ``diff_bias``) in the same pass over dy, so
@@ -181,10 +186,11 @@ def _load() -> ctypes.CDLL | str:
       f"oneDNN from {library!r} cannot run on this CPU: {info[len('error: ') :]} (a SYCL build, such as PyPI's "
       f"'onednn' 2026.x, has no CPU engine without a SYCL CPU device): pip install {DISTRIBUTION}"
     )
+  problem = [ctypes.c_int64] * 3 + [ctypes.POINTER(ctypes.c_int64)] * 6 + [ctypes.c_int64]
   lib.jaxconv_onednn_probe.restype = ctypes.c_char_p
-  lib.jaxconv_onednn_probe.argtypes = (
-    [ctypes.c_int64] * 3 + [ctypes.POINTER(ctypes.c_int64)] * 6 + [ctypes.c_int64, ctypes.c_int64]
-  )
+  lib.jaxconv_onednn_probe.argtypes = problem + [ctypes.c_int64]
+  lib.jaxconv_onednn_direct.restype = ctypes.c_int64
+  lib.jaxconv_onednn_direct.argtypes = problem
   for target in _TARGETS.values():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
   return lib
@@ -209,23 +215,22 @@ def _ints(values) -> ctypes.Array:
   return (ctypes.c_int64 * max(len(values), 1))(*values)
 
 
+def _problem(g: ConvGeometry, op: int) -> tuple:
+  """The C side's description of ``g``'s primitive ``op``: op, dtype code, rank, shapes, geometry, groups."""
+  lo, hi = zip(*g.padding)
+  shapes = (g.x_shape, g.w_shape, g.stride, g.dilation, lo, hi)
+  return (op, _DTYPE_CODES[np.dtype(g.dtype)], g.rank, *map(_ints, shapes), g.groups)
+
+
 def _probe_one(g: ConvGeometry, op: int, bias: bool) -> str | None:
   """Builds (and caches, C++ side) one primitive of ``g``: None, or oneDNN's refusal."""
-  lo, hi = zip(*g.padding)
-  reason = _library().jaxconv_onednn_probe(
-    op,
-    _DTYPE_CODES[np.dtype(g.dtype)],
-    g.rank,
-    _ints(g.x_shape),
-    _ints(g.w_shape),
-    _ints(g.stride),
-    _ints(g.dilation),
-    _ints(lo),
-    _ints(hi),
-    g.groups,
-    int(bias),
-  )
+  reason = _library().jaxconv_onednn_probe(*_problem(g, op), int(bias))
   return None if reason is None else reason.decode()
+
+
+def _direct(g: ConvGeometry, op: str) -> bool:
+  """Whether the extension's direct loops run ``g``'s ``op`` (read when a call is traced; see the module docstring)."""
+  return bool(_library().jaxconv_onednn_direct(*_problem(g, _OPS[op])))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -344,8 +349,9 @@ def single_channel_16bit_forward(g: ConvGeometry) -> bool:
 
 
 def _forward_problem(x: jax.Array, w: jax.Array, g: ConvGeometry) -> tuple[jax.Array, jax.Array, ConvGeometry]:
-  """The operands and geometry the forward runs on: float32 ones where ``single_channel_16bit_forward(g)``."""
-  return _in_float32(single_channel_16bit_forward(g), x, w, g)
+  """The operands and geometry the forward runs on: float32 ones where ``single_channel_16bit_forward(g)``,
+  unless the direct loops take the 16-bit operands themselves."""
+  return _in_float32(single_channel_16bit_forward(g) and not _direct(g, "forward"), x, w, g)
 
 
 def forward_bias(x: jax.Array, w: jax.Array, b: jax.Array, g: ConvGeometry) -> jax.Array:
