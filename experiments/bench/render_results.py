@@ -252,8 +252,8 @@ PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
     step_breakdown,
   ),
   "lenet_step_breakdown.json": (
-    "Where a LeNet training step's time goes, against PyTorch eager",
-    "python experiments/bench/profile_step.py --impl auto --compiler_options both",
+    "Where a LeNet training step's time goes, float32 and bfloat16, against PyTorch eager",
+    "python experiments/bench/profile_step.py --impl auto --dtype float32 --dtype bfloat16",
     step_breakdown,
   ),
   "lenet_speedrun_seeds.json": (
@@ -261,11 +261,14 @@ PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
     "python experiments/bench_training.py --time-to-accuracy 0.99 --config configs/lenet_speedrun.py --seeds 0 1 2",
     time_to_accuracy,
   ),
-  "lenet_bf16_throughput.json": (
-    "LeNet training throughput, bfloat16 against float32",
-    "python experiments/bench_training.py --config configs/lenet_bf16.py --rounds 3 --notorch",
-    throughput,
-  ),
+  **{
+    f"lenet_bf16_throughput_{run}.json": (
+      f"LeNet training throughput, bfloat16 against float32 ({run})",
+      "python experiments/bench_training.py --config configs/lenet_bf16.py --rounds 3 --notorch",
+      throughput,
+    )
+    for run in (1, 2)
+  },
   "resnet_auto_vs_lax.json": (
     "ResNet training throughput, auto against lax",
     "python experiments/bench_training.py --config configs/resnet_mnist.py --impl auto --impl lax --notorch "
@@ -277,30 +280,22 @@ PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
 OTHER_MACHINE = "amd_epyc"
 
 
-def _on_other_machine(name: str, title_suffix: str = "") -> tuple[str, str, Callable[[Path, dict], str]]:
+def _on_other_machine(name: str) -> tuple[str, str, Callable[[Path, dict], str]]:
   """The page entry of ``name`` (a file here), for the other machine's run of the same command."""
   title, command, renderer = PAGES[name]
-  return f"{title} (AMD EPYC{title_suffix})", command, renderer
+  return f"{title} (AMD EPYC)", command, renderer
 
 
-PAGES |= {
-  f"{OTHER_MACHINE}/{name}": _on_other_machine(name)
-  for name in ("kernels.json", "lenet_throughput_1.json", "lenet_throughput_2.json", "lenet_speedrun_seeds.json")
-}
-PAGES[f"{OTHER_MACHINE}/lenet_step_breakdown_before.json"] = (
+# The other machine's step breakdown before the change it measured is a different one.
+_OTHER_BEFORE = (
   "Where a LeNet training step's time went before conv1's single-channel loops, float32 and bfloat16 (AMD EPYC)",
   "python experiments/bench/profile_step.py --impl auto --dtype float32 --dtype bfloat16 (at the commit measured)",
   step_breakdown,
 )
-PAGES[f"{OTHER_MACHINE}/lenet_step_breakdown.json"] = (
-  "Where a LeNet training step's time goes, float32 and bfloat16, against PyTorch eager (AMD EPYC)",
-  "python experiments/bench/profile_step.py --impl auto --dtype float32 --dtype bfloat16",
-  step_breakdown,
-)
-for _run in (1, 2):
-  PAGES[f"{OTHER_MACHINE}/lenet_bf16_throughput_{_run}.json"] = _on_other_machine(
-    "lenet_bf16_throughput.json", f", {_run}"
-  )
+PAGES |= {
+  f"{OTHER_MACHINE}/{name}": _OTHER_BEFORE if name == "lenet_step_breakdown_before.json" else _on_other_machine(name)
+  for name in list(PAGES)
+}
 
 INTRO = """# Benchmarks
 
