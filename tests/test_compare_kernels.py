@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "experiments" / "compare_kernels.py"
+SCRIPT = "experiments/compare_kernels.py"  # run_script takes it from the root
 # The smallest named shape, one timed repeat, no torch: the run checks plumbing, not speed.
 FAST = ["--shapes", "lenet_conv2", "--repeats", "1", "--no-torch"]
 
@@ -45,20 +43,13 @@ def checkout_state() -> tuple[str, dict[str, float]]:
   return status, mtimes
 
 
-def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-  """The script in a subprocess that imports this checkout."""
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-  return subprocess.run(
-    [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-  )
-
-
 @pytest.mark.slow  # runs the script end to end
-def test_user_kernels_are_compared_and_nothing_is_written_without_out(tmp_path):
+def test_user_kernels_are_compared_and_nothing_is_written_without_out(tmp_path, run_script):
   good = kernel_file(tmp_path, "user_good")
   wrong = kernel_file(tmp_path, "user_wrong", scale=" * 2.0", note=" doubled")
   before = checkout_state()
-  out = run("--kernels-from", str(good), "--kernels-from", str(wrong), "--impl", "user_good", "user_wrong", *FAST)
+  users = ["--kernels-from", str(good), "--kernels-from", str(wrong), "--impl", "user_good", "user_wrong"]
+  out = run_script(SCRIPT, *users, *FAST)
   assert out.returncode == 0, out.stderr[-3000:]
   assert checkout_state() == before, "compare_kernels.py wrote into the checkout without --out"
   assert "wrote" not in out.stdout
@@ -68,11 +59,11 @@ def test_user_kernels_are_compared_and_nothing_is_written_without_out(tmp_path):
 
 
 @pytest.mark.slow  # runs the script end to end
-def test_out_writes_json_and_markdown(tmp_path):
+def test_out_writes_json_and_markdown(tmp_path, run_script):
   good = kernel_file(tmp_path, "user_good")
   wrong = kernel_file(tmp_path, "user_wrong", scale=" * 2.0")
-  out = run(
-    "--kernels-from", str(good), "--kernels-from", str(wrong), "--impl", "user_good", "user_wrong",
+  out = run_script(
+    SCRIPT, "--kernels-from", str(good), "--kernels-from", str(wrong), "--impl", "user_good", "user_wrong",
     *FAST, "--out", str(tmp_path / "out"),
   )  # fmt: skip
   assert out.returncode == 0, out.stderr[-3000:]
@@ -92,7 +83,7 @@ def test_out_writes_json_and_markdown(tmp_path):
     (["--impl", "not_registered"], "unknown ['not_registered']"),
   ],
 )
-def test_refusals_are_one_line(args, message):
-  out = run(*args, *FAST)
+def test_refusals_are_one_line(args, message, run_script):
+  out = run_script(SCRIPT, *args, *FAST)
   assert out.returncode != 0
   assert out.stderr.strip().splitlines() == [out.stderr.strip()] and message in out.stderr, out.stderr
