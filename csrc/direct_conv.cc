@@ -481,8 +481,9 @@ void SingleChannelForward(const Shape& s, const T* x, const T* w, const float* b
   const SingleForwardFn pass = SingleKernels(k).forward;
   parallel(Chunks(s.batch), [&](int64_t chunk) {
     float* padded = Zeroed(g.padded, 0);
-    float* expanded = Zeroed((h + 1) * g.stride, 1);  // the last row stays zero: the padding's rows
-    float* out = Zeroed(kSingleRows * out_stride, 2);
+    float* expanded = Scratch((h + 1) * g.stride, 1);  // ExpandRows writes every chunk of rows [0, h)
+    std::fill(expanded + h * g.stride, expanded + (h + 1) * g.stride, 0.0f);  // the padding's rows read row h
+    float* out = Scratch(kSingleRows * out_stride, 2);  // each pass writes all its chunks
     float* widened = Scratch(h * s.width, 3);
     const float* zero_row = expanded + h * g.stride;
     const int64_t n1 = std::min(s.batch, (chunk + 1) * kBatchChunk);
@@ -516,7 +517,7 @@ void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, f
   parallel(batch_chunks, [&](int64_t chunk) {
     float* sums = partial.data() + chunk * count;
     float* padded = Zeroed(g.padded, 0);
-    float* expanded = Zeroed(h * g.stride, 1);
+    float* expanded = Scratch(h * g.stride, 1);  // ExpandRows writes every chunk of its rows
     float* dy_padded = Zeroed(dy_rows * g.stride, 2);
     float* dy_zero = dy_padded - dy_first * g.stride;  // row 0 of dy
     float* bias_sums = sums + taps * g.period * kLanes;
