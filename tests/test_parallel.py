@@ -194,6 +194,7 @@ def test_short_run_on_four_devices_trains_and_writes_metrics(four):
   assert history[-1]["test_accuracy"] == sharded["correct"] / TEST_SIZE
 
 
+@pytest.mark.slow  # the four-device run takes ~20 s (test_validate_config_checks_the_parallel_fields is fast)
 @pytest.mark.parametrize(
   "field, message",
   [
