@@ -814,17 +814,28 @@ extern "C" const char* jaxconv_onednn_info() {
   return message.c_str();
 }
 
-// Builds (and caches) the primitive of one problem: nullptr when oneDNN implements it, else why not.
-// dtype: 0 float32, 1 bfloat16, 2 float16. Shapes are the unbatched x (N, *spatial, C_in) and w.
-// bias: 1 for forward with a bias or backward-weights with its gradient.
+namespace {
+
+// The problem that jaxconv_onednn_probe's and jaxconv_onednn_direct's arguments describe. dtype: 0
+// float32, 1 bfloat16, 2 float16. Shapes are the unbatched x (N, *spatial, C_in) and w.
+Problem CodedProblem(int64_t op, int64_t dtype, int64_t rank, const int64_t* x_shape, const int64_t* w_shape,
+                     const int64_t* stride, const int64_t* dilation, const int64_t* lo, const int64_t* hi, int64_t groups,
+                     bool bias) {
+  static const dnnl::memory::data_type types[] = {dnnl::memory::data_type::f32, dnnl::memory::data_type::bf16,
+                                                  dnnl::memory::data_type::f16};
+  if (dtype < 0 || dtype > 2) throw std::invalid_argument("unknown dtype code");
+  return MakeProblem(op, types[dtype], x_shape, w_shape, rank, stride, dilation, lo, hi, groups, bias);
+}
+
+}  // namespace
+
+// Builds (and caches) the primitive of one problem (CodedProblem): nullptr when oneDNN implements
+// it, else why not. bias: 1 for forward with a bias or backward-weights with its gradient.
 extern "C" const char* jaxconv_onednn_probe(int64_t op, int64_t dtype, int64_t rank, const int64_t* x_shape,
                                             const int64_t* w_shape, const int64_t* stride, const int64_t* dilation,
                                             const int64_t* lo, const int64_t* hi, int64_t groups, int64_t bias) {
-  static const dnnl::memory::data_type types[] = {dnnl::memory::data_type::f32, dnnl::memory::data_type::bf16,
-                                                  dnnl::memory::data_type::f16};
   try {
-    if (dtype < 0 || dtype > 2) throw std::invalid_argument("unknown dtype code");
-    Lookup(MakeProblem(op, types[dtype], x_shape, w_shape, rank, stride, dilation, lo, hi, groups, bias != 0));
+    Lookup(CodedProblem(op, dtype, rank, x_shape, w_shape, stride, dilation, lo, hi, groups, bias != 0));
     return nullptr;
   } catch (const dnnl::error& e) {
     message = std::string("oneDNN has no implementation (") + e.what() + ")";
@@ -834,14 +845,16 @@ extern "C" const char* jaxconv_onednn_probe(int64_t op, int64_t dtype, int64_t r
   return message.c_str();
 }
 
-// Whether the problem (as in jaxconv_onednn_probe) runs on the direct loops (Direct): 1 or 0.
+// Whether the problem (CodedProblem) runs on the direct loops (Direct): 1 or 0 (also for a problem
+// the probe would refuse).
 extern "C" int64_t jaxconv_onednn_direct(int64_t op, int64_t dtype, int64_t rank, const int64_t* x_shape,
                                          const int64_t* w_shape, const int64_t* stride, const int64_t* dilation,
                                          const int64_t* lo, const int64_t* hi, int64_t groups) {
-  static const dnnl::memory::data_type types[] = {dnnl::memory::data_type::f32, dnnl::memory::data_type::bf16,
-                                                  dnnl::memory::data_type::f16};
-  if (dtype < 0 || dtype > 2) return 0;
-  return Direct(MakeProblem(op, types[dtype], x_shape, w_shape, rank, stride, dilation, lo, hi, groups, false)) ? 1 : 0;
+  try {
+    return Direct(CodedProblem(op, dtype, rank, x_shape, w_shape, stride, dilation, lo, hi, groups, false)) ? 1 : 0;
+  } catch (const std::exception&) {
+    return 0;
+  }
 }
 
 #pragma GCC visibility pop
