@@ -1,8 +1,9 @@
 """Builds jaxconv's one native part, the oneDNN convolution extension ``jaxconv/_onednn*.so``.
 
 It is ``csrc/onednn_conv.cc`` (oneDNN's primitives) and ``csrc/direct_conv.cc`` (its own direct
-loops for narrow input gradients and single-channel kernel gradients), compiled with OpenMP: the
-direct loops share oneDNN's GNU OpenMP runtime (``libgomp``).
+loops for narrow input gradients and single-channel convolutions, built for AVX-512, and again from
+``csrc/direct_conv_avx2.cc`` for AVX2 with FMA; the extension picks by the CPU at run time),
+compiled with OpenMP: the direct loops share oneDNN's GNU OpenMP runtime (``libgomp``).
 
 Everything else is in pyproject.toml. The extension is a plain shared library of XLA FFI handlers
 (loaded with ctypes, no Python C API), compiled against XLA's FFI headers (from ``jaxlib``) and
@@ -100,8 +101,8 @@ setup(
   ext_modules=[
     Extension(
       "jaxconv._onednn",
-      sources=["csrc/onednn_conv.cc", "csrc/direct_conv.cc"],
-      depends=["csrc/direct_conv.h"],
+      sources=["csrc/onednn_conv.cc", "csrc/direct_conv.cc", "csrc/direct_conv_avx2.cc"],
+      depends=["csrc/direct_conv.h", "csrc/direct_conv.cc"],
       language="c++",
       libraries=["dnnl", "dl"],
       extra_compile_args=["-std=c++17", "-O2", "-g0", "-fvisibility=hidden", "-fopenmp"],

@@ -1,4 +1,6 @@
 // Direct convolution vectorized over the output's width (see direct_conv.h for the algorithm).
+// This file is compiled twice: on its own for AVX-512 (namespace avx512, 16 lanes), and from
+// direct_conv_avx2.cc, with JAXCONV_DIRECT_AVX2 defined, for AVX2 with FMA (namespace avx2, 8 lanes).
 
 #include "direct_conv.h"
 
@@ -7,26 +9,51 @@
 #include <numeric>
 #include <vector>
 
-namespace jaxconv_direct {
-namespace {
-
-// 16 float32 lanes: one AVX-512 register, two AVX2 ones, four SSE ones (GCC splits the operations).
-typedef float Vec __attribute__((vector_size(64)));
-typedef int32_t IndexVec __attribute__((vector_size(64)));
-constexpr int64_t kLanes = 16;
-constexpr int kMaxOutBlock = 8;  // output channels per pass over the input rows
-constexpr int kRowBlock = 2;     // output rows per pass: twice the accumulators, each input row loaded once
-
-// Each hot loop is compiled for AVX-512, for AVX with FMA and for the baseline, and the loader picks
-// by the CPU's features. (Not "arch=..." clones: their resolver tests the CPU model, and a Sapphire
-// Rapids is no "skylake-avx512" to it.)
-#if defined(__x86_64__) && defined(__GNUC__)
-#define JAXCONV_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
+#if defined(JAXCONV_DIRECT_AVX2)
+#define JAXCONV_ISA avx2
+#define JAXCONV_ISA_NAME "avx2"
 #else
-#define JAXCONV_CLONES
+#define JAXCONV_ISA avx512
+#define JAXCONV_ISA_NAME "avx512"
 #endif
 
-// An unaligned vector load; a macro, so that each clone expands it with its own instructions.
+namespace jaxconv_direct {
+namespace JAXCONV_ISA {
+namespace {
+
+#if defined(JAXCONV_DIRECT_AVX2)
+// 8 float32 lanes: one AVX2 register (16 of them).
+constexpr int64_t kLanes = 8;
+constexpr int kRowBlock = 1;  // output rows per pass over the input rows
+#else
+// 16 float32 lanes: one AVX-512 register (32 of them).
+constexpr int64_t kLanes = 16;
+constexpr int kRowBlock = 2;  // output rows per pass: twice the accumulators, each input row loaded once
+#endif
+typedef float Vec __attribute__((vector_size(kLanes * 4)));
+typedef int32_t IndexVec __attribute__((vector_size(kLanes * 4)));
+constexpr int kMaxOutBlock = 8;  // output channels per pass over the input rows
+
+// Output channels per pass for rows of `vectors` vectors. AVX2: as many as 12 accumulators hold (of
+// 16 registers; the input's vectors and a weight beside them). AVX-512: always kMaxOutBlock (its 32
+// registers hold LeNet's 2 x 8 one-vector rows; wider rows spill).
+#if defined(JAXCONV_DIRECT_AVX2)
+int64_t OutBlock(int64_t vectors) { return std::clamp<int64_t>(12 / (kRowBlock * vectors), 1, kMaxOutBlock); }
+#else
+int64_t OutBlock(int64_t) { return kMaxOutBlock; }
+#endif
+
+// Each hot loop is compiled for its build's ISA; the extension calls a build only on a CPU that has
+// it (LoopsForThisCpu).
+#if defined(__x86_64__) && defined(__GNUC__) && defined(JAXCONV_DIRECT_AVX2)
+#define JAXCONV_TARGET __attribute__((target("avx2,fma")))
+#elif defined(__x86_64__) && defined(__GNUC__)
+#define JAXCONV_TARGET __attribute__((target("avx512f")))
+#else
+#define JAXCONV_TARGET
+#endif
+
+// An unaligned vector load; a macro, so that it expands with the instructions of the function using it.
 #define JAXCONV_LOAD(vec, pointer) std::memcpy(&(vec), (pointer), sizeof(Vec))
 
 int64_t Vectors(int64_t width) { return (width + kLanes - 1) / kLanes; }
@@ -34,10 +61,10 @@ int64_t Vectors(int64_t width) { return (width + kLanes - 1) / kLanes; }
 // Widening and rounding (see Bf16 in direct_conv.h); the float32 overloads copy.
 void ToFloats(const float* in, int64_t n, float* out) { std::memcpy(out, in, n * sizeof(float)); }
 
-typedef uint32_t BitsVec __attribute__((vector_size(64)));
-typedef uint16_t HalfBitsVec __attribute__((vector_size(32)));
+typedef uint32_t BitsVec __attribute__((vector_size(kLanes * 4)));
+typedef uint16_t HalfBitsVec __attribute__((vector_size(kLanes * 2)));
 
-JAXCONV_CLONES void ToFloats(const Bf16* in, int64_t n, float* out) {
+JAXCONV_TARGET void ToFloats(const Bf16* in, int64_t n, float* out) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     HalfBitsVec half;
@@ -55,13 +82,13 @@ void FromFloats(const float* in, int64_t n, float* out) { std::memcpy(out, in, n
 
 // A float32's bits (u, one or a vector of them) rounded to bfloat16's, in place: to nearest even; a
 // NaN stays a NaN of its sign, made quiet (XLA's convert gives the same bits). By reference, so that
-// no 64-byte vector crosses a call boundary (whose ABI differs between the clones).
+// no vector crosses a call boundary (whose ABI differs between targets).
 template <typename U>
 void RoundToBf16(U& u) {
   u = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
-JAXCONV_CLONES void FromFloats(const float* in, int64_t n, Bf16* out) {
+JAXCONV_TARGET void FromFloats(const float* in, int64_t n, Bf16* out) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     BitsVec u;
@@ -111,7 +138,7 @@ void ToPlanar(const Shape& s, const float* xn, int64_t stride, float* planar) {
 
 // Output rows [y0, y0 + rows) and channels [o0, o0 + OB) of one batch element.
 template <int OB, int VW>
-JAXCONV_CLONES void ForwardRows(const Shape& s, const float* planar, int64_t stride, const float* w, int64_t o0, int64_t y0,
+JAXCONV_TARGET void ForwardRows(const Shape& s, const float* planar, int64_t stride, const float* w, int64_t o0, int64_t y0,
                                 int64_t rows, float* yn) {
   const int64_t c_in = s.in_channels, o_all = s.out_channels, kw = s.kernel_w, wo = s.out_width();
   Vec acc[kRowBlock][OB][VW];
@@ -175,59 +202,55 @@ JAXCONV_CLONES void ForwardRows(const Shape& s, const float* planar, int64_t str
 
 using ForwardFn = void (*)(const Shape&, const float*, int64_t, const float*, int64_t, int64_t, int64_t, float*);
 
-template <int OB>
+// Rows of at most kMaxWidth floats: up to 4 vectors on AVX-512, 8 on AVX2.
+constexpr int kMaxVectors = kMaxWidth / kLanes;
+
+template <int OB, int VW = 1>
 ForwardFn ForwardFor(int64_t vectors) {
-  switch (vectors) {
-    case 1: return ForwardRows<OB, 1>;
-    case 2: return ForwardRows<OB, 2>;
-    case 3: return ForwardRows<OB, 3>;
-    default: return ForwardRows<OB, 4>;
+  if constexpr (VW < kMaxVectors) {
+    if (vectors > VW) return ForwardFor<OB, VW + 1>(vectors);
   }
+  return ForwardRows<OB, VW>;
 }
 
+template <int OB = 1>
 ForwardFn ForwardKernel(int64_t out_block, int64_t vectors) {
-  switch (out_block) {
-    case 1: return ForwardFor<1>(vectors);
-    case 2: return ForwardFor<2>(vectors);
-    case 3: return ForwardFor<3>(vectors);
-    case 4: return ForwardFor<4>(vectors);
-    case 5: return ForwardFor<5>(vectors);
-    case 6: return ForwardFor<6>(vectors);
-    case 7: return ForwardFor<7>(vectors);
-    default: return ForwardFor<8>(vectors);
+  if constexpr (OB < kMaxOutBlock) {
+    if (out_block > OB) return ForwardKernel<OB + 1>(out_block, vectors);
   }
+  return ForwardFor<OB>(vectors);
 }
 
 // The single-channel loops (C = 1) put a row's pixels and channels on the lanes: a row of y or dy
-// (channels-last, Wo * O floats) is cut into chunks of 16 lanes, lane t being pixel t / O and channel
+// (channels-last, Wo * O floats) is cut into chunks of L lanes (kLanes), lane t being pixel t / O and channel
 // t % O, and an input row is "expanded" to match, each pixel repeated O times, so that the input
 // pixel of output lane t under kernel column j sits at lane t + j * O of the expanded row. Chunk c's
-// channels depend only on its phase k = c % P (P = O / gcd(O, 16) chunks hold a whole number of
-// pixels). The kernels are unrolled over the K x K taps, held in registers (AVX-512 has 32): the
-// weights (forward) or the accumulators (kernel gradient) of one phase, K * K <= 25 of them.
-constexpr int kMaxSingleKernel = 5;
-constexpr int kSingleRows = 7;  // output rows per forward pass (7 accumulators and K x K <= 25 weights in registers)
+// channels depend only on its phase k = c % P (P = O / gcd(O, L) chunks hold a whole number of
+// pixels). The kernels are unrolled over the K x K taps. AVX-512's 32 registers hold the weights
+// (forward) or the accumulators (kernel gradient) of one phase, K * K <= 25 of them; AVX2's 16 hold
+// one kernel row's weights (forward) or two kernel rows' accumulators (kernel gradient) at a time.
+constexpr int kSingleRows = 7;  // output rows per forward pass (7 accumulators beside the weights)
 
 int64_t Period(int64_t o) { return o / std::gcd(o, kLanes); }
 
-int64_t Chunks16(int64_t floats) { return (floats + kLanes - 1) / kLanes; }
+int64_t ChunksOf(int64_t floats) { return (floats + kLanes - 1) / kLanes; }
 
 // The lane layout of a single-channel problem, derived once per call: chunks of y's and dy's rows,
-// of the expanded input rows, and the pattern that expands 16 pixels into each chunk phase.
+// of the expanded input rows, and the pattern that expands a vector of pixels into each chunk phase.
 struct SingleChannelRows {
   int64_t period;           // P: chunks that hold a whole number of pixels
   int64_t row;              // floats of a y or dy row: Wo * O
   int64_t chunks;           // chunks of such a row
   int64_t stride;           // floats of an expanded row: the row's chunks, shifted by up to (K - 1) * O lanes
   int64_t padded;           // floats of ExpandRows' padded input row
-  IndexVec repeat[kLanes];  // chunk k takes 16 pixels from (16 k) / O on: lane l is the (repeat[k][l])th (P < 16)
+  IndexVec repeat[kMaxSingleOut];  // chunk k takes pixels from (L k) / O on (L lanes): lane l is the (repeat[k][l])th
 
   explicit SingleChannelRows(const Shape& s) {
     const int64_t o = s.out_channels;
     period = Period(o);
     row = s.out_width() * o;
-    chunks = Chunks16(row);
-    const int64_t expanded_chunks = chunks + Chunks16((s.kernel_w - 1) * o) + 1;
+    chunks = ChunksOf(row);
+    const int64_t expanded_chunks = chunks + ChunksOf((s.kernel_w - 1) * o) + 1;
     stride = expanded_chunks * kLanes;
     padded = std::max(s.pad_left + s.width, stride / o) + 2 * kLanes;
     for (int64_t k = 0; k < period; ++k) {
@@ -238,7 +261,7 @@ struct SingleChannelRows {
 
 // The expanded rows of one batch element: pixels of row r at rows + r * g.stride. `padded` holds
 // one input row with its left padding (g.padded floats, zero outside the row).
-JAXCONV_CLONES void ExpandRows(const Shape& s, const SingleChannelRows& g, const float* xn, float* padded, float* rows) {
+JAXCONV_TARGET void ExpandRows(const Shape& s, const SingleChannelRows& g, const float* xn, float* padded, float* rows) {
   const int64_t o = s.out_channels, chunks = g.stride / kLanes;
   for (int64_t r = 0; r < s.height; ++r) {
     std::memcpy(padded + s.pad_left, xn + r * s.width, s.width * sizeof(float));
@@ -255,8 +278,8 @@ JAXCONV_CLONES void ExpandRows(const Shape& s, const SingleChannelRows& g, const
 }
 
 // dy's Ho rows of `row` floats (one batch element) into `rows`, `stride` floats apart; the sum of
-// their chunks of each phase k added to sums[k * 16, (k + 1) * 16) (db's partial sums).
-JAXCONV_CLONES void CopyRows(const float* dyn, int64_t ho, int64_t row, int64_t stride, int64_t chunks, int64_t period,
+// their chunks of each phase k added to sums[k * L, (k + 1) * L) (db's partial sums).
+JAXCONV_TARGET void CopyRows(const float* dyn, int64_t ho, int64_t row, int64_t stride, int64_t chunks, int64_t period,
                              float* rows, float* sums) {
   for (int64_t y = 0; y < ho; ++y) std::memcpy(rows + y * stride, dyn + y * row, row * sizeof(float));
   for (int64_t k = 0; k < period; ++k) {
@@ -273,7 +296,7 @@ JAXCONV_CLONES void CopyRows(const float* dyn, int64_t ho, int64_t row, int64_t 
   }
 }
 
-// Lane patterns of the P phases: patterns[(tap * P + k) * 16 + l] = values[tap * o + (16 k + l) % o].
+// Lane patterns of the P phases: patterns[(tap * P + k) * L + l] = values[tap * o + (L k + l) % o].
 std::vector<float> PhasePatterns(const float* values, int64_t taps, int64_t o) {
   const int64_t period = Period(o);
   std::vector<float> patterns(taps * period * kLanes + kLanes);
@@ -283,8 +306,8 @@ std::vector<float> PhasePatterns(const float* values, int64_t taps, int64_t o) {
   return patterns;
 }
 
-// The inverse fold: out[tap * o + m] = the sum of lanes[(tap * P + k) * 16 + l] over the lanes with
-// (16 k + l) % o == m, for `taps` taps.
+// The inverse fold: out[tap * o + m] = the sum of lanes[(tap * P + k) * L + l] over the lanes with
+// (L k + l) % o == m, for `taps` taps.
 void FoldPhases(const float* lanes, int64_t taps, int64_t o, float* out) {
   const int64_t period = Period(o);
   std::fill(out, out + taps * o, 0.0f);
@@ -295,11 +318,44 @@ void FoldPhases(const float* lanes, int64_t taps, int64_t o, float* out) {
 
 // Output rows [y0, y0 + kSingleRows) of one batch element: rows[t] is the expanded input row that
 // kernel row i of output row y0 + q reads at t = q + i (a zero row in the padding); out rows of
-// `out_stride` floats get `chunks` chunks each. The K x K weight patterns of a phase stay in
-// registers; each expanded chunk is loaded once for the kSingleRows output rows that use it, whose
-// accumulators are independent enough to hide the multiply-adds' latency.
+// `out_stride` floats get `chunks` chunks each. Each output chunk is the bias plus the sum over i,
+// then j, of expanded chunk (q + i, j) times weight pattern (i, j), whose accumulators, kSingleRows
+// of them, are independent enough to hide the multiply-adds' latency. AVX-512: the K x K weight
+// patterns of a phase stay in registers, and each expanded chunk is loaded once for all the output
+// rows that use it. AVX2: one kernel row's K patterns at a time, each expanded chunk read by one
+// multiply-add (as its memory operand); the same sums in the same order, so the same bits.
+#if defined(JAXCONV_DIRECT_AVX2)
 template <int K>
-JAXCONV_CLONES void SingleChannelForwardRows(const float* const* rows, const float* weights, const float* bias, int64_t period,
+JAXCONV_TARGET void SingleChannelForwardRows(const float* const* rows, const float* weights, const float* bias, int64_t period,
+                                             int64_t o, int64_t chunks, float* out, int64_t out_stride) {
+  for (int64_t k = 0; k < period; ++k) {
+    for (int64_t c = k; c < chunks; c += period) {
+      Vec acc[kSingleRows];
+      #pragma GCC unroll 16
+      for (int q = 0; q < kSingleRows; ++q) JAXCONV_LOAD(acc[q], bias + k * kLanes);
+      #pragma GCC unroll 1  // unrolled, the K x K weights' loads are hoisted together and spill
+      for (int i = 0; i < K; ++i) {
+        Vec w[K];
+        #pragma GCC unroll 16
+        for (int j = 0; j < K; ++j) JAXCONV_LOAD(w[j], weights + ((i * K + j) * period + k) * kLanes);
+        #pragma GCC unroll 16
+        for (int q = 0; q < kSingleRows; ++q) {
+          #pragma GCC unroll 16
+          for (int j = 0; j < K; ++j) {
+            Vec e;
+            JAXCONV_LOAD(e, rows[q + i] + c * kLanes + j * o);
+            acc[q] += e * w[j];
+          }
+        }
+      }
+      #pragma GCC unroll 16
+      for (int q = 0; q < kSingleRows; ++q) std::memcpy(out + q * out_stride + c * kLanes, &acc[q], sizeof(Vec));
+    }
+  }
+}
+#else
+template <int K>
+JAXCONV_TARGET void SingleChannelForwardRows(const float* const* rows, const float* weights, const float* bias, int64_t period,
                                              int64_t o, int64_t chunks, float* out, int64_t out_stride) {
   for (int64_t k = 0; k < period; ++k) {
     Vec w[K][K];
@@ -329,12 +385,66 @@ JAXCONV_CLONES void SingleChannelForwardRows(const float* const* rows, const flo
     }
   }
 }
+#endif
 
-// sums[(tap * P + k) * 16 + l] += the products of one batch element: expanded input row r (of h, at
+// sums[(tap * P + k) * L + l] += the products of one batch element: expanded input row r (of h, at
 // expanded + r * stride) times dy row r + pad_top - i for kernel row i (dy_rows + y * stride, zero
-// rows outside the output), over `chunks` chunks a row. The K x K accumulators of a phase stay in registers.
+// rows outside the output), over `chunks` chunks a row, summed over r, then the chunks of phase k.
+// AVX-512: the K x K accumulators of a phase stay in registers. AVX2: the K accumulators of IB = 2
+// kernel rows at a time (each expanded chunk loaded once for both rows' dy chunks), in K / 2 passes.
+#if defined(JAXCONV_DIRECT_AVX2)
+template <int K, int IB>
+JAXCONV_TARGET void SingleChannelWeightsRowBlock(int i0, const float* expanded, const float* dy_rows, int64_t h,
+                                                 int64_t stride, int64_t pad_top, int64_t period, int64_t o, int64_t chunks,
+                                                 float* sums) {
+  for (int64_t k = 0; k < period; ++k) {
+    Vec acc[IB][K];
+    #pragma GCC unroll 16
+    for (int b = 0; b < IB; ++b) {
+      #pragma GCC unroll 16
+      for (int j = 0; j < K; ++j) acc[b][j] = Vec{};
+    }
+    for (int64_t r = 0; r < h; ++r) {
+      const float* e = expanded + r * stride;
+      const float* d = dy_rows + (r + pad_top - i0) * stride;
+      for (int64_t c = k; c < chunks; c += period) {
+        Vec dv[IB];
+        #pragma GCC unroll 16
+        for (int b = 0; b < IB; ++b) JAXCONV_LOAD(dv[b], d - b * stride + c * kLanes);
+        #pragma GCC unroll 16
+        for (int j = 0; j < K; ++j) {
+          Vec ev;
+          JAXCONV_LOAD(ev, e + c * kLanes + j * o);
+          #pragma GCC unroll 16
+          for (int b = 0; b < IB; ++b) acc[b][j] += ev * dv[b];
+        }
+      }
+    }
+    #pragma GCC unroll 16
+    for (int b = 0; b < IB; ++b) {
+      #pragma GCC unroll 16
+      for (int j = 0; j < K; ++j) {
+        float* sum = sums + (((i0 + b) * K + j) * period + k) * kLanes;
+        Vec t;
+        JAXCONV_LOAD(t, sum);
+        t += acc[b][j];
+        std::memcpy(sum, &t, sizeof(Vec));
+      }
+    }
+  }
+}
+
 template <int K>
-JAXCONV_CLONES void SingleChannelWeightsRows(const float* expanded, const float* dy_rows, int64_t h, int64_t stride,
+void SingleChannelWeightsRows(const float* expanded, const float* dy_rows, int64_t h, int64_t stride, int64_t pad_top,
+                              int64_t period, int64_t o, int64_t chunks, float* sums) {
+  for (int i0 = 0; i0 < K; i0 += 2) {
+    const auto block = i0 + 1 < K ? SingleChannelWeightsRowBlock<K, 2> : SingleChannelWeightsRowBlock<K, 1>;
+    block(i0, expanded, dy_rows, h, stride, pad_top, period, o, chunks, sums);
+  }
+}
+#else
+template <int K>
+JAXCONV_TARGET void SingleChannelWeightsRows(const float* expanded, const float* dy_rows, int64_t h, int64_t stride,
                                              int64_t pad_top, int64_t period, int64_t o, int64_t chunks, float* sums) {
   for (int64_t k = 0; k < period; ++k) {
     Vec acc[K][K];
@@ -372,6 +482,7 @@ JAXCONV_CLONES void SingleChannelWeightsRows(const float* expanded, const float*
     }
   }
 }
+#endif
 
 using SingleForwardFn = void (*)(const float* const*, const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t);
 using SingleWeightsFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
@@ -419,19 +530,9 @@ float* Zeroed(size_t size, int slot = 0) {
   return buffer;
 }
 
-}  // namespace
-
-void SumInOrder(const float* parts, int64_t chunks, int64_t stride, int64_t size, float* out) {
-  for (int64_t i = 0; i < size; ++i) {
-    float sum = parts[i];
-    for (int64_t c = 1; c < chunks; ++c) sum += parts[c * stride + i];
-    out[i] = sum;
-  }
-}
-
 void Forward(const Shape& s, const float* x, const float* w, float* y, const ParallelFor& parallel) {
   const int64_t ho = s.out_height(), wo = s.out_width(), stride = RowStride(s);
-  const int64_t vectors = Vectors(wo);
+  const int64_t vectors = Vectors(wo), out_block = OutBlock(vectors);
   const size_t planar_size = static_cast<size_t>(s.in_channels * s.height * stride + kLanes);
   parallel(Chunks(s.batch), [&](int64_t chunk) {
     float* planar = Zeroed(planar_size);
@@ -439,8 +540,8 @@ void Forward(const Shape& s, const float* x, const float* w, float* y, const Par
     for (int64_t n = chunk * kBatchChunk; n < n1; ++n) {
       ToPlanar(s, x + n * s.height * s.width * s.in_channels, stride, planar);
       float* yn = y + n * ho * wo * s.out_channels;
-      for (int64_t o0 = 0; o0 < s.out_channels; o0 += kMaxOutBlock) {
-        const int64_t block = std::min<int64_t>(kMaxOutBlock, s.out_channels - o0);
+      for (int64_t o0 = 0; o0 < s.out_channels; o0 += out_block) {
+        const int64_t block = std::min<int64_t>(out_block, s.out_channels - o0);
         const ForwardFn rows = ForwardKernel(block, vectors);
         for (int64_t y0 = 0; y0 < ho; y0 += kRowBlock) {
           rows(s, planar, stride, w, o0, y0, std::min<int64_t>(kRowBlock, ho - y0), yn);
@@ -464,10 +565,6 @@ void BackwardData(const Shape& s, const float* dy, const float* w, float* dx, co
   const Shape t{s.batch, s.out_height(), s.out_width(), o, kh, kw, c,
                 kh - 1 - s.pad_top, kw - 1 - s.pad_left, kh - 1 - s.pad_bottom, kw - 1 - s.pad_right};
   Forward(t, dy, flipped.data(), dx, parallel);
-}
-
-bool SingleChannelServes(const Shape& s) {
-  return s.in_channels == 1 && s.kernel_h == s.kernel_w && s.kernel_h <= kMaxSingleKernel && s.out_channels < kLanes;
 }
 
 template <typename T>
@@ -533,7 +630,31 @@ void SingleChannelWeightsBias(const Shape& s, const float* x, const float* dy, f
   if (db != nullptr) FoldPhases(total.data() + taps * g.period * kLanes, 1, o, db);
 }
 
-template void SingleChannelForward(const Shape&, const float*, const float*, const float*, float*, const ParallelFor&);
-template void SingleChannelForward(const Shape&, const Bf16*, const Bf16*, const float*, Bf16*, const ParallelFor&);
+}  // namespace
+
+const Loops kLoops = {
+  JAXCONV_ISA_NAME,          kLanes, Forward, BackwardData, SingleChannelForward<float>,
+  SingleChannelForward<Bf16>, SingleChannelWeightsBias,
+};
+
+}  // namespace JAXCONV_ISA
+
+#if !defined(JAXCONV_DIRECT_AVX2)
+const Loops* LoopsForThisCpu() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (__builtin_cpu_supports("avx512f")) return &avx512::kLoops;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &avx2::kLoops;
+#endif
+  return nullptr;
+}
+
+void SumInOrder(const float* parts, int64_t chunks, int64_t stride, int64_t size, float* out) {
+  for (int64_t i = 0; i < size; ++i) {
+    float sum = parts[i];
+    for (int64_t c = 1; c < chunks; ++c) sum += parts[c * stride + i];
+    out[i] = sum;
+  }
+}
+#endif
 
 }  // namespace jaxconv_direct

@@ -330,11 +330,12 @@ const Entry& Lookup(const Problem& p) {
 }
 
 // Whether `p` runs on jaxconv's direct loops (direct_conv.h) instead of oneDNN's primitive: on a
-// CPU with AVX-512, float32 (and the bfloat16 forward below), 2-D, stride 1, no dilation, no groups,
-// pads of at most K - 1, and either
-//   - backward-data into fewer than 16 input channels, dx at most kMaxWidth wide. oneDNN vectorizes
-//     backward-data over C_in: into LeNet's 6 channels it pads them to 16 and reorders dy and dx to
-//     and from its blocked layout, 0.85-0.9 ms per call where the direct loops take 0.45-0.55; or
+// CPU with AVX-512 or with AVX2 and FMA (LoopsForThisCpu), float32 (and the bfloat16 forward
+// below), 2-D, stride 1, no dilation, no groups, pads of at most K - 1, and either
+//   - backward-data into fewer input channels than a vector's lanes (16 on AVX-512, 8 on AVX2), dx
+//     at most kMaxWidth wide. oneDNN vectorizes backward-data over C_in: into LeNet's 6 channels it
+//     pads them to 16 on AVX-512 and reorders dy and dx to and from its blocked layout, 0.85-0.9 ms
+//     per call where the direct loops take 0.45-0.55; or
 //   - forward or backward-weights from one input channel (SingleChannelServes): LeNet's conv1, with
 //     its bias or bias gradient. On a 2-core AMD EPYC (Zen 4) in LeNet's training step conv1's
 //     forward fell from 0.38 to 0.27 ms and its kernel gradient from 0.41 to 0.27 ms (the step from
@@ -342,10 +343,11 @@ const Entry& Lookup(const Problem& p) {
 //     forward also takes bfloat16 operands (read and written as bfloat16, computed in float32);
 //     bfloat16 backward-data stays oneDNN's, whose AMX code ran LeNet's conv2 input gradient in
 //     0.19-0.21 ms on a 2-core Xeon against the float32 loops' 0.57-0.70.
-// The loops keep their vectors of 16 float32 in registers, which AVX2's 16 registers of 8 cannot: on
-// that AMD EPYC, compiled for AVX2 with FMA, conv2's input gradient took 4.5 ms and conv1's kernel
-// gradient 2.0 ms against 0.65 and 0.33 for oneDNN limited to AVX2 ($ONEDNN_MAX_CPU_ISA=AVX2), so
-// without AVX-512 every problem stays oneDNN's.
+// On a 2-core AMD EPYC with AVX2 only (Zen 3), one jitted call at batch 128 each, loops against
+// oneDNN's AVX2 primitive: LeNet's conv1 forward with its bias 0.52 against 0.80-1.0 ms, its kernel
+// and bias gradients 0.58-0.60 against 0.96-1.03, conv2's input gradient 0.64 against 0.78; and
+// large_15x15's input gradient into 8 channels, which fill AVX2's 8 lanes, 16.6 on the loops against
+// 6.1 for oneDNN (hence the lanes in the rule), cifar_5x5's into 3 channels 6.0 against 14.4.
 // $JAXCONV_ONEDNN_DIRECT=0 (read per call) turns the direct loops off.
 jaxconv_direct::Shape DirectShape(const Problem& p) {
   return {p.batch,        p.spatial[0], p.spatial[1], p.in_channels, p.kernel[0], p.kernel[1],
@@ -359,12 +361,8 @@ bool TurnedOff(const char* name) {
 }
 
 bool Direct(const Problem& p) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-#else
-  static const bool avx512 = false;
-#endif
-  if (!avx512 || TurnedOff("JAXCONV_ONEDNN_DIRECT")) return false;
+  const jaxconv_direct::Loops* loops = jaxconv_direct::LoopsForThisCpu();
+  if (loops == nullptr || TurnedOff("JAXCONV_ONEDNN_DIRECT")) return false;
   const bool bf16_forward = p.dtype == dnnl::memory::data_type::bf16 && p.op == kForward;
   if ((p.dtype != dnnl::memory::data_type::f32 && !bf16_forward) || p.rank != 2 || p.groups != 1) return false;
   for (int64_t i = 0; i < 2; ++i) {
@@ -372,7 +370,7 @@ bool Direct(const Problem& p) {
     if (p.pad_lo[i] > p.kernel[i] - 1 || p.pad_hi[i] > p.kernel[i] - 1) return false;  // the flipped pads must be >= 0
   }
   if (p.op != kBackwardData) return jaxconv_direct::SingleChannelServes(DirectShape(p));
-  return p.in_channels < 16 && p.spatial[1] <= jaxconv_direct::kMaxWidth;
+  return p.in_channels < loops->lanes && p.spatial[1] <= jaxconv_direct::kMaxWidth;
 }
 
 // Problems of at most kSplitFlops are split along the batch into one part per thread of the team,
@@ -541,6 +539,10 @@ void RunSplit(const Problem& p, void* a, void* b, void* out, void* bias, const j
   if (bias) jaxconv_direct::SumInOrder(partial.data() + dw_size, parts, stride, db_size, static_cast<float*>(bias));
 }
 
+// Calls run on the direct loops in this process (jaxconv_onednn_direct_calls): what tests check to
+// tell which code ran, where the loops and oneDNN's primitive give the same bits.
+std::atomic<int64_t> direct_calls{0};
+
 // Runs one problem on raw pointers: a = x (forward, backward-weights) or dy (backward-data);
 // b = w (forward, backward-data) or dy (backward-weights); out = y, dx or dw; bias = b (forward) or
 // db (backward-weights) with p.bias. `parallel` runs the direct loops' chunks.
@@ -553,20 +555,20 @@ void Execute(const Problem& p, void* a, void* b, void* out, void* bias, const ja
              int64_t team) {
   const Turn turn;
   if (Direct(p)) {
+    direct_calls.fetch_add(1, std::memory_order_relaxed);
+    const jaxconv_direct::Loops& loops = *jaxconv_direct::LoopsForThisCpu();
     const jaxconv_direct::Shape s = DirectShape(p);
     const auto* fa = static_cast<const float*>(a);
     const auto* fb = static_cast<const float*>(b);
     const auto* fbias = static_cast<const float*>(bias);
     if (p.op == kForward && p.dtype == dnnl::memory::data_type::bf16) {
       using jaxconv_direct::Bf16;
-      return jaxconv_direct::SingleChannelForward(s, static_cast<const Bf16*>(a), static_cast<const Bf16*>(b), fbias,
-                                                  static_cast<Bf16*>(out), parallel);
+      return loops.single_channel_forward_bf16(s, static_cast<const Bf16*>(a), static_cast<const Bf16*>(b), fbias,
+                                               static_cast<Bf16*>(out), parallel);
     }
-    if (p.op == kForward) jaxconv_direct::SingleChannelForward(s, fa, fb, fbias, static_cast<float*>(out), parallel);
-    if (p.op == kBackwardData) jaxconv_direct::BackwardData(s, fa, fb, static_cast<float*>(out), parallel);
-    if (p.op == kBackwardWeights) {
-      jaxconv_direct::SingleChannelWeightsBias(s, fa, fb, static_cast<float*>(out), static_cast<float*>(bias), parallel);
-    }
+    if (p.op == kForward) loops.single_channel_forward(s, fa, fb, fbias, static_cast<float*>(out), parallel);
+    if (p.op == kBackwardData) loops.backward_data(s, fa, fb, static_cast<float*>(out), parallel);
+    if (p.op == kBackwardWeights) loops.single_channel_weights_bias(s, fa, fb, static_cast<float*>(out), static_cast<float*>(bias), parallel);
     return;
   }
   if (team > 1 && SplitsBatch(p)) return RunSplit(p, a, b, out, bias, parallel, std::min(team, p.batch));
@@ -800,13 +802,16 @@ namespace {
 thread_local std::string message;
 }
 
-// "oneDNN <version> (<runtime>, ISA <isa>)", or "error: ..." when no CPU engine can be created.
+// "oneDNN <version> (cpu runtime <runtime>); direct loops: <avx512, avx2 or none>", or "error: ..."
+// when no CPU engine can be created.
 extern "C" const char* jaxconv_onednn_info() {
   try {
     const dnnl_version_t* v = dnnl_version();
     Engine();
     std::ostringstream out;
-    out << "oneDNN " << v->major << "." << v->minor << "." << v->patch << " (cpu runtime " << v->cpu_runtime << ")";
+    const jaxconv_direct::Loops* loops = jaxconv_direct::LoopsForThisCpu();
+    out << "oneDNN " << v->major << "." << v->minor << "." << v->patch << " (cpu runtime " << v->cpu_runtime
+        << "); direct loops: " << (loops != nullptr ? loops->isa : "none");
     message = out.str();
   } catch (const std::exception& e) {
     message = std::string("error: ") + e.what();
@@ -856,5 +861,8 @@ extern "C" int64_t jaxconv_onednn_direct(int64_t op, int64_t dtype, int64_t rank
     return 0;
   }
 }
+
+// How many calls have run on the direct loops in this process.
+extern "C" int64_t jaxconv_onednn_direct_calls() { return direct_calls.load(std::memory_order_relaxed); }
 
 #pragma GCC visibility pop

@@ -276,26 +276,32 @@ PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
     throughput,
   ),
 }
-# The same scripts on a second machine (docs/bench/amd_epyc/): AVX-512 with AVX512-BF16 but no AMX.
-OTHER_MACHINE = "amd_epyc"
+# The same scripts on other machines (docs/bench/<folder>/), each section's title marked with its name:
+# an AMD EPYC with AVX-512 and AVX512-BF16 but no AMX (Zen 4), and an AMD EPYC with AVX2 only (Zen 3).
+OTHER_MACHINES = {"amd_epyc": "AMD EPYC", "amd_epyc_avx2": "AMD EPYC, AVX2"}
 
-
-def _on_other_machine(name: str) -> tuple[str, str, Callable[[Path, dict], str]]:
-  """The page entry of ``name`` (a file here), for the other machine's run of the same command."""
-  title, command, renderer = PAGES[name]
-  return f"{title} (AMD EPYC)", command, renderer
-
-
-# The other machine's step breakdown before the change it measured is a different one.
-_OTHER_BEFORE = (
-  "Where a LeNet training step's time went before conv1's single-channel loops, float32 and bfloat16 (AMD EPYC)",
-  "python experiments/bench/profile_step.py --impl auto --dtype float32 --dtype bfloat16 (at the commit measured)",
-  step_breakdown,
-)
-PAGES |= {
-  f"{OTHER_MACHINE}/{name}": _OTHER_BEFORE if name == "lenet_step_breakdown_before.json" else _on_other_machine(name)
-  for name in list(PAGES)
+# What each other machine's step breakdown "before" preceded (a change of its own), and its command.
+_BEFORE = {
+  "amd_epyc": (
+    "Where a LeNet training step's time went before conv1's single-channel loops, float32 and bfloat16",
+    "python experiments/bench/profile_step.py --impl auto --dtype float32 --dtype bfloat16 (at the commit measured)",
+  ),
+  "amd_epyc_avx2": (
+    "Where a LeNet training step's time went before the direct loops' AVX2 build",
+    "python experiments/bench/profile_step.py --impl auto (at the commit measured)",
+  ),
 }
+
+
+def _on_other_machine(folder: str, name: str) -> tuple[str, str, Callable[[Path, dict], str]]:
+  """The page entry of ``name`` (a file here) for machine ``folder``'s run of the same command."""
+  title, command, renderer = PAGES[name]
+  if name == "lenet_step_breakdown_before.json":
+    title, command = _BEFORE[folder]
+  return f"{title} ({OTHER_MACHINES[folder]})", command, renderer
+
+
+PAGES |= {f"{folder}/{name}": _on_other_machine(folder, name) for folder in OTHER_MACHINES for name in list(PAGES)}
 
 INTRO = """# Benchmarks
 
@@ -303,9 +309,10 @@ Results of the benchmark scripts, one section per JSON file in `docs/bench/`, re
 `python experiments/bench/render_results.py`. Each section lists what its file records about the
 run: date, commit, CPU, ISA, cores, versions, XLA flags, load average and the command that
 reproduces it. The timing scripts interleave the contenders in one process, so read the ratios:
-absolute times vary with the machine and its load. The sections marked "(AMD EPYC)" ran the same
-scripts on a second 2-core machine, with AVX-512 and AVX512-BF16 but without AMX, where the others
-ran on an Intel Xeon with AMX.
+absolute times vary with the machine and its load. The unmarked sections ran on a 2-core Intel Xeon
+with AVX-512, AVX512-BF16 and AMX; those marked "(AMD EPYC)" ran the same scripts on a 2-core AMD
+EPYC with AVX-512 and AVX512-BF16 but without AMX, and those marked "(AMD EPYC, AVX2)" on a 2-core
+AMD EPYC with AVX2 and FMA only.
 """
 
 

@@ -24,17 +24,18 @@ loaded at import: the first ``supports_onednn`` call does it, and every failure 
 built, no library, no CPU engine, an unsupported problem) becomes its reason string.
 
 Narrow channels: oneDNN vectorizes over a channel axis, so a convolution with few channels on that
-axis fills a vector (16 float32 lanes on AVX-512) badly, and its backward-data reorders dy and dx
-to and from a blocked layout on every call. Where that loses, on CPUs with AVX-512, the extension
-runs its own direct loops instead (``csrc/direct_conv.h``), for float32 2-D problems with stride 1,
-no dilation, no groups and pads of at most K - 1: backward-data into fewer than 16 input channels,
-dx at most 64 wide (vectorized over dx's width, with the flipped kernel), and the forward and
-backward-weights of a convolution from one input channel with a square kernel of at most 5 x 5 and
-fewer than 16 output channels (vectorized over the flattened (width, channel) rows of y and dy,
-with the bias and the bias's gradient). On LeNet's conv2 the input gradient fell from 0.85-0.9 ms to
-0.45-0.55 ms a call (batch 128, Sapphire Rapids); on a Zen 4 EPYC conv1's forward from 0.38 to 0.27
-ms and its kernel gradient from 0.41 to 0.27 ms. Without AVX-512 the loops' 16-lane vectors would
-not fit AVX2's registers (there they ran 3-7x slower than oneDNN), so oneDNN's primitives run.
+axis fills a vector (16 float32 lanes on AVX-512, 8 on AVX2) badly, and its backward-data reorders
+dy and dx to and from a blocked layout on every call. Where that loses, the extension runs its own
+direct loops instead (``csrc/direct_conv.h``, built for AVX-512 and for AVX2 with FMA; ``info()``
+names the build the CPU runs), for float32 2-D problems with stride 1, no dilation, no groups and
+pads of at most K - 1: backward-data into fewer input channels than a vector's lanes, dx at most 64
+wide (vectorized over dx's width, with the flipped kernel), and the forward and backward-weights of
+a convolution from one input channel with a square kernel of at most 5 x 5 and fewer than 16 output
+channels (vectorized over the flattened (width, channel) rows of y and dy, with the bias and the
+bias's gradient). On LeNet's conv2 the input gradient fell from 0.85-0.9 ms to 0.45-0.55 ms a call
+(batch 128, Sapphire Rapids); on a Zen 4 EPYC conv1's forward from 0.38 to 0.27 ms and its kernel
+gradient from 0.41 to 0.27 ms; on an AVX2-only Zen 3 EPYC conv1's forward from 0.80-1.0 to 0.52 ms,
+its kernel gradient from 0.96-1.03 to 0.58-0.60 ms and conv2's input gradient from 0.78 to 0.64 ms.
 ``$JAXCONV_ONEDNN_DIRECT=0`` (read on each call) keeps oneDNN's primitives there. The
 extension also runs one problem at a time per process: XLA calls independent custom calls from two
 of its threads at once, each with its own OpenMP team, and the four threads on two cores made both
@@ -52,11 +53,11 @@ rule; from 32 output channels on, bfloat16 ran faster and keeps its own code. Li
 forward from one input channel into at most 16 outputs (LeNet's conv1) runs in float32, on the
 extension's single-channel loops: on a Zen 4 EPYC (AVX512-BF16, no AMX) LeNet's bfloat16 conv1
 forward fell from 0.64 to 0.40 ms, the conversions included, and the bfloat16 training step from
-3.42 to 3.13 ms. Where those loops serve a bfloat16 forward (AVX-512, ``_direct``), they take the
+3.42 to 3.13 ms. Where those loops serve a bfloat16 forward (``_direct``), they take the
 bfloat16 operands themselves, widening them as they read them and rounding y to nearest even as
 they write it, which gives the bits of the float32 loops on converted operands without XLA's two
 conversion passes: LeNet's conv1 forward (batch 128, one jitted call, with the conversions) fell
-from 0.88 to 0.33 ms on a 2-core Xeon with AMX. float16, and CPUs without AVX-512, convert in XLA.
+from 0.88 to 0.33 ms on a 2-core Xeon with AMX. float16, and CPUs without the loops, convert in XLA.
 Products of 16-bit values are exact in float32 and the sums are float32 in either code, so only the
 summation order differs.
 
@@ -191,6 +192,7 @@ def _load() -> ctypes.CDLL | str:
   lib.jaxconv_onednn_probe.argtypes = problem + [ctypes.c_int64]
   lib.jaxconv_onednn_direct.restype = ctypes.c_int64
   lib.jaxconv_onednn_direct.argtypes = problem
+  lib.jaxconv_onednn_direct_calls.restype = ctypes.c_int64
   for target in _TARGETS.values():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
   return lib
@@ -205,7 +207,7 @@ def _library() -> ctypes.CDLL:
 
 
 def info() -> str:
-  """oneDNN's version and runtime, or why it is unavailable."""
+  """oneDNN's version and runtime and the direct loops' build this CPU runs, or why it is unavailable."""
   lib = _load()
   return lib if isinstance(lib, str) else lib.jaxconv_onednn_info().decode()
 
@@ -231,6 +233,11 @@ def _probe_one(g: ConvGeometry, op: int, bias: bool) -> str | None:
 def _direct(g: ConvGeometry, op: str) -> bool:
   """Whether the extension's direct loops run ``g``'s ``op`` (read when a call is traced; see the module docstring)."""
   return bool(_library().jaxconv_onednn_direct(*_problem(g, _OPS[op])))
+
+
+def _direct_calls() -> int:
+  """How many calls have run on the extension's direct loops in this process (what tests check)."""
+  return int(_library().jaxconv_onednn_direct_calls())
 
 
 @functools.lru_cache(maxsize=4096)
