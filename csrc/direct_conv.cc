@@ -243,7 +243,9 @@ struct SingleChannelRows {
   int64_t chunks;           // chunks of such a row
   int64_t stride;           // floats of an expanded row: the row's chunks, shifted by up to (K - 1) * O lanes
   int64_t padded;           // floats of ExpandRows' padded input row
-  IndexVec repeat[kMaxSingleOut];  // chunk k takes pixels from (L k) / O on (L lanes): lane l is the (repeat[k][l])th
+  int64_t period_pixels;    // pixels of P chunks: P * L / O (L lanes)
+  int64_t first[kMaxSingleOut];    // chunk k of a period starts at its (first[k] = (L k) / O)th pixel
+  IndexVec repeat[kMaxSingleOut];  // and its lane l holds the (first[k] + repeat[k][l])th
 
   explicit SingleChannelRows(const Shape& s) {
     const int64_t o = s.out_channels;
@@ -253,8 +255,10 @@ struct SingleChannelRows {
     const int64_t expanded_chunks = chunks + ChunksOf((s.kernel_w - 1) * o) + 1;
     stride = expanded_chunks * kLanes;
     padded = std::max(s.pad_left + s.width, stride / o) + 2 * kLanes;
+    period_pixels = period * kLanes / o;
     for (int64_t k = 0; k < period; ++k) {
-      for (int l = 0; l < kLanes; ++l) repeat[k][l] = static_cast<int32_t>((k * kLanes + l) / o - (k * kLanes) / o);
+      first[k] = (k * kLanes) / o;
+      for (int l = 0; l < kLanes; ++l) repeat[k][l] = static_cast<int32_t>((k * kLanes + l) / o - first[k]);
     }
   }
 };
@@ -262,14 +266,16 @@ struct SingleChannelRows {
 // The expanded rows of one batch element: pixels of row r at rows + r * g.stride. `padded` holds
 // one input row with its left padding (g.padded floats, zero outside the row).
 JAXCONV_TARGET void ExpandRows(const Shape& s, const SingleChannelRows& g, const float* xn, float* padded, float* rows) {
-  const int64_t o = s.out_channels, chunks = g.stride / kLanes;
+  const int64_t chunks = g.stride / kLanes;
   for (int64_t r = 0; r < s.height; ++r) {
     std::memcpy(padded + s.pad_left, xn + r * s.width, s.width * sizeof(float));
-    for (int64_t c0 = 0; c0 < chunks; c0 += g.period) {
+    // Chunk c0 + k starts at pixel (c0 / P) * period_pixels + first[k]: no division per chunk.
+    const float* period_start = padded;
+    for (int64_t c0 = 0; c0 < chunks; c0 += g.period, period_start += g.period_pixels) {
       for (int64_t k = 0; k < g.period && c0 + k < chunks; ++k) {
         const int64_t c = c0 + k;
         Vec pixels;
-        JAXCONV_LOAD(pixels, padded + (c * kLanes) / o);
+        JAXCONV_LOAD(pixels, period_start + g.first[k]);
         const Vec chunk = __builtin_shuffle(pixels, g.repeat[k]);
         std::memcpy(rows + r * g.stride + c * kLanes, &chunk, sizeof(Vec));
       }

@@ -69,7 +69,13 @@ def _library_modules() -> list[str]:
   ]
 
 
-@pytest.mark.parametrize("name", _library_modules())
+# Modules whose examples compile the most run with the slow set (the ResNet's: 10 s on a 2-core AVX2 EPYC).
+SLOW_MODULES = {"jaxconv.models.resnet"}
+
+
+@pytest.mark.parametrize(
+  "name", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_MODULES else m for m in _library_modules()]
+)
 def test_docstring_examples_run(name):
   """Each ``>>>`` example in the module's docstrings gives the output it shows."""
   module = importlib.import_module(name)
