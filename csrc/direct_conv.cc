@@ -396,9 +396,15 @@ JAXCONV_TARGET void SingleChannelForwardRows(const float* const* rows, const flo
 // sums[(tap * P + k) * L + l] += the products of one batch element: expanded input row r (of h, at
 // expanded + r * stride) times dy row r + pad_top - i for kernel row i (dy_rows + y * stride, zero
 // rows outside the output), over `chunks` chunks a row, summed over r, then the chunks of phase k.
-// AVX-512: the K x K accumulators of a phase stay in registers. AVX2: the K accumulators of IB = 2
-// kernel rows at a time (each expanded chunk loaded once for both rows' dy chunks), in K / 2 passes.
+// A pass holds the K accumulators of IB kernel rows [i0, i0 + IB) of a phase in registers and loads
+// each expanded chunk once for their IB dy chunks: AVX-512 all K x K of them in one pass, AVX2 two
+// kernel rows at a time (2 x K accumulators, K / 2 passes).
 #if defined(JAXCONV_DIRECT_AVX2)
+constexpr int kWeightRowsPerPass = 2;
+#else
+constexpr int kWeightRowsPerPass = kMaxSingleKernel;
+#endif
+
 template <int K, int IB>
 JAXCONV_TARGET void SingleChannelWeightsRowBlock(int i0, const float* expanded, const float* dy_rows, int64_t h,
                                                  int64_t stride, int64_t pad_top, int64_t period, int64_t o, int64_t chunks,
@@ -443,52 +449,12 @@ JAXCONV_TARGET void SingleChannelWeightsRowBlock(int i0, const float* expanded, 
 template <int K>
 void SingleChannelWeightsRows(const float* expanded, const float* dy_rows, int64_t h, int64_t stride, int64_t pad_top,
                               int64_t period, int64_t o, int64_t chunks, float* sums) {
-  for (int i0 = 0; i0 < K; i0 += 2) {
-    const auto block = i0 + 1 < K ? SingleChannelWeightsRowBlock<K, 2> : SingleChannelWeightsRowBlock<K, 1>;
+  constexpr int rows = std::min(K, kWeightRowsPerPass);
+  for (int i0 = 0; i0 < K; i0 += rows) {
+    const auto block = i0 + rows <= K ? SingleChannelWeightsRowBlock<K, rows> : SingleChannelWeightsRowBlock<K, K % rows>;
     block(i0, expanded, dy_rows, h, stride, pad_top, period, o, chunks, sums);
   }
 }
-#else
-template <int K>
-JAXCONV_TARGET void SingleChannelWeightsRows(const float* expanded, const float* dy_rows, int64_t h, int64_t stride,
-                                             int64_t pad_top, int64_t period, int64_t o, int64_t chunks, float* sums) {
-  for (int64_t k = 0; k < period; ++k) {
-    Vec acc[K][K];
-    #pragma GCC unroll 16
-    for (int i = 0; i < K; ++i) {
-      #pragma GCC unroll 16
-      for (int j = 0; j < K; ++j) acc[i][j] = Vec{};
-    }
-    for (int64_t r = 0; r < h; ++r) {
-      const float* e = expanded + r * stride;
-      const float* d = dy_rows + (r + pad_top) * stride;
-      for (int64_t c = k; c < chunks; c += period) {
-        Vec ev[K];
-        #pragma GCC unroll 16
-        for (int j = 0; j < K; ++j) JAXCONV_LOAD(ev[j], e + c * kLanes + j * o);
-        #pragma GCC unroll 16
-        for (int i = 0; i < K; ++i) {
-          Vec dv;
-          JAXCONV_LOAD(dv, d - i * stride + c * kLanes);
-          #pragma GCC unroll 16
-          for (int j = 0; j < K; ++j) acc[i][j] += ev[j] * dv;
-        }
-      }
-    }
-    #pragma GCC unroll 16
-    for (int i = 0; i < K; ++i) {
-      #pragma GCC unroll 16
-      for (int j = 0; j < K; ++j) {
-        float* sum = sums + ((i * K + j) * period + k) * kLanes;
-        Vec t;
-        JAXCONV_LOAD(t, sum);
-        t += acc[i][j];
-        std::memcpy(sum, &t, sizeof(Vec));
-      }
-    }
-  }
-}
-#endif
 
 using SingleForwardFn = void (*)(const float* const*, const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t);
 using SingleWeightsFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*);

@@ -82,6 +82,7 @@ def test_rejects_bad_arguments(kwargs, exc, message):
     ResNet(rngs=nnx.Rngs(0), **kwargs)
 
 
+@pytest.mark.slow  # 12 s on a 2-core AVX2 EPYC; tests/test_fit.py trains BatchNorm and Dropout in the fast set
 def test_train_and_eval_modes(images):
   """Train mode normalises with batch statistics and updates the running ones; eval mode uses and keeps them."""
   model = ResNet(widths=(4, 8, 8), impl="lax", rngs=nnx.Rngs(0))

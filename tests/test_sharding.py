@@ -244,9 +244,10 @@ def kernels() -> dict:
   return run_script(KERNELS)
 
 
-# The ops grid (pools, bias, vmap, the Flax drop-in, model and spatial splits on both kinds of axes)
-# is one ~20 s subprocess per worker: the slow set runs it (CI's second pytest run); the README's
-# fast set runs the per-kernel cases (the kernels fixture) and the layout rules.
+# The per-kernel cases (the kernels fixture, 24 s on a 2-core AVX2 EPYC) and the ops grid (pools,
+# bias, vmap, the Flax drop-in, model and spatial splits on both kinds of axes) are one ~20 s
+# subprocess per worker each: the slow set runs them (CI's second pytest run); the README's fast set
+# runs the layout rules.
 ops_grid = pytest.mark.slow
 
 
@@ -268,6 +269,7 @@ def activation_gathers(case: dict) -> list[str]:
 ROWS = ["data", None, None, None]
 
 
+@ops_grid
 def test_every_registered_kernel_is_covered(kernels):
   import jaxconv as jc
 
@@ -277,6 +279,7 @@ def test_every_registered_kernel_is_covered(kernels):
   assert {key.split("/")[0] for key in kernels["cases"]} == set(kernels["impls"])
 
 
+@ops_grid
 @pytest.mark.parametrize("kind", ["auto", "explicit"])
 def test_every_kernel_keeps_the_batch_sharded(kernels, kind):
   for impl in kernels["impls"]:
@@ -305,6 +308,7 @@ def test_every_kernel_on_every_call_it_serves(grid):
   assert not failed
 
 
+@ops_grid
 def test_kernel_gradient_is_all_reduced_not_gathered(kernels):
   case = kernels["cases"]["im2col/auto"]
   assert "all-reduce" in case["collectives"] and not case["gathered"]

@@ -434,6 +434,7 @@ def test_a_held_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog)
   assert (workdir / training.lock.LOCK_FILE).read_text() == ""  # released
 
 
+@pytest.mark.slow  # a live run in a subprocess (7 s); the lock's refusal is tested in-process in the fast set
 def test_cli_refuses_a_workdir_held_by_a_live_run(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
