@@ -257,7 +257,7 @@ def run_block(block: Block, namespace: dict[str, Any]) -> None:
 
 
 # The pages whose examples train or compile the most run with the slow set (CI runs both).
-SLOW_PAGES = {"docs/layers.md", "docs/training.md", "docs/custom-kernels.md", "docs/speed.md"}
+SLOW_PAGES = {"docs/layers.md", "docs/training.md", "docs/custom-kernels.md", "docs/speed.md", "docs/sharding.md"}
 
 
 @pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PAGES else p for p in RUN_PAGES])
