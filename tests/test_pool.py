@@ -199,9 +199,7 @@ def test_taps_path_equals_the_block_reduction(window, data, rng: np.random.Gener
     np.testing.assert_array_equal(jax.jvp(taps, (x,), (t,))[1], jax.jvp(blocks, (x,), (t,))[1])
 
 
-@pytest.mark.parametrize(
-  "window", [pytest.param(w, marks=pytest.mark.slow) for w in ((4,), (2, 3), (2, 2, 2))]
-)
+@pytest.mark.parametrize("window", [pytest.param(w, marks=pytest.mark.slow) for w in ((4,), (2, 3), (2, 2, 2))])
 def test_taps_path_equals_reduce_window_under_every_transform(window, rng: np.random.Generator):
   """max_pool / avg_pool on the taps path: jit, grad of order 2, jacfwd, hessian and vmap equal reduce_window's."""
   x = tiles_of(rng, window, "ties")[:1, ..., :2]  # ties, no NaN: reduce_window's rule is the same
