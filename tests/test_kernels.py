@@ -361,6 +361,7 @@ def test_depthwise_refuses_wide_groups():
 # the benchmark harness
 
 
+@pytest.mark.slow  # 10 s on a 2-core AVX2 EPYC (its samples fill 20 ms each)
 def test_bench_rows_and_report():
   """A tiny benchmark run checks against lax, times, and reports ratios, targets and the table."""
   shape = bench.Shape("tiny", (2, 6, 6, 8), (3, 3, 8, 4), padding="same")

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from jaxconv.kernels import registry
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
@@ -257,13 +259,23 @@ def run_block(block: Block, namespace: dict[str, Any]) -> None:
 
 
 # The pages whose examples train or compile the most run with the slow set (CI runs both).
-SLOW_PAGES = {"docs/layers.md", "docs/training.md", "docs/custom-kernels.md", "docs/speed.md", "docs/sharding.md"}
+SLOW_PAGES = {
+  "docs/layers.md",
+  "docs/training.md",
+  "docs/custom-kernels.md",
+  "docs/speed.md",
+  "docs/sharding.md",
+  "docs/kernels.md",
+}
 
 
 @pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PAGES else p for p in RUN_PAGES])
 def test_page_snippets_run_and_say_true(page, tmp_path, monkeypatch):
   """A page's blocks run in order in one namespace, from a fresh folder; their commented values and tables are right."""
   monkeypatch.chdir(tmp_path)
+  # A page's kernel registrations (custom-kernels.md's "tap_sum") are undone after it, so that the tests
+  # run later in this process see the registry as it was.
+  monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
   namespace: dict[str, Any] = {"__name__": "__docs__"}
   left_out = []
   for block in page_blocks(ROOT / page):

@@ -170,6 +170,7 @@ def test_one_impl_check_and_distinct_defaults():
     jc.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=LAX_DIMS[2], impl=None)
 
 
+@pytest.mark.slow  # a pytest run of the transform grid in a subprocess (6 s)
 def test_transform_grid_picks_up_a_registered_kernel(tmp_path):
   """A kernel registered before collection (here by a pytest plugin) joins test_transforms' impl grid."""
   (tmp_path / "my_kernels_plugin.py").write_text(
