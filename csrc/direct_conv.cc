@@ -450,9 +450,12 @@ template <int K>
 void SingleChannelWeightsRows(const float* expanded, const float* dy_rows, int64_t h, int64_t stride, int64_t pad_top,
                               int64_t period, int64_t o, int64_t chunks, float* sums) {
   constexpr int rows = std::min(K, kWeightRowsPerPass);
-  for (int i0 = 0; i0 < K; i0 += rows) {
-    const auto block = i0 + rows <= K ? SingleChannelWeightsRowBlock<K, rows> : SingleChannelWeightsRowBlock<K, K % rows>;
-    block(i0, expanded, dy_rows, h, stride, pad_top, period, o, chunks, sums);
+  int i0 = 0;
+  for (; i0 + rows <= K; i0 += rows) {
+    SingleChannelWeightsRowBlock<K, rows>(i0, expanded, dy_rows, h, stride, pad_top, period, o, chunks, sums);
+  }
+  if constexpr (K % rows != 0) {
+    SingleChannelWeightsRowBlock<K, K % rows>(i0, expanded, dy_rows, h, stride, pad_top, period, o, chunks, sums);
   }
 }
 
@@ -613,11 +616,15 @@ const Loops kLoops = {
 
 #if !defined(JAXCONV_DIRECT_AVX2)
 const Loops* LoopsForThisCpu() {
+  // Asked on every call the extension runs: the CPU is probed once.
+  static const Loops* const loops = []() -> const Loops* {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (__builtin_cpu_supports("avx512f")) return &avx512::kLoops;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &avx2::kLoops;
+    if (__builtin_cpu_supports("avx512f")) return &avx512::kLoops;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &avx2::kLoops;
 #endif
-  return nullptr;
+    return nullptr;
+  }();
+  return loops;
 }
 
 void SumInOrder(const float* parts, int64_t chunks, int64_t stride, int64_t size, float* out) {

@@ -568,7 +568,9 @@ void Execute(const Problem& p, void* a, void* b, void* out, void* bias, const ja
     }
     if (p.op == kForward) loops.single_channel_forward(s, fa, fb, fbias, static_cast<float*>(out), parallel);
     if (p.op == kBackwardData) loops.backward_data(s, fa, fb, static_cast<float*>(out), parallel);
-    if (p.op == kBackwardWeights) loops.single_channel_weights_bias(s, fa, fb, static_cast<float*>(out), static_cast<float*>(bias), parallel);
+    if (p.op == kBackwardWeights) {
+      loops.single_channel_weights_bias(s, fa, fb, static_cast<float*>(out), static_cast<float*>(bias), parallel);
+    }
     return;
   }
   if (team > 1 && SplitsBatch(p)) return RunSplit(p, a, b, out, bias, parallel, std::min(team, p.batch));
