@@ -130,12 +130,19 @@ def _window_axes(rank: int) -> tuple[int, ...]:
   return tuple(range(2, 2 * rank + 1, 2))
 
 
-def _tap_order(window: tuple[int, ...], dtype: np.dtype | type = np.int64) -> np.ndarray:
-  """Each cell's row-major tap in its window, shaped to broadcast over blocks ``(N, o_1, k_1, ..., o_r, k_r, C)``."""
-  shape = [1] * (2 * len(window) + 2)
-  for a, k in zip(_window_axes(len(window)), window):
-    shape[a] = k
-  return np.arange(math.prod(window)).astype(dtype).reshape(shape)
+def _tap_order(blocks: jax.Array, rank: int) -> jax.Array:
+  """Each cell's row-major tap in its window, int32, shaped and sharded as blocks ``(N, o_1, k_1, ..., C)``.
+
+  Built from iotas inside the fusion that reads it: a small constant broadcast over the blocks
+  made XLA:CPU's gradient select 4x slower (LeNet's first 2x2 pool, 0.85 -> 0.21 ms), and an int32
+  index compares faster than an int8 one.
+  """
+  sharding = jax.typeof(blocks).sharding
+  iotas = [lax.broadcasted_iota(np.int32, blocks.shape, a, out_sharding=sharding) for a in _window_axes(rank)]
+  order = iotas[0]
+  for a, iota in zip(_window_axes(rank)[1:], iotas[1:]):
+    order = order * blocks.shape[a] + iota
+  return order
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -150,10 +157,11 @@ def _block_max_jvp(rank: int, primals: tuple[jax.Array], tangents: tuple[jax.Arr
   (blocks,), (tangent,) = primals, tangents
   axes = _window_axes(rank)
   y = jnp.max(blocks, axis=axes, keepdims=True)
-  order = _tap_order(tuple(blocks.shape[a] for a in axes))
+  order = _tap_order(blocks, rank)
   # A NaN is the max of its window (jnp.max propagates it), so it, not nothing, takes the tangent.
   is_max = (blocks == y) | (jnp.isnan(blocks) & jnp.isnan(y))
-  first = jnp.min(jnp.where(is_max, order, order.size), axis=axes, keepdims=True)
+  taps = math.prod(blocks.shape[a] for a in axes)
+  first = jnp.min(jnp.where(is_max, order, taps), axis=axes, keepdims=True)
   return jnp.squeeze(y, axes), jnp.sum(jnp.where(order == first, tangent, 0), axis=axes)
 
 
@@ -247,9 +255,9 @@ def _first_tangent(tangent: jax.Array, first: jax.Array, window: tuple[int, ...]
   Written on the blocks, so that its transpose is one select that writes the whole input gradient.
   """
   axes = _window_axes(len(window))
-  order = _tap_order(window, first.dtype)
   blocks = _split_rows(tangent, _blocks_shape(tangent, window))
-  return jnp.sum(jnp.where(order == jnp.expand_dims(first, axes), blocks, jnp.zeros_like(blocks)), axis=axes)
+  is_first = _tap_order(blocks, len(window)) == jnp.expand_dims(first.astype(np.int32), axes)
+  return jnp.sum(jnp.where(is_first, blocks, jnp.zeros_like(blocks)), axis=axes)
 
 
 @_max_and_first.defjvp
