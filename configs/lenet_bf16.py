@@ -2,10 +2,10 @@
 
 ``model.dtype = "bfloat16"``: every conv and dense layer computes (and returns) bfloat16 while its
 parameters, gradients and the optimiser state stay float32 (``jaxconv.models.LeNet``'s
-``dtype``/``param_dtype``). On a CPU with AVX512-BF16 or AMX-BF16, ``impl="auto"`` runs the
-convolutions on the ``"onednn"`` kernel (oneDNN's bfloat16 primitives; conv1 and the narrow kernel
-gradients computed in float32, see ``jaxconv.kernels.onednn``); elsewhere oneDNN refuses or
-emulates bfloat16 and the convolutions fall back to jaxconv's own kernels (``docs/speed.md``).
+``dtype``/``param_dtype``). ``impl="auto"`` runs the convolutions on the ``"onednn"`` kernel: on a
+CPU with AVX512-BF16 or AMX-BF16 on oneDNN's bfloat16 primitives (conv1 and the narrow kernel
+gradients computed in float32, see ``jaxconv.kernels.onednn``), elsewhere all in float32 on
+widened operands, rounded back to bfloat16 (``docs/speed.md``).
 
 The training step must compute the loss in float32 (logits cast before the cross-entropy): with a
 bfloat16 log-softmax this recipe diverged after two epochs (at peak learning rates 5e-3 and 2e-3,

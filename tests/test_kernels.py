@@ -22,7 +22,7 @@ import benchmarks as bench
 import jaxconv as jc
 from jaxconv import kernels
 from jaxconv.geometry import ConvGeometry, conv_geometry
-from jaxconv.kernels import auto, depthwise, fft, im2col, taps, toeplitz, winograd
+from jaxconv.kernels import auto, cpu, depthwise, fft, im2col, taps, toeplitz, winograd
 from jaxconv.kernels.cpu import isa_flags
 
 
@@ -185,21 +185,23 @@ def test_auto_runs_1d_on_onednn_only_with_avx512(monkeypatch, flags):
     (jnp.float32, (), True),
   ],
 )
-def test_auto_runs_16_bit_floats_on_onednn_only_where_the_cpu_has_instructions_for_them(
-  monkeypatch, dtype, flags, native
-):
-  """bf16/f16 go to oneDNN only on a CPU with native instructions for them; elsewhere the fallback rules."""
-  monkeypatch.setattr(auto, "isa_flags", lambda: flags)
+def test_native_dtype_reads_the_isa_flags(monkeypatch, dtype, flags, native):
+  """16-bit floats are native only with one of their ISA flags; 32-bit ones always."""
+  monkeypatch.setattr(cpu, "isa_flags", lambda: flags)
+  assert cpu.native_dtype(dtype) == native
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_auto_runs_every_float_dtype_on_onednn_where_it_serves_the_call(monkeypatch, dtype):
+  """Rule 3 does not ask for native 16-bit instructions: the oneDNN kernel computes in float32 without them."""
   monkeypatch.setattr(auto, "onednn_serves", lambda spec: True)
-  spec = bench.SHAPES_BY_NAME["lenet_conv2"].spec(dtype)
-  assert auto.choose(spec) == ("onednn" if native else FALLBACK_CHOICES["lenet_conv2"])
+  assert auto.choose(bench.SHAPES_BY_NAME["lenet_conv2"].spec(dtype)) == "onednn"
 
 
-def test_auto_runs_bf16_on_onednn_where_this_cpu_computes_it():
-  """On this machine: oneDNN for bfloat16 exactly where it serves the call and the CPU has bf16 instructions."""
+def test_auto_runs_bf16_on_onednn_wherever_it_serves_the_call_on_this_cpu():
+  """On this machine: oneDNN for bfloat16 exactly where it serves the call, natively or in float32."""
   spec = bench.SHAPES_BY_NAME["lenet_conv2"].spec(jnp.bfloat16)
-  native = any(flag in isa_flags() for flag in ("avx512_bf16", "amx_bf16"))
-  assert (auto.choose(spec) == "onednn") == (native and auto.onednn_serves(spec))
+  assert (auto.choose(spec) == "onednn") == auto.onednn_serves(spec)
   assert kernels.get(auto.choose(spec)).refusal(spec) is None
 
 

@@ -8,12 +8,10 @@ match wins:
 1. stride 1, K >= 49, Cg * Og <= 64   -> "fft"        (large kernels over few channels)
 2. one spatial axis                   -> "onednn" where it serves the call on a CPU with AVX-512,
                                          else "lax"   (XLA is fast on 1-D on AVX2)
-3. oneDNN serves the call             -> "onednn"     (PyTorch's own CPU convolutions); in bfloat16
-                                         or float16 only on a CPU with instructions for that type
-                                         (AVX512-BF16 or AMX-BF16; AVX512-FP16 or AMX-FP16)
+3. oneDNN serves the call             -> "onednn"     (PyTorch's own CPU convolutions; a 16-bit
+                                         dtype the CPU has no instructions for runs in float32)
 
-and where the oneDNN kernel is not available (not built, no library, another dtype, a 16-bit
-dtype the CPU only emulates):
+and where the oneDNN kernel is not available (not built, no library, another dtype):
 
 4. groups > 1 and Cg <= 4             -> "depthwise"  (XLA's grouped conv is 10-20x slower)
 5. three spatial axes                 -> "winograd" for 3x3x3 stride 1 undilated, else "im2col"
@@ -30,14 +28,15 @@ convolutions (``experiments/bench_training.py --impl auto --impl onednn``, befor
 Rule 7 trades the banded GEMM's ``W_p / k_w`` redundant multiply-adds (``W_p`` the padded last
 axis, ``k_w`` the kernel's extent on it) for a GEMM that is wide even when C_out is not.
 
-Rules 2 and 3 read the CPU's ISA flags at run time (``jaxconv.kernels.cpu``), since machines of one
-kind differ. On 1-D, oneDNN's AVX-512 code ran ``conv1d_k5`` 1.5x faster than lax forward +
-backward on an AVX-512 Xeon (and 1.4x on an AVX-512 EPYC); the rule was first set on an AVX2
+Rule 2 and the oneDNN kernel read the CPU's ISA flags at run time (``jaxconv.kernels.cpu``), since
+machines of one kind differ. On 1-D, oneDNN's AVX-512 code ran ``conv1d_k5`` 1.5x faster than lax
+forward + backward on an AVX-512 Xeon (and 1.4x on an AVX-512 EPYC); the rule was first set on an AVX2
 machine, where lax was the fastest kernel on 1-D. In bfloat16 on a CPU with AMX-BF16, oneDNN ran
-LeNet's conv2 and the larger 2-D shapes 2.5-8x faster than lax, im2col and toeplitz; where the CPU
-has no bfloat16 instructions, oneDNN either refuses bfloat16 (``supports_onednn`` gives its reason)
-or emulates it, and the rule falls back to jaxconv's own kernels, which compute in the dtype with
-float32 accumulation.
+LeNet's conv2 and the larger 2-D shapes 2.5-8x faster than lax, im2col and toeplitz. Where the CPU
+has no bfloat16 instructions, the oneDNN kernel computes bfloat16 in float32
+(``onednn.float32_fallback``), and that was still the fastest kernel forward + backward on the 11
+bfloat16 benchmark shapes that reach rule 3, 1.07-4.0x faster than the kernels rules 4-10 pick
+(lax or jaxconv's own, computing in bfloat16) on a 2-core AVX2-only EPYC.
 
 ``"hybrid"`` keeps XLA's forward convolution (and its input gradient at stride 1) and replaces
 its kernel gradient. FFT would also win on some 5x5 layers, but it spreads rounding noise over the whole
@@ -53,7 +52,6 @@ import math
 import os
 
 import jax
-import numpy as np
 
 from jaxconv.geometry import ConvGeometry
 from jaxconv.kernels.cpu import isa_flags
@@ -69,8 +67,6 @@ WIDE_CHANNELS = 32
 NARROW_OUTPUT = 16
 MAX_BANDED_REDUNDANCY = 8
 LARGE_INPUT_BYTES = 16 * 2**20
-# Rule 3: the ISA flags (any one of them) under which oneDNN computes a 16-bit dtype natively.
-NATIVE_16BIT = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
 
 
 def ynnpack_convolutions() -> bool:
@@ -93,17 +89,11 @@ def onednn_serves(spec: ConvGeometry) -> bool:
   return "onednn" in available() and get("onednn").refusal(spec) is None
 
 
-def native_dtype(spec: ConvGeometry) -> bool:
-  """Rule 3: whether this CPU has instructions for ``spec``'s dtype (always, for 32- and 64-bit floats)."""
-  needs = NATIVE_16BIT.get(np.dtype(spec.dtype).name)
-  return needs is None or any(flag in isa_flags() for flag in needs)
-
-
 def onednn_pays(spec: ConvGeometry) -> bool:
-  """Rules 2 and 3: oneDNN serves ``spec`` in a dtype the CPU computes natively (and, on 1-D, with AVX-512)."""
+  """Rules 2 and 3: oneDNN serves ``spec`` (on 1-D, on a CPU with AVX-512)."""
   if spec.rank == 1 and "avx512f" not in isa_flags():
     return False
-  return native_dtype(spec) and onednn_serves(spec)
+  return onednn_serves(spec)
 
 
 def choose(spec: ConvGeometry) -> str:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import functools
 import platform
 
+import numpy as np
+
 # ISA extensions that decide which kernels are fast (x86 and Arm names as /proc/cpuinfo spells them).
 ISA_FLAGS = (
   "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512dq",
   "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16",
   "asimd", "asimddp", "bf16", "i8mm", "sve", "sve2", "sme",
 )  # fmt: skip
+# The ISA flags (any one of them) with which an x86 CPU computes a 16-bit float dtype natively.
+NATIVE_16BIT = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
 
 
 @functools.cache
@@ -48,4 +52,10 @@ def isa_flags() -> tuple[str, ...]:
   return tuple(flag for flag in ISA_FLAGS if flag in present)
 
 
-__all__ = ["ISA_FLAGS", "cpu_model", "isa_flags"]
+def native_dtype(dtype: object) -> bool:
+  """Whether this CPU has instructions for the float ``dtype``: a ``NATIVE_16BIT`` flag for 16-bit ones, always else."""
+  needs = NATIVE_16BIT.get(np.dtype(dtype).name)  # type: ignore[call-overload]  # any dtype-like
+  return needs is None or any(flag in isa_flags() for flag in needs)
+
+
+__all__ = ["ISA_FLAGS", "NATIVE_16BIT", "cpu_model", "isa_flags", "native_dtype"]
