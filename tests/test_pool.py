@@ -254,6 +254,16 @@ def test_small_windows_take_the_taps_path(window, kind, taps_path):
   assert ("reduce_max" in jaxpr or "reduce_sum" in jaxpr) != taps_path
 
 
+@pytest.mark.parametrize("window", [(2, 2), (3, 3)])
+def test_max_gradients_build_their_tap_order_in_the_program(window):
+  """Both max gradients (taps and blocks) compare against a tap order built from iotas, not a captured
+  constant: XLA:CPU indexed such a constant per element of the gradient (LeNet's first pool, 4x slower)."""
+  x = jnp.ones((2, *(2 * k for k in window), 3))
+  closed = jax.make_jaxpr(jax.grad(lambda x: jc.max_pool(x, window).sum()))(x)
+  assert "iota" in str(closed.jaxpr)
+  assert not [c.shape for c in closed.consts if np.ndim(c) > 1]  # the old order: (1, 1, k, 1, k, 1)
+
+
 # --------------------------------------------------------------------------------------------
 # PyTorch's pools: ceil_mode, dilation, adaptive cells. The references below are loops written
 # from PyTorch's documented formulas, not from jaxconv's code:

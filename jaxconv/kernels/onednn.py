@@ -48,9 +48,9 @@ ms instead of 0.76.
 refuses the dtype (AVX2) or emulates it slowly (AVX-512 without BF16), so every op of such a
 problem widens its operands to float32, runs oneDNN's float32 primitive and rounds the result back
 (``float32_fallback`` gives the reason): the float32 accumulation every kernel has, at float32's
-speed less the conversions. On a 2-core AVX2-only EPYC, LeNet trained in bfloat16 at 0.76x the
-float32 images/s this way, against 0.34x on the kernels that ``"auto"`` had picked for bfloat16
-there before (toeplitz, computing in bfloat16).
+speed less the conversions. On a 2-core AVX2-only EPYC, LeNet trained in bfloat16 at 0.74x the
+float32 images/s this way (two runs), against 0.33-0.38x on the kernel ``"auto"`` had picked for
+bfloat16 there before (toeplitz, computing in bfloat16).
 
 16-bit kernel gradients: where a convolution has at most ``NARROW_16BIT_OUT`` (16) output channels
 per group, its bfloat16 or float16 backward-weights converts x and dy to float32, runs oneDNN's
