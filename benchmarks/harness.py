@@ -201,15 +201,16 @@ def bench_shape(
   max_call_ms: float,
   peak_gflops: float | None = None,
   min_sample_ms: float = 0.0,
+  dtype: Any = jnp.float32,
 ) -> list[dict[str, Any]]:
   """One row per kernel for ``shape``: errors vs lax, median fwd / fwd+bwd ms, GFLOP/s, ratios.
 
   With ``peak_gflops`` (``gemm_peak_gflops()``), each timed row also gets ``fb_peak_fraction``:
   its forward+backward GFLOP/s over the machine's GEMM rate. ``min_sample_ms`` is
-  ``time_interleaved``'s.
+  ``time_interleaved``'s. Every kernel, lax's reference included, runs on ``dtype`` operands.
   """
-  spec = shape.spec()
-  x, w, ct = random_inputs(shape)
+  spec = shape.spec(dtype)
+  x, w, ct = random_inputs(shape, dtype)
   reference = {"y": forward_fn(shape, "lax")(x, w)}
   reference["dx"], reference["dw"] = vjp_fn(shape, "lax")(x, w, ct)
   rows: dict[str, dict[str, Any]] = {}
@@ -255,22 +256,22 @@ def bench_shape(
   return list(rows.values())
 
 
-def auto_choices(shapes: Sequence[Shape]) -> dict[str, str]:
-  """The kernel ``"auto"`` runs for each shape (float32), if ``"auto"`` is registered."""
+def auto_choices(shapes: Sequence[Shape], dtype: Any = jnp.float32) -> dict[str, str]:
+  """The kernel ``"auto"`` runs for each shape in ``dtype``, if ``"auto"`` is registered."""
   if "auto" not in kernels.available():
     return {}
   from jaxconv.kernels import auto
 
-  return {s.name: auto.choose(s.spec()) for s in shapes}
+  return {s.name: auto.choose(s.spec(dtype)) for s in shapes}
 
 
-def tuned_choices(shapes: Sequence[Shape]) -> dict[str, str]:
-  """The kernel ``"tuned"`` runs for each shape (float32; measured now where the cache has none)."""
+def tuned_choices(shapes: Sequence[Shape], dtype: Any = jnp.float32) -> dict[str, str]:
+  """The kernel ``"tuned"`` runs for each shape in ``dtype`` (measured now where the cache has none)."""
   if "tuned" not in kernels.available():
     return {}
   from jaxconv.kernels import tuned
 
-  return {s.name: tuned.choose(s.spec()) for s in shapes}
+  return {s.name: tuned.choose(s.spec(dtype)) for s in shapes}
 
 
 def _commit() -> str:
@@ -400,15 +401,17 @@ def run(
   with_torch: bool = True,
   max_call_ms: float = 3000.0,
   min_sample_ms: float = 0.0,
+  dtype: Any = jnp.float32,
   log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-  """Benchmark ``impls`` (plus lax) on ``shapes``; returns rows, the target summary and the environment.
+  """Benchmark ``impls`` (plus lax) on ``shapes`` in ``dtype``; returns rows, the target summary and the environment.
 
   The machine's float32 GEMM rate (``gemm_peak_gflops``) is measured first, in the same process, and
   recorded under ``env["gemm_peak_gflops"]``; each timed row gets its fraction of it.
   """
   rows: list[dict[str, Any]] = []
   env = environment()
+  env["dtype"] = jnp.dtype(dtype).name
   peak = gemm_peak_gflops(repeats=max(repeats, 3))
   env["gemm_peak_gflops"] = f"{peak:.0f} (jitted float32 2048^3 matmul, best of {max(repeats, 3)})"
   env["timing"] = (
@@ -426,6 +429,7 @@ def run(
       max_call_ms=max_call_ms,
       peak_gflops=peak,
       min_sample_ms=min_sample_ms,
+      dtype=dtype,
     )
     for r in shape_rows:
       fields = (
@@ -434,8 +438,8 @@ def run(
       log(f"  {r['impl']:10s} " + "  ".join(fields))
     rows += shape_rows
   env["load_average_after"] = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "-"
-  tuned = tuned_choices(shapes) if "tuned" in impls else None
-  return {"env": env, "rows": rows, "summary": summarize(rows, auto_choices(shapes), tuned)}
+  tuned = tuned_choices(shapes, dtype) if "tuned" in impls else None
+  return {"env": env, "rows": rows, "summary": summarize(rows, auto_choices(shapes, dtype), tuned)}
 
 
 __all__ = [

@@ -4,6 +4,7 @@
   python experiments/compare_kernels.py --impl im2col fft --shapes lenet_conv1 large_15x15
   python experiments/compare_kernels.py --kernels-from my_kernels.py --impl mine   # your own kernel
   python experiments/compare_kernels.py --repeats 20 --out docs/bench    # also writes kernels.json / kernels.md
+  python experiments/compare_kernels.py --dtype bfloat16 --impl onednn toeplitz auto   # bfloat16 operands
 
 ``--kernels-from FILE`` (repeatable) imports a Python file that registers kernels
 (``jaxconv.kernels.register``); they are compared like the built-in ones. Without ``--out`` the
@@ -19,10 +20,14 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import jax.numpy as jnp
+
 # The benchmarks package lives at the repository root, beside the library, not inside it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import harness, report, shapes
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,6 +48,12 @@ def parse_args() -> argparse.Namespace:
     default=[],
     metavar="NAME",
     help=f"shapes (default: all): {', '.join(shapes.SHAPES_BY_NAME)}",
+  )
+  parser.add_argument(
+    "--dtype",
+    default="float32",
+    choices=DTYPES,
+    help="the operands' dtype (PyTorch's columns are float32 only: left out for another dtype)",
   )
   parser.add_argument("--repeats", type=int, default=10, help="timed samples per kernel and mode (median reported)")
   parser.add_argument(
@@ -110,7 +121,8 @@ def main() -> None:
     cases,
     impls,
     repeats=args.repeats,
-    with_torch=not args.no_torch,
+    with_torch=not args.no_torch and args.dtype == "float32",
+    dtype=jnp.dtype(args.dtype),
     max_call_ms=args.max_call_ms,
     min_sample_ms=args.min_sample_ms,
   )

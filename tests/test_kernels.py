@@ -22,8 +22,9 @@ import benchmarks as bench
 import jaxconv as jc
 from jaxconv import kernels
 from jaxconv.geometry import ConvGeometry, conv_geometry
-from jaxconv.kernels import auto, cpu, depthwise, fft, im2col, taps, toeplitz, winograd
+from jaxconv.kernels import auto, cpu, depthwise, fft, im2col, registry, taps, toeplitz, winograd
 from jaxconv.kernels.cpu import isa_flags
+from jaxconv.kernels.lax import conv_lax
 
 
 def lax_reference(x, w, *, stride, pads, dilation=1, groups=1):
@@ -381,6 +382,25 @@ def test_bench_rows_and_report():
   assert (
     "| tiny | im2col |" in table and "| tiny | " in "\n".join(bench.summary_table(summary)) and "XLA_FLAGS" in table
   )
+
+
+@pytest.mark.slow  # 7 s: compiles lax and a kernel in bfloat16, forward, pullback and step
+def test_bench_rows_in_bfloat16_give_every_kernel_bfloat16_operands(monkeypatch):
+  """--dtype's path: each kernel is traced on operands of the dtype, and auto is asked in it."""
+  monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+  seen = set()
+
+  @kernels.register("dtype_probe")
+  def dtype_probe(x, w, g):
+    seen.add((x.dtype, w.dtype, np.dtype(g.dtype)))
+    return conv_lax(x, w, g)
+
+  shape = bench.Shape("tiny", (2, 6, 6, 8), (3, 3, 8, 4), padding="same")
+  bf16 = jnp.dtype(jnp.bfloat16)
+  rows = bench.bench_shape(shape, ["lax", "dtype_probe"], repeats=1, with_torch=False, max_call_ms=1e4, dtype=bf16)
+  assert seen == {(bf16, bf16, bf16)}
+  assert max(rows[1][k] for k in ("err_y", "err_dx", "err_dw")) == 0.0  # lax's own values, in bfloat16 both
+  assert bench.harness.auto_choices([shape], jnp.bfloat16) == {"tiny": auto.choose(shape.spec(jnp.bfloat16))}
 
 
 def test_bench_samples_of_fast_calls_fill_the_minimum_time():
