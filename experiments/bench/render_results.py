@@ -236,6 +236,12 @@ PAGES: dict[str, tuple[str, str, Callable[[Path, dict], str]]] = {
     "--repeats 5 --no-torch",
     kernels,
   ),
+  "kernels_bf16.json": (
+    "Kernels in bfloat16, default XLA flags",
+    "python experiments/compare_kernels.py --dtype bfloat16 --impl toeplitz winograd depthwise fft im2col hybrid "
+    "onednn auto --repeats 5 --no-torch (--out DIR writes kernels.json and kernels.md, renamed *_bf16 here)",
+    kernels,
+  ),
   "lenet_throughput_1.json": (
     "LeNet training throughput against PyTorch eager (1)",
     "python experiments/bench_training.py --rounds 5 --impl auto",
