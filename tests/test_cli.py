@@ -58,10 +58,10 @@ CASES = {
 
 
 # Both programs are one main (experiments.lenet.cli) under two names, and one wrapper makes every
-# refusal one line: the fast set runs a case of each kind (config, value, data) on the README's
-# train_lenet.py and one on train.py, the slow set the rest (2-3 s each).
+# refusal one line: the fast set runs a value and a data case on the README's train_lenet.py and a
+# config case on train.py, the slow set the rest (2-3 s each).
 FAST_REFUSALS = {
-  "train_lenet.py": {"unknown_field", "bad_value", "missing_data_dir", "tfds_unprepared"},
+  "train_lenet.py": {"bad_value", "tfds_unprepared"},
   "train.py": {"model_name"},
 }
 REFUSAL_GRID = [
@@ -105,7 +105,7 @@ def test_missing_workdir_flag_is_one_line():
   assert "--workdir" in refusal(run("train.py", f"--config={SMOKE}"), "train.py")
 
 
-@pytest.mark.parametrize("how", ["flag", "env"])
+@pytest.mark.parametrize("how", ["flag", pytest.param("env", marks=pytest.mark.slow)])  # 3 s each
 def test_verbose_shows_the_traceback(tmp_path, how):
   import os
 

@@ -97,6 +97,7 @@ def test_fit_matches_a_plain_nnx_loop_with_batch_norm_and_dropout():
     assert set(record) >= {"train_loss", "test_loss", "epoch_seconds", "images_per_second", "elapsed_seconds"}
 
 
+@pytest.mark.slow  # 4 s on a 2-core AVX2 EPYC
 def test_eval_mode_reproduces_the_reported_test_accuracy():
   train, test = data(96), data(40, seed=1)
   model = Small(rngs=nnx.Rngs(0))
@@ -203,6 +204,7 @@ def test_bad_arguments_are_refused_naming_them(tmp_path, change, error, message)
   assert not (tmp_path / "run").exists()  # refused before the workdir was made
 
 
+@pytest.mark.slow  # 3.5 s; tests/test_train.py checks the programs' options in the fast set
 def test_compiler_options_reach_both_compiled_programs(monkeypatch):
   compiled = []
   compile_steps = trainer.compile_steps

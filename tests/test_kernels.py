@@ -95,6 +95,7 @@ def test_im2col_chunked_and_unchunked_match_lax(monkeypatch, rng, budget, tap_ge
   assert_matches_lax("im2col", x, w, stride=(2, 1), pads=((1, 2), (0, 1)), dilation=(1, 2), groups=2)
 
 
+@pytest.mark.slow  # 3.5 s on a 2-core AVX2 EPYC
 def test_im2col_temporaries_stay_below_one_patch_matrix(monkeypatch):
   """With a small patch budget, forward and forward+backward temporaries stay far below the full patch matrix."""
   monkeypatch.setattr(im2col, "PATCH_BUDGET_BYTES", 2**20)

@@ -74,7 +74,10 @@ def logits(model: LeNet, x: np.ndarray) -> jax.Array:
   return nnx.jit(lambda model, x: model(x))(model, x)
 
 
-@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "lax"])
+# toeplitz in the slow set (4 s on a 2-core AVX2 EPYC; auto runs onednn there).
+@pytest.mark.parametrize(
+  "impl", [pytest.param(i, marks=[pytest.mark.slow] if i == "toeplitz" else []) for i in IMPLS if i != "lax"]
+)
 def test_impls_agree_on_logits(images, impl):
   if reason := refuses_lenet(impl):
     pytest.skip(f"{impl} does not run LeNet: {reason}")
@@ -103,7 +106,8 @@ def test_classic_gradients_agree_with_patches(images):
   [
     # float32 throughout is every other test's setting; here in the slow set (4 s).
     pytest.param(None, jnp.float32, jnp.float32, marks=pytest.mark.slow),
-    (jnp.bfloat16, jnp.float32, jnp.bfloat16),
+    # bfloat16 compute in the slow set too (10 s on a 2-core AVX2 EPYC); tests/test_nn.py has the layers'.
+    pytest.param(jnp.bfloat16, jnp.float32, jnp.bfloat16, marks=pytest.mark.slow),
     # bfloat16 parameters in the slow set (8-10 s on a 2-core AVX2 EPYC; the ResNet's fast case has them).
     pytest.param(None, jnp.bfloat16, jnp.float32, marks=pytest.mark.slow),
   ],

@@ -61,6 +61,7 @@ def test_register_checks_its_arguments(args, kwargs, message):
     kernels.register(*args, **kwargs)
 
 
+@pytest.mark.slow  # 3.5 s on a 2-core AVX2 EPYC
 def test_replace_reaches_eager_jit_grad_and_layers(rng, name):
   """After replace=True, every path runs the new function, including programs compiled before it."""
   x, w, dy = random(rng, (2, 7, 7, 3), (3, 3, 3, 4), (2, 5, 5, 4))

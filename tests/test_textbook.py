@@ -132,6 +132,7 @@ def test_edge_image_rejects_bad_columns():
     edge_image(width=8, dark=(6, 9))
 
 
+@pytest.mark.slow  # 5 s on a 2-core AVX2 EPYC
 def test_layer_outputs_walk_the_feature_stack(rng):
   model = LeNet(rngs=nnx.Rngs(0))
   x = rng.normal(size=(2, 28, 28, 1)).astype(np.float32)

@@ -91,7 +91,11 @@ def all_files(directory: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(
-  "override, field", [("--config.seed=-1", "config.seed"), ("--config.learning_rate=inf", "config.learning_rate")]
+  "override, field",
+  [
+    ("--config.seed=-1", "config.seed"),
+    pytest.param("--config.learning_rate=inf", "config.learning_rate", marks=pytest.mark.slow),  # 3 s each
+  ],
 )
 def test_cli_refuses_bad_config_values(tmp_path, override, field):
   line = error_line(cli(tmp_path / "run", override))
@@ -131,8 +135,11 @@ def split(
 @pytest.mark.parametrize(
   "case, message",
   [
-    ("train_labels", r"3 of the 128 train labels are outside [0, 10) (values 10, 12)"),
-    ("test_minus_one", r"2 of the 64 test labels are outside [0, 10) (values 255)"),
+    # 3 s each: one in the fast set
+    pytest.param(
+      "train_labels", r"3 of the 128 train labels are outside [0, 10) (values 10, 12)", marks=pytest.mark.slow
+    ),
+    pytest.param("test_minus_one", r"2 of the 64 test labels are outside [0, 10) (values 255)", marks=pytest.mark.slow),
     ("sizes", r"the train and test images differ in size: train (28, 28, 1), test (32, 32, 1)"),
   ],
 )

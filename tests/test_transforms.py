@@ -355,8 +355,18 @@ def _assert_trees_close(actual, expected, what: str) -> None:
   assert problem is None, f"{what}: {problem}"
 
 
-@pytest.mark.parametrize("fn_name", list(FUNCTIONS))
-@pytest.mark.parametrize("impl", IMPLS)
+# winograd's and toeplitz's conv grids in the slow set (6 and 4 s on a 2-core AVX2 EPYC).
+SLOW_GRIDS = {("winograd", "conv"), ("toeplitz", "conv")}
+
+
+@pytest.mark.parametrize(
+  ("impl", "fn_name"),
+  [
+    pytest.param(impl, fn_name, marks=[pytest.mark.slow] if (impl, fn_name) in SLOW_GRIDS else [])
+    for impl in IMPLS
+    for fn_name in FUNCTIONS
+  ],
+)
 def test_transforms_match_lax(impl: str, fn_name: str):
   """Every transform of ``_transforms_of(impl, fn)`` of ``jc.<fn>(impl=...)`` equals it of the lax reference."""
   fn = FUNCTIONS[fn_name]

@@ -104,6 +104,7 @@ def test_picks_a_supported_kernel_and_stores_it(monkeypatch, shared_cache):
   assert info["cores"] == os.cpu_count() and set(info) >= {"cpu", "isa", "jax", "jaxlib", "onednn", "jaxconv"}
 
 
+@pytest.mark.slow  # 5 s on a 2-core AVX2 EPYC: a second process
 def test_another_process_reuses_the_choice_without_measuring(shared_cache):
   # Both sides in fresh processes: a pytest worker's registry may hold kernels other tests added,
   # and a different candidate set rightly makes tuned measure again.
@@ -207,6 +208,7 @@ def test_concurrent_tuners_leave_a_valid_file_with_every_choice(tmp_path):
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tuned-")]  # no temporary file left
 
 
+@pytest.mark.slow  # 9 s on a 2-core AVX2 EPYC: times every registered kernel
 def test_a_user_kernel_that_is_fastest_is_chosen(monkeypatch, cache):
   monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the registration is undone after
   registry.register("user_fastest")(kernels.get("lax").forward)
