@@ -92,7 +92,11 @@ def reference(name: str):
   return with_vjp(lax_conv(CASES[name]))(*arrays(name))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+# fft, patches and hybrid in the slow set (14 s together on a 2-core AVX2 EPYC); the fast set checks
+# them against lax in tests/test_lax_compat.py.
+@pytest.mark.parametrize(
+  "impl", [pytest.param(i, marks=[pytest.mark.slow] if i in ("fft", "patches", "hybrid") else []) for i in IMPLS]
+)
 @pytest.mark.parametrize("name", CASES)
 def test_values_and_gradients_match_lax(name: str, impl: str):
   """y and dy/dx, dy/dw, dy/db under jit equal lax's; a refused case raises naming impl."""

@@ -221,8 +221,12 @@ def test_values_and_grads_match_lax(case):
   _check_against_lax(case, "auto")
 
 
+# depthwise and toeplitz in the slow set; the fast set checks them against lax in tests/test_conv.py.
 @pytest.mark.parametrize("case", SMALL_GRID, ids=str)
-@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "auto"])
+@pytest.mark.parametrize(
+  "impl",
+  [pytest.param(i, marks=[pytest.mark.slow] if i in ("depthwise", "toeplitz") else []) for i in IMPLS if i != "auto"],
+)
 def test_every_impl_matches_lax(case, impl):
   _check_against_lax(case, impl)
 

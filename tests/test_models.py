@@ -163,6 +163,7 @@ def test_impl_reaches_every_conv_and_gradients_match_lax(images, impl):
     assert_close(g, w, 1e-4, f"{impl}: {jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.slow  # 9 s: building a ResNet compiles an initializer per weight shape
 def test_receptive_field_refuses_residual_blocks():
   with pytest.raises(ValueError, match="^BasicBlock: a block of several layers"):
     rf.walk(ResNet(widths=(4, 8, 8), rngs=nnx.Rngs(0)), (28, 28))

@@ -115,7 +115,14 @@ FILLED = [m for m in MODE_FORMS if m != "zeros"]
 IMPL_MODES = [(impl, mode) for k, impl in enumerate(IMPLS) for mode in ("zeros", FILLED[k % len(FILLED)])]
 
 
-@pytest.mark.parametrize(("impl", "mode"), IMPL_MODES, ids=[f"{i}-{m}" for i, m in IMPL_MODES])
+# winograd's and depthwise's in the slow set (6 s together on a 2-core AVX2 EPYC).
+@pytest.mark.parametrize(
+  ("impl", "mode"),
+  [
+    pytest.param(i, m, marks=[pytest.mark.slow] if i in ("winograd", "depthwise") else [], id=f"{i}-{m}")
+    for i, m in IMPL_MODES
+  ],
+)
 def test_every_impl_zeros_and_a_filled_mode(impl: str, mode: str, rng: np.random.Generator):
   check_against_reference(rng, (2, 6, 5, 2), (3, 3, 2, 3), MODE_FORMS[mode], mode, impl=impl)
 

@@ -355,8 +355,8 @@ def _assert_trees_close(actual, expected, what: str) -> None:
   assert problem is None, f"{what}: {problem}"
 
 
-# winograd's and toeplitz's conv grids in the slow set (6 and 4 s on a 2-core AVX2 EPYC).
-SLOW_GRIDS = {("winograd", "conv"), ("toeplitz", "conv")}
+# Four kernels' conv grids in the slow set (3-6 s each on a 2-core AVX2 EPYC).
+SLOW_GRIDS = {("winograd", "conv"), ("toeplitz", "conv"), ("fft", "conv"), ("depthwise", "conv")}
 
 
 @pytest.mark.parametrize(
