@@ -138,10 +138,10 @@ def _tap_order(blocks: jax.Array, rank: int) -> jax.Array:
   index compares faster than an int8 one.
   """
   sharding = jax.typeof(blocks).sharding
-  iotas = [lax.broadcasted_iota(np.int32, blocks.shape, a, out_sharding=sharding) for a in _window_axes(rank)]
-  order = iotas[0]
-  for a, iota in zip(_window_axes(rank)[1:], iotas[1:]):
-    order = order * blocks.shape[a] + iota
+  first, *rest = _window_axes(rank)
+  order = lax.broadcasted_iota(np.int32, blocks.shape, first, out_sharding=sharding)
+  for a in rest:
+    order = order * blocks.shape[a] + lax.broadcasted_iota(np.int32, blocks.shape, a, out_sharding=sharding)
   return order
 
 

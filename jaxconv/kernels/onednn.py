@@ -276,9 +276,7 @@ def supports_onednn(g: ConvGeometry) -> str | None:
     return f"oneDNN convolutions have 1-3 spatial axes; got {g.rank}"
   if np.dtype(g.dtype) not in _DTYPE_CODES:
     return f"oneDNN convolutions take float32, bfloat16 or float16; got {np.dtype(g.dtype)}"
-  if float32_fallback(g) is not None:
-    return _probe(dataclasses.replace(g, dtype=np.dtype(np.float32)))
-  return _probe(g)
+  return _probe(_float32(g) if float32_fallback(g) is not None else g)
 
 
 def _threads() -> int:
@@ -355,7 +353,12 @@ def _operands(op: str, a: jax.Array, b: jax.Array, g: ConvGeometry) -> tuple[jax
     widen = widen or (single_channel_16bit_forward(g) and not _direct(g, "forward"))
   if not widen:
     return a, b, g
-  return a.astype(np.float32), b.astype(np.float32), dataclasses.replace(g, dtype=np.dtype(np.float32))
+  return a.astype(np.float32), b.astype(np.float32), _float32(g)
+
+
+def _float32(g: ConvGeometry) -> ConvGeometry:
+  """``g`` as a float32 problem (what a widened 16-bit call runs)."""
+  return dataclasses.replace(g, dtype=np.dtype(np.float32))
 
 
 def input_grad(dy: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:
